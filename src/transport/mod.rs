@@ -1,0 +1,1 @@
+//! Transports adapt the core to wire protocols; the core knows nothing of them.
