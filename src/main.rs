@@ -1,1 +1,216 @@
-fn main() {}
+//! The `herald` binary: `serve`, `publish` and `tail`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use herald::config::{Config, Overrides};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Real-time update server: durable ordered channels over Socket.IO")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// TOML config file.
+        #[arg(long, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on (port 0 picks a free one).
+        #[arg(long, env = "HERALD_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Directory for the SQLite database.
+        #[arg(long, env = "HERALD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// API key for the HTTP API (repeatable; the env var takes a comma-separated list).
+        #[arg(long = "api-key", env = "HERALD_API_KEY", value_delimiter = ',')]
+        api_keys: Vec<String>,
+    },
+    /// Publish one event and print the result.
+    Publish {
+        /// Channel name.
+        channel: String,
+        /// Event name.
+        event: String,
+        /// JSON payload (default null).
+        data: Option<String>,
+        /// Idempotency key.
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a channel's events as JSON lines, then follow new ones.
+    Tail {
+        /// Channel name.
+        channel: String,
+        /// Start after this offset (default: only new events).
+        #[arg(long)]
+        since: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(clap::Args)]
+struct Remote {
+    /// Server URL.
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:7700")]
+    url: String,
+    /// API key.
+    #[arg(long = "api-key", env = "HERALD_API_KEY", value_delimiter = ',')]
+    api_key: Vec<String>,
+}
+
+impl Remote {
+    fn request(&self, client: &reqwest::Client, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = client.request(method, format!("{}{path}", self.url.trim_end_matches('/')));
+        match self.api_key.first() {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, listen, data_dir, api_keys } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "herald=info,warn".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let overrides = Overrides { listen, data_dir, api_keys };
+            let config = Config::load(config.as_ref(), overrides)?;
+            serve(config).await
+        }
+        Command::Publish { channel, event, data, id, remote } => {
+            let data: Value = match data {
+                Some(text) => serde_json::from_str(&text).context("the payload is not valid JSON")?,
+                None => Value::Null,
+            };
+            let mut body = serde_json::json!({"channel": channel, "event": event, "data": data});
+            if let Some(id) = id {
+                body["id"] = Value::String(id);
+            }
+            let client = reqwest::Client::new();
+            let resp = remote
+                .request(&client, reqwest::Method::POST, "/api/publish")
+                .json(&body)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach Herald at {}", remote.url))?;
+            let status = resp.status();
+            let body: Value = resp.json().await.context("the server's answer is not JSON")?;
+            if !status.is_success() {
+                bail!("publish failed ({status}): {body}");
+            }
+            let result = body["results"].get(0).cloned().unwrap_or(body);
+            println!("{result}");
+            Ok(())
+        }
+        Command::Tail { channel, since, remote } => tail(&channel, since, &remote).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let mut config = config;
+    if config.api_keys.is_empty() && !config.listen.ip().is_loopback() {
+        tracing::warn!(requested = %config.listen, "no API key configured: listening on loopback only");
+        config.listen.set_ip([127, 0, 0, 1].into());
+    } else if config.api_keys.is_empty() {
+        tracing::warn!("no API key configured: the HTTP API is open to anyone who can reach {}", config.listen);
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let server = herald::server::Server::start(config).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "herald started");
+    println!("herald listening on http://{addr}");
+    server.run(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+async fn tail(channel: &str, since: Option<u64>, remote: &Remote) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let path = format!("/api/channels/{}/history", percent_encode(channel));
+    let mut after = match since {
+        Some(s) => s,
+        None => {
+            let head = format!("{path}?limit=1&since={}", u64::MAX);
+            let resp = remote.request(&client, reqwest::Method::GET, &head).send().await;
+            match resp {
+                Ok(r) if r.status().is_success() => r.json::<Value>().await?["last_offset"].as_u64().unwrap_or(0),
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => 0,
+                Ok(r) => bail!("tail failed ({}): {}", r.status(), r.text().await.unwrap_or_default()),
+                Err(e) => return Err(e).with_context(|| format!("cannot reach Herald at {}", remote.url)),
+            }
+        }
+    };
+    loop {
+        let resp = remote
+            .request(&client, reqwest::Method::GET, &format!("{path}?since={after}&wait=30&limit=1000"))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Herald at {}", remote.url))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            continue;
+        }
+        let body: Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("tail failed ({status}): {body}");
+        }
+        if let Some(gap) = body.get("gap") {
+            eprintln!("gap: events {} to {} are no longer in history", gap["from"], gap["to"]);
+        }
+        for ev in body["events"].as_array().into_iter().flatten() {
+            println!("{ev}");
+            after = ev["offset"].as_u64().unwrap_or(after);
+        }
+    }
+}
+
+/// Percent-encodes a channel name for a URL path segment.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

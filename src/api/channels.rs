@@ -1,0 +1,96 @@
+//! Channel reads: the list of channels and one channel's history (optionally waiting for new events).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use super::ApiState;
+use super::error::ApiError;
+use crate::core::channel::ChannelName;
+use crate::core::event::SharedEvent;
+use crate::core::hub::{Subscriber, SubscriberId};
+
+/// Longest `wait` accepted.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// `GET /api/channels`.
+pub async fn list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let channels = state.core.store.channels().await?;
+    Ok(Json(json!({ "channels": channels })))
+}
+
+/// `GET /api/channels/{channel}/history?since&limit&wait`.
+pub async fn history(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(name) = path.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let channel = ChannelName::new(&name)?;
+    let since = number(&query, "since", 0)?;
+    let limit = number(&query, "limit", 100)?.clamp(1, crate::core::MAX_PAGE as u64) as usize;
+    let wait = Duration::from_secs(number(&query, "wait", 0)?).min(MAX_WAIT);
+
+    // Register interest before reading so an event committed in between still wakes us.
+    let waker = Arc::new(Wake(Notify::new()));
+    let id = SubscriberId::next();
+    if !wait.is_zero() {
+        let sub: Arc<dyn Subscriber> = waker.clone();
+        state.core.hub.subscribe(std::slice::from_ref(&channel), id, &sub);
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let result = loop {
+        let notified = waker.0.notified();
+        let page = state.core.history(&channel, since, limit).await;
+        match page {
+            Ok(Some(page)) if !page.events.is_empty() || wait.is_zero() => break Ok(page),
+            Ok(None) if wait.is_zero() => break Err(not_found(&channel)),
+            Err(e) => break Err(e.into()),
+            Ok(page) => {
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    break page.ok_or_else(|| not_found(&channel));
+                }
+            }
+        }
+    };
+    if !wait.is_zero() {
+        state.core.hub.unsubscribe(&channel, id);
+    }
+    let page = result?;
+    let mut body = serde_json::to_value(&page).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if since.saturating_add(1) < page.info.first_offset {
+        body["gap"] = json!({"from": since + 1, "to": page.info.first_offset - 1});
+    }
+    Ok(Json(body))
+}
+
+fn not_found(channel: &ChannelName) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "channel_not_found",
+        format!("channel {channel:?} has no events"),
+    )
+}
+
+fn number(query: &HashMap<String, String>, key: &str, default: u64) -> Result<u64, ApiError> {
+    query.get(key).map_or(Ok(default), |v| {
+        v.parse()
+            .map_err(|_| ApiError::invalid(format!("`{key}` must be a non-negative integer, got {v:?}")))
+    })
+}
+
+/// Wakes a waiting history request when its channel gets an event.
+struct Wake(Notify);
+
+impl Subscriber for Wake {
+    fn deliver(&self, _: &Arc<SharedEvent>) {
+        self.0.notify_waiters();
+    }
+}

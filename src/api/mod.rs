@@ -1,0 +1,93 @@
+//! The HTTP API: thin axum handlers over the core. Every error is a 4xx/5xx with a JSON body.
+
+mod channels;
+mod error;
+mod publish;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+pub use error::ApiError;
+
+use crate::core::Core;
+
+/// Lets the API act on live connections without knowing their transport.
+pub trait Connections: Send + Sync {
+    /// Closes the transport of connection `id` (the client reconnects and resumes); false if unknown.
+    fn close_transport(&self, id: &str) -> bool;
+}
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The core.
+    pub core: Arc<Core>,
+    /// Accepted API keys; empty means no authentication (loopback-only deployments).
+    pub api_keys: Arc<Vec<String>>,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Largest event payload.
+    pub max_event_bytes: usize,
+    /// Live connections.
+    pub connections: Arc<dyn Connections>,
+}
+
+/// The API routes, `/api/*` behind the key check, plus `/healthz`.
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/publish", post(publish::publish))
+        .route("/channels", get(channels::list))
+        .route("/channels/{channel}/history", get(channels::history))
+        .route("/connections/{id}/disconnect", post(disconnect))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .with_state(state);
+    Router::new()
+        .nest("/api", api)
+        .route("/healthz", get(|| async { axum::Json(json!({"ok": true})) }))
+}
+
+async fn disconnect(State(state): State<ApiState>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    if state.connections.close_transport(&id) {
+        Ok(axum::Json(json!({"ok": true})))
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "connection_not_found", format!("no connection {id:?}")))
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+}
+
+async fn require_key(State(state): State<ApiState>, req: Request, next: Next) -> Result<Response, ApiError> {
+    if state.api_keys.is_empty() || presented_key(req.headers()).is_some_and(|k| state.api_keys.iter().any(|a| a == k)) {
+        return Ok(next.run(req).await);
+    }
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or unknown API key: send `Authorization: Bearer <key>`",
+    ))
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        return v.strip_prefix("Bearer ").map(str::trim);
+    }
+    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+}
+
+/// Reads a request body, refusing more than `limit` bytes with 413.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::too_large(format!("request body is larger than {limit} bytes")))
+}

@@ -1,0 +1,119 @@
+//! `POST /api/publish`: one event, one event to many channels, or a batch — validated whole, then committed whole.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::ApiState;
+use super::error::ApiError;
+use crate::core::channel::ChannelName;
+use crate::core::event::NewEvent;
+
+/// Most events in one request.
+pub const MAX_BATCH: usize = 1000;
+/// Longest event name or id.
+const MAX_NAME: usize = 200;
+/// Event names the Socket.IO client reserves for itself.
+const RESERVED: &[&str] = &[
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body1 {
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    event: Option<String>,
+    data: Option<Box<RawValue>>,
+    id: Option<String>,
+    events: Option<Vec<Body1>>,
+}
+
+/// The handler.
+pub async fn publish(State(state): State<ApiState>, body: Body) -> Result<Json<Value>, ApiError> {
+    let bytes = super::read_body(body, state.max_body_bytes).await?;
+    let parsed: Body1 = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::invalid(e.to_string()),
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
+    })?;
+    let events = to_events(parsed, state.max_event_bytes)?;
+    let results = state.core.publish(events).await?;
+    Ok(Json(serde_json::json!({ "results": results })))
+}
+
+fn to_events(body: Body1, max_event_bytes: usize) -> Result<Vec<NewEvent>, ApiError> {
+    let mut out = Vec::new();
+    match body.events {
+        Some(batch) => {
+            if body.channel.is_some() || body.channels.is_some() || body.event.is_some() {
+                return Err(ApiError::invalid("give either `events` or a single event, not both"));
+            }
+            if batch.is_empty() {
+                return Err(ApiError::invalid("`events` is empty"));
+            }
+            for (i, item) in batch.into_iter().enumerate() {
+                if item.events.is_some() {
+                    return Err(ApiError::invalid(format!("events[{i}]: batches do not nest")));
+                }
+                expand(item, max_event_bytes, &mut out)
+                    .map_err(|e| ApiError { message: format!("events[{i}]: {}", e.message), ..e })?;
+            }
+        }
+        None => expand(body, max_event_bytes, &mut out)?,
+    }
+    if out.len() > MAX_BATCH {
+        return Err(ApiError::invalid(format!("at most {MAX_BATCH} events per request")));
+    }
+    Ok(out)
+}
+
+/// One event body → one `NewEvent` per target channel.
+fn expand(b: Body1, max_event_bytes: usize, out: &mut Vec<NewEvent>) -> Result<(), ApiError> {
+    let names = match (b.channel, b.channels) {
+        (Some(c), None) => vec![c],
+        (None, Some(cs)) if !cs.is_empty() => cs,
+        (None, Some(_)) => return Err(ApiError::invalid("`channels` is empty")),
+        (Some(_), Some(_)) => return Err(ApiError::invalid("give `channel` or `channels`, not both")),
+        (None, None) => return Err(ApiError::invalid("missing field `channel`")),
+    };
+    let event = b.event.ok_or_else(|| ApiError::invalid("missing field `event`"))?;
+    if event.is_empty() || event.len() > MAX_NAME {
+        return Err(ApiError::invalid(format!("`event` must be 1 to {MAX_NAME} characters")));
+    }
+    if RESERVED.contains(&event.as_str()) {
+        return Err(ApiError::invalid(format!("`event` {event:?} is reserved by Socket.IO clients")));
+    }
+    if let Some(id) = &b.id
+        && (id.is_empty() || id.len() > MAX_NAME)
+    {
+        return Err(ApiError::invalid(format!("`id` must be 1 to {MAX_NAME} characters")));
+    }
+    let data = match b.data {
+        Some(d) => d,
+        None => RawValue::from_string("null".into()).map_err(|e| ApiError::invalid(e.to_string()))?,
+    };
+    if data.get().len() > max_event_bytes {
+        return Err(ApiError::too_large(format!(
+            "event data is {} bytes; the limit is {max_event_bytes}",
+            data.get().len()
+        )));
+    }
+    for name in names {
+        out.push(NewEvent {
+            channel: ChannelName::new(&name)?,
+            name: event.clone(),
+            data: data.clone(),
+            id: b.id.clone(),
+        });
+    }
+    Ok(())
+}

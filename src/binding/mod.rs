@@ -1,0 +1,5 @@
+//! Bindings map core channels onto a transport's connections: subscriptions, delivery, resume.
+//!
+//! The protocol layers in `transport` know nothing of channels; the core knows nothing of sockets.
+
+pub mod socketio;

@@ -1,0 +1,119 @@
+//! The core: channels, durable history, fan-out and sessions. It knows nothing of HTTP or sockets.
+//!
+//! [`Core`] is the one API every producer (HTTP, CLI, built-in sources) publishes through and every
+//! transport subscribes through.
+
+pub mod channel;
+pub mod event;
+pub mod hub;
+pub mod retention;
+pub mod session;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use channel::ChannelName;
+use event::{Event, NewEvent, PublishResult};
+use hub::Hub;
+use store::{ChannelInfo, Store, StoreError, StoreOptions};
+
+/// Most events read from history per query.
+pub const MAX_PAGE: usize = 1000;
+
+/// The core: a store for history and a hub for live fan-out.
+pub struct Core {
+    /// Durable history and sessions.
+    pub store: Store,
+    /// Live fan-out.
+    pub hub: Arc<Hub>,
+}
+
+/// A page of one channel's history.
+#[derive(Debug, serde::Serialize)]
+pub struct HistoryPage {
+    /// The channel's position.
+    #[serde(flatten)]
+    pub info: ChannelInfo,
+    /// Events, oldest first.
+    pub events: Vec<Event>,
+}
+
+impl Core {
+    /// Opens the store and positions the hub after everything already committed.
+    pub fn open(opts: StoreOptions) -> Result<Arc<Self>, StoreError> {
+        let hub = Arc::new(Hub::default());
+        let sink_hub = hub.clone();
+        let opened = Store::open(opts, Box::new(move |events| sink_hub.dispatch(&events)))?;
+        hub.load(&opened.channels, opened.last_seq);
+        Ok(Arc::new(Self {
+            store: opened.store,
+            hub,
+        }))
+    }
+
+    /// Publishes events atomically; returns after they are durable.
+    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<PublishResult>, StoreError> {
+        self.store.publish(events).await
+    }
+
+    /// Events of `channel` after offset `after`, at most `limit`; `None` if the channel does not exist.
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<HistoryPage>, StoreError> {
+        let Some(info) = self.store.channel(channel).await? else {
+            return Ok(None);
+        };
+        let events = self
+            .store
+            .events(&info, after, info.last_offset, limit.min(MAX_PAGE))
+            .await?;
+        Ok(Some(HistoryPage { info, events }))
+    }
+
+    /// Every event of `channel` in `(after, upto]`, read page by page.
+    pub async fn replay(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut out = Vec::new();
+        if upto <= after {
+            return Ok(out);
+        }
+        let Some(info) = self.store.channel(channel).await? else {
+            return Ok(out);
+        };
+        let mut from = after;
+        loop {
+            let page = self.store.events(&info, from, upto, MAX_PAGE).await?;
+            let done = page.len() < MAX_PAGE;
+            if let Some(last) = page.last() {
+                from = last.offset;
+            }
+            out.extend(page);
+            if done || from >= upto {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Flushes and stops the store.
+    pub async fn shutdown(&self) {
+        self.store.shutdown().await;
+    }
+}
+
+/// Options with test-friendly defaults.
+pub fn store_options(data_dir: std::path::PathBuf) -> StoreOptions {
+    StoreOptions {
+        data_dir,
+        durability: store::Durability::Full,
+        retention: retention::Retention::default(),
+        session_ttl: Duration::from_secs(24 * 3600),
+    }
+}

@@ -1,0 +1,89 @@
+//! The server: wires config, core, HTTP API and transports into one router, and shuts them down in order.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::api::{self, ApiState, Connections};
+use crate::binding::socketio::ChannelsNamespace;
+use crate::config::Config;
+use crate::core::Core;
+use crate::core::store::{StoreError, StoreOptions};
+use crate::transport::socketio::{SocketIo, SocketIoConfig};
+
+/// Start-up and run-time failures of the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listener failed.
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A started server, ready to accept connections.
+pub struct Server {
+    core: Arc<Core>,
+    socketio: Arc<SocketIo>,
+    router: Router,
+}
+
+struct SocketIoConnections(Arc<ChannelsNamespace>);
+
+impl Connections for SocketIoConnections {
+    fn close_transport(&self, id: &str) -> bool {
+        self.0.close_transport(id)
+    }
+}
+
+impl Server {
+    /// Opens the store and builds the routes.
+    pub async fn start(config: Config) -> Result<Self, ServerError> {
+        let core = Core::open(StoreOptions {
+            data_dir: config.data_dir.clone(),
+            durability: config.durability,
+            retention: config.retention(),
+            session_ttl: config.socketio.session_ttl,
+        })?;
+        let s = &config.socketio;
+        let namespace = ChannelsNamespace::new(core.clone(), config.server_side_channels(), s.max_queue_bytes);
+        let socketio = SocketIo::builder(SocketIoConfig {
+            path: s.path.clone(),
+            ping_interval: s.ping_interval,
+            ping_timeout: s.ping_timeout,
+            max_payload: s.max_payload,
+            connect_timeout: s.connect_timeout,
+            max_queue_bytes: s.max_queue_bytes,
+        })
+        .namespace("/", namespace.clone())
+        .build();
+        let api = api::router(ApiState {
+            core: core.clone(),
+            api_keys: Arc::new(config.api_keys.clone()),
+            max_body_bytes: config.max_body_bytes,
+            max_event_bytes: config.max_event_bytes,
+            connections: Arc::new(SocketIoConnections(namespace)),
+        });
+        let router = api.merge(socketio.router());
+        Ok(Self { core, socketio, router })
+    }
+
+    /// Serves until `shutdown` resolves, then tells clients, drains and flushes the store.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let socketio = self.socketio.clone();
+        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                socketio.shutdown();
+            })
+            .await?;
+        self.core.shutdown().await;
+        tracing::info!("herald stopped");
+        Ok(())
+    }
+}
