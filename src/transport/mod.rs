@@ -1,1 +1,4 @@
 //! Transports adapt the core to wire protocols; the core knows nothing of them.
+
+pub mod engineio;
+pub mod socketio;

@@ -1,0 +1,391 @@
+//! Engine.IO v4 server: handshake and request verification, session registry, and the
+//! axum router serving one path over HTTP long-polling and WebSocket.
+//!
+//! Outbound data is queued per session as [`Frame`]s. Text frames hold the *complete*
+//! Engine.IO packet (type character included, e.g. `4hello`) as a refcounted
+//! [`Utf8Bytes`](axum::extract::ws::Utf8Bytes): WebSocket sends it as the frame payload with no
+//! copy, long-polling concatenates it into the response body. So a packet encoded once can
+//! be queued on many sessions at the cost of a refcount increment each.
+
+mod packet;
+mod polling;
+mod session;
+mod websocket;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, Request};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use base64::Engine as _;
+use parking_lot::RwLock;
+
+pub use packet::{
+    DecodeError, Frame, Message, Packet, decode_payload, decode_text, encode_payload, message_frame,
+};
+pub use session::{CloseReason, SendError, Session, TransportKind, Work};
+
+/// Engine.IO server settings.
+#[derive(Debug, Clone)]
+pub struct EngineIoConfig {
+    /// The path served, e.g. `/engine.io/` (with or without the trailing slash).
+    pub path: String,
+    /// Time between a pong (or the open) and the next ping.
+    pub ping_interval: Duration,
+    /// Time allowed for the pong.
+    pub ping_timeout: Duration,
+    /// Largest accepted POST body / WebSocket message, advertised as `maxPayload`.
+    pub max_payload: usize,
+    /// Outbound bytes a session may have queued before it is closed as a slow consumer.
+    pub max_queue_bytes: usize,
+    /// Time allowed between the WebSocket upgrade request and the `5` packet.
+    pub upgrade_timeout: Duration,
+    /// Sessions not marked ready ([`Session::mark_ready`]) within this time are closed.
+    pub connect_timeout: Option<Duration>,
+    /// Answer CORS with `Access-Control-Allow-Origin: *` (only browsers on other origins need it).
+    pub cors_any_origin: bool,
+}
+
+impl Default for EngineIoConfig {
+    fn default() -> Self {
+        EngineIoConfig {
+            path: "/engine.io/".into(),
+            ping_interval: Duration::from_millis(25_000),
+            ping_timeout: Duration::from_millis(20_000),
+            max_payload: 1_000_000,
+            max_queue_bytes: 4 << 20,
+            upgrade_timeout: Duration::from_secs(10),
+            connect_timeout: None,
+            cors_any_origin: false,
+        }
+    }
+}
+
+/// What the server knows of the HTTP request that opened a session.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    /// Query parameters in order.
+    pub query: Vec<(String, String)>,
+    /// Request headers (Origin, Cookie, Authorization, …).
+    pub headers: HeaderMap,
+    /// Peer address, if the server was started with `into_make_service_with_connect_info`.
+    pub remote_addr: Option<SocketAddr>,
+    /// The request URI.
+    pub uri: Uri,
+}
+
+impl RequestInfo {
+    /// The first query parameter named `key`.
+    pub fn query_param(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The application side of an Engine.IO server.
+pub trait EngineHandler: Send + Sync + 'static {
+    /// Like the reference's `allowRequest`: `Err(message)` refuses a handshake with 403 code 4.
+    fn allow_request(&self, _request: &RequestInfo) -> Result<(), String> {
+        Ok(())
+    }
+    /// A session opened; returns the handler for its messages.
+    fn on_open(&self, session: &Arc<Session>) -> Arc<dyn SessionHandler>;
+}
+
+/// Per-session receiver of messages and of the close.
+pub trait SessionHandler: Send + Sync + 'static {
+    /// Called by the transport reader in arrival order. Synchronous work (decoding) happens
+    /// here; returned work runs after all earlier work of this session has finished.
+    fn on_message(self: Arc<Self>, message: Message) -> Option<Work>;
+    /// The session closed (called once, from the session's heartbeat task).
+    fn on_close(&self, reason: CloseReason);
+}
+
+/// Engine.IO error codes (`engine.io/lib/server.ts` `Server.errors`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// 0: transport missing or unknown.
+    #[error("Transport unknown")]
+    UnknownTransport,
+    /// 1: sid not found.
+    #[error("Session ID unknown")]
+    UnknownSid,
+    /// 2: handshake with a method other than GET.
+    #[error("Bad handshake method")]
+    BadHandshakeMethod,
+    /// 3: transport mismatch and other bad requests.
+    #[error("Bad request")]
+    BadRequest,
+    /// 4: refused by `allow_request`.
+    #[error("Forbidden")]
+    Forbidden,
+    /// 5: `EIO` missing or not 4.
+    #[error("Unsupported protocol version")]
+    UnsupportedProtocolVersion,
+}
+
+impl RequestError {
+    fn code(self) -> u8 {
+        match self {
+            RequestError::UnknownTransport => 0,
+            RequestError::UnknownSid => 1,
+            RequestError::BadHandshakeMethod => 2,
+            RequestError::BadRequest => 3,
+            RequestError::Forbidden => 4,
+            RequestError::UnsupportedProtocolVersion => 5,
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            RequestError::Forbidden => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The JSON error response for plain HTTP requests.
+    fn json_response(self, message: Option<&str>) -> Response {
+        let message = message.map_or_else(|| self.to_string(), str::to_owned);
+        let body = serde_json::json!({ "code": self.code(), "message": message }).to_string();
+        (
+            self.status(),
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    }
+
+    /// Failed WebSocket upgrade requests get a bare 400 with the message as HTML.
+    fn upgrade_response(self) -> Response {
+        (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "text/html")],
+            self.to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// An Engine.IO server: the session registry plus configuration and the handler.
+pub struct EngineIo {
+    pub(crate) config: EngineIoConfig,
+    handler: Arc<dyn EngineHandler>,
+    sessions: RwLock<HashMap<Arc<str>, Arc<Session>>>,
+    accepting: AtomicBool,
+}
+
+impl std::fmt::Debug for EngineIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineIo")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineIo {
+    /// Creates a server; serve it with [`EngineIo::router`].
+    pub fn new(config: EngineIoConfig, handler: Arc<dyn EngineHandler>) -> Arc<EngineIo> {
+        Arc::new(EngineIo {
+            config,
+            handler,
+            sessions: RwLock::new(HashMap::new()),
+            accepting: AtomicBool::new(true),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineIoConfig {
+        &self.config
+    }
+
+    /// An axum router serving the configured path (with and without trailing slash).
+    pub fn router(self: &Arc<Self>) -> Router {
+        let trimmed = self.config.path.trim_end_matches('/');
+        let engine = self.clone();
+        let service = any(move |req: Request| {
+            let engine = engine.clone();
+            async move { engine.handle(req).await }
+        });
+        let with_slash = format!("{trimmed}/");
+        let mut router = Router::new().route(&with_slash, service.clone());
+        if !trimmed.is_empty() {
+            router = router.route(trimmed, service);
+        }
+        router
+    }
+
+    /// Looks up an open session.
+    pub fn session(&self, sid: &str) -> Option<Arc<Session>> {
+        self.sessions.read().get(sid).cloned()
+    }
+
+    /// Number of open sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.read().len()
+    }
+
+    /// Stops accepting handshakes and closes every session with close packet `1`.
+    pub fn shutdown(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        let sessions: Vec<_> = self.sessions.read().values().cloned().collect();
+        for session in sessions {
+            session.close(CloseReason::ServerShutdown);
+        }
+    }
+
+    pub(crate) fn remove(&self, sid: &str) {
+        self.sessions.write().remove(sid);
+    }
+
+    fn open_packet(&self, sid: &str, upgrades: bool) -> String {
+        let upgrades: &[&str] = if upgrades { &["websocket"] } else { &[] };
+        let json = serde_json::json!({
+            "sid": sid,
+            "upgrades": upgrades,
+            "pingInterval": self.config.ping_interval.as_millis() as u64,
+            "pingTimeout": self.config.ping_timeout.as_millis() as u64,
+            "maxPayload": self.config.max_payload,
+        });
+        format!("0{json}")
+    }
+
+    /// Registers a new session and starts its heartbeat.
+    fn open_session(
+        self: &Arc<Self>,
+        request: Arc<RequestInfo>,
+        transport: TransportKind,
+    ) -> Arc<Session> {
+        let sid: Arc<str> = generate_id().into();
+        let session = Session::new(sid.clone(), request, self.clone(), transport);
+        self.sessions.write().insert(sid, session.clone());
+        session.set_handler(self.handler.on_open(&session));
+        tokio::spawn(session.clone().heartbeat());
+        session
+    }
+
+    async fn handle(self: Arc<Self>, req: Request) -> Response {
+        let cors = self.config.cors_any_origin;
+        let mut response = self.route(req).await;
+        if cors {
+            response.headers_mut().insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        }
+        response
+    }
+
+    async fn route(self: Arc<Self>, req: Request) -> Response {
+        if self.config.cors_any_origin && req.method() == Method::OPTIONS {
+            return (
+                StatusCode::NO_CONTENT,
+                [
+                    (
+                        header::ACCESS_CONTROL_ALLOW_METHODS,
+                        "GET,HEAD,PUT,PATCH,POST,DELETE",
+                    ),
+                    (header::ACCESS_CONTROL_ALLOW_HEADERS, "content-type"),
+                ],
+            )
+                .into_response();
+        }
+        let is_upgrade = req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let query: Vec<(String, String)> = Query::try_from_uri(req.uri())
+            .map(|Query(q)| q)
+            .unwrap_or_default();
+        let request = |req: &Request| {
+            Arc::new(RequestInfo {
+                query: query.clone(),
+                headers: req.headers().clone(),
+                remote_addr: req
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0),
+                uri: req.uri().clone(),
+            })
+        };
+        let param = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
+        let reject = |e: RequestError, msg: Option<&str>| {
+            if is_upgrade {
+                e.upgrade_response()
+            } else {
+                e.json_response(msg)
+            }
+        };
+
+        // Order of checks as in the reference `Server.verify` then `handshake`.
+        let transport = param("transport");
+        if !matches!(transport, Some("polling" | "websocket")) {
+            return reject(RequestError::UnknownTransport, None);
+        }
+        let websocket = transport == Some("websocket");
+        if let Some(sid) = param("sid") {
+            let Some(session) = self.session(sid) else {
+                return reject(RequestError::UnknownSid, None);
+            };
+            if is_upgrade && websocket {
+                return websocket::upgrade(session, req).await;
+            }
+            let current = session.transport();
+            if websocket || current == TransportKind::WebSocket {
+                return reject(RequestError::BadRequest, None);
+            }
+            return match *req.method() {
+                Method::GET => polling::get(session).await,
+                Method::POST => polling::post(session, req).await,
+                _ => reject(RequestError::BadRequest, None),
+            };
+        }
+        if req.method() != Method::GET {
+            return reject(RequestError::BadHandshakeMethod, None);
+        }
+        if websocket && !is_upgrade {
+            return reject(RequestError::BadRequest, None);
+        }
+        if param("EIO") != Some("4") {
+            return reject(RequestError::UnsupportedProtocolVersion, None);
+        }
+        if !self.accepting.load(Ordering::SeqCst) {
+            return reject(RequestError::BadRequest, Some("Server shutting down"));
+        }
+        let info = request(&req);
+        if let Err(message) = self.handler.allow_request(&info) {
+            return reject(RequestError::Forbidden, Some(&message));
+        }
+        if websocket {
+            let (mut parts, _) = req.into_parts();
+            let Ok(upgrade) =
+                axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await
+            else {
+                return RequestError::BadRequest.upgrade_response();
+            };
+            let session = self.open_session(info, TransportKind::WebSocket);
+            let open = self.open_packet(session.sid(), false);
+            // The open packet is the first frame; nothing can be queued before it.
+            let _ = session.send(Frame::Text(open.into()));
+            return websocket::accept(session, upgrade);
+        }
+        let session = self.open_session(info, TransportKind::Polling);
+        let open = self.open_packet(session.sid(), true);
+        polling::text_response(Body::from(open))
+    }
+}
+
+/// A random 20-character URL-safe id (15 random bytes), like the reference's `base64id`.
+pub(crate) fn generate_id() -> String {
+    let bytes: [u8; 15] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}

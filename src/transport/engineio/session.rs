@@ -1,0 +1,507 @@
+//! One Engine.IO session: the byte-bounded outbound queue with a priority ping slot, the
+//! ordered inbound "lane" that runs the upper layer's work one item at a time, and the
+//! heartbeat task (pings, pong timeout, connect timeout, close notification).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Waker};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep_until};
+
+use super::packet::{Frame, Packet};
+use super::{EngineIo, RequestInfo, SessionHandler};
+
+/// A boxed, sendable unit of work queued on a session's inbound lane.
+pub type Work = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Inbound work items beyond which transport readers stop reading (backpressure).
+const LANE_LIMIT: usize = 256;
+/// Bytes a WebSocket writer takes per batch, so a ping is never stuck behind a huge backlog.
+const WS_BATCH_BYTES: usize = 64 * 1024;
+
+/// Why a session closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a close packet `1`.
+    ClientClose,
+    /// The underlying connection went away.
+    TransportClose,
+    /// The transport failed or the client broke the transport rules (overlapping requests).
+    TransportError,
+    /// The client sent something that could not be decoded.
+    ParseError,
+    /// No pong within `ping_timeout`.
+    PingTimeout,
+    /// The upper layer did not mark the session ready within `connect_timeout`.
+    ConnectTimeout,
+    /// The server is shutting down.
+    ServerShutdown,
+    /// The outbound queue exceeded `max_queue_bytes`.
+    SlowConsumer,
+    /// The application closed the session.
+    Forced,
+}
+
+impl CloseReason {
+    /// A short human-readable reason, as the reference implementation words it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClose => "transport close",
+            CloseReason::TransportClose => "transport close",
+            CloseReason::TransportError => "transport error",
+            CloseReason::ParseError => "parse error",
+            CloseReason::PingTimeout => "ping timeout",
+            CloseReason::ConnectTimeout => "connect timeout",
+            CloseReason::ServerShutdown => "server shutting down",
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::Forced => "forced close",
+        }
+    }
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The session is closed.
+    #[error("session closed")]
+    Closed,
+    /// The queue bound was exceeded; the session has been closed.
+    #[error("slow consumer: outbound queue full")]
+    SlowConsumer,
+}
+
+/// Which transport currently carries the session's outbound data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// HTTP long-polling.
+    Polling,
+    /// Polling, with a WebSocket probe answered; GETs are answered with noop.
+    Upgrading,
+    /// WebSocket.
+    WebSocket,
+}
+
+pub(crate) struct State {
+    pub transport: TransportKind,
+    queue: VecDeque<Frame>,
+    queued_bytes: usize,
+    ping_due: bool,
+    awaiting_pong: bool,
+    pub get_active: bool,
+    pub post_active: bool,
+    /// A WebSocket is attached or being attached (a second one is refused).
+    pub ws_attached: bool,
+    closed: Option<CloseReason>,
+    /// The close has been reported to the handler (by the heartbeat task).
+    close_reported: bool,
+}
+
+struct Lane {
+    queue: VecDeque<Work>,
+    running: bool,
+}
+
+/// What a long-polling GET should answer now.
+pub(crate) enum PollBatch {
+    Frames(Vec<Frame>),
+    Wait,
+}
+
+/// What a WebSocket writer should do now.
+pub(crate) enum WsBatch {
+    Frames(Vec<Frame>),
+    Wait,
+    /// Send these frames, then the close frame (code, reason), then stop.
+    Close(Vec<Frame>, Option<(u16, &'static str)>),
+}
+
+/// One Engine.IO session, shared by its transports, its heartbeat task and the upper layer.
+pub struct Session {
+    sid: Arc<str>,
+    request: Arc<RequestInfo>,
+    engine: Arc<EngineIo>,
+    pub(crate) state: Mutex<State>,
+    pub(crate) poll_wake: Notify,
+    pub(crate) ws_wake: Notify,
+    heartbeat_wake: Notify,
+    lane_room: Notify,
+    handler: OnceLock<Arc<dyn SessionHandler>>,
+    lane: Mutex<Lane>,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("sid", &self.sid).finish()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        sid: Arc<str>,
+        request: Arc<RequestInfo>,
+        engine: Arc<EngineIo>,
+        transport: TransportKind,
+    ) -> Arc<Session> {
+        Arc::new(Session {
+            sid,
+            request,
+            engine,
+            state: Mutex::new(State {
+                transport,
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                ping_due: false,
+                awaiting_pong: false,
+                get_active: false,
+                post_active: false,
+                ws_attached: transport == TransportKind::WebSocket,
+                closed: None,
+                close_reported: false,
+            }),
+            poll_wake: Notify::new(),
+            ws_wake: Notify::new(),
+            heartbeat_wake: Notify::new(),
+            lane_room: Notify::new(),
+            handler: OnceLock::new(),
+            lane: Mutex::new(Lane {
+                queue: VecDeque::new(),
+                running: false,
+            }),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// The Engine.IO session id.
+    pub fn sid(&self) -> &str {
+        &self.sid
+    }
+
+    /// The HTTP request that opened the session.
+    pub fn request(&self) -> &Arc<RequestInfo> {
+        &self.request
+    }
+
+    /// The transport currently carrying outbound data.
+    pub fn transport(&self) -> TransportKind {
+        self.state.lock().transport
+    }
+
+    pub(crate) fn max_payload(&self) -> usize {
+        self.engine.config.max_payload
+    }
+
+    pub(crate) fn upgrade_timeout(&self) -> std::time::Duration {
+        self.engine.config.upgrade_timeout
+    }
+
+    pub(crate) fn is_closed_locked(&self, st: &State) -> bool {
+        st.closed.is_some()
+    }
+
+    /// Whether the session is closed.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed.is_some()
+    }
+
+    /// Marks the session as claimed by the upper layer, cancelling the connect timeout.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_handler(&self, handler: Arc<dyn SessionHandler>) {
+        let _ = self.handler.set(handler);
+    }
+
+    /// Queues one frame.
+    pub fn send(&self, frame: Frame) -> Result<(), SendError> {
+        self.send_all(std::iter::once(frame))
+    }
+
+    /// Queues frames atomically (e.g. a binary packet and its attachments): all or none.
+    pub fn send_all(&self, frames: impl IntoIterator<Item = Frame>) -> Result<(), SendError> {
+        let mut st = self.state.lock();
+        if st.closed.is_some() {
+            return Err(SendError::Closed);
+        }
+        let start = st.queue.len();
+        let mut added = 0;
+        for frame in frames {
+            added += frame.weight();
+            st.queue.push_back(frame);
+        }
+        if st.queued_bytes + added > self.engine.config.max_queue_bytes {
+            st.queue.truncate(start);
+            drop(st);
+            tracing::debug!(sid = %self.sid, "outbound queue bound exceeded");
+            self.close(CloseReason::SlowConsumer);
+            return Err(SendError::SlowConsumer);
+        }
+        st.queued_bytes += added;
+        let transport = st.transport;
+        drop(st);
+        self.wake_drainer(transport);
+        Ok(())
+    }
+
+    fn wake_drainer(&self, transport: TransportKind) {
+        match transport {
+            TransportKind::WebSocket => self.ws_wake.notify_one(),
+            _ => self.poll_wake.notify_one(),
+        }
+    }
+
+    /// Closes the session. Idempotent; the handler's `on_close` runs later on the heartbeat
+    /// task, so callers holding their own locks cannot deadlock through it.
+    pub fn close(&self, reason: CloseReason) {
+        {
+            let mut st = self.state.lock();
+            if st.closed.is_some() {
+                return;
+            }
+            st.closed = Some(reason);
+        }
+        tracing::debug!(sid = %self.sid, reason = reason.as_str(), "session closed");
+        self.engine.remove(&self.sid);
+        self.poll_wake.notify_one();
+        self.ws_wake.notify_one();
+        self.heartbeat_wake.notify_one();
+        self.lane_room.notify_one();
+        self.lane.lock().queue.clear();
+    }
+
+    /// Handles one decoded inbound packet, from either transport.
+    pub(crate) async fn receive(self: &Arc<Self>, packet: Packet) {
+        match packet {
+            Packet::Pong(_) => {
+                let mut st = self.state.lock();
+                if st.awaiting_pong {
+                    st.awaiting_pong = false;
+                    drop(st);
+                    self.heartbeat_wake.notify_one();
+                }
+            }
+            Packet::Message(message) => {
+                let Some(handler) = self.handler.get() else {
+                    return;
+                };
+                if let Some(work) = handler.clone().on_message(message) {
+                    self.enqueue(work).await;
+                }
+            }
+            Packet::Close => self.close(CloseReason::ClientClose),
+            // v4 servers receive no pings outside an upgrade; the rest carry nothing to do.
+            Packet::Ping(_) | Packet::Upgrade | Packet::Noop | Packet::Open => {}
+        }
+    }
+
+    /// Runs `work` after all earlier work of this session. Work that completes on its first
+    /// poll runs inline; otherwise one runner task drains the lane in order.
+    async fn enqueue(self: &Arc<Self>, mut work: Work) {
+        {
+            let mut lane = self.lane.lock();
+            if lane.running {
+                lane.queue.push_back(work);
+                if lane.queue.len() < LANE_LIMIT {
+                    return;
+                }
+            } else {
+                lane.running = true;
+                drop(lane);
+                // A first poll with a no-op waker is sound: the runner re-polls with a real one.
+                let mut cx = Context::from_waker(Waker::noop());
+                if work.as_mut().poll(&mut cx).is_ready() {
+                    let mut lane = self.lane.lock();
+                    if lane.queue.is_empty() {
+                        lane.running = false;
+                        return;
+                    }
+                    let next = lane.queue.pop_front();
+                    drop(lane);
+                    if let Some(next) = next {
+                        tokio::spawn(self.clone().run_lane(next));
+                    }
+                } else {
+                    tokio::spawn(self.clone().run_lane(work));
+                }
+                return;
+            }
+        }
+        // Over the limit: wait for the runner to make room (or the session to close).
+        loop {
+            let room = self.lane_room.notified();
+            if self.lane.lock().queue.len() < LANE_LIMIT || self.is_closed() {
+                return;
+            }
+            room.await;
+        }
+    }
+
+    async fn run_lane(self: Arc<Self>, first: Work) {
+        let mut work = first;
+        loop {
+            work.await;
+            let next = {
+                let mut lane = self.lane.lock();
+                match lane.queue.pop_front() {
+                    Some(next) if !self.is_closed() => next,
+                    _ => {
+                        lane.queue.clear();
+                        lane.running = false;
+                        return;
+                    }
+                }
+            };
+            self.lane_room.notify_one();
+            work = next;
+        }
+    }
+
+    /// What a long-polling GET should send now (ping first, then queued data).
+    pub(crate) fn take_poll_batch(&self) -> PollBatch {
+        let mut st = self.state.lock();
+        if let Some(reason) = st.closed {
+            let packet = if reason == CloseReason::ClientClose {
+                "6"
+            } else {
+                "1"
+            };
+            return PollBatch::Frames(vec![Frame::control(packet)]);
+        }
+        if st.transport != TransportKind::Polling {
+            return PollBatch::Frames(vec![Frame::control("6")]);
+        }
+        if !st.ping_due && st.queue.is_empty() {
+            return PollBatch::Wait;
+        }
+        let mut frames = Vec::with_capacity(st.queue.len() + 1);
+        if std::mem::take(&mut st.ping_due) {
+            frames.push(Frame::control("2"));
+        }
+        frames.extend(st.queue.drain(..));
+        st.queued_bytes = 0;
+        PollBatch::Frames(frames)
+    }
+
+    /// What the WebSocket writer should send now (ping first, then up to a batch of data).
+    pub(crate) fn take_ws_batch(&self) -> WsBatch {
+        let mut st = self.state.lock();
+        if let Some(reason) = st.closed {
+            let (frames, close) = match reason {
+                CloseReason::ServerShutdown | CloseReason::Forced => {
+                    let mut frames: Vec<Frame> = st.queue.drain(..).collect();
+                    frames.push(Frame::control("1"));
+                    (frames, None)
+                }
+                CloseReason::SlowConsumer => (Vec::new(), Some((1008, "slow consumer"))),
+                _ => (Vec::new(), None),
+            };
+            st.queue = VecDeque::new();
+            st.queued_bytes = 0;
+            return WsBatch::Close(frames, close);
+        }
+        if !st.ping_due && st.queue.is_empty() {
+            return WsBatch::Wait;
+        }
+        let mut frames = Vec::new();
+        if std::mem::take(&mut st.ping_due) {
+            frames.push(Frame::control("2"));
+        }
+        let mut taken = 0;
+        while taken < WS_BATCH_BYTES {
+            let Some(frame) = st.queue.pop_front() else {
+                break;
+            };
+            taken += frame.weight();
+            frames.push(frame);
+        }
+        st.queued_bytes -= taken;
+        if st.queue.is_empty() {
+            // Release the queue's buffer so idle sessions hold no large allocation.
+            st.queue = VecDeque::new();
+        }
+        WsBatch::Frames(frames)
+    }
+
+    fn ready_due(&self, deadline: Option<Instant>) -> Option<Instant> {
+        deadline.filter(|_| !self.ready.load(Ordering::Relaxed))
+    }
+
+    /// Waits until `until`, the connect deadline, or a wake-up. Returns false if the
+    /// session closed (including by connect timeout).
+    async fn wait(&self, until: Instant, connect_deadline: &mut Option<Instant>) -> bool {
+        *connect_deadline = self.ready_due(*connect_deadline);
+        let wake_at = connect_deadline.map_or(until, |d| d.min(until));
+        tokio::select! {
+            _ = sleep_until(wake_at) => {}
+            _ = self.heartbeat_wake.notified() => {}
+        }
+        if self.is_closed() {
+            return false;
+        }
+        *connect_deadline = self.ready_due(*connect_deadline);
+        if connect_deadline.is_some_and(|d| Instant::now() >= d) {
+            self.close(CloseReason::ConnectTimeout);
+            return false;
+        }
+        true
+    }
+
+    /// The heartbeat task: first ping one interval after open, the next one an interval
+    /// after each pong; closes on a missing pong. It also reports the close to the handler.
+    pub(crate) async fn heartbeat(self: Arc<Self>) {
+        let config = &self.engine.config;
+        let mut connect_deadline = config.connect_timeout.map(|d| Instant::now() + d);
+        'outer: loop {
+            let ping_at = Instant::now() + config.ping_interval;
+            while Instant::now() < ping_at {
+                if !self.wait(ping_at, &mut connect_deadline).await {
+                    break 'outer;
+                }
+            }
+            let transport = {
+                let mut st = self.state.lock();
+                if st.closed.is_some() {
+                    break;
+                }
+                st.ping_due = true;
+                st.awaiting_pong = true;
+                st.transport
+            };
+            self.wake_drainer(transport);
+            let pong_deadline = Instant::now() + config.ping_timeout;
+            loop {
+                if !self.state.lock().awaiting_pong {
+                    break;
+                }
+                if Instant::now() >= pong_deadline {
+                    self.close(CloseReason::PingTimeout);
+                    break 'outer;
+                }
+                if !self.wait(pong_deadline, &mut connect_deadline).await {
+                    break 'outer;
+                }
+            }
+        }
+        self.report_close();
+    }
+
+    fn report_close(&self) {
+        let reason = {
+            let mut st = self.state.lock();
+            if st.close_reported {
+                return;
+            }
+            st.close_reported = true;
+            st.closed.unwrap_or(CloseReason::TransportClose)
+        };
+        if let Some(handler) = self.handler.get() {
+            handler.on_close(reason);
+        }
+    }
+}
