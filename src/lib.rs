@@ -1,8 +1,8 @@
 //! Herald: a real-time update server. Durable ordered channels delivered over Socket.IO, WebSocket and SSE.
 
 pub mod api;
-// pub mod binding;
+pub mod binding;
 pub mod config;
 pub mod core;
-// pub mod server;
+pub mod server;
 pub mod transport;

@@ -58,8 +58,9 @@ impl Server {
             max_payload: s.max_payload,
             connect_timeout: s.connect_timeout,
             max_queue_bytes: s.max_queue_bytes,
+            cors_any_origin: false,
         })
-        .namespace("/", namespace.clone())
+        .namespace("/", namespace.handler())
         .build();
         let api = api::router(ApiState {
             core: core.clone(),

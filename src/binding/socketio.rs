@@ -7,12 +7,11 @@
 //! reconnects with its `pid`; [`session::resume_points`] turns that into a position per channel.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::core::Core;
@@ -23,7 +22,7 @@ use crate::core::session::{self, Cursor, Entry, Gap, GapReason, Resume, SessionR
 use crate::core::store::StoreError;
 use crate::transport::socketio::{
     Accept, AckResponder, BoxFuture, ConnectError, DisconnectReason, EncodedPacket, NamespaceHandler,
-    Payload, Socket,
+    Payload, Socket, encode_event_raw,
 };
 
 /// The event slot holding the shared Socket.IO packet of a live event.
@@ -86,8 +85,8 @@ impl Subscriber for Conn {
 
 impl Conn {
     fn send_live(&self, event: &Arc<SharedEvent>) -> Result<(), ()> {
-        let bytes = event.encoded(SLOT, |e| encode_event(e, &Cursor::live(e).to_string()));
-        self.socket.send_encoded(&EncodedPacket::from(bytes)).map_err(|_| ())
+        let packet = event.encoded(SLOT, |e| encode_event(e, &Cursor::live(e).to_string()));
+        self.socket.send_encoded(&packet).map_err(|_| ())
     }
 
     /// Ends a replay: queued live events follow it, then delivery goes direct again.
@@ -111,21 +110,13 @@ impl Conn {
 }
 
 /// `2["name",data,"cursor"]`: one Socket.IO EVENT packet of the `/` namespace.
-fn encode_event(e: &Event, cursor: &str) -> Bytes {
-    let mut s = String::with_capacity(e.name.len() + e.data.get().len() + cursor.len() + 16);
-    s.push_str("2[");
-    push_json_str(&mut s, &e.name);
-    s.push(',');
-    s.push_str(e.data.get());
-    s.push_str(",\"");
-    s.push_str(cursor);
-    s.push_str("\"]");
-    Bytes::from(s)
-}
-
-fn push_json_str(out: &mut String, s: &str) {
-    // serde_json's string escaping; writing to a String cannot fail.
-    let _ = write!(out, "{}", Value::String(s.to_owned()));
+fn encode_event(e: &Event, cursor: &str) -> EncodedPacket {
+    // Cursors are `[LR][0-9.]+`: quoting needs no escaping.
+    let cursor = RawValue::from_string(format!("\"{cursor}\"")).ok();
+    match cursor {
+        Some(c) => encode_event_raw("/", &e.name, &[&e.data, &c]),
+        None => encode_event_raw("/", &e.name, &[&e.data]),
+    }
 }
 
 /// What a `subscribe` event carries.
@@ -238,9 +229,9 @@ impl ChannelsNamespace {
                     .collect();
                 if asked.is_some() {
                     let notice = json!({"reason": GapReason::SessionUnknown});
-                    let _ = socket.emit(GAP_EVENT, Payload::from_args(vec![notice]));
+                    let _ = socket.emit(GAP_EVENT, Payload::new(vec![notice]));
                 }
-                (new_id(), wants, socket.id(), false)
+                (new_id(), wants, socket.id().to_string(), false)
             }
         };
         let conn = Arc::new(Conn {
@@ -316,12 +307,17 @@ impl ChannelsNamespace {
                 self.core.hub.unsubscribe(c, conn.sub_id);
             }
             conn.finish_replay();
-            return Err(e.into());
+            let refusal = Refusal::from(e);
+            if let Some((ack, _)) = ack {
+                let _ = ack.send(Payload::new(vec![refusal.to_json()]));
+            }
+            return Err(refusal);
         }
         if let Some((ack, channel)) = ack {
             let pos = plan.iter().find(|p| p.0 == channel).map(|p| &p.2);
             let (offset, epoch) = pos.map_or((0, "".into()), |p| (p.last_offset, p.epoch.clone()));
-            ack.send(Payload::from_args(vec![json!({"ok": true, "channel": channel, "offset": offset, "epoch": epoch})]));
+            let reply = json!({"ok": true, "channel": channel, "offset": offset, "epoch": epoch});
+            let _ = ack.send(Payload::new(vec![reply]));
         }
         for (channel, after, pos, k, gap) in plan {
             let events = self.core.replay(&channel, after, pos.last_offset).await?;
@@ -340,11 +336,11 @@ impl ChannelsNamespace {
             }
             if let Some(gap) = gap {
                 let notice = serde_json::to_value(&gap).unwrap_or(Value::Null);
-                let _ = conn.socket.emit(GAP_EVENT, Payload::from_args(vec![notice]));
+                let _ = conn.socket.emit(GAP_EVENT, Payload::new(vec![notice]));
             }
             for e in &events {
                 let cursor = Cursor::Replay { seq: pos.seq, k, offset: e.offset }.to_string();
-                if conn.socket.send_encoded(&EncodedPacket::from(encode_event(e, &cursor))).is_err() {
+                if conn.socket.send_encoded(&encode_event(e, &cursor)).is_err() {
                     conn.state.lock().closed = true;
                     break;
                 }
@@ -363,14 +359,16 @@ impl ChannelsNamespace {
                 let _ = self.register(conn, vec![w], None).await;
                 return;
             }
-            (Err(r), Some(ack)) => return ack.send(Payload::from_args(vec![r.to_json()])),
+            (Err(r), Some(ack)) => {
+                let _ = ack.send(Payload::new(vec![r.to_json()]));
+                return;
+            }
             (Err(_), None) => return,
         };
         let channel = want.channel.clone();
         let _op = conn.op.lock().await;
-        if let Err(r) = self.register(conn, vec![want], Some((ack.clone(), channel))).await {
-            ack.send(Payload::from_args(vec![r.to_json()]));
-        }
+        // Refusals are acknowledged inside `register`.
+        let _ = self.register(conn, vec![want], Some((ack, channel))).await;
     }
 
     async fn unsubscribe(&self, conn: &Arc<Conn>, args: &Payload, ack: Option<AckResponder>) {
@@ -397,7 +395,7 @@ impl ChannelsNamespace {
             },
         };
         if let Some(ack) = ack {
-            ack.send(Payload::from_args(vec![reply]));
+            let _ = ack.send(Payload::new(vec![reply]));
         }
     }
 
@@ -437,9 +435,13 @@ fn new_id() -> String {
     format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
 }
 
-impl NamespaceHandler for ChannelsNamespace {
-    fn on_connect(&self, socket: Arc<Socket>, auth: Option<Value>) -> BoxFuture<'_, Result<Accept, ConnectError>> {
-        Box::pin(self.connect(socket, auth))
+/// The [`NamespaceHandler`] of a [`ChannelsNamespace`].
+struct Handler(Arc<ChannelsNamespace>);
+
+impl NamespaceHandler for Handler {
+    fn on_connect(&self, socket: Arc<Socket>, auth: Option<Value>) -> BoxFuture<Result<Accept, ConnectError>> {
+        let ns = self.0.clone();
+        Box::pin(async move { ns.connect(socket, auth).await })
     }
 
     fn on_event(
@@ -448,18 +450,19 @@ impl NamespaceHandler for ChannelsNamespace {
         event: String,
         args: Payload,
         ack: Option<AckResponder>,
-    ) -> BoxFuture<'_, ()> {
+    ) -> BoxFuture<()> {
+        let ns = self.0.clone();
         Box::pin(async move {
-            let Some(conn) = self.conns.lock().get(&socket.id()).cloned() else {
+            let Some(conn) = ns.conns.lock().get(&*socket.id()).cloned() else {
                 return;
             };
             match event.as_str() {
-                "subscribe" => self.subscribe(&conn, &args, ack).await,
-                "unsubscribe" => self.unsubscribe(&conn, &args, ack).await,
+                "subscribe" => ns.subscribe(&conn, &args, ack).await,
+                "unsubscribe" => ns.unsubscribe(&conn, &args, ack).await,
                 other => {
                     if let Some(ack) = ack {
                         let r = Refusal::new("unknown_event", format!("Herald does not handle {other:?}"));
-                        ack.send(Payload::from_args(vec![r.to_json()]));
+                        let _ = ack.send(Payload::new(vec![r.to_json()]));
                     }
                 }
             }
@@ -467,7 +470,18 @@ impl NamespaceHandler for ChannelsNamespace {
     }
 
     fn on_disconnect(&self, socket: Arc<Socket>, reason: DisconnectReason) {
-        let id = socket.id();
+        self.0.disconnected(socket, reason);
+    }
+}
+
+impl ChannelsNamespace {
+    /// The Socket.IO handler serving this namespace.
+    pub fn handler(self: &Arc<Self>) -> Arc<dyn NamespaceHandler> {
+        Arc::new(Handler(self.clone()))
+    }
+
+    fn disconnected(&self, socket: Arc<Socket>, reason: DisconnectReason) {
+        let id = socket.id().to_string();
         let conn = {
             let mut conns = self.conns.lock();
             match conns.get(&id) {
@@ -477,7 +491,7 @@ impl NamespaceHandler for ChannelsNamespace {
         };
         let Some(conn) = conn else { return };
         self.detach(&conn);
-        if matches!(reason, DisconnectReason::ClientNamespaceDisconnect) {
+        if !reason.allows_recovery() {
             self.core.store.delete_session(&conn.pid);
         } else {
             self.core.store.session_detached(&conn.pid);

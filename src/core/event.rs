@@ -1,8 +1,8 @@
 //! Events: what publishers send, what the store assigns, and the shared form fanned out to subscribers.
 
+use std::any::Any;
 use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -89,11 +89,17 @@ const ENCODING_SLOTS: usize = 4;
 pub struct EncodingSlot(pub usize);
 
 /// A committed event as fanned out: shared by every subscriber, each wire encoding computed at most once.
-#[derive(Debug)]
 pub struct SharedEvent {
     /// The event itself.
     pub event: Event,
-    encodings: [OnceLock<Bytes>; ENCODING_SLOTS],
+    /// One cached encoding per slot; the type is the transport's own (e.g. a shared WebSocket frame).
+    encodings: [OnceLock<Box<dyn Any + Send + Sync>>; ENCODING_SLOTS],
+}
+
+impl std::fmt::Debug for SharedEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedEvent").field("event", &self.event).finish_non_exhaustive()
+    }
 }
 
 impl SharedEvent {
@@ -105,11 +111,20 @@ impl SharedEvent {
         })
     }
 
-    /// The bytes of encoding `slot`, computed by `encode` on first use and shared afterwards.
-    pub fn encoded(&self, slot: EncodingSlot, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
-        self.encodings[slot.0]
-            .get_or_init(|| encode(&self.event))
-            .clone()
+    /// Encoding `slot`, computed by `encode` on first use and cloned (cheaply, for refcounted types) afterwards.
+    pub fn encoded<T: Clone + Send + Sync + 'static>(
+        &self,
+        slot: EncodingSlot,
+        encode: impl FnOnce(&Event) -> T,
+    ) -> T {
+        let cell = &self.encodings[slot.0];
+        if let Some(t) = cell.get().and_then(|b| b.downcast_ref::<T>()) {
+            return t.clone();
+        }
+        let value = encode(&self.event);
+        // Losing a race to another thread only costs one extra encoding.
+        let _ = cell.set(Box::new(value.clone()));
+        value
     }
 }
 
