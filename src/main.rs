@@ -51,9 +51,12 @@ enum Command {
     Tail {
         /// Channel name.
         channel: String,
-        /// Start after this offset (default: only new events).
+        /// Start after this offset (default: the last `--lines` events).
         #[arg(long)]
         since: Option<u64>,
+        /// Without `--since`, how many of the latest events to print first.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        lines: u64,
         #[command(flatten)]
         remote: Remote,
     },
@@ -120,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{result}");
             Ok(())
         }
-        Command::Tail { channel, since, remote } => tail(&channel, since, &remote).await,
+        Command::Tail { channel, since, lines, remote } => tail(&channel, since, lines, &remote).await,
     }
 }
 
@@ -165,7 +168,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn tail(channel: &str, since: Option<u64>, remote: &Remote) -> anyhow::Result<()> {
+async fn tail(channel: &str, since: Option<u64>, lines: u64, remote: &Remote) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let path = format!("/api/channels/{}/history", percent_encode(channel));
     let mut after = match since {
@@ -174,7 +177,10 @@ async fn tail(channel: &str, since: Option<u64>, remote: &Remote) -> anyhow::Res
             let head = format!("{path}?limit=1&since={}", u64::MAX);
             let resp = remote.request(&client, reqwest::Method::GET, &head).send().await;
             match resp {
-                Ok(r) if r.status().is_success() => r.json::<Value>().await?["last_offset"].as_u64().unwrap_or(0),
+                Ok(r) if r.status().is_success() => {
+                    let last = r.json::<Value>().await?["last_offset"].as_u64().unwrap_or(0);
+                    last.saturating_sub(lines)
+                }
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => 0,
                 Ok(r) => bail!("tail failed ({}): {}", r.status(), r.text().await.unwrap_or_default()),
                 Err(e) => return Err(e).with_context(|| format!("cannot reach Herald at {}", remote.url)),
