@@ -196,13 +196,21 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("server_side_channels {name:?}: {e}")))?;
         }
         if !self.socketio.path.starts_with('/') {
-            return Err(ConfigError::Invalid("socketio.path must start with '/'".into()));
+            return Err(ConfigError::Invalid(
+                "socketio.path must start with '/'".into(),
+            ));
         }
-        if self.history.max_events == 0 || self.history.rules.iter().any(|r| r.max_events == Some(0)) {
-            return Err(ConfigError::Invalid("history max_events must be at least 1".into()));
+        if self.history.max_events == 0
+            || self.history.rules.iter().any(|r| r.max_events == Some(0))
+        {
+            return Err(ConfigError::Invalid(
+                "history max_events must be at least 1".into(),
+            ));
         }
         if self.socketio.ping_interval.is_zero() || self.socketio.ping_timeout.is_zero() {
-            return Err(ConfigError::Invalid("socketio ping_interval and ping_timeout must be positive".into()));
+            return Err(ConfigError::Invalid(
+                "socketio ping_interval and ping_timeout must be positive".into(),
+            ));
         }
         Ok(())
     }

@@ -10,7 +10,11 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Real-time update server: durable ordered channels over Socket.IO")]
+#[command(
+    name = "herald",
+    version,
+    about = "Real-time update server: durable ordered channels over Socket.IO"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +77,12 @@ struct Remote {
 }
 
 impl Remote {
-    fn request(&self, client: &reqwest::Client, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
         let req = client.request(method, format!("{}{path}", self.url.trim_end_matches('/')));
         match self.api_key.first() {
             Some(key) => req.bearer_auth(key),
@@ -86,7 +95,12 @@ impl Remote {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, listen, data_dir, api_keys } => {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            api_keys,
+        } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
@@ -94,13 +108,25 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .with_writer(std::io::stderr)
                 .init();
-            let overrides = Overrides { listen, data_dir, api_keys };
+            let overrides = Overrides {
+                listen,
+                data_dir,
+                api_keys,
+            };
             let config = Config::load(config.as_ref(), overrides)?;
             serve(config).await
         }
-        Command::Publish { channel, event, data, id, remote } => {
+        Command::Publish {
+            channel,
+            event,
+            data,
+            id,
+            remote,
+        } => {
             let data: Value = match data {
-                Some(text) => serde_json::from_str(&text).context("the payload is not valid JSON")?,
+                Some(text) => {
+                    serde_json::from_str(&text).context("the payload is not valid JSON")?
+                }
                 None => Value::Null,
             };
             let mut body = serde_json::json!({"channel": channel, "event": event, "data": data});
@@ -115,7 +141,10 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot reach Herald at {}", remote.url))?;
             let status = resp.status();
-            let body: Value = resp.json().await.context("the server's answer is not JSON")?;
+            let body: Value = resp
+                .json()
+                .await
+                .context("the server's answer is not JSON")?;
             if !status.is_success() {
                 bail!("publish failed ({status}): {body}");
             }
@@ -123,7 +152,12 @@ async fn main() -> anyhow::Result<()> {
             println!("{result}");
             Ok(())
         }
-        Command::Tail { channel, since, lines, remote } => tail(&channel, since, lines, &remote).await,
+        Command::Tail {
+            channel,
+            since,
+            lines,
+            remote,
+        } => tail(&channel, since, lines, &remote).await,
     }
 }
 
@@ -133,7 +167,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!(requested = %config.listen, "no API key configured: listening on loopback only");
         config.listen.set_ip([127, 0, 0, 1].into());
     } else if config.api_keys.is_empty() {
-        tracing::warn!("no API key configured: the HTTP API is open to anyone who can reach {}", config.listen);
+        tracing::warn!(
+            "no API key configured: the HTTP API is open to anyone who can reach {}",
+            config.listen
+        );
     }
     let listener = TcpListener::bind(config.listen)
         .await
@@ -150,14 +187,15 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -168,28 +206,48 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn tail(channel: &str, since: Option<u64>, lines: u64, remote: &Remote) -> anyhow::Result<()> {
+async fn tail(
+    channel: &str,
+    since: Option<u64>,
+    lines: u64,
+    remote: &Remote,
+) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let path = format!("/api/channels/{}/history", percent_encode(channel));
     let mut after = match since {
         Some(s) => s,
         None => {
             let head = format!("{path}?limit=1&since={}", u64::MAX);
-            let resp = remote.request(&client, reqwest::Method::GET, &head).send().await;
+            let resp = remote
+                .request(&client, reqwest::Method::GET, &head)
+                .send()
+                .await;
             match resp {
                 Ok(r) if r.status().is_success() => {
-                    let last = r.json::<Value>().await?["last_offset"].as_u64().unwrap_or(0);
+                    let last = r.json::<Value>().await?["last_offset"]
+                        .as_u64()
+                        .unwrap_or(0);
                     last.saturating_sub(lines)
                 }
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => 0,
-                Ok(r) => bail!("tail failed ({}): {}", r.status(), r.text().await.unwrap_or_default()),
-                Err(e) => return Err(e).with_context(|| format!("cannot reach Herald at {}", remote.url)),
+                Ok(r) => bail!(
+                    "tail failed ({}): {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                ),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot reach Herald at {}", remote.url));
+                }
             }
         }
     };
     loop {
         let resp = remote
-            .request(&client, reqwest::Method::GET, &format!("{path}?since={after}&wait=30&limit=1000"))
+            .request(
+                &client,
+                reqwest::Method::GET,
+                &format!("{path}?since={after}&wait=30&limit=1000"),
+            )
             .send()
             .await
             .with_context(|| format!("cannot reach Herald at {}", remote.url))?;
@@ -202,7 +260,10 @@ async fn tail(channel: &str, since: Option<u64>, lines: u64, remote: &Remote) ->
             bail!("tail failed ({status}): {body}");
         }
         if let Some(gap) = body.get("gap") {
-            eprintln!("gap: events {} to {} are no longer in history", gap["from"], gap["to"]);
+            eprintln!(
+                "gap: events {} to {} are no longer in history",
+                gap["from"], gap["to"]
+            );
         }
         for ev in body["events"].as_array().into_iter().flatten() {
             println!("{ev}");
@@ -215,7 +276,9 @@ async fn tail(channel: &str, since: Option<u64>, lines: u64, remote: &Remote) ->
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -50,7 +50,11 @@ impl Server {
             session_ttl: config.socketio.session_ttl,
         })?;
         let s = &config.socketio;
-        let namespace = ChannelsNamespace::new(core.clone(), config.server_side_channels(), s.max_queue_bytes);
+        let namespace = ChannelsNamespace::new(
+            core.clone(),
+            config.server_side_channels(),
+            s.max_queue_bytes,
+        );
         let socketio = SocketIo::builder(SocketIoConfig {
             path: s.path.clone(),
             ping_interval: s.ping_interval,
@@ -70,13 +74,23 @@ impl Server {
             connections: Arc::new(SocketIoConnections(namespace)),
         });
         let router = api.merge(socketio.router());
-        Ok(Self { core, socketio, router })
+        Ok(Self {
+            core,
+            socketio,
+            router,
+        })
     }
 
     /// Serves until `shutdown` resolves, then tells clients, drains and flushes the store.
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         let socketio = self.socketio.clone();
-        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let app = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;

@@ -43,7 +43,10 @@ pub async fn history(
     let id = SubscriberId::next();
     if !wait.is_zero() {
         let sub: Arc<dyn Subscriber> = waker.clone();
-        state.core.hub.subscribe(std::slice::from_ref(&channel), id, &sub);
+        state
+            .core
+            .hub
+            .subscribe(std::slice::from_ref(&channel), id, &sub);
     }
     let deadline = tokio::time::Instant::now() + wait;
     let result = loop {
@@ -81,8 +84,9 @@ fn not_found(channel: &ChannelName) -> ApiError {
 
 fn number(query: &HashMap<String, String>, key: &str, default: u64) -> Result<u64, ApiError> {
     query.get(key).map_or(Ok(default), |v| {
-        v.parse()
-            .map_err(|_| ApiError::invalid(format!("`{key}` must be a non-negative integer, got {v:?}")))
+        v.parse().map_err(|_| {
+            ApiError::invalid(format!("`{key}` must be a non-negative integer, got {v:?}"))
+        })
     })
 }
 

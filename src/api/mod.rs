@@ -50,16 +50,24 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
         .with_state(state);
-    Router::new()
-        .nest("/api", api)
-        .route("/healthz", get(|| async { axum::Json(json!({"ok": true})) }))
+    Router::new().nest("/api", api).route(
+        "/healthz",
+        get(|| async { axum::Json(json!({"ok": true})) }),
+    )
 }
 
-async fn disconnect(State(state): State<ApiState>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn disconnect(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     if state.connections.close_transport(&id) {
         Ok(axum::Json(json!({"ok": true})))
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, "connection_not_found", format!("no connection {id:?}")))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "connection_not_found",
+            format!("no connection {id:?}"),
+        ))
     }
 }
 
@@ -67,8 +75,14 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
 }
 
-async fn require_key(State(state): State<ApiState>, req: Request, next: Next) -> Result<Response, ApiError> {
-    if state.api_keys.is_empty() || presented_key(req.headers()).is_some_and(|k| state.api_keys.iter().any(|a| a == k)) {
+async fn require_key(
+    State(state): State<ApiState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if state.api_keys.is_empty()
+        || presented_key(req.headers()).is_some_and(|k| state.api_keys.iter().any(|a| a == k))
+    {
         return Ok(next.run(req).await);
     }
     Err(ApiError::new(

@@ -55,23 +55,31 @@ fn to_events(body: Body1, max_event_bytes: usize) -> Result<Vec<NewEvent>, ApiEr
     match body.events {
         Some(batch) => {
             if body.channel.is_some() || body.channels.is_some() || body.event.is_some() {
-                return Err(ApiError::invalid("give either `events` or a single event, not both"));
+                return Err(ApiError::invalid(
+                    "give either `events` or a single event, not both",
+                ));
             }
             if batch.is_empty() {
                 return Err(ApiError::invalid("`events` is empty"));
             }
             for (i, item) in batch.into_iter().enumerate() {
                 if item.events.is_some() {
-                    return Err(ApiError::invalid(format!("events[{i}]: batches do not nest")));
+                    return Err(ApiError::invalid(format!(
+                        "events[{i}]: batches do not nest"
+                    )));
                 }
-                expand(item, max_event_bytes, &mut out)
-                    .map_err(|e| ApiError { message: format!("events[{i}]: {}", e.message), ..e })?;
+                expand(item, max_event_bytes, &mut out).map_err(|e| ApiError {
+                    message: format!("events[{i}]: {}", e.message),
+                    ..e
+                })?;
             }
         }
         None => expand(body, max_event_bytes, &mut out)?,
     }
     if out.len() > MAX_BATCH {
-        return Err(ApiError::invalid(format!("at most {MAX_BATCH} events per request")));
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_BATCH} events per request"
+        )));
     }
     Ok(out)
 }
@@ -82,24 +90,36 @@ fn expand(b: Body1, max_event_bytes: usize, out: &mut Vec<NewEvent>) -> Result<(
         (Some(c), None) => vec![c],
         (None, Some(cs)) if !cs.is_empty() => cs,
         (None, Some(_)) => return Err(ApiError::invalid("`channels` is empty")),
-        (Some(_), Some(_)) => return Err(ApiError::invalid("give `channel` or `channels`, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid("give `channel` or `channels`, not both"));
+        }
         (None, None) => return Err(ApiError::invalid("missing field `channel`")),
     };
-    let event = b.event.ok_or_else(|| ApiError::invalid("missing field `event`"))?;
+    let event = b
+        .event
+        .ok_or_else(|| ApiError::invalid("missing field `event`"))?;
     if event.is_empty() || event.len() > MAX_NAME {
-        return Err(ApiError::invalid(format!("`event` must be 1 to {MAX_NAME} characters")));
+        return Err(ApiError::invalid(format!(
+            "`event` must be 1 to {MAX_NAME} characters"
+        )));
     }
     if RESERVED.contains(&event.as_str()) {
-        return Err(ApiError::invalid(format!("`event` {event:?} is reserved by Socket.IO clients")));
+        return Err(ApiError::invalid(format!(
+            "`event` {event:?} is reserved by Socket.IO clients"
+        )));
     }
     if let Some(id) = &b.id
         && (id.is_empty() || id.len() > MAX_NAME)
     {
-        return Err(ApiError::invalid(format!("`id` must be 1 to {MAX_NAME} characters")));
+        return Err(ApiError::invalid(format!(
+            "`id` must be 1 to {MAX_NAME} characters"
+        )));
     }
     let data = match b.data {
         Some(d) => d,
-        None => RawValue::from_string("null".into()).map_err(|e| ApiError::invalid(e.to_string()))?,
+        None => {
+            RawValue::from_string("null".into()).map_err(|e| ApiError::invalid(e.to_string()))?
+        }
     };
     if data.get().len() > max_event_bytes {
         return Err(ApiError::too_large(format!(

@@ -21,8 +21,8 @@ use crate::core::hub::{Subscriber, SubscriberId};
 use crate::core::session::{self, Cursor, Entry, Gap, GapReason, Resume, SessionRecord};
 use crate::core::store::StoreError;
 use crate::transport::socketio::{
-    Accept, AckResponder, BoxFuture, ConnectError, DisconnectReason, EncodedPacket, NamespaceHandler,
-    Payload, Socket, encode_event_raw,
+    Accept, AckResponder, BoxFuture, ConnectError, DisconnectReason, EncodedPacket,
+    NamespaceHandler, Payload, Socket, encode_event_raw,
 };
 
 /// The event slot holding the shared Socket.IO packet of a live event.
@@ -105,7 +105,11 @@ impl Conn {
 
     fn channels(&self) -> Vec<ChannelName> {
         let st = self.state.lock();
-        st.record.channels.iter().filter_map(|e| ChannelName::new(&e.channel).ok()).collect()
+        st.record
+            .channels
+            .iter()
+            .filter_map(|e| ChannelName::new(&e.channel).ok())
+            .collect()
     }
 }
 
@@ -136,7 +140,10 @@ struct Refusal {
 
 impl Refusal {
     fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     fn to_json(&self) -> Value {
@@ -164,7 +171,11 @@ struct Want {
 
 impl ChannelsNamespace {
     /// A namespace handler over `core`.
-    pub fn new(core: Arc<Core>, server_side: Vec<ChannelName>, max_pending_bytes: usize) -> Arc<Self> {
+    pub fn new(
+        core: Arc<Core>,
+        server_side: Vec<ChannelName>,
+        max_pending_bytes: usize,
+    ) -> Arc<Self> {
         Arc::new(Self {
             core,
             server_side,
@@ -185,21 +196,29 @@ impl ChannelsNamespace {
         }
     }
 
-    async fn connect(&self, socket: Arc<Socket>, auth: Option<Value>) -> Result<Accept, ConnectError> {
+    async fn connect(
+        &self,
+        socket: Arc<Socket>,
+        auth: Option<Value>,
+    ) -> Result<Accept, ConnectError> {
         let auth = auth.unwrap_or(Value::Null);
         let pid = auth.get("pid").and_then(Value::as_str);
-        let cursor = auth.get("offset").and_then(Value::as_str).and_then(Cursor::parse);
+        let cursor = auth
+            .get("offset")
+            .and_then(Value::as_str)
+            .and_then(Cursor::parse);
         let stored = match pid {
             Some(pid) => self.core.store.session(pid).await.map_err(internal)?,
             None => None,
         };
-        let record: Option<SessionRecord> = stored.and_then(|text| match serde_json::from_str(&text) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable session record; starting a new session");
-                None
-            }
-        });
+        let record: Option<SessionRecord> =
+            stored.and_then(|text| match serde_json::from_str(&text) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable session record; starting a new session");
+                    None
+                }
+            });
         let (pid, wants, sid, recovered) = match (pid, record) {
             (Some(pid), Some(record)) => {
                 // A socket still attached to this session is a stale transport: retire it first.
@@ -225,7 +244,12 @@ impl ChannelsNamespace {
                 let wants = self
                     .server_side
                     .iter()
-                    .map(|c| Want { channel: c.clone(), after: None, epoch: None, gap: None })
+                    .map(|c| Want {
+                        channel: c.clone(),
+                        after: None,
+                        epoch: None,
+                        gap: None,
+                    })
                     .collect();
                 if asked.is_some() {
                     let notice = json!({"reason": GapReason::SessionUnknown});
@@ -240,7 +264,10 @@ impl ChannelsNamespace {
             sub_id: SubscriberId::next(),
             op: tokio::sync::Mutex::new(()),
             state: Mutex::new(ConnState {
-                record: SessionRecord { sid: sid.clone(), ..Default::default() },
+                record: SessionRecord {
+                    sid: sid.clone(),
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             max_pending_bytes: self.max_pending_bytes,
@@ -249,14 +276,20 @@ impl ChannelsNamespace {
             let _op = conn.op.lock().await;
             if let Err(r) = self.register(&conn, wants, None).await {
                 self.detach(&conn);
-                return Err(ConnectError { message: r.message, data: Some(json!({"code": r.code})) });
+                return Err(ConnectError {
+                    message: r.message,
+                    data: Some(json!({"code": r.code})),
+                });
             }
         }
         tracing::debug!(%sid, %pid, recovered, "socket connected");
         self.conns.lock().insert(sid.clone(), conn);
         let mut extra = Map::new();
         extra.insert("pid".into(), Value::String(pid));
-        Ok(Accept { sid: Some(sid), extra })
+        Ok(Accept {
+            sid: Some(sid),
+            extra,
+        })
     }
 
     /// Registers `wants` at one hub position, stores the session, then queues (in order) the optional ack,
@@ -277,7 +310,12 @@ impl ChannelsNamespace {
             for (want, pos) in wants.into_iter().zip(&positions) {
                 let mut after = want.after.unwrap_or(pos.last_offset).min(pos.last_offset);
                 let mut gap = want.gap;
-                if want.epoch.as_deref().is_some_and(|e| !pos.epoch.is_empty() && *e != *pos.epoch) && gap.is_none() {
+                if want
+                    .epoch
+                    .as_deref()
+                    .is_some_and(|e| !pos.epoch.is_empty() && *e != *pos.epoch)
+                    && gap.is_none()
+                {
                     gap = Some(Gap {
                         channel: want.channel.clone(),
                         reason: GapReason::EpochChanged,
@@ -289,7 +327,9 @@ impl ChannelsNamespace {
                 }
                 let k = st.record.next_k;
                 st.record.next_k += 1;
-                st.record.channels.retain(|e| e.channel != want.channel.as_str());
+                st.record
+                    .channels
+                    .retain(|e| e.channel != want.channel.as_str());
                 st.record.channels.push(Entry {
                     channel: want.channel.to_string(),
                     epoch: pos.epoch.to_string(),
@@ -301,7 +341,8 @@ impl ChannelsNamespace {
             }
             st.record.clone()
         };
-        let text = serde_json::to_string(&record).map_err(|e| Refusal::new("internal", e.to_string()))?;
+        let text =
+            serde_json::to_string(&record).map_err(|e| Refusal::new("internal", e.to_string()))?;
         if let Err(e) = self.core.store.put_session(&conn.pid, text).await {
             for c in &channels {
                 self.core.hub.unsubscribe(c, conn.sub_id);
@@ -339,7 +380,12 @@ impl ChannelsNamespace {
                 let _ = conn.socket.emit(GAP_EVENT, Payload::new(vec![notice]));
             }
             for e in &events {
-                let cursor = Cursor::Replay { seq: pos.seq, k, offset: e.offset }.to_string();
+                let cursor = Cursor::Replay {
+                    seq: pos.seq,
+                    k,
+                    offset: e.offset,
+                }
+                .to_string();
                 if conn.socket.send_encoded(&encode_event(e, &cursor)).is_err() {
                     conn.state.lock().closed = true;
                     break;
@@ -372,7 +418,12 @@ impl ChannelsNamespace {
     }
 
     async fn unsubscribe(&self, conn: &Arc<Conn>, args: &Payload, ack: Option<AckResponder>) {
-        let reply = match args.args.first().and_then(|a| a.get("channel")).and_then(Value::as_str) {
+        let reply = match args
+            .args
+            .first()
+            .and_then(|a| a.get("channel"))
+            .and_then(Value::as_str)
+        {
             None => Refusal::new("invalid_request", "expected {channel}").to_json(),
             Some(name) => match ChannelName::new(name) {
                 Err(e) => Refusal::new("invalid_channel", e.to_string()).to_json(),
@@ -410,7 +461,12 @@ impl ChannelsNamespace {
 
 impl Resume {
     fn into_want(self) -> Want {
-        Want { channel: self.channel, after: Some(self.after), epoch: None, gap: self.gap }
+        Want {
+            channel: self.channel,
+            after: Some(self.after),
+            epoch: None,
+            gap: self.gap,
+        }
     }
 }
 
@@ -420,26 +476,47 @@ fn parse_subscribe(args: &Payload) -> Result<Want, Refusal> {
         return Err(invalid());
     }
     let first = args.args.first().ok_or_else(invalid)?;
-    let parsed: SubscribeArgs = serde_json::from_value(first.clone())
-        .map_err(|e| Refusal::new("invalid_request", format!("expected {{channel, since?, epoch?}}: {e}")))?;
-    let channel = ChannelName::new(&parsed.channel).map_err(|e| Refusal::new("invalid_channel", e.to_string()))?;
-    Ok(Want { channel, after: parsed.since, epoch: parsed.epoch, gap: None })
+    let parsed: SubscribeArgs = serde_json::from_value(first.clone()).map_err(|e| {
+        Refusal::new(
+            "invalid_request",
+            format!("expected {{channel, since?, epoch?}}: {e}"),
+        )
+    })?;
+    let channel = ChannelName::new(&parsed.channel)
+        .map_err(|e| Refusal::new("invalid_channel", e.to_string()))?;
+    Ok(Want {
+        channel,
+        after: parsed.since,
+        epoch: parsed.epoch,
+        gap: None,
+    })
 }
 
 fn internal(e: StoreError) -> ConnectError {
     tracing::error!(error = %e, "storage failure during connect");
-    ConnectError { message: "storage unavailable".into(), data: Some(json!({"code": "unavailable"})) }
+    ConnectError {
+        message: "storage unavailable".into(),
+        data: Some(json!({"code": "unavailable"})),
+    }
 }
 
 fn new_id() -> String {
-    format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
+    format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
 }
 
 /// The [`NamespaceHandler`] of a [`ChannelsNamespace`].
 struct Handler(Arc<ChannelsNamespace>);
 
 impl NamespaceHandler for Handler {
-    fn on_connect(&self, socket: Arc<Socket>, auth: Option<Value>) -> BoxFuture<Result<Accept, ConnectError>> {
+    fn on_connect(
+        &self,
+        socket: Arc<Socket>,
+        auth: Option<Value>,
+    ) -> BoxFuture<Result<Accept, ConnectError>> {
         let ns = self.0.clone();
         Box::pin(async move { ns.connect(socket, auth).await })
     }
@@ -461,7 +538,10 @@ impl NamespaceHandler for Handler {
                 "unsubscribe" => ns.unsubscribe(&conn, &args, ack).await,
                 other => {
                     if let Some(ack) = ack {
-                        let r = Refusal::new("unknown_event", format!("Herald does not handle {other:?}"));
+                        let r = Refusal::new(
+                            "unknown_event",
+                            format!("Herald does not handle {other:?}"),
+                        );
                         let _ = ack.send(Payload::new(vec![r.to_json()]));
                     }
                 }

@@ -18,7 +18,9 @@ pub enum ChannelNameError {
     #[error("channel name is longer than {MAX_CHANNEL_LEN} characters")]
     TooLong,
     /// The name contains a character outside the allowed set.
-    #[error("channel name contains {0:?}; allowed are letters, digits, space and _ - . : @ # + = , ~ !")]
+    #[error(
+        "channel name contains {0:?}; allowed are letters, digits, space and _ - . : @ # + = , ~ !"
+    )]
     BadChar(char),
     /// The name starts or ends with a space.
     #[error("channel name starts or ends with a space")]
@@ -124,7 +126,10 @@ mod tests {
         assert_eq!(ChannelName::new(""), Err(ChannelNameError::Empty));
         assert_eq!(ChannelName::new("a/b"), Err(ChannelNameError::BadChar('/')));
         assert_eq!(ChannelName::new(" a"), Err(ChannelNameError::OuterSpace));
-        assert_eq!(ChannelName::new(&"x".repeat(201)), Err(ChannelNameError::TooLong));
+        assert_eq!(
+            ChannelName::new(&"x".repeat(201)),
+            Err(ChannelNameError::TooLong)
+        );
         assert!(ChannelName::new("é").is_err());
     }
 

@@ -98,7 +98,9 @@ pub struct SharedEvent {
 
 impl std::fmt::Debug for SharedEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedEvent").field("event", &self.event).finish_non_exhaustive()
+        f.debug_struct("SharedEvent")
+            .field("event", &self.event)
+            .finish_non_exhaustive()
     }
 }
 

@@ -191,7 +191,10 @@ mod tests {
         let dyn_sub: Arc<dyn Subscriber> = sub.clone();
         let id = SubscriberId::next();
         let pos = hub.subscribe(std::slice::from_ref(&a), id, &dyn_sub);
-        assert_eq!((pos[0].seq, pos[0].last_offset, &*pos[0].epoch), (2, 2, "e"));
+        assert_eq!(
+            (pos[0].seq, pos[0].last_offset, &*pos[0].epoch),
+            (2, 2, "e")
+        );
         hub.dispatch(&[event(&a, 3, 3)]);
         hub.unsubscribe(&a, id);
         hub.dispatch(&[event(&a, 4, 4)]);

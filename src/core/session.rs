@@ -45,7 +45,11 @@ pub struct SessionRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cursor {
     /// A live event: commit sequence, channel id and offset.
-    Live { seq: u64, channel_id: u64, offset: u64 },
+    Live {
+        seq: u64,
+        channel_id: u64,
+        offset: u64,
+    },
     /// A replayed event: the entry's registration (`seq`, `k`) and the event's offset.
     Replay { seq: u64, k: u64, offset: u64 },
 }
@@ -69,8 +73,16 @@ impl Cursor {
             return None;
         }
         match kind {
-            "L" => Some(Cursor::Live { seq: a, channel_id: b, offset: c }),
-            "R" => Some(Cursor::Replay { seq: a, k: b, offset: c }),
+            "L" => Some(Cursor::Live {
+                seq: a,
+                channel_id: b,
+                offset: c,
+            }),
+            "R" => Some(Cursor::Replay {
+                seq: a,
+                k: b,
+                offset: c,
+            }),
             _ => None,
         }
     }
@@ -79,7 +91,11 @@ impl Cursor {
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Cursor::Live { seq, channel_id, offset } => write!(f, "L{seq}.{channel_id}.{offset}"),
+            Cursor::Live {
+                seq,
+                channel_id,
+                offset,
+            } => write!(f, "L{seq}.{channel_id}.{offset}"),
             Cursor::Replay { seq, k, offset } => write!(f, "R{seq}.{k}.{offset}"),
         }
     }
@@ -145,18 +161,28 @@ pub async fn resume_points(
             continue;
         };
         let Some(info) = store.channel(&channel).await? else {
-            out.push(Resume { channel, after: entry.since, gap: None });
+            out.push(Resume {
+                channel,
+                after: entry.since,
+                gap: None,
+            });
             continue;
         };
         if !entry.epoch.is_empty() && *entry.epoch != *info.epoch {
             let gap = gap_before(&info, GapReason::EpochChanged, None);
-            out.push(Resume { channel, after: info.first_offset - 1, gap });
+            out.push(Resume {
+                channel,
+                after: info.first_offset - 1,
+                gap,
+            });
             continue;
         }
         let has = match cursor {
-            Some(Cursor::Live { seq, channel_id, offset }) if seq > entry.seq => {
-                Has::UpToSeq(seq, (channel_id == info.id).then_some(offset))
-            }
+            Some(Cursor::Live {
+                seq,
+                channel_id,
+                offset,
+            }) if seq > entry.seq => Has::UpToSeq(seq, (channel_id == info.id).then_some(offset)),
             Some(Cursor::Replay { seq, k, offset }) if (entry.seq, entry.k) == (seq, k) => {
                 Has::Through(offset)
             }
@@ -171,7 +197,11 @@ pub async fn resume_points(
                 after: info.first_offset - 1,
                 channel,
             },
-            Has::Through(after) => Resume { channel, after, gap: None },
+            Has::Through(after) => Resume {
+                channel,
+                after,
+                gap: None,
+            },
             Has::UpToSeq(seq, own) if info.trimmed_seq > seq => Resume {
                 gap: gap_before(&info, GapReason::HistoryTrimmed, own.map(|o| o + 1)),
                 after: info.first_offset - 1,
@@ -186,7 +216,11 @@ pub async fn resume_points(
                         .unwrap_or(0)
                         .max(info.first_offset - 1),
                 };
-                Resume { channel, after: after.max(entry.since), gap: None }
+                Resume {
+                    channel,
+                    after: after.max(entry.since),
+                    gap: None,
+                }
             }
         };
         out.push(resume);
@@ -215,8 +249,16 @@ mod tests {
     #[test]
     fn cursor_round_trips() {
         for c in [
-            Cursor::Live { seq: 12, channel_id: 3, offset: 7 },
-            Cursor::Replay { seq: 9, k: 2, offset: 1 },
+            Cursor::Live {
+                seq: 12,
+                channel_id: 3,
+                offset: 7,
+            },
+            Cursor::Replay {
+                seq: 9,
+                k: 2,
+                offset: 1,
+            },
         ] {
             assert_eq!(Cursor::parse(&c.to_string()), Some(c));
         }

@@ -77,7 +77,11 @@ enum Command {
         Vec<NewEvent>,
         oneshot::Sender<Result<Vec<PublishResult>, StoreError>>,
     ),
-    PutSession(String, String, Option<oneshot::Sender<Result<(), StoreError>>>),
+    PutSession(
+        String,
+        String,
+        Option<oneshot::Sender<Result<(), StoreError>>>,
+    ),
     SessionDetached(String, i64),
     DeleteSession(String),
     Shutdown(oneshot::Sender<()>),
@@ -199,11 +203,9 @@ impl Store {
     pub async fn session(&self, pid: &str) -> Result<Option<String>, StoreError> {
         let pid = pid.to_owned();
         self.read(move |c| {
-            c.query_row(
-                "SELECT record FROM sessions WHERE pid = ?1",
-                [pid],
-                |r| r.get(0),
-            )
+            c.query_row("SELECT record FROM sessions WHERE pid = ?1", [pid], |r| {
+                r.get(0)
+            })
             .optional()
         })
         .await
@@ -263,7 +265,11 @@ impl Store {
     }
 
     /// Highest offset of `channel` among retained events committed at or before `seq`.
-    pub async fn last_offset_at(&self, channel_id: u64, seq: u64) -> Result<Option<u64>, StoreError> {
+    pub async fn last_offset_at(
+        &self,
+        channel_id: u64,
+        seq: u64,
+    ) -> Result<Option<u64>, StoreError> {
         self.read(move |c| {
             c.query_row(
                 "SELECT MAX(offset) FROM events WHERE channel_id = ?1 AND seq <= ?2",
@@ -421,7 +427,8 @@ impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Command>) {
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         loop {
-            let first = match rx.recv_timeout(next_sweep.saturating_duration_since(Instant::now())) {
+            let first = match rx.recv_timeout(next_sweep.saturating_duration_since(Instant::now()))
+            {
                 Ok(cmd) => cmd,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Err(e) = self.sweep() {
@@ -609,7 +616,12 @@ impl Writer {
             if ch.first_offset > ch.last_offset {
                 continue;
             }
-            let cutoff = now - self.retention.limits(ch.channel.as_str()).max_age.as_millis() as i64;
+            let cutoff = now
+                - self
+                    .retention
+                    .limits(ch.channel.as_str())
+                    .max_age
+                    .as_millis() as i64;
             let oldest: Option<i64> = tx
                 .prepare_cached("SELECT time FROM events WHERE channel_id = ?1 AND offset = ?2")?
                 .query_row(params![ch.id as i64, ch.first_offset as i64], |r| r.get(0))
@@ -637,7 +649,11 @@ impl Writer {
 }
 
 /// Stores the channel's new last offset, trimming history beyond `max` events.
-fn trim_to_count(tx: &rusqlite::Transaction<'_>, ch: &mut ChannelInfo, max: u64) -> Result<(), StoreError> {
+fn trim_to_count(
+    tx: &rusqlite::Transaction<'_>,
+    ch: &mut ChannelInfo,
+    max: u64,
+) -> Result<(), StoreError> {
     let held = ch.last_offset + 1 - ch.first_offset;
     if held > max {
         return trim(tx, ch, ch.last_offset - max);
