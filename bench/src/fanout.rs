@@ -42,9 +42,6 @@ pub struct Args {
     /// Approximate size of each publish request body in bytes.
     #[arg(long, default_value_t = 200)]
     body_bytes: usize,
-    /// Most events per publish request when the publisher is behind schedule (1 = never batch).
-    #[arg(long, default_value_t = 100)]
-    max_batch: u64,
     /// Connections being set up at once during the ramp.
     #[arg(long, default_value_t = 200)]
     concurrency: usize,
@@ -218,7 +215,7 @@ fn opt(v: Option<f64>, digits: usize, unit: &str) -> String {
 /// Runs the scenario; `Ok(false)` when it completed but saw failures.
 pub async fn run(args: Args) -> Result<bool> {
     let args = Rc::new(args);
-    let (target, http_base) = args.common.resolve().await?;
+    let (target, host) = args.common.resolve().await?;
     let target = Rc::new(target);
     let pid = args.common.server_pid.map(|p| p.to_string());
     let pid = pid.as_deref();
@@ -292,18 +289,12 @@ pub async fn run(args: Args) -> Result<bool> {
 
     // Publish.
     let count = (args.rate * args.duration).round() as u64;
-    let client = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(64)
-        .build()?;
-    let url = format!("{http_base}/api/publish");
     let publisher = Rc::new(Publisher::new(
-        client,
-        url,
-        args.common.api_key.clone(),
+        target.addr,
+        &host,
+        args.common.api_key.as_deref(),
         (&args.channel, &args.event),
         args.body_bytes,
-        args.max_batch,
     ));
     let pstats = Rc::new(PublishStats::default());
     let start_us = clock.now_us() + 100_000;
@@ -413,7 +404,6 @@ pub async fn run(args: Args) -> Result<bool> {
         },
         "publish": {
             "scheduled": count, "ok": ok, "failed": pstats.failed.get(),
-            "requests": pstats.requests.get(), "largest_batch": pstats.largest_batch.get(),
             "http_p50_ms": q(&rtt, 0.5), "http_p99_ms": q(&rtt, 0.99), "http_max_ms": ms(rtt.max()),
         },
         "delivered": delivered, "expected": expected, "delivered_per_s": per_sec,
@@ -454,10 +444,8 @@ pub async fn run(args: Args) -> Result<bool> {
         ms(conn_lat.max())
     );
     println!(
-        "publish      {ok}/{count} ok, {} failed, {} requests (largest batch {}); HTTP p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "publish      {ok}/{count} ok, {} failed; HTTP p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         pstats.failed.get(),
-        pstats.requests.get(),
-        pstats.largest_batch.get(),
         q(&rtt, 0.5),
         q(&rtt, 0.99),
         ms(rtt.max())

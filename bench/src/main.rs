@@ -46,7 +46,7 @@ pub struct Common {
 }
 
 impl Common {
-    /// Resolves the URL into a WebSocket target and the HTTP base (`http://HOST:PORT`).
+    /// Resolves the URL into a WebSocket target and the `HOST:PORT` for HTTP requests.
     pub async fn resolve(&self) -> Result<(sio::Target, String)> {
         let rest = ["http://", "ws://"]
             .iter()
@@ -61,7 +61,7 @@ impl Common {
             .next()
             .with_context(|| format!("no address for {host_port}"))?;
         let ws_url = format!("ws://{host_port}{}?EIO=4&transport=websocket", self.path);
-        Ok((sio::Target { addr, ws_url }, format!("http://{host_port}")))
+        Ok((sio::Target { addr, ws_url }, host_port.to_string()))
     }
 }
 

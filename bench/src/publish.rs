@@ -1,73 +1,98 @@
 //! The publisher: `POST /api/publish` on a fixed schedule. Event `n` is due at `start + (n-1)/rate` and carries
 //! that *scheduled* time, so a server (or publisher) that falls behind shows up as latency.
 //!
-//! Publishing is one ordered stream (one request in flight), so the server's order is the sequence order and
-//! subscribers can be checked for in-order delivery. Events that come due while a request is outstanding go out
-//! together in the next request as a batch (`{"events":[…]}`, at most `max_batch`), never as parallel requests.
+//! Requests are pipelined on one HTTP/1.1 keep-alive connection: each is written when it is due, without waiting
+//! for earlier responses (a reader task matches responses in order). One connection means the server sees the
+//! events in sequence order, so subscribers can be checked for in-order delivery; pipelining means a slow
+//! response never delays the schedule (up to `MAX_PIPELINE` outstanding requests, then the writer waits).
 
 use crate::clock::Clock;
 use crate::stats::Histogram;
+use anyhow::{Context, Result, bail};
 use std::cell::{Cell, RefCell};
-use std::fmt::Write;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, tcp::OwnedReadHalf};
+use tokio::sync::Notify;
+
+/// Most requests awaiting a response; beyond it the schedule waits (and the lateness shows up as latency).
+const MAX_PIPELINE: usize = 1024;
 
 pub struct Publisher {
-    pub client: reqwest::Client,
-    pub url: String,
-    pub api_key: Option<String>,
-    /// Request body up to the sequence number: `{"channel":…,"event":…,"data":{"seq":`.
+    pub addr: SocketAddr,
+    /// Request head up to the end of the headers, minus `Content-Length` (which comes last).
+    pub head: String,
+    /// Body up to the sequence number: `{"channel":…,"event":…,"data":{"seq":`.
     pub body_head: String,
     /// Body after the timestamp: `,"pad":"…"}}`.
     pub body_tail: String,
-    pub max_batch: u64,
 }
 
 #[derive(Default)]
 pub struct PublishStats {
-    /// Events whose scheduled time has come (sequence numbers handed out, 1-based).
+    /// Highest sequence number written so far (1-based).
     pub scheduled: Cell<u64>,
     pub ok: Cell<u64>,
-    pub requests: Cell<u64>,
-    pub largest_batch: Cell<u64>,
     pub failed: Cell<u64>,
     pub first_error: RefCell<Option<String>>,
-    /// Request round-trip times in µs.
+    /// Request round-trip times in µs (write → complete response).
     pub rtt: RefCell<Histogram>,
 }
 
+impl PublishStats {
+    fn fail(&self, n: u64, e: String) {
+        self.failed.set(self.failed.get() + n);
+        self.first_error.borrow_mut().get_or_insert(e);
+    }
+}
+
+/// Requests written and not yet answered: (sequence number, write time).
+#[derive(Default)]
+struct Pipeline {
+    pending: RefCell<VecDeque<(u64, u64)>>,
+    /// Signalled when a response arrives or the reader stops.
+    progress: Notify,
+    reader_done: Cell<bool>,
+}
+
 impl Publisher {
-    /// A publisher of `event` on `channel` whose bodies are about `body_bytes` long (padded with `x`).
+    /// A publisher of `event` on `channel` to `host` (the Host header) whose bodies are about `body_bytes` long.
     pub fn new(
-        client: reqwest::Client,
-        url: String,
-        api_key: Option<String>,
+        addr: SocketAddr,
+        host: &str,
+        api_key: Option<&str>,
         (channel, event): (&str, &str),
         body_bytes: usize,
-        max_batch: u64,
     ) -> Self {
+        let mut head = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        );
+        if let Some(k) = api_key {
+            let _ = write!(head, "Authorization: Bearer {k}\r\n");
+        }
         let body_head = format!(
             r#"{{"channel":{},"event":{},"data":{{"seq":"#,
             serde_json::Value::from(channel),
             serde_json::Value::from(event)
         );
-        // 6-digit seq, 16-digit timestamp, `,"t":` and `,"pad":""}}`.
+        // A 6-digit seq, a 16-digit timestamp, `,"t":` and `,"pad":""}}`.
         let fixed = body_head.len() + 6 + 5 + 16 + 11;
         let body_tail = format!(
             r#","pad":"{}"}}}}"#,
             "x".repeat(body_bytes.saturating_sub(fixed))
         );
         Self {
-            client,
-            url,
-            api_key,
+            addr,
+            head,
             body_head,
             body_tail,
-            max_batch: max_batch.max(1),
         }
     }
 
-    /// Publishes `count` events at `rate`/s starting at `start_us` (on `clock`).
+    /// Publishes `count` events at `rate`/s starting at `start_us` (on `clock`), then waits (≤ 10 s) for replies.
     pub async fn run(
         self: Rc<Self>,
         clock: Clock,
@@ -76,74 +101,155 @@ impl Publisher {
         count: u64,
         stats: Rc<PublishStats>,
     ) {
-        let due = |seq: u64| start_us + ((seq - 1) as f64 * 1e6 / rate) as u64;
-        let mut next = 1;
-        while next <= count {
-            tokio::time::sleep_until(clock.instant_at(due(next)).into()).await;
-            let now = clock.now_us();
-            let mut last = next;
-            while last < count && last + 1 - next < self.max_batch && due(last + 1) <= now {
-                last += 1;
-            }
-            stats.scheduled.set(last);
-            let mut body = String::with_capacity((last - next + 1) as usize * 256 + 16);
-            let batch = last > next;
-            body.push_str(if batch { r#"{"events":["# } else { "" });
-            for seq in next..=last {
-                if seq > next {
-                    body.push(',');
-                }
-                let _ = write!(
-                    body,
-                    r#"{}{seq},"t":{}{}"#,
-                    self.body_head,
-                    clock.wall_us(due(seq)),
-                    self.body_tail
-                );
-            }
-            body.push_str(if batch { "]}" } else { "" });
-            let n = last - next + 1;
-            let t0 = clock.now_us();
-            let outcome = self.post(body).await;
-            stats
-                .rtt
-                .borrow_mut()
-                .record(clock.now_us().saturating_sub(t0));
-            stats.requests.set(stats.requests.get() + 1);
-            stats.largest_batch.set(stats.largest_batch.get().max(n));
-            match outcome {
-                Ok(()) => stats.ok.set(stats.ok.get() + n),
-                Err(e) => {
-                    stats.failed.set(stats.failed.get() + n);
-                    stats
-                        .first_error
-                        .borrow_mut()
-                        .get_or_insert(format!("seq {next}..={last}: {e}"));
-                }
-            }
-            next = last + 1;
+        if let Err(e) = self.run_inner(clock, start_us, rate, count, &stats).await {
+            let unsent = count - stats.scheduled.get();
+            stats.fail(unsent, format!("publisher: {e:#}"));
         }
     }
 
-    async fn post(&self, body: String) -> Result<(), String> {
-        let mut req = self
-            .client
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .body(body)
-            .timeout(Duration::from_secs(10));
-        if let Some(k) = &self.api_key {
-            req = req.bearer_auth(k);
+    async fn run_inner(
+        &self,
+        clock: Clock,
+        start_us: u64,
+        rate: f64,
+        count: u64,
+        stats: &Rc<PublishStats>,
+    ) -> Result<()> {
+        let tcp = TcpStream::connect(self.addr).await.context("connecting")?;
+        tcp.set_nodelay(true)?;
+        let (rd, mut wr) = tcp.into_split();
+        let pipe = Rc::new(Pipeline::default());
+        tokio::task::spawn_local(read_responses(rd, pipe.clone(), stats.clone(), clock));
+        let (mut body, mut req) = (String::new(), Vec::new());
+        for seq in 1..=count {
+            let due = start_us + ((seq - 1) as f64 * 1e6 / rate) as u64;
+            tokio::time::sleep_until(clock.instant_at(due).into()).await;
+            while pipe.pending.borrow().len() >= MAX_PIPELINE && !pipe.reader_done.get() {
+                pipe.progress.notified().await;
+            }
+            if pipe.reader_done.get() {
+                bail!("the connection closed");
+            }
+            body.clear();
+            let _ = write!(
+                body,
+                r#"{}{seq},"t":{}{}"#,
+                self.body_head,
+                clock.wall_us(due),
+                self.body_tail
+            );
+            req.clear();
+            req.extend_from_slice(self.head.as_bytes());
+            req.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+            req.extend_from_slice(body.as_bytes());
+            pipe.pending.borrow_mut().push_back((seq, clock.now_us()));
+            stats.scheduled.set(seq);
+            wr.write_all(&req).await.context("writing a request")?;
         }
-        let resp = req.send().await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| format!("reading body: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("HTTP {status}: {text:.200}"));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !pipe.pending.borrow().is_empty() && !pipe.reader_done.get() {
+            if tokio::time::timeout_at(deadline, pipe.progress.notified())
+                .await
+                .is_err()
+            {
+                let n = pipe.pending.borrow().len() as u64;
+                stats.fail(
+                    n,
+                    format!("{n} publish requests unanswered 10 s after the last one"),
+                );
+                pipe.pending.borrow_mut().clear();
+            }
         }
         Ok(())
     }
+}
+
+/// Reads pipelined responses in order; on a broken connection, fails everything still pending.
+async fn read_responses(
+    rd: OwnedReadHalf,
+    pipe: Rc<Pipeline>,
+    stats: Rc<PublishStats>,
+    clock: Clock,
+) {
+    let mut rd = BufReader::new(rd);
+    loop {
+        let res = read_response(&mut rd).await;
+        let Some((seq, sent)) = pipe.pending.borrow_mut().pop_front() else {
+            if let Ok((status, _)) = &res {
+                stats.fail(0, format!("unsolicited HTTP {status} response"));
+            }
+            break;
+        };
+        match res {
+            Ok((status, _)) if (200..300).contains(&status) => {
+                stats.ok.set(stats.ok.get() + 1);
+                stats
+                    .rtt
+                    .borrow_mut()
+                    .record(clock.now_us().saturating_sub(sent));
+            }
+            Ok((status, body)) => stats.fail(1, format!("seq {seq}: HTTP {status}: {body:.200}")),
+            Err(e) => {
+                let n = pipe.pending.borrow().len() as u64 + 1;
+                stats.fail(n, format!("seq {seq}: {e:#}"));
+                pipe.pending.borrow_mut().clear();
+                break;
+            }
+        }
+        pipe.progress.notify_one();
+    }
+    pipe.reader_done.set(true);
+    pipe.progress.notify_one();
+}
+
+/// One HTTP/1.1 response: status and body (Content-Length or chunked).
+async fn read_response(rd: &mut BufReader<OwnedReadHalf>) -> Result<(u16, String)> {
+    let mut line = String::new();
+    if rd.read_line(&mut line).await? == 0 {
+        bail!("connection closed by the server");
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {line:?}"))?;
+    let (mut length, mut chunked) = (0usize, false);
+    loop {
+        line.clear();
+        if rd.read_line(&mut line).await? == 0 {
+            bail!("connection closed in the headers");
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (name, value) = l.split_once(':').unwrap_or((l, ""));
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.trim().parse().context("bad Content-Length")?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            && value.to_ascii_lowercase().contains("chunked")
+        {
+            chunked = true;
+        }
+    }
+    let mut body = Vec::new();
+    if !chunked {
+        body.resize(length, 0);
+        rd.read_exact(&mut body).await?;
+    } else {
+        loop {
+            line.clear();
+            rd.read_line(&mut line).await?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .context("bad chunk size")?;
+            let start = body.len();
+            body.resize(start + size + 2, 0);
+            rd.read_exact(&mut body[start..]).await?;
+            body.truncate(start + size);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
