@@ -42,6 +42,10 @@ pub struct Args {
     /// Approximate size of each publish request body in bytes.
     #[arg(long, default_value_t = 200)]
     body_bytes: usize,
+    /// Events per publish request (> 1 sends `{"events":[…]}` batches; every event in a batch is stamped with the
+    /// batch's scheduled time).
+    #[arg(long, default_value_t = 1)]
+    batch: u64,
     /// Connections being set up at once during the ramp.
     #[arg(long, default_value_t = 200)]
     concurrency: usize,
@@ -295,6 +299,7 @@ pub async fn run(args: Args) -> Result<bool> {
         args.common.api_key.as_deref(),
         (&args.channel, &args.event),
         args.body_bytes,
+        args.batch,
     ));
     let pstats = Rc::new(PublishStats::default());
     let start_us = clock.now_us() + 100_000;
@@ -395,7 +400,7 @@ pub async fn run(args: Args) -> Result<bool> {
     let summary = json!({
         "scenario": "fanout",
         "url": args.common.url,
-        "connections": n, "rate": args.rate, "duration_s": args.duration, "body_bytes": args.body_bytes,
+        "connections": n, "rate": args.rate, "batch": args.batch, "duration_s": args.duration, "body_bytes": args.body_bytes,
         "connect": {
             "subscribed": subscribed, "failed": s.connect_failed.get(),
             "seconds": (ramp_done - before.at_us) as f64 / 1e6,

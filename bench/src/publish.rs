@@ -5,6 +5,8 @@
 //! for earlier responses (a reader task matches responses in order). One connection means the server sees the
 //! events in sequence order, so subscribers can be checked for in-order delivery; pipelining means a slow
 //! response never delays the schedule (up to `MAX_PIPELINE` outstanding requests, then the writer waits).
+//! With `batch` > 1 each request carries that many events (`{"events":[…]}`), all stamped with the request's
+//! scheduled time (the last event's due time).
 
 use crate::clock::Clock;
 use crate::stats::Histogram;
@@ -29,6 +31,8 @@ pub struct Publisher {
     pub body_head: String,
     /// Body after the timestamp: `,"pad":"…"}}`.
     pub body_tail: String,
+    /// Events per request (1: plain `{"channel":…}` bodies; more: `{"events":[…]}` batches).
+    pub batch: u64,
 }
 
 #[derive(Default)]
@@ -49,10 +53,10 @@ impl PublishStats {
     }
 }
 
-/// Requests written and not yet answered: (sequence number, write time).
+/// Requests written and not yet answered: (first sequence number, events, write time).
 #[derive(Default)]
 struct Pipeline {
-    pending: RefCell<VecDeque<(u64, u64)>>,
+    pending: RefCell<VecDeque<(u64, u64, u64)>>,
     /// Signalled when a response arrives or the reader stops.
     progress: Notify,
     reader_done: Cell<bool>,
@@ -66,6 +70,7 @@ impl Publisher {
         api_key: Option<&str>,
         (channel, event): (&str, &str),
         body_bytes: usize,
+        batch: u64,
     ) -> Self {
         let mut head = format!(
             "POST /api/publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -89,6 +94,7 @@ impl Publisher {
             head,
             body_head,
             body_tail,
+            batch: batch.max(1),
         }
     }
 
@@ -121,8 +127,10 @@ impl Publisher {
         let pipe = Rc::new(Pipeline::default());
         tokio::task::spawn_local(read_responses(rd, pipe.clone(), stats.clone(), clock));
         let (mut body, mut req) = (String::new(), Vec::new());
-        for seq in 1..=count {
-            let due = start_us + ((seq - 1) as f64 * 1e6 / rate) as u64;
+        let mut first = 1;
+        while first <= count {
+            let last = (first + self.batch - 1).min(count);
+            let due = start_us + ((last - 1) as f64 * 1e6 / rate) as u64;
             tokio::time::sleep_until(clock.instant_at(due).into()).await;
             while pipe.pending.borrow().len() >= MAX_PIPELINE && !pipe.reader_done.get() {
                 pipe.progress.notified().await;
@@ -131,19 +139,23 @@ impl Publisher {
                 bail!("the connection closed");
             }
             body.clear();
-            let _ = write!(
-                body,
-                r#"{}{seq},"t":{}{}"#,
-                self.body_head,
-                clock.wall_us(due),
-                self.body_tail
-            );
+            body.push_str(if last > first { r#"{"events":["# } else { "" });
+            for seq in first..=last {
+                let sep = if seq > first { "," } else { "" };
+                let (head, t, tail) = (&self.body_head, clock.wall_us(due), &self.body_tail);
+                let _ = write!(body, r#"{sep}{head}{seq},"t":{t}{tail}"#);
+            }
+            body.push_str(if last > first { "]}" } else { "" });
             req.clear();
             req.extend_from_slice(self.head.as_bytes());
             req.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
             req.extend_from_slice(body.as_bytes());
-            pipe.pending.borrow_mut().push_back((seq, clock.now_us()));
-            stats.scheduled.set(seq);
+            let n = last - first + 1;
+            pipe.pending
+                .borrow_mut()
+                .push_back((first, n, clock.now_us()));
+            stats.scheduled.set(last);
+            first = last + 1;
             wr.write_all(&req).await.context("writing a request")?;
         }
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -174,7 +186,7 @@ async fn read_responses(
     let mut rd = BufReader::new(rd);
     loop {
         let res = read_response(&mut rd).await;
-        let Some((seq, sent)) = pipe.pending.borrow_mut().pop_front() else {
+        let Some((seq, n, sent)) = pipe.pending.borrow_mut().pop_front() else {
             if let Ok((status, _)) = &res {
                 stats.fail(0, format!("unsolicited HTTP {status} response"));
             }
@@ -182,15 +194,15 @@ async fn read_responses(
         };
         match res {
             Ok((status, _)) if (200..300).contains(&status) => {
-                stats.ok.set(stats.ok.get() + 1);
+                stats.ok.set(stats.ok.get() + n);
                 stats
                     .rtt
                     .borrow_mut()
                     .record(clock.now_us().saturating_sub(sent));
             }
-            Ok((status, body)) => stats.fail(1, format!("seq {seq}: HTTP {status}: {body:.200}")),
+            Ok((status, body)) => stats.fail(n, format!("seq {seq}: HTTP {status}: {body:.200}")),
             Err(e) => {
-                let n = pipe.pending.borrow().len() as u64 + 1;
+                let n = n + pipe.pending.borrow().iter().map(|p| p.1).sum::<u64>();
                 stats.fail(n, format!("seq {seq}: {e:#}"));
                 pipe.pending.borrow_mut().clear();
                 break;
