@@ -1,0 +1,147 @@
+// 7a. Bad input over the HTTP API: the right 4xx + error code, nothing written, server unharmed.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startHerald, request, publish, history, fullHistory, assertApiError, connected, subscribeOk, Recorder, chan,
+} from '../lib/herald.js';
+
+const CONFIG = `
+max_body_bytes = 4096
+max_event_bytes = 1024
+`;
+
+/** The server still does its job: publish → a Socket.IO subscriber receives it. */
+async function assertServes(t, h) {
+  await h.assertHealthy();
+  const channel = chan('health');
+  const socket = await connected(t, h.url, { transports: ['websocket'] });
+  const rec = new Recorder(socket);
+  await subscribeOk(socket, channel);
+  await publish(h.url, channel, 'ping', { ok: true });
+  await rec.until((r) => r.named('ping').length === 1, 10_000, 'event after bad input');
+  socket.disconnect();
+  h.assertNoPanic();
+}
+
+const post = (h, rawBody, headers = { 'content-type': 'application/json' }) =>
+  request(h.url, '/api/publish', { method: 'POST', rawBody, headers });
+
+test('HTTP publish: malformed JSON and wrong fields', async (t) => {
+  const h = await startHerald(t, { config: CONFIG });
+  for (const body of ['{', 'not json', '{"channel":"a","event":"x",}', '', '\u0000', '{"channel":"a" "event":"x"}']) {
+    assertApiError(await post(h, body), 400, 'invalid_json', `body ${JSON.stringify(body)}`);
+  }
+  const invalidRequests = [
+    ['missing event', { channel: 'a', data: 1 }],
+    ['event not a string', { channel: 'a', event: 5, data: 1 }],
+    ['missing channel', { event: 'x', data: 1 }],
+    ['channel not a string', { channel: 7, event: 'x' }],
+    ['channels not an array', { channels: 'a', event: 'x' }],
+    ['events not an array', { events: { channel: 'a', event: 'x' } }],
+    ['id not a string', { channel: 'a', event: 'x', id: {} }],
+    ['a JSON array', [{ channel: 'a', event: 'x' }]],
+    ['a JSON string', 'hello'],
+    ['null', null],
+    ['batch item without event', { events: [{ channel: 'a', event: 'x' }, { channel: 'a' }] }],
+  ];
+  for (const [what, body] of invalidRequests) {
+    assertApiError(await post(h, JSON.stringify(body)), 400, 'invalid_request', what);
+  }
+  assertApiError(await history(h.url, 'a'), 404, 'channel_not_found', 'nothing was written to channel a');
+  await assertServes(t, h);
+});
+
+test('HTTP publish: invalid channel names', async (t) => {
+  const h = await startHerald(t, { config: CONFIG });
+  const bad = ['a/b', '', ' lead', 'trail ', 'x'.repeat(201), 'x'.repeat(300), 'tab\t', 'é', 'a\nb', 'semi;colon', 'q?', 'pct%'];
+  for (const channel of bad) {
+    assertApiError(await post(h, JSON.stringify({ channel, event: 'x', data: 1 })), 400, 'invalid_channel',
+      `channel ${JSON.stringify(channel)}`);
+  }
+  assertApiError(await post(h, JSON.stringify({ channels: ['ok', 'a/b'], event: 'x' })), 400, 'invalid_channel', 'channels list');
+  assertApiError(await history(h.url, 'ok'), 404, 'channel_not_found', 'a rejected multi-channel publish writes nothing');
+  // The boundaries of the valid set, and percent-encoding in the history URL.
+  for (const channel of ['x'.repeat(200), 'a b#c:d@e', 'A-z_0.9:@#+=,~!', '!']) {
+    const r = await publish(h.url, channel, 'x', { channel });
+    assert.equal(r.offset, 1, `channel ${JSON.stringify(channel)}`);
+    const hist = await fullHistory(h.url, channel);
+    assert.equal(hist.channel, channel);
+    assert.deepEqual(hist.events.map((e) => e.data), [{ channel }]);
+  }
+  await assertServes(t, h);
+});
+
+test('HTTP publish: size limits → 413 payload_too_large', async (t) => {
+  const h = await startHerald(t, { config: CONFIG });
+  // body over max_body_bytes (4096)
+  assertApiError(await post(h, JSON.stringify({ channel: 'big', event: 'x', data: 'y'.repeat(5000) })), 413,
+    'payload_too_large', 'body over max_body_bytes');
+  assertApiError(await post(h, JSON.stringify({ channel: 'big', event: 'x', data: 'y'.repeat(200_000) })), 413,
+    'payload_too_large', 'body far over max_body_bytes');
+  // one event's data over max_event_bytes (1024) inside a body under max_body_bytes
+  assertApiError(await post(h, JSON.stringify({ channel: 'big', event: 'x', data: 'y'.repeat(2000) })), 413,
+    'payload_too_large', 'event over max_event_bytes');
+  assertApiError(await history(h.url, 'big'), 404, 'channel_not_found', 'nothing written by oversize publishes');
+  // just under the limits is fine
+  const ok = await publish(h.url, 'big', 'x', 'y'.repeat(900));
+  assert.equal(ok.offset, 1);
+  await assertServes(t, h);
+});
+
+test('HTTP publish: a batch with one bad event writes nothing', async (t) => {
+  const h = await startHerald(t, { config: CONFIG });
+  await publish(h.url, 'batch', 'x', { n: 1 });
+  const before = await fullHistory(h.url, 'batch');
+  const batches = [
+    ['bad channel', [{ channel: 'batch', event: 'x', data: 2 }, { channel: 'a/b', event: 'x', data: 3 }], 400, 'invalid_channel'],
+    ['missing event', [{ channel: 'batch', event: 'x', data: 2 }, { channel: 'batch', data: 3 }], 400, 'invalid_request'],
+    ['oversize event', [{ channel: 'batch', event: 'x', data: 2 }, { channel: 'batch', event: 'x', data: 'y'.repeat(2000) }], 413, 'payload_too_large'],
+  ];
+  for (const [what, events, status, code] of batches) {
+    assertApiError(await post(h, JSON.stringify({ events })), status, code, `batch with ${what}`);
+  }
+  const after = await fullHistory(h.url, 'batch');
+  assert.deepEqual(after.events, before.events, 'history unchanged');
+  assert.equal(after.last_offset, 1);
+  assert.equal((await publish(h.url, 'batch', 'x', { n: 2 })).offset, 2, 'no offsets were consumed by rejected batches');
+  await assertServes(t, h);
+});
+
+test('HTTP: history parameters, unknown channel, unknown connection, unknown route', async (t) => {
+  const h = await startHerald(t, { config: CONFIG });
+  assertApiError(await history(h.url, 'nope'), 404, 'channel_not_found', 'unknown channel');
+  for (let n = 1; n <= 5; n++) await publish(h.url, 'hp', 'x', { n });
+  const r = await history(h.url, 'hp', { since: 2, limit: 2 });
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(r.json.events.map((e) => e.offset), [3, 4]);
+  assert.equal(r.json.first_offset, 1);
+  assert.equal(r.json.last_offset, 5);
+  assert.equal(r.json.gap, undefined, 'no gap when history covers since');
+  const all = await history(h.url, 'hp', { since: 5 });
+  assert.deepEqual(all.json.events, []);
+  // wait: the request is held until an event exists
+  const waiting = history(h.url, 'hp', { since: 5, wait: 10 });
+  await publish(h.url, 'hp', 'x', { n: 6 });
+  const waited = await waiting;
+  assert.equal(waited.status, 200);
+  assert.deepEqual(waited.json.events.map((e) => e.data), [{ n: 6 }]);
+  const c = await request(h.url, '/api/connections/unknown/disconnect', { method: 'POST' });
+  assert.equal(c.status, 404);
+  await assertServes(t, h);
+});
+
+test('HTTP auth: with api_keys, /api/* needs a key; /healthz does not', async (t) => {
+  const h = await startHerald(t, { config: 'api_keys = ["k1", "k2"]\n' });
+  const body = { channel: 'auth', event: 'x', data: 1 };
+  assertApiError(await request(h.url, '/api/publish', { method: 'POST', body }), 401, 'unauthorized', 'no key');
+  assertApiError(await request(h.url, '/api/publish', { method: 'POST', body, headers: { authorization: 'Bearer nope' } }),
+    401, 'unauthorized', 'wrong key');
+  assertApiError(await request(h.url, '/api/channels'), 401, 'unauthorized', 'GET without key');
+  const ok1 = await request(h.url, '/api/publish', { method: 'POST', body, headers: { authorization: 'Bearer k1' } });
+  assert.equal(ok1.status, 200, ok1.text);
+  const ok2 = await request(h.url, '/api/channels/auth/history', { headers: { 'x-api-key': 'k2' } });
+  assert.equal(ok2.status, 200, ok2.text);
+  assert.equal(ok2.json.events.length, 1);
+  const hz = await request(h.url, '/healthz');
+  assert.deepEqual([hz.status, hz.json], [200, { ok: true }]);
+});
