@@ -176,6 +176,8 @@ export async function startHerald(t, { config = '', args = [], env = {} } = {}) 
       await proc.exited;
     }
     if (!process.env.HERALD_KEEP_TMP) rmSync(dir, { recursive: true, force: true });
+    // Every test that starts a server also checks that it never panicked (a throw here fails the test).
+    h.assertNoPanic();
   });
 
   return h;

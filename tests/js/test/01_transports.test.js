@@ -11,7 +11,7 @@ const N = 20;
 /** Publish n events {ch, n} to `channel` sequentially (awaited), returning the results. */
 async function publishRange(url, channel, from, to) {
   const results = [];
-  for (let n = from; n <= to; n++) results.push(await publish(url, channel, 'tick', { ch: channel, n, text: `event ${n} é ✓` }));
+  for (let n = from; n <= to; n++) results.push(await publish(url, channel, 'tick', { ch: channel, n, text: `event ${n} é ✓ 🚀 \u2028 \u001e \\ "` }));
   return results;
 }
 
@@ -20,7 +20,7 @@ function assertTicks(rec, channel, count) {
   assert.equal(ticks.length, count, `expected ${count} tick events, got ${ticks.length}`);
   ticks.forEach((e, i) => {
     const [data, cursor, ...rest] = e.args;
-    assert.deepEqual(data, { ch: channel, n: i + 1, text: `event ${i + 1} é ✓` }, `payload of event #${i + 1}`);
+    assert.deepEqual(data, { ch: channel, n: i + 1, text: `event ${i + 1} é ✓ 🚀 \u2028 \u001e \\ "` }, `payload of event #${i + 1}`);
     assert.equal(typeof cursor, 'string', `trailing cursor argument of event #${i + 1} should be a string, got ${JSON.stringify(cursor)}`);
     assert.ok(cursor.length > 0, 'cursor should not be empty');
     assert.equal(rest.length, 0, `no arguments after the cursor, got ${JSON.stringify(rest)}`);

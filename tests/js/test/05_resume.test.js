@@ -25,11 +25,15 @@ async function resumeScenario(t, h, { clientOpts = {}, interrupt, label }) {
   const reconnected = waitFor(socket, 'connect', 30_000, `reconnect after ${label}`);
 
   let interruption;
+  let publishedWhileDisconnected = 0;
+  let receivedAtReconnect;
+  socket.once('connect', () => { receivedAtReconnect = rec.named('tick').length; });
   for (let n = 1; n <= N; n++) {
     for (const ch of channels) {
       // publishRetry: retries (same id) until acknowledged — matters while the server restarts.
       const r = await publishRetry(() => h.url, ch, 'tick', { ch, n }, `${ch}#${n}`);
       assert.equal(r.offset, n, `offset of ${ch}#${n} (${JSON.stringify(r)})`);
+      if (interruption && !socket.connected) publishedWhileDisconnected++;
     }
     // The stock client can only resume once it holds a cursor, i.e. after it has received an event.
     if (n === 5) await rec.until((r) => r.named('tick').length >= 1, 10_000, 'a first event before the interruption');
@@ -65,6 +69,10 @@ async function resumeScenario(t, h, { clientOpts = {}, interrupt, label }) {
   assert.ok(reconnects.every((c) => c.recovered === true),
     `socket.recovered === true on every reconnect: ${JSON.stringify(reconnects)} (disconnect reasons ${JSON.stringify(disconnects)})`);
   assert.equal(socket.id, firstId, 'a recovered session keeps its socket id');
+  // Precondition: the outage really happened mid-stream, so events had to be replayed.
+  assert.ok(publishedWhileDisconnected > 0, 'some events were published while the client was disconnected');
+  t.diagnostic(`${label}: ${publishedWhileDisconnected} events published while disconnected; `
+    + `${receivedAtReconnect} of ${3 * N} received by the time 'connect' fired again; disconnect reasons ${JSON.stringify(disconnects)}`);
   return { socket, rec, reconnects, disconnects, channels };
 }
 
@@ -175,4 +183,100 @@ max_events = 5
   await rec.until((r) => r.named('tick').length >= 9, 10_000, 'a live event after the gap');
   assert.deepEqual(rec.named('tick').map((e) => e.args[0].n), [1, 2, 3, 19, 20, 21, 22, 23, 24]);
   h.assertNoPanic();
+});
+
+test('resume (e): a subscription with no event received yet survives a reconnect (the stock client sends no offset)', async (t) => {
+  const h = await startHerald(t);
+  const quiet = chan('quiet');
+  const socket = await connected(t, h.url, FAST);
+  const rec = new Recorder(socket);
+  await subscribeOk(socket, quiet);
+  const reconnected = waitFor(socket, 'connect', 10_000, 'reconnect');
+  socket.io.engine.close();
+  // published during the outage: the server knows where this subscription stood (the subscribe ack's offset)
+  await publish(h.url, quiet, 'tick', { n: 1 });
+  await reconnected;
+  await publish(h.url, quiet, 'tick', { n: 2 });
+  await rec.until((r) => r.named('tick').length >= 2, 10_000,
+    `events on a quiet channel after a reconnect (recovered=${socket.recovered})`);
+  assert.deepEqual(rec.named('tick').map((e) => e.args[0].n), [1, 2]);
+  t.diagnostic(`recovered after a reconnect with no offset: ${socket.recovered}`);
+});
+
+test('resume (f): kill -9 and restart mid-stream: nothing is lost silently', async (t) => {
+  // kill -9 skips the graceful shutdown. Every acknowledged event is durable; the session may or may not
+  // be recoverable. Either the client recovers (recovered === true, every event exactly once, in order),
+  // or it is told: recovered === false and a herald:gap per channel (e.g. session_unknown).
+  const h = await startHerald(t);
+  const channels = [chan('k1'), chan('k2')];
+  const socket = await connected(t, h.url, FAST);
+  const rec = new Recorder(socket);
+  for (const ch of channels) await subscribeOk(socket, ch);
+  let recovered;
+  const reconnected = waitFor(socket, 'connect', 30_000, 'reconnect after kill -9').then(() => { recovered = socket.recovered; });
+  let interruption;
+  const M = 60;
+  for (let n = 1; n <= M; n++) {
+    for (const ch of channels) await publishRetry(() => h.url, ch, 'tick', { ch, n }, `${ch}#${n}`);
+    if (n === 3) await rec.until((r) => r.named('tick').length >= 1, 10_000, 'a first event');
+    if (n === 20) interruption = (async () => { await h.kill9(); await h.restart(); })();
+  }
+  await interruption;
+  await reconnected;
+  await rec.until((r) => channels.every((ch) => r.named('tick').some((e) => e.args[0].ch === ch && e.args[0].n === M)),
+    20_000, 'the last event of every channel');
+  const gaps = rec.named('herald:gap').map((e) => e.args[0]);
+  if (recovered === true) {
+    for (const ch of channels) {
+      assert.deepEqual(rec.named('tick').filter((e) => e.args[0].ch === ch).map((e) => e.args[0].n),
+        Array.from({ length: M }, (_, i) => i + 1), `${ch}: exactly once, in order`);
+    }
+    assert.deepEqual(gaps, [], 'no gap when recovered');
+  } else {
+    assert.equal(recovered, false, `socket.recovered is true or false, got ${recovered}`);
+    for (const ch of channels) {
+      assert.ok(gaps.some((g) => g.channel === ch && typeof g.reason === 'string'),
+        `not recovered → a herald:gap for ${ch}: ${JSON.stringify(gaps)}`);
+    }
+  }
+  t.diagnostic(`after kill -9: recovered=${recovered}, gaps=${JSON.stringify(gaps)}`);
+  h.assertNoPanic();
+});
+
+test('subscribe with since older than the retained history → herald:gap history_trimmed, then the rest', async (t) => {
+  const h = await startHerald(t, { config: '[[history.rules]]\npattern = "short:*"\nmax_events = 5\n' });
+  const channel = 'short:since';
+  let epoch;
+  for (let n = 1; n <= 10; n++) epoch = (await publish(h.url, channel, 'tick', { n })).epoch;
+  const hist = await history(h.url, channel, { since: 2 });
+  assert.deepEqual(hist.json.gap, { from: 3, to: 5 }, `history API gap: ${hist.text}`);
+  const socket = await connected(t, h.url);
+  const rec = new Recorder(socket);
+  const ack = await subscribeOk(socket, channel, { since: 2, epoch });
+  assert.equal(ack.offset, 10);
+  await rec.until((r) => r.named('tick').length >= 5, 10_000, 'the 5 retained events');
+  const names = rec.events.map((e) => e.name);
+  assert.equal(names[0], 'herald:gap', `gap first: ${JSON.stringify(names)}`);
+  const gap = rec.events[0].args[0];
+  assert.deepEqual({ ...gap }, { channel, reason: 'history_trimmed', epoch, from: 3, to: 5 });
+  assert.deepEqual(rec.named('tick').map((e) => e.args[0].n), [6, 7, 8, 9, 10]);
+});
+
+test('subscribe with since and a stale epoch → herald:gap epoch_changed', async (t) => {
+  const h = await startHerald(t);
+  const channel = chan('epoch');
+  let epoch;
+  for (let n = 1; n <= 3; n++) epoch = (await publish(h.url, channel, 'tick', { n })).epoch;
+  const socket = await connected(t, h.url);
+  const rec = new Recorder(socket);
+  const ack = await subscribeOk(socket, channel, { since: 2, epoch: 'not-the-epoch' });
+  assert.equal(ack.epoch, epoch);
+  await publish(h.url, channel, 'tick', { n: 4 });
+  await rec.until((r) => r.named('tick').some((e) => e.args[0].n === 4), 10_000, 'live event after subscribe');
+  const gaps = rec.named('herald:gap').map((e) => e.args[0]);
+  assert.equal(gaps.length, 1, `one gap event: ${JSON.stringify(rec.events.map((e) => [e.name, e.args[0]]))}`);
+  assert.equal(gaps[0].channel, channel);
+  assert.equal(gaps[0].reason, 'epoch_changed');
+  assert.equal(gaps[0].epoch, epoch, 'the gap carries the current epoch');
+  t.diagnostic(`events after an epoch_changed subscribe: ${JSON.stringify(rec.events.map((e) => [e.name, e.args[0]]))}`);
 });
