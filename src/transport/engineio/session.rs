@@ -133,6 +133,7 @@ pub struct Session {
     pub(crate) ws_wake: Notify,
     heartbeat_wake: Notify,
     lane_room: Notify,
+    closed_signal: Notify,
     handler: OnceLock<Arc<dyn SessionHandler>>,
     lane: Mutex<Lane>,
     ready: AtomicBool,
@@ -172,6 +173,7 @@ impl Session {
             ws_wake: Notify::new(),
             heartbeat_wake: Notify::new(),
             lane_room: Notify::new(),
+            closed_signal: Notify::new(),
             handler: OnceLock::new(),
             lane: Mutex::new(Lane {
                 queue: VecDeque::new(),
@@ -284,7 +286,18 @@ impl Session {
         self.ws_wake.notify_one();
         self.heartbeat_wake.notify_one();
         self.lane_room.notify_one();
+        self.closed_signal.notify_waiters();
         self.lane.lock().queue.clear();
+    }
+
+    /// Resolves once the session is closed.
+    pub(crate) async fn closed(&self) {
+        // `notify_waiters` reaches a `Notified` from its creation on, so check after creating it.
+        let signal = self.closed_signal.notified();
+        if self.is_closed() {
+            return;
+        }
+        signal.await;
     }
 
     /// Handles one decoded inbound packet, from either transport.

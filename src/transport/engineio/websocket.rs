@@ -76,9 +76,14 @@ async fn run(session: Arc<Session>, ws: WebSocket, probe: bool) {
     let reader = read_loop(&session, &mut stream);
     let writer = write_loop(&session, &mut sink);
     tokio::pin!(reader, writer);
+    // The writer ends the connection after its close frame. If the reader ends first, or the
+    // writer is stuck on a peer that stopped reading, it gets a grace period, then is dropped.
     tokio::select! {
         _ = &mut writer => {}
         _ = &mut reader => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
+        }
+        _ = session.closed() => {
             let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
         }
     }
