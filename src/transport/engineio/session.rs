@@ -302,6 +302,9 @@ impl Session {
 
     /// Handles one decoded inbound packet, from either transport.
     pub(crate) async fn receive(self: &Arc<Self>, packet: Packet) {
+        if self.is_closed() {
+            return;
+        }
         match packet {
             Packet::Pong(_) => {
                 let mut st = self.state.lock();
@@ -409,7 +412,8 @@ impl Session {
         if std::mem::take(&mut st.ping_due) {
             frames.push(Frame::control("2"));
         }
-        frames.extend(st.queue.drain(..));
+        // Taking the queue (not draining it) releases its buffer while the session idles.
+        frames.extend(std::mem::take(&mut st.queue));
         st.queued_bytes = 0;
         PollBatch::Frames(frames)
     }
