@@ -333,9 +333,14 @@ impl EngineIo {
         }
         let websocket = transport == Some("websocket");
         if let Some(sid) = param("sid") {
-            let Some(session) = self.session(sid) else {
+            let Some(session) = self.session(sid).filter(|s| !s.check_expired()) else {
                 return reject(RequestError::UnknownSid, None);
             };
+            // Only a GET may still see a (lingering) closed session: it gets its noop.
+            let polling_get = !is_upgrade && !websocket && req.method() == Method::GET;
+            if session.is_closed() && !polling_get {
+                return reject(RequestError::UnknownSid, None);
+            }
             if is_upgrade && websocket {
                 return websocket::upgrade(session, req).await;
             }

@@ -21,6 +21,8 @@ pub type Work = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// Inbound work items beyond which transport readers stop reading (backpressure).
 const LANE_LIMIT: usize = 256;
+/// How long a polling session closed by the client stays visible to its next GET.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Bytes a WebSocket writer takes per batch, so a ping is never stuck behind a huge backlog.
 const WS_BATCH_BYTES: usize = 64 * 1024;
 
@@ -91,7 +93,8 @@ pub(crate) struct State {
     queue: VecDeque<Frame>,
     queued_bytes: usize,
     ping_due: bool,
-    awaiting_pong: bool,
+    /// Set while a ping is unanswered: the instant the session times out.
+    pong_deadline: Option<Instant>,
     pub get_active: bool,
     pub post_active: bool,
     /// A WebSocket is attached or being attached (a second one is refused).
@@ -130,9 +133,11 @@ pub struct Session {
     pub(crate) ws_wake: Notify,
     heartbeat_wake: Notify,
     lane_room: Notify,
+    closed_signal: Notify,
     handler: OnceLock<Arc<dyn SessionHandler>>,
     lane: Mutex<Lane>,
     ready: AtomicBool,
+    created: Instant,
 }
 
 impl std::fmt::Debug for Session {
@@ -157,7 +162,7 @@ impl Session {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 ping_due: false,
-                awaiting_pong: false,
+                pong_deadline: None,
                 get_active: false,
                 post_active: false,
                 ws_attached: transport == TransportKind::WebSocket,
@@ -168,12 +173,14 @@ impl Session {
             ws_wake: Notify::new(),
             heartbeat_wake: Notify::new(),
             lane_room: Notify::new(),
+            closed_signal: Notify::new(),
             handler: OnceLock::new(),
             lane: Mutex::new(Lane {
                 queue: VecDeque::new(),
                 running: false,
             }),
             ready: AtomicBool::new(false),
+            created: Instant::now(),
         })
     }
 
@@ -259,29 +266,49 @@ impl Session {
     /// Closes the session. Idempotent; the handler's `on_close` runs later on the heartbeat
     /// task, so callers holding their own locks cannot deadlock through it.
     pub fn close(&self, reason: CloseReason) {
-        {
+        let linger = {
             let mut st = self.state.lock();
             if st.closed.is_some() {
                 return;
             }
             st.closed = Some(reason);
-        }
+            // A client `1` may race the GET it sent alongside; keep the session until that
+            // GET got its noop (or for a grace period), like a pending GET would have.
+            reason == CloseReason::ClientClose
+                && st.transport != TransportKind::WebSocket
+                && !st.get_active
+        };
         tracing::debug!(sid = %self.sid, reason = reason.as_str(), "session closed");
-        self.engine.remove(&self.sid);
+        if !linger {
+            self.engine.remove(&self.sid);
+        }
         self.poll_wake.notify_one();
         self.ws_wake.notify_one();
         self.heartbeat_wake.notify_one();
         self.lane_room.notify_one();
+        self.closed_signal.notify_waiters();
         self.lane.lock().queue.clear();
+    }
+
+    /// Resolves once the session is closed.
+    pub(crate) async fn closed(&self) {
+        // `notify_waiters` reaches a `Notified` from its creation on, so check after creating it.
+        let signal = self.closed_signal.notified();
+        if self.is_closed() {
+            return;
+        }
+        signal.await;
     }
 
     /// Handles one decoded inbound packet, from either transport.
     pub(crate) async fn receive(self: &Arc<Self>, packet: Packet) {
+        if self.is_closed() {
+            return;
+        }
         match packet {
             Packet::Pong(_) => {
                 let mut st = self.state.lock();
-                if st.awaiting_pong {
-                    st.awaiting_pong = false;
+                if st.pong_deadline.take().is_some() {
                     drop(st);
                     self.heartbeat_wake.notify_one();
                 }
@@ -366,6 +393,8 @@ impl Session {
     pub(crate) fn take_poll_batch(&self) -> PollBatch {
         let mut st = self.state.lock();
         if let Some(reason) = st.closed {
+            drop(st);
+            self.engine.remove(&self.sid);
             let packet = if reason == CloseReason::ClientClose {
                 "6"
             } else {
@@ -383,7 +412,8 @@ impl Session {
         if std::mem::take(&mut st.ping_due) {
             frames.push(Frame::control("2"));
         }
-        frames.extend(st.queue.drain(..));
+        // Taking the queue (not draining it) releases its buffer while the session idles.
+        frames.extend(std::mem::take(&mut st.queue));
         st.queued_bytes = 0;
         PollBatch::Frames(frames)
     }
@@ -452,31 +482,46 @@ impl Session {
         true
     }
 
+    /// Closes the session if its pong deadline has passed, even if the timer has not fired
+    /// yet; requests call this so a late timer never lets a dead session answer.
+    pub(crate) fn check_expired(&self) -> bool {
+        let expired = self
+            .state
+            .lock()
+            .pong_deadline
+            .is_some_and(|d| Instant::now() >= d);
+        if expired {
+            self.close(CloseReason::PingTimeout);
+        }
+        expired
+    }
+
     /// The heartbeat task: first ping one interval after open, the next one an interval
     /// after each pong; closes on a missing pong. It also reports the close to the handler.
     pub(crate) async fn heartbeat(self: Arc<Self>) {
         let config = &self.engine.config;
-        let mut connect_deadline = config.connect_timeout.map(|d| Instant::now() + d);
+        let mut connect_deadline = config.connect_timeout.map(|d| self.created + d);
+        // Deadlines follow the schedule, not the (possibly late) wake-ups.
+        let mut ping_at = self.created + config.ping_interval;
         'outer: loop {
-            let ping_at = Instant::now() + config.ping_interval;
             while Instant::now() < ping_at {
                 if !self.wait(ping_at, &mut connect_deadline).await {
                     break 'outer;
                 }
             }
+            let pong_deadline = ping_at + config.ping_timeout;
             let transport = {
                 let mut st = self.state.lock();
                 if st.closed.is_some() {
                     break;
                 }
                 st.ping_due = true;
-                st.awaiting_pong = true;
+                st.pong_deadline = Some(pong_deadline);
                 st.transport
             };
             self.wake_drainer(transport);
-            let pong_deadline = Instant::now() + config.ping_timeout;
             loop {
-                if !self.state.lock().awaiting_pong {
+                if self.state.lock().pong_deadline.is_none() {
                     break;
                 }
                 if Instant::now() >= pong_deadline {
@@ -487,8 +532,14 @@ impl Session {
                     break 'outer;
                 }
             }
+            ping_at = Instant::now() + config.ping_interval;
         }
         self.report_close();
+        // End a client-close linger (see `close`) if no GET did.
+        if self.engine.session(&self.sid).is_some() {
+            tokio::time::sleep(CLOSE_LINGER).await;
+            self.engine.remove(&self.sid);
+        }
     }
 
     fn report_close(&self) {

@@ -19,7 +19,8 @@ use super::session::{CloseReason, Session, TransportKind, WsBatch};
 /// 128 KiB would dominate idle memory.
 const READ_BUFFER: usize = 4 * 1024;
 /// Frames are buffered up to this size before tungstenite writes; we flush per batch anyway.
-const WRITE_BUFFER: usize = 64 * 1024;
+/// Kept small because tungstenite keeps the buffer's capacity after a burst.
+const WRITE_BUFFER: usize = 16 * 1024;
 /// Time the writer gets to send its close frame after the reader ended.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -61,12 +62,15 @@ pub(crate) async fn upgrade(session: Arc<Session>, req: Request) -> Response {
 async fn run(session: Arc<Session>, ws: WebSocket, probe: bool) {
     let (mut sink, mut stream) = ws.split();
     if probe {
-        let upgraded = tokio::time::timeout(
+        let probe = tokio::time::timeout(
             session.upgrade_timeout(),
             probe_phase(&session, &mut sink, &mut stream),
-        )
-        .await;
-        if upgraded != Ok(true) {
+        );
+        let upgraded = tokio::select! {
+            result = probe => result == Ok(true),
+            _ = session.closed() => false,
+        };
+        if !upgraded {
             tracing::debug!(sid = session.sid(), "upgrade failed");
             session.abort_upgrade();
             let _ = sink.send(WsMessage::Close(None)).await;
@@ -76,9 +80,14 @@ async fn run(session: Arc<Session>, ws: WebSocket, probe: bool) {
     let reader = read_loop(&session, &mut stream);
     let writer = write_loop(&session, &mut sink);
     tokio::pin!(reader, writer);
+    // The writer ends the connection after its close frame. If the reader ends first, or the
+    // writer is stuck on a peer that stopped reading, it gets a grace period, then is dropped.
     tokio::select! {
         _ = &mut writer => {}
         _ = &mut reader => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
+        }
+        _ = session.closed() => {
             let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
         }
     }

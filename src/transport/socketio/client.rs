@@ -116,8 +116,12 @@ impl Client {
 
     async fn event(self: Arc<Self>, packet: Packet, attachments: Vec<Bytes>) {
         let Some(socket) = self.socket(&packet.namespace) else {
-            // The reference closes connections that send to a namespace they have not joined.
-            self.protocol_error(&"event for a namespace not joined");
+            // The reference closes the connection here; we drop the event instead, since it
+            // can legitimately race a server-side `disconnect()` of that namespace.
+            tracing::debug!(
+                namespace = packet.namespace,
+                "event for a namespace not joined"
+            );
             return;
         };
         let Some(Value::Array(mut args)) = packet.data else {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -29,6 +30,11 @@ pub struct Payload {
 }
 
 impl Payload {
+    /// The JSON placeholder standing for attachment `num` inside `args`.
+    pub fn placeholder(num: usize) -> Value {
+        serde_json::json!({ "_placeholder": true, "num": num })
+    }
+
     /// A payload of JSON arguments only.
     pub fn new(args: Vec<Value>) -> Payload {
         Payload {
@@ -134,6 +140,8 @@ pub struct Socket {
     pub(crate) handler: Arc<dyn NamespaceHandler>,
     client: Weak<Client>,
     acks: Mutex<Acks>,
+    /// Set once the socket left its namespace; sends fail from then on.
+    gone: AtomicBool,
 }
 
 impl std::fmt::Debug for Socket {
@@ -162,6 +170,7 @@ impl Socket {
             handler,
             client,
             acks: Mutex::new(Acks::default()),
+            gone: AtomicBool::new(false),
         }
     }
 
@@ -189,6 +198,19 @@ impl Socket {
         &self.session
     }
 
+    /// Whether the socket is still in its namespace (or still connecting).
+    pub fn connected(&self) -> bool {
+        !self.gone.load(Ordering::Acquire)
+    }
+
+    /// Queues frames unless the socket already left its namespace.
+    fn send_frames(&self, frames: impl IntoIterator<Item = Frame>) -> Result<(), SendError> {
+        if !self.connected() {
+            return Err(SendError::Closed);
+        }
+        self.session.send_all(frames)
+    }
+
     /// Sends an event (BINARY_EVENT if the payload has attachments).
     pub fn emit(&self, event: &str, payload: Payload) -> Result<(), SendError> {
         let text = packet::event_text(
@@ -198,8 +220,7 @@ impl Socket {
             payload.attachments.len(),
             None,
         );
-        self.session
-            .send_all(packet::frames(text, &payload.attachments))
+        self.send_frames(packet::frames(text, &payload.attachments))
     }
 
     /// Sends an event with an ack id; the future resolves with the client's ack arguments.
@@ -225,9 +246,7 @@ impl Socket {
             payload.attachments.len(),
             Some(id),
         );
-        let sent = self
-            .session
-            .send_all(packet::frames(text, &payload.attachments));
+        let sent = self.send_frames(packet::frames(text, &payload.attachments));
         if sent.is_err() {
             self.acks.lock().pending.remove(&id);
         }
@@ -248,7 +267,7 @@ impl Socket {
     /// Queues a packet encoded once for many sockets: no serialisation, no copy (refcount only).
     /// The packet's namespace must be this socket's.
     pub fn send_encoded(&self, packet: &EncodedPacket) -> Result<(), SendError> {
-        self.session.send(Frame::Text(packet.frame.clone()))
+        self.send_frames(std::iter::once(Frame::Text(packet.frame.clone())))
     }
 
     /// Closes the whole Engine.IO connection (close packet `1`); the client reconnects by itself.
@@ -265,6 +284,7 @@ impl Socket {
         if !client.remove_socket(self) {
             return;
         }
+        self.gone.store(true, Ordering::Release);
         let _ = self
             .session
             .send(Frame::Text(packet::disconnect_text(&self.namespace)));
@@ -283,6 +303,7 @@ impl Socket {
 
     /// Final bookkeeping after the socket left its client: fail acks, tell the handler.
     pub(crate) fn finish(self: &Arc<Self>, reason: DisconnectReason) {
+        self.gone.store(true, Ordering::Release);
         self.acks.lock().pending.clear();
         self.handler.on_disconnect(self.clone(), reason);
     }
@@ -314,7 +335,6 @@ impl AckResponder {
             payload.attachments.len(),
         );
         self.socket
-            .session
-            .send_all(packet::frames(text, &payload.attachments))
+            .send_frames(packet::frames(text, &payload.attachments))
     }
 }
