@@ -94,3 +94,22 @@ test('unsubscribe ack {ok:true, channel}; no more events from that channel', asy
   await rec.until((r) => r.named('ev-b').length === 1, 10_000, 'ev-b');
   assert.equal(rec.named('ev-a').length, 1, 'no event from an unsubscribed channel');
 });
+
+test('the epoch from a subscribe ack on an empty channel can be used to resubscribe without a spurious gap', async (t) => {
+  // A client stores {epoch, offset} from the ack and later resubscribes with {since: offset, epoch}.
+  // Nothing was lost (since = 0), so no herald:gap is expected; the events are replayed.
+  const h = await startHerald(t);
+  const channel = chan('empty-epoch');
+  const first = await connected(t, h.url);
+  const ack = await subscribeOk(first, channel);
+  first.disconnect();
+  await publish(h.url, channel, 'tick', { n: 1 });
+  await publish(h.url, channel, 'tick', { n: 2 });
+  const socket = await connected(t, h.url);
+  const rec = new Recorder(socket);
+  await subscribeOk(socket, channel, { since: ack.offset, epoch: ack.epoch });
+  await rec.until((r) => r.named('tick').length >= 2, 10_000, 'replayed events');
+  assert.deepEqual(rec.named('tick').map((e) => e.args[0].n), [1, 2]);
+  assert.deepEqual(rec.named('herald:gap').map((e) => e.args[0]), [],
+    `no gap: the subscribe ack said epoch ${JSON.stringify(ack.epoch)}, offset ${ack.offset}`);
+});
