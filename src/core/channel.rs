@@ -14,8 +14,8 @@ pub enum ChannelNameError {
     /// The name is empty.
     #[error("channel name is empty")]
     Empty,
-    /// The name is longer than [`MAX_CHANNEL_LEN`].
-    #[error("channel name is longer than {MAX_CHANNEL_LEN} characters")]
+    /// The name is longer than [`MAX_CHANNEL_LEN`] bytes.
+    #[error("channel name is longer than {MAX_CHANNEL_LEN} bytes")]
     TooLong,
     /// The name contains a character outside the allowed set.
     #[error(
@@ -55,8 +55,10 @@ impl ChannelName {
     }
 }
 
+/// Letters and digits of any script (unit names are not always English), and separators that need no quoting
+/// in URLs' path segments once percent-encoded; never `/`, `*`, `?` or control characters.
 fn allowed(c: char) -> bool {
-    c.is_ascii_alphanumeric() || " _-.:@#+=,~!".contains(c)
+    c.is_alphanumeric() || " _-.:@#+=,~!".contains(c)
 }
 
 impl fmt::Display for ChannelName {
@@ -130,7 +132,9 @@ mod tests {
             ChannelName::new(&"x".repeat(201)),
             Err(ChannelNameError::TooLong)
         );
-        assert!(ChannelName::new("é").is_err());
+        assert!(ChannelName::new("Ligne Süd 3").is_ok());
+        assert!(ChannelName::new("a\u{7}").is_err());
+        assert!(ChannelName::new("a*").is_err());
     }
 
     #[test]
