@@ -32,14 +32,17 @@ test('subscribe ack: {ok:true, channel, offset, epoch} with the last offset and 
 test('subscribe errors: invalid channel names → invalid_channel, malformed payloads → invalid_request', async (t) => {
   const h = await startHerald(t);
   const socket = await connected(t, h.url, { transports: ['websocket'] });
-  for (const bad of ['a/b', '', ' leading', 'trailing ', 'x'.repeat(201), 'tab\there', 'ünïcode', 'new\nline']) {
+  // (interface.md: 1–200 *bytes* of letters and digits of any script, space and _ - . : @ # + = , ~ !)
+  for (const bad of ['a/b', '', ' leading', 'trailing ', 'x'.repeat(201), 'é'.repeat(101), 'tab\there', 'emoji😀', 'new\nline', 'a*b', 'q?']) {
     const ack = await subscribe(socket, bad);
     assert.equal(ack?.ok, false, `subscribe ${JSON.stringify(bad)} should fail: ${JSON.stringify(ack)}`);
     assert.equal(ack.error?.code, 'invalid_channel', `subscribe ${JSON.stringify(bad)}: ${JSON.stringify(ack)}`);
     assert.equal(typeof ack.error.message, 'string');
   }
   // 200 characters and every allowed punctuation character are fine
-  for (const good of ['x'.repeat(200), 'A-z_0.9:@#+=,~! mid space']) await subscribeOk(socket, good);
+  for (const good of ['x'.repeat(200), 'é'.repeat(100), 'A-z_0.9:@#+=,~! mid space', 'Ligne Süd 3', '東京:監視']) {
+    await subscribeOk(socket, good);
+  }
 
   const malformed = [
     ['no payload', []],

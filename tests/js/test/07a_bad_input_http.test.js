@@ -53,7 +53,9 @@ test('HTTP publish: malformed JSON and wrong fields', async (t) => {
 
 test('HTTP publish: invalid channel names', async (t) => {
   const h = await startHerald(t, { config: CONFIG });
-  const bad = ['a/b', '', ' lead', 'trail ', 'x'.repeat(201), 'x'.repeat(300), 'tab\t', 'é', 'a\nb', 'semi;colon', 'q?', 'pct%'];
+  // 1–200 bytes of letters and digits of any script, space and _ - . : @ # + = , ~ !
+  const bad = ['a/b', '', ' lead', 'trail ', 'x'.repeat(201), 'x'.repeat(300), 'é'.repeat(101), 'tab\t', '😀', 'a\nb',
+    'semi;colon', 'q?', 'pct%', 'star*', 'back\\slash', '\u0007bell'];
   for (const channel of bad) {
     assertApiError(await post(h, JSON.stringify({ channel, event: 'x', data: 1 })), 400, 'invalid_channel',
       `channel ${JSON.stringify(channel)}`);
@@ -61,7 +63,7 @@ test('HTTP publish: invalid channel names', async (t) => {
   assertApiError(await post(h, JSON.stringify({ channels: ['ok', 'a/b'], event: 'x' })), 400, 'invalid_channel', 'channels list');
   assertApiError(await history(h.url, 'ok'), 404, 'channel_not_found', 'a rejected multi-channel publish writes nothing');
   // The boundaries of the valid set, and percent-encoding in the history URL.
-  for (const channel of ['x'.repeat(200), 'a b#c:d@e', 'A-z_0.9:@#+=,~!', '!']) {
+  for (const channel of ['x'.repeat(200), 'é'.repeat(100), 'a b#c:d@e', 'A-z_0.9:@#+=,~!', '!', 'Ligne Süd 3', '東京:監視']) {
     const r = await publish(h.url, channel, 'x', { channel });
     assert.equal(r.offset, 1, `channel ${JSON.stringify(channel)}`);
     const hist = await fullHistory(h.url, channel);
