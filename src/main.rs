@@ -236,7 +236,8 @@ async fn tail(
                     r.text().await.unwrap_or_default()
                 ),
                 Err(e) => {
-                    return Err(e).with_context(|| format!("cannot reach Herald at {}", remote.url));
+                    return Err(e)
+                        .with_context(|| format!("cannot reach Herald at {}", remote.url));
                 }
             }
         }

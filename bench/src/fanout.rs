@@ -9,7 +9,7 @@ use crate::Common;
 use crate::clock::Clock;
 use crate::publish::{PublishStats, Publisher};
 use crate::sio::{self, Frame};
-use crate::stats::{Histogram, cpu_us, rss_kib};
+use crate::stats::{Histogram, cpu_us, machine_busy_us, rss_kib};
 use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -193,6 +193,7 @@ struct Snapshot {
     server_cpu_us: Option<u64>,
     server_rss_kib: Option<u64>,
     self_cpu_us: Option<u64>,
+    machine_busy_us: Option<u64>,
 }
 
 fn snapshot(clock: &Clock, pid: Option<&str>) -> Snapshot {
@@ -201,7 +202,19 @@ fn snapshot(clock: &Clock, pid: Option<&str>) -> Snapshot {
         server_cpu_us: pid.and_then(cpu_us),
         server_rss_kib: pid.and_then(rss_kib),
         self_cpu_us: cpu_us("self"),
+        machine_busy_us: machine_busy_us(),
     }
+}
+
+/// CPU used between `b` and `a` by processes other than the server and the generator, in % of one core:
+/// anything well above 0 means the measurement was disturbed.
+fn other_pct(a: &Snapshot, b: &Snapshot) -> Option<f64> {
+    let delta = |x: Option<u64>, y: Option<u64>| Some(x? as f64 - y? as f64);
+    let server = delta(a.server_cpu_us, b.server_cpu_us).unwrap_or(0.0);
+    let busy = delta(a.machine_busy_us, b.machine_busy_us)?
+        - delta(a.self_cpu_us, b.self_cpu_us)?
+        - server;
+    Some((busy / (a.at_us - b.at_us).max(1) as f64 * 100.0).max(0.0))
 }
 
 fn pct(cpu: Option<u64>, cpu0: Option<u64>, wall_us: u64) -> Option<f64> {
@@ -321,7 +334,7 @@ pub async fn run(args: Args) -> Result<bool> {
                 let d = s.delivered.get();
                 let iv = std::mem::take(&mut *s.interval.borrow_mut());
                 eprintln!(
-                    "[{:5.1}s] published {:>7} ok {:>7} | delivered/s {:>8.0} | latency p50 {:7.2} p99 {:7.2} max {:7.2} ms | conns {} lost {} | server CPU {} gen CPU {}",
+                    "[{:5.1}s] published {:>7} ok {:>7} | delivered/s {:>8.0} | latency p50 {:7.2} p99 {:7.2} max {:7.2} ms | conns {} lost {} | server CPU {} gen CPU {} other CPU {}",
                     (now.at_us.saturating_sub(start_us)) as f64 / 1e6,
                     pstats.scheduled.get(),
                     pstats.ok.get(),
@@ -330,6 +343,7 @@ pub async fn run(args: Args) -> Result<bool> {
                     subscribed - s.lost.get(), s.lost.get(),
                     opt(pct(now.server_cpu_us, prev.server_cpu_us, wall), 0, "%"),
                     opt(pct(now.self_cpu_us, prev.self_cpu_us, wall), 0, "%"),
+                    opt(other_pct(&now, &prev), 0, "%"),
                 );
                 prev = now;
                 prev_delivered = d;
@@ -391,6 +405,7 @@ pub async fn run(args: Args) -> Result<bool> {
     let window = end.at_us - idle.at_us;
     let server_pct = pct(end.server_cpu_us, idle.server_cpu_us, window);
     let gen_pct = pct(end.self_cpu_us, idle.self_cpu_us, window);
+    let other = other_pct(&end, &idle);
     let passed = s.connect_failed.get() == 0
         && s.lost.get() == 0
         && pstats.failed.get() == 0
@@ -427,6 +442,7 @@ pub async fn run(args: Args) -> Result<bool> {
             "rss_kib_per_connection_idle": idle_rss_per, "rss_kib_per_connection_end": end_rss_per,
         },
         "generator_cpu_percent": gen_pct,
+        "other_cpu_percent": other,
         "first_error": *s.first_error.borrow(),
         "first_publish_error": *pstats.first_error.borrow(),
         "passed": passed,
@@ -489,9 +505,15 @@ pub async fn run(args: Args) -> Result<bool> {
         opt(end_rss_per, 1, " KiB"),
     );
     println!(
-        "generator    CPU {} of a core (near 100% = the generator is the bottleneck)",
-        opt(gen_pct, 0, "%")
+        "generator    CPU {} of a core (near 100% = the generator is the bottleneck); other processes {}",
+        opt(gen_pct, 0, "%"),
+        opt(other, 0, "%")
     );
+    if other.is_some_and(|o| o > 10.0) {
+        println!(
+            "WARNING      other processes used CPU during the run: these numbers are disturbed"
+        );
+    }
     if let Some(e) = &*s.first_error.borrow() {
         println!("first error  {e}");
     }

@@ -164,10 +164,10 @@ impl Publisher {
                 .await
                 .is_err()
             {
-                let n = pipe.pending.borrow().len() as u64;
+                let n = pipe.pending.borrow().iter().map(|p| p.1).sum::<u64>();
                 stats.fail(
                     n,
-                    format!("{n} publish requests unanswered 10 s after the last one"),
+                    format!("{n} events unanswered 10 s after the last request"),
                 );
                 pipe.pending.borrow_mut().clear();
             }

@@ -100,6 +100,19 @@ pub fn rss_kib(pid: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Busy CPU time of the whole machine (all CPUs, everything but idle and iowait) in microseconds.
+pub fn machine_busy_us() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already included in user).
+    let busy: u64 = v.iter().take(8).sum::<u64>() - v.get(3)? - v.get(4)?;
+    Some(busy * USER_HZ_US)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +145,6 @@ mod tests {
     fn reads_own_proc_entries() {
         assert!(cpu_us("self").is_some());
         assert!(rss_kib("self").unwrap() > 0);
+        assert!(machine_busy_us().is_some());
     }
 }

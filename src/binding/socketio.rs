@@ -313,7 +313,7 @@ impl ChannelsNamespace {
                 if want
                     .epoch
                     .as_deref()
-                    .is_some_and(|e| !pos.epoch.is_empty() && *e != *pos.epoch)
+                    .is_some_and(|e| !e.is_empty() && !pos.epoch.is_empty() && *e != *pos.epoch)
                     && gap.is_none()
                 {
                     gap = Some(Gap {
