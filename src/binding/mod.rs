@@ -2,4 +2,5 @@
 //!
 //! The protocol layers in `transport` know nothing of channels; the core knows nothing of sockets.
 
+pub mod feed;
 pub mod socketio;

@@ -1,0 +1,261 @@
+//! A connection's feed of channel events, shared by every transport binding: registration at an exact hub
+//! position, replay from history, live events held back while a replay is queued (so they follow it), gap
+//! notices, and a bound on what is held back.
+//!
+//! Subscribing is two-phase so a binding can do its own work in between — Socket.IO stores its session record
+//! and acknowledges before anything that refers to the new registration is sent: [`Feed::begin`] registers and
+//! holds live delivery, [`Feed::complete`] queues gaps, replays and the held events.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::core::Core;
+use crate::core::channel::ChannelName;
+use crate::core::event::{Event, SharedEvent};
+use crate::core::hub::{Position, Subscriber, SubscriberId};
+use crate::core::session::{Gap, GapReason};
+use crate::core::store::StoreError;
+
+/// The connection is gone; stop sending to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Gone;
+
+/// How a binding puts events on its wire.
+pub trait Outlet: Send + Sync + 'static {
+    /// Sends a live event (use the event's shared encoding).
+    fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone>;
+    /// Sends an event replayed from history for registration `reg`.
+    fn replayed(&self, event: &Event, reg: &Registered) -> Result<(), Gone>;
+    /// Tells the client that events were lost.
+    fn gap(&self, gap: &Gap) -> Result<(), Gone>;
+    /// Closes the connection: it fell too far behind while a replay was queued.
+    fn overflow(&self);
+}
+
+/// A channel a connection wants, and where it stands.
+#[derive(Debug, Clone)]
+pub struct Want {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Last offset the client has; `None` means "only new events".
+    pub after: Option<u64>,
+    /// Epoch the client's offset belongs to, if it said.
+    pub epoch: Option<String>,
+    /// A loss already known to the caller (from recovery).
+    pub gap: Option<Gap>,
+}
+
+impl Want {
+    /// Only new events of `channel`.
+    pub fn new_events(channel: ChannelName) -> Self {
+        Self {
+            channel,
+            after: None,
+            epoch: None,
+            gap: None,
+        }
+    }
+}
+
+/// A registered subscription, before and after its replay.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The replay covers offsets `(after, position.last_offset]`; live events follow.
+    pub after: u64,
+    /// Where the channel stood at registration.
+    pub position: Position,
+    /// Registration number within this feed (orders registrations made at one position).
+    pub k: u64,
+    /// A loss to announce before the replay.
+    pub gap: Option<Gap>,
+}
+
+#[derive(Default)]
+struct State {
+    channels: Vec<ChannelName>,
+    next_k: u64,
+    replaying: bool,
+    held: Vec<Arc<SharedEvent>>,
+    held_bytes: usize,
+    closed: bool,
+}
+
+/// One connection's subscriptions and delivery state.
+pub struct Feed<O: Outlet> {
+    core: Arc<Core>,
+    /// The binding's wire.
+    pub outlet: O,
+    id: SubscriberId,
+    max_held_bytes: usize,
+    state: Mutex<State>,
+    op: tokio::sync::Mutex<()>,
+}
+
+impl<O: Outlet> Subscriber for Feed<O> {
+    fn deliver(&self, event: &Arc<SharedEvent>) {
+        let mut st = self.state.lock();
+        if st.closed {
+            return;
+        }
+        if st.replaying {
+            st.held_bytes += event.event.data.get().len();
+            if st.held_bytes > self.max_held_bytes {
+                st.closed = true;
+                self.outlet.overflow();
+                return;
+            }
+            st.held.push(event.clone());
+        } else if self.outlet.live(event).is_err() {
+            st.closed = true;
+        }
+    }
+}
+
+impl<O: Outlet> Feed<O> {
+    /// A feed with no subscriptions; `max_held_bytes` bounds what waits behind a replay.
+    pub fn new(core: Arc<Core>, outlet: O, max_held_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            core,
+            outlet,
+            id: SubscriberId::next(),
+            max_held_bytes,
+            state: Mutex::new(State::default()),
+            op: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Serialises subscription changes of this feed; hold the guard across `begin`…`complete`.
+    pub async fn serialize(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.op.lock().await
+    }
+
+    /// Phase 1: holds live delivery, registers every want at one hub position, and decides where each replay starts.
+    pub fn begin(self: &Arc<Self>, wants: Vec<Want>) -> Vec<Registered> {
+        let channels: Vec<ChannelName> = wants.iter().map(|w| w.channel.clone()).collect();
+        self.state.lock().replaying = true;
+        let sub: Arc<dyn Subscriber> = self.clone();
+        let positions = self.core.hub.subscribe(&channels, self.id, &sub);
+        let mut st = self.state.lock();
+        wants
+            .into_iter()
+            .zip(positions)
+            .map(|(want, position)| {
+                let mut after = want
+                    .after
+                    .unwrap_or(position.last_offset)
+                    .min(position.last_offset);
+                let mut gap = want.gap;
+                // An empty epoch is what a channel without events reports: any later epoch continues it.
+                let stale = want.epoch.as_deref().is_some_and(|e| {
+                    !e.is_empty() && !position.epoch.is_empty() && *e != *position.epoch
+                });
+                if stale && gap.is_none() {
+                    gap = Some(Gap {
+                        channel: want.channel.clone(),
+                        reason: GapReason::EpochChanged,
+                        epoch: position.epoch.clone(),
+                        from: None,
+                        to: None,
+                    });
+                    after = 0;
+                }
+                let k = st.next_k;
+                st.next_k += 1;
+                if !st.channels.contains(&want.channel) {
+                    st.channels.push(want.channel.clone());
+                }
+                Registered {
+                    channel: want.channel,
+                    after,
+                    position,
+                    k,
+                    gap,
+                }
+            })
+            .collect()
+    }
+
+    /// Undoes `begin` (the caller could not complete the registration).
+    pub fn abort(&self, regs: &[Registered]) {
+        for r in regs {
+            self.unsubscribe(&r.channel);
+        }
+        self.release();
+    }
+
+    /// Phase 2: queues gap notices and replays in registration order, then the live events held meanwhile.
+    pub async fn complete(&self, regs: &[Registered]) -> Result<(), StoreError> {
+        let result = self.replay(regs).await;
+        self.release();
+        result
+    }
+
+    async fn replay(&self, regs: &[Registered]) -> Result<(), StoreError> {
+        for reg in regs {
+            let events = self
+                .core
+                .replay(&reg.channel, reg.after, reg.position.last_offset)
+                .await?;
+            let trimmed = events
+                .first()
+                .filter(|e| e.offset > reg.after + 1)
+                .map(|first| Gap {
+                    channel: reg.channel.clone(),
+                    reason: GapReason::HistoryTrimmed,
+                    epoch: reg.position.epoch.clone(),
+                    from: Some(reg.after + 1),
+                    to: Some(first.offset - 1),
+                });
+            let gap = reg.gap.as_ref().or(trimmed.as_ref());
+            let sent = gap.map_or(Ok(()), |g| self.outlet.gap(g));
+            if sent
+                .and_then(|()| events.iter().try_for_each(|e| self.outlet.replayed(e, reg)))
+                .is_err()
+            {
+                self.state.lock().closed = true;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the held live events and resumes direct delivery.
+    fn release(&self) {
+        let mut st = self.state.lock();
+        let held = std::mem::take(&mut st.held);
+        st.held_bytes = 0;
+        st.replaying = false;
+        for ev in &held {
+            if st.closed || self.outlet.live(ev).is_err() {
+                st.closed = true;
+                return;
+            }
+        }
+    }
+
+    /// Stops delivery of `channel`.
+    pub fn unsubscribe(&self, channel: &ChannelName) {
+        self.core.hub.unsubscribe(channel, self.id);
+        self.state.lock().channels.retain(|c| c != channel);
+    }
+
+    /// Stops all delivery: the connection ended.
+    pub fn detach(&self) {
+        let channels = {
+            let mut st = self.state.lock();
+            st.closed = true;
+            std::mem::take(&mut st.channels)
+        };
+        for c in &channels {
+            self.core.hub.unsubscribe(c, self.id);
+        }
+    }
+
+    /// The subscribed channels, in registration order.
+    pub fn channels(&self) -> Vec<ChannelName> {
+        self.state.lock().channels.clone()
+    }
+}
