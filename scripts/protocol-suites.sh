@@ -37,7 +37,9 @@ for suite in "$EIO_SUITE" "$SIO_SUITE"; do
     echo "== $(basename "$suite") run $run"
     log=$(mktemp)
     if (cd "$dir" && npm test --silent >"$log" 2>&1); then :; else status=1; fi
-    grep -E "passing|failing|pending|^  [0-9]+\) " "$log" || cat "$log"
+    grep -E "passing|failing|pending" "$log" || cat "$log"
+    # Failure details: mocha prints them after the summary.
+    sed -n '/ failing$/,$p' "$log" | grep -vE "^\s+at " | sed -n '2,40p' || true
     rm -f "$log"
   done
 done

@@ -85,7 +85,7 @@ pub(crate) async fn post(session: Arc<Session>, req: Request) -> Response {
     let Some(_in_flight) = begin(&session, false) else {
         return bad_request();
     };
-    let max = session_max_payload(&session);
+    let max = session.max_payload();
     let headers = req.headers();
     // EIO v4 polling binary is always base64 text; the reference rejects octet-stream.
     if headers
@@ -119,10 +119,6 @@ pub(crate) async fn post(session: Arc<Session>, req: Request) -> Response {
         session.receive(packet).await;
     }
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "ok").into_response()
-}
-
-fn session_max_payload(session: &Session) -> usize {
-    session.max_payload()
 }
 
 enum BodyError {

@@ -104,6 +104,13 @@ pub(crate) struct State {
     close_reported: bool,
 }
 
+impl State {
+    /// Whether the session is closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+}
+
 struct Lane {
     queue: VecDeque<Work>,
     running: bool,
@@ -205,10 +212,6 @@ impl Session {
 
     pub(crate) fn upgrade_timeout(&self) -> std::time::Duration {
         self.engine.config.upgrade_timeout
-    }
-
-    pub(crate) fn is_closed_locked(&self, st: &State) -> bool {
-        st.closed.is_some()
     }
 
     /// Whether the session is closed.

@@ -199,7 +199,7 @@ impl Session {
     /// Claims the session for a WebSocket; false if one is attached or it is not polling.
     pub(crate) fn try_attach_ws(&self) -> bool {
         let mut st = self.state.lock();
-        if st.ws_attached || st.transport != TransportKind::Polling || self.is_closed_locked(&st) {
+        if st.ws_attached || st.transport != TransportKind::Polling || st.is_closed() {
             return false;
         }
         st.ws_attached = true;
@@ -219,7 +219,7 @@ impl Session {
     /// `5` received: WebSocket takes over the queue. False if the session closed meanwhile.
     pub(crate) fn complete_upgrade(&self) -> bool {
         let mut st = self.state.lock();
-        if self.is_closed_locked(&st) {
+        if st.is_closed() {
             return false;
         }
         st.transport = TransportKind::WebSocket;
