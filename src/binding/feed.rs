@@ -31,6 +31,9 @@ pub trait Outlet: Send + Sync + 'static {
     fn gap(&self, gap: &Gap) -> Result<(), Gone>;
     /// Closes the connection: it fell too far behind while a replay was queued.
     fn overflow(&self);
+    /// Resolves when the connection's queue has room for more replayed events (backpressure for replays,
+    /// which are bounded by retention rather than by the live-traffic queue bound).
+    fn room(&self) -> impl std::future::Future<Output = ()> + Send;
 }
 
 /// A channel a connection wants, and where it stands.
@@ -210,13 +213,16 @@ impl<O: Outlet> Feed<O> {
                     to: Some(first.offset - 1),
                 });
             let gap = reg.gap.as_ref().or(trimmed.as_ref());
-            let sent = gap.map_or(Ok(()), |g| self.outlet.gap(g));
-            if sent
-                .and_then(|()| events.iter().try_for_each(|e| self.outlet.replayed(e, reg)))
-                .is_err()
-            {
+            if gap.is_some_and(|g| self.outlet.gap(g).is_err()) {
                 self.state.lock().closed = true;
                 return Ok(());
+            }
+            for e in &events {
+                self.outlet.room().await;
+                if self.outlet.replayed(e, reg).is_err() {
+                    self.state.lock().closed = true;
+                    return Ok(());
+                }
             }
         }
         Ok(())

@@ -77,6 +77,10 @@ impl Outlet for SocketOutlet {
         tracing::warn!(socket = %self.0.id(), "slow consumer during replay; closing its transport");
         self.0.close_transport("slow consumer");
     }
+
+    async fn room(&self) {
+        self.0.session().wait_for_room().await;
+    }
 }
 
 /// `2["name",data,"cursor"]`: one Socket.IO EVENT packet of the `/` namespace.

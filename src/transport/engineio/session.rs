@@ -141,6 +141,8 @@ pub struct Session {
     heartbeat_wake: Notify,
     lane_room: Notify,
     closed_signal: Notify,
+    /// Signalled whenever queued bytes are taken by a transport.
+    drained: Notify,
     handler: OnceLock<Arc<dyn SessionHandler>>,
     lane: Mutex<Lane>,
     ready: AtomicBool,
@@ -181,6 +183,7 @@ impl Session {
             heartbeat_wake: Notify::new(),
             lane_room: Notify::new(),
             closed_signal: Notify::new(),
+            drained: Notify::new(),
             handler: OnceLock::new(),
             lane: Mutex::new(Lane {
                 queue: VecDeque::new(),
@@ -226,6 +229,22 @@ impl Session {
 
     pub(crate) fn set_handler(&self, handler: Arc<dyn SessionHandler>) {
         let _ = self.handler.set(handler);
+    }
+
+    /// Waits until at most half the outbound bound is queued, or the session closed. Bulk senders (a replay
+    /// from history) use it to apply backpressure instead of tripping the slow-consumer bound.
+    pub async fn wait_for_room(&self) {
+        loop {
+            // `notify_waiters` reaches a `Notified` from its creation on, so create it before checking.
+            let drained = self.drained.notified();
+            {
+                let st = self.state.lock();
+                if st.closed.is_some() || st.queued_bytes <= self.engine.config.max_queue_bytes / 2 {
+                    return;
+                }
+            }
+            drained.await;
+        }
     }
 
     /// Queues one frame.
@@ -290,6 +309,7 @@ impl Session {
         self.heartbeat_wake.notify_one();
         self.lane_room.notify_one();
         self.closed_signal.notify_waiters();
+        self.drained.notify_waiters();
         self.lane.lock().queue.clear();
     }
 
@@ -418,6 +438,7 @@ impl Session {
         // Taking the queue (not draining it) releases its buffer while the session idles.
         frames.extend(std::mem::take(&mut st.queue));
         st.queued_bytes = 0;
+        self.drained.notify_waiters();
         PollBatch::Frames(frames)
     }
 
@@ -454,6 +475,7 @@ impl Session {
             frames.push(frame);
         }
         st.queued_bytes -= taken;
+        self.drained.notify_waiters();
         if st.queue.is_empty() {
             // Release the queue's buffer so idle sessions hold no large allocation.
             st.queue = VecDeque::new();
