@@ -54,6 +54,10 @@ pub struct Config {
     pub history: HistoryConfig,
     /// Socket.IO transport.
     pub socketio: SocketIoConfig,
+    /// Plain WebSocket transport.
+    pub websocket: WebSocketConfig,
+    /// Server-Sent Events transport.
+    pub sse: SseConfig,
 }
 
 impl Default for Config {
@@ -67,6 +71,8 @@ impl Default for Config {
             max_event_bytes: 64 << 10,
             history: HistoryConfig::default(),
             socketio: SocketIoConfig::default(),
+            websocket: WebSocketConfig::default(),
+            sse: SseConfig::default(),
         }
     }
 }
@@ -149,6 +155,95 @@ impl Default for SocketIoConfig {
     }
 }
 
+/// Plain WebSocket settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Interval between WebSocket ping frames.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long to wait for the pong before dropping the peer.
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
+    /// Interval of `{"type":"heartbeat"}` messages; zero disables them.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Largest client message.
+    pub max_message_bytes: usize,
+    /// Per-connection outbound bound.
+    pub max_queue_bytes: usize,
+    /// Payload shape on direct URLs, per channel pattern.
+    pub direct: Vec<DirectRule>,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            heartbeat_interval: Duration::from_secs(30),
+            max_message_bytes: 64 << 10,
+            max_queue_bytes: 4 << 20,
+            direct: Vec::new(),
+        }
+    }
+}
+
+/// What a direct WebSocket URL sends for channels matching `pattern`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectRule {
+    /// Channel-name pattern.
+    pub pattern: String,
+    /// Message shape.
+    pub payload: PayloadShape,
+}
+
+/// The shape of an event message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadShape {
+    /// Herald's envelope: channel, offset, epoch, id, event, data, time.
+    #[default]
+    Envelope,
+    /// The event's bare JSON payload, for frontends that expect only that.
+    Data,
+}
+
+/// Server-Sent Events settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SseConfig {
+    /// Interval of comment heartbeats.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Reconnection delay advertised to browsers.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+    /// Per-stream outbound bound.
+    pub max_queue_bytes: usize,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+            max_queue_bytes: 4 << 20,
+        }
+    }
+}
+
+impl WebSocketConfig {
+    /// The payload shape of direct URLs for `channel`.
+    pub fn direct_payload(&self, channel: &str) -> PayloadShape {
+        self.direct
+            .iter()
+            .find(|r| Pattern::new(&r.pattern).matches(channel))
+            .map_or(PayloadShape::Envelope, |r| r.payload)
+    }
+}
+
 /// Overrides from the environment or flags; `None` leaves the file's value.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -205,6 +300,19 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "history max_events must be at least 1".into(),
+            ));
+        }
+        let pings = [
+            self.socketio.ping_interval,
+            self.socketio.ping_timeout,
+            self.websocket.ping_interval,
+            self.websocket.ping_timeout,
+            self.sse.heartbeat_interval,
+        ];
+        if pings.iter().any(Duration::is_zero) {
+            return Err(ConfigError::Invalid(
+                "ping intervals, ping timeouts and the SSE heartbeat interval must be positive"
+                    .into(),
             ));
         }
         if self.socketio.ping_interval.is_zero() || self.socketio.ping_timeout.is_zero() {

@@ -172,7 +172,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             config.listen
         );
     }
-    let listener = listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener =
+        listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let server = herald::server::Server::start(config).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "herald started");
@@ -184,7 +185,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// Binds with a listen backlog of `somaxconn`'s usual ceiling: the default 128 overflows in connect storms and
 /// costs the overflowed clients a one-second SYN retransmit.
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)

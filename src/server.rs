@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState, Connections};
 use crate::binding::socketio::ChannelsNamespace;
+use crate::binding::sse::SseBinding;
+use crate::binding::websocket::WebSocketBinding;
 use crate::config::Config;
 use crate::core::Core;
 use crate::core::store::{StoreError, StoreOptions};
@@ -29,6 +31,7 @@ pub enum ServerError {
 pub struct Server {
     core: Arc<Core>,
     socketio: Arc<SocketIo>,
+    shutdown: tokio::sync::watch::Sender<bool>,
     router: Router,
 }
 
@@ -73,10 +76,23 @@ impl Server {
             max_event_bytes: config.max_event_bytes,
             connections: Arc::new(SocketIoConnections(namespace)),
         });
-        let router = api.merge(socketio.router());
+        let (shutdown, stopping) = tokio::sync::watch::channel(false);
+        let router = api
+            .merge(socketio.router())
+            .merge(WebSocketBinding::router(
+                core.clone(),
+                config.websocket.clone(),
+                stopping.clone(),
+            ))
+            .merge(SseBinding::router(
+                core.clone(),
+                config.sse.clone(),
+                stopping,
+            ));
         Ok(Self {
             core,
             socketio,
+            shutdown,
             router,
         })
     }
@@ -88,6 +104,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let socketio = self.socketio.clone();
+        let stop = self.shutdown;
         let app = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -95,6 +112,7 @@ impl Server {
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 socketio.shutdown();
+                let _ = stop.send(true);
             })
             .await?;
         self.core.shutdown().await;

@@ -3,4 +3,8 @@
 //! The protocol layers in `transport` know nothing of channels; the core knows nothing of sockets.
 
 pub mod feed;
+pub mod outbox;
 pub mod socketio;
+pub mod sse;
+pub mod websocket;
+pub mod wire;

@@ -239,7 +239,8 @@ impl Session {
             let drained = self.drained.notified();
             {
                 let st = self.state.lock();
-                if st.closed.is_some() || st.queued_bytes <= self.engine.config.max_queue_bytes / 2 {
+                if st.closed.is_some() || st.queued_bytes <= self.engine.config.max_queue_bytes / 2
+                {
                     return;
                 }
             }

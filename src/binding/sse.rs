@@ -1,0 +1,351 @@
+//! Channels over Server-Sent Events: `GET /sse?channel=a&channel=b` or `/sse/{channel}`.
+//!
+//! Every event's `id:` is a compound cursor — `<epoch>:<offset>` for each channel of the stream, in URL order —
+//! so the browser's automatic reconnection (`Last-Event-ID`) resumes every channel exactly. The stream opens
+//! with an `id:` alone, which sets the browser's last event id without dispatching anything, so even a stream
+//! that received no event yet resumes from where it started. Losses arrive in-band as `herald:gap` events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::feed::{Feed, Gone, Outlet, Registered, Want};
+use super::outbox::{Outbox, Weight};
+use super::wire::{channel_from_path, envelope};
+use crate::api::ApiError;
+use crate::config::SseConfig;
+use crate::core::Core;
+use crate::core::channel::ChannelName;
+use crate::core::event::{EncodingSlot, Event, SharedEvent};
+use crate::core::session::Gap;
+
+/// Slot of the shared `event:`/`data:` lines of a live event.
+const BODY: EncodingSlot = EncodingSlot(3);
+/// Slot of the same with the full envelope as data.
+const ENVELOPE_BODY: EncodingSlot = EncodingSlot(4);
+/// Most channels in one stream.
+const MAX_CHANNELS: usize = 64;
+
+/// The SSE binding.
+pub struct SseBinding {
+    core: Arc<Core>,
+    config: SseConfig,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl SseBinding {
+    /// Routes `/sse` and `/sse/{channel}`; streams end when `shutdown` turns true.
+    pub fn router(core: Arc<Core>, config: SseConfig, shutdown: watch::Receiver<bool>) -> Router {
+        let binding = Arc::new(Self {
+            core,
+            config,
+            shutdown,
+        });
+        Router::new()
+            .route("/sse", get(by_query))
+            .route("/sse/{*path}", get(by_path))
+            .with_state(binding)
+    }
+}
+
+impl Weight for Bytes {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Puts events on one stream, keeping its compound cursor.
+struct SseOutlet {
+    outbox: Arc<Outbox<Bytes>>,
+    channels: Vec<ChannelName>,
+    /// `(epoch, offset)` delivered so far, per channel.
+    cursor: Mutex<Vec<(Arc<str>, u64)>>,
+    envelope: bool,
+}
+
+impl SseOutlet {
+    /// Advances the cursor past `e` and renders the `id:` line.
+    fn id_line(&self, e: &Event) -> Bytes {
+        let mut cursor = self.cursor.lock();
+        if let Some(i) = self.channels.iter().position(|c| *c == e.channel) {
+            cursor[i] = (e.epoch.clone(), e.offset);
+        }
+        Bytes::from(format!("id: {}\n", render_cursor(&cursor)))
+    }
+
+    fn push_event(&self, e: &Event, body: Bytes) -> Result<(), Gone> {
+        // Both parts go in one push so the cursor and the event cannot be split by a close.
+        let mut record = Vec::with_capacity(body.len() + 64);
+        record.extend_from_slice(&self.id_line(e));
+        record.extend_from_slice(&body);
+        self.outbox.push(Bytes::from(record))
+    }
+}
+
+fn body_of(e: &Event, envelope_data: bool) -> Bytes {
+    let data = if envelope_data {
+        envelope(e)
+    } else {
+        e.data.get().to_owned()
+    };
+    // JSON text has no raw newlines, so one `data:` line carries it; the name is sanitised the same way.
+    let name = e.name.replace(['\n', '\r'], " ");
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+impl Outlet for SseOutlet {
+    fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
+        let body = if self.envelope {
+            event.encoded(ENVELOPE_BODY, |e| body_of(e, true))
+        } else {
+            event.encoded(BODY, |e| body_of(e, false))
+        };
+        self.push_event(&event.event, body)
+    }
+
+    fn replayed(&self, event: &Event, _: &Registered) -> Result<(), Gone> {
+        self.push_event(event, body_of(event, self.envelope))
+    }
+
+    fn gap(&self, gap: &Gap) -> Result<(), Gone> {
+        let data = serde_json::to_string(gap).unwrap_or_default();
+        self.outbox
+            .push(Bytes::from(format!("event: herald:gap\ndata: {data}\n\n")))
+    }
+
+    fn overflow(&self) {
+        self.outbox.close(super::outbox::Closed::SlowConsumer);
+    }
+
+    async fn room(&self) {
+        self.outbox.room().await;
+    }
+}
+
+fn render_cursor(cursor: &[(Arc<str>, u64)]) -> String {
+    let parts: Vec<String> = cursor
+        .iter()
+        .map(|(epoch, offset)| format!("{epoch}:{offset}"))
+        .collect();
+    parts.join(",")
+}
+
+/// Parses a compound cursor for `n` channels: `<epoch>:<offset>` per channel, joined by `,`.
+fn parse_cursor(text: &str, n: usize) -> Result<Vec<(String, u64)>, String> {
+    let parts: Vec<&str> = text.split(',').collect();
+    if parts.len() != n {
+        return Err(format!(
+            "cursor has {} positions for {n} channels",
+            parts.len()
+        ));
+    }
+    parts
+        .iter()
+        .map(|p| {
+            let (epoch, offset) = p
+                .rsplit_once(':')
+                .ok_or_else(|| format!("{p:?} is not <epoch>:<offset>"))?;
+            if !epoch.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(format!("epoch {epoch:?} is not alphanumeric"));
+            }
+            let offset = offset
+                .parse()
+                .map_err(|_| format!("offset {offset:?} is not a number"))?;
+            Ok((epoch.to_owned(), offset))
+        })
+        .collect()
+}
+
+async fn by_query(
+    State(b): State<Arc<SseBinding>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(Query(pairs)) = query else {
+        return bad("invalid_request", "malformed query string");
+    };
+    let names: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "channel")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if names.is_empty() {
+        return bad("invalid_request", "give at least one `channel` parameter");
+    }
+    let channels: Result<Vec<ChannelName>, _> = names.iter().map(|n| ChannelName::new(n)).collect();
+    match channels {
+        Ok(channels) => open(b, channels, &pairs, &headers).await,
+        Err(e) => bad("invalid_channel", e.to_string()),
+    }
+}
+
+async fn by_path(
+    State(b): State<Arc<SseBinding>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let channel = match path.map(|Path(p)| channel_from_path(&p)) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return bad("invalid_channel", e.to_string()),
+        Err(e) => return bad("invalid_channel", e.body_text()),
+    };
+    let Ok(Query(pairs)) = query else {
+        return bad("invalid_request", "malformed query string");
+    };
+    open(b, vec![channel], &pairs, &headers).await
+}
+
+fn bad(code: &'static str, message: impl Into<String>) -> Response {
+    ApiError::new(StatusCode::BAD_REQUEST, code, message).into_response()
+}
+
+async fn open(
+    b: Arc<SseBinding>,
+    channels: Vec<ChannelName>,
+    query: &[(String, String)],
+    headers: &HeaderMap,
+) -> Response {
+    if channels.len() > MAX_CHANNELS {
+        return bad(
+            "invalid_request",
+            format!("at most {MAX_CHANNELS} channels per stream"),
+        );
+    }
+    let param = |k: &str| {
+        query
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    // The browser's Last-Event-ID wins over the URL's `since`, which only seeds the first connection.
+    let given = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("\u{0}"))
+        .or(param("since"))
+        .filter(|s| !s.is_empty());
+    let positions = match given.map(|c| parse_cursor(c, channels.len())).transpose() {
+        Ok(p) => p,
+        Err(m) => return bad("invalid_cursor", m),
+    };
+    let envelope = matches!(param("envelope"), Some("1" | "true"));
+    let outbox = Arc::new(Outbox::new(b.config.max_queue_bytes));
+    let outlet = SseOutlet {
+        outbox: outbox.clone(),
+        channels: channels.clone(),
+        cursor: Mutex::new(Vec::new()),
+        envelope,
+    };
+    let feed = Feed::new(b.core.clone(), outlet, b.config.max_queue_bytes);
+    let wants = channels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let p = positions.as_ref().map(|p| &p[i]);
+            Want {
+                channel: c.clone(),
+                after: p.map(|p| p.1),
+                epoch: p.map(|p| p.0.clone()),
+                gap: None,
+            }
+        })
+        .collect();
+    let guard = feed.serialize().await;
+    let regs = feed.begin(wants);
+    // The stream starts at the registered positions: a reconnect before any event still resumes from here.
+    *feed.outlet.cursor.lock() = regs
+        .iter()
+        .map(|r| (r.position.epoch.clone(), r.after))
+        .collect();
+    let start = format!(
+        "retry: {}\nid: {}\n\n",
+        b.config.retry.as_millis(),
+        render_cursor(&feed.outlet.cursor.lock())
+    );
+    let _ = outbox.push(Bytes::from(start));
+    drop(guard);
+    let replaying = feed.clone();
+    tokio::spawn(async move {
+        let _op = replaying.serialize().await;
+        if let Err(e) = replaying.complete(&regs).await {
+            tracing::error!(error = %e, "SSE replay failed");
+        }
+    });
+    let body = Body::from_stream(stream(
+        feed,
+        b.config.heartbeat_interval,
+        b.shutdown.clone(),
+    ));
+    let mut response = body.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// Detaches the feed when the response body is dropped (the client went away).
+struct Attached(Arc<Feed<SseOutlet>>);
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.0.detach();
+    }
+}
+
+/// The response body: queued records (coalesced per poll), heartbeat comments, and the end on shutdown.
+fn stream(
+    feed: Arc<Feed<SseOutlet>>,
+    heartbeat: Duration,
+    shutdown: watch::Receiver<bool>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+    let state = (Attached(feed), shutdown, Vec::new());
+    futures_util::stream::unfold(
+        state,
+        move |(attached, mut shutdown, mut batch)| async move {
+            let outbox = attached.0.outlet.outbox.clone();
+            let chunk = tokio::select! {
+                closed = outbox.next_batch(&mut batch) => {
+                    if closed.is_some() {
+                        return None;
+                    }
+                    let mut out = Vec::with_capacity(batch.iter().map(Bytes::len).sum());
+                    for b in batch.drain(..) {
+                        out.extend_from_slice(&b);
+                    }
+                    Bytes::from(out)
+                }
+                () = tokio::time::sleep(heartbeat) => Bytes::from_static(b": heartbeat\n\n"),
+                _ = shutdown.changed() => return None,
+            };
+            Some((Ok(chunk), (attached, shutdown, batch)))
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_parse_and_render() {
+        let parsed = parse_cursor("a1b2:41,:0", 2).unwrap();
+        assert_eq!(parsed, vec![("a1b2".to_owned(), 41), (String::new(), 0)]);
+        assert!(parse_cursor("a1:41", 2).is_err());
+        assert!(parse_cursor("a1:x", 1).is_err());
+        assert!(parse_cursor("a-1:4", 1).is_err());
+        assert_eq!(render_cursor(&[("e".into(), 3), ("".into(), 0)]), "e:3,:0");
+    }
+}
