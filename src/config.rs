@@ -172,6 +172,8 @@ pub struct WebSocketConfig {
     pub max_message_bytes: usize,
     /// Per-connection outbound bound.
     pub max_queue_bytes: usize,
+    /// Negotiate permessage-deflate when the client offers it.
+    pub compression: bool,
     /// Payload shape on direct URLs, per channel pattern.
     pub direct: Vec<DirectRule>,
 }
@@ -184,6 +186,7 @@ impl Default for WebSocketConfig {
             heartbeat_interval: Duration::from_secs(30),
             max_message_bytes: 64 << 10,
             max_queue_bytes: 4 << 20,
+            compression: true,
             direct: Vec::new(),
         }
     }

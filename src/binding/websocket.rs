@@ -2,21 +2,20 @@
 //! (`subscribe`/`unsubscribe`/`ping` with correlated ids) and direct channel URLs `/ws/{channel}` that stream at
 //! once. Ping frames detect dead peers; optional `heartbeat` messages serve browser code that cannot see them.
 //!
-//! Each connection runs one task that reads, writes (coalescing everything queued into one flush) and keeps
-//! time; client requests are handled on a second task so a long replay never stops the writer.
+//! Each connection runs one task that reads, writes (everything queued goes out in one write) and keeps time;
+//! client requests are handled on a second task so a long replay never stops the writer. An event's message —
+//! and, for connections that negotiated permessage-deflate, its compressed form — is encoded once and shared.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -31,11 +30,15 @@ use crate::core::Core;
 use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::session::Gap;
+use crate::transport::websocket::{self as ws, Incoming, Reader, Writer, deflate};
 
-/// Slot of the shared envelope text of a live event.
+/// Slots of the shared message of a live event: envelope, bare data, and their compressed forms.
 const ENVELOPE: EncodingSlot = EncodingSlot(1);
-/// Slot of the shared bare-data text of a live event.
 const DATA: EncodingSlot = EncodingSlot(2);
+const ENVELOPE_DEFLATED: EncodingSlot = EncodingSlot(5);
+const DATA_DEFLATED: EncodingSlot = EncodingSlot(6);
+/// Messages shorter than this are sent uncompressed: deflate would not pay for itself.
+const COMPRESS_FROM: usize = 128;
 /// Client requests waiting for the request task before reading pauses.
 const PENDING_REQUESTS: usize = 64;
 
@@ -65,42 +68,75 @@ impl WebSocketBinding {
     }
 }
 
-impl Weight for Utf8Bytes {
+/// One outgoing text message, possibly already deflated.
+struct Message {
+    payload: Bytes,
+    deflated: bool,
+}
+
+impl Message {
+    fn plain(text: String) -> Self {
+        Self {
+            payload: Bytes::from(text),
+            deflated: false,
+        }
+    }
+}
+
+impl Weight for Message {
     fn weight(&self) -> usize {
-        self.len()
+        self.payload.len()
     }
 }
 
 /// Puts events on one connection's outbox.
 struct WsOutlet {
-    outbox: Arc<Outbox<Utf8Bytes>>,
+    outbox: Arc<Outbox<Message>>,
     shape: PayloadShape,
+    deflate: bool,
+}
+
+fn text_of(e: &Event, shape: PayloadShape) -> Bytes {
+    match shape {
+        PayloadShape::Envelope => Bytes::from(envelope(e)),
+        PayloadShape::Data => Bytes::copy_from_slice(e.data.get().as_bytes()),
+    }
 }
 
 impl WsOutlet {
-    fn encode(&self, e: &Event) -> Utf8Bytes {
-        match self.shape {
-            PayloadShape::Envelope => envelope(e).into(),
-            PayloadShape::Data => e.data.get().into(),
+    fn message(&self, text: Bytes, deflated: impl FnOnce(&Bytes) -> Bytes) -> Message {
+        if self.deflate && text.len() >= COMPRESS_FROM {
+            Message {
+                payload: deflated(&text),
+                deflated: true,
+            }
+        } else {
+            Message {
+                payload: text,
+                deflated: false,
+            }
         }
     }
 }
 
 impl Outlet for WsOutlet {
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
-        let text = match self.shape {
-            PayloadShape::Envelope => event.encoded(ENVELOPE, |e| Utf8Bytes::from(envelope(e))),
-            PayloadShape::Data => event.encoded(DATA, |e| Utf8Bytes::from(e.data.get())),
+        let (slot, zslot) = match self.shape {
+            PayloadShape::Envelope => (ENVELOPE, ENVELOPE_DEFLATED),
+            PayloadShape::Data => (DATA, DATA_DEFLATED),
         };
-        self.outbox.push(text)
+        let text = event.encoded(slot, |e| text_of(e, self.shape));
+        let msg = self.message(text, |t| event.encoded(zslot, |_| deflate::compress(t)));
+        self.outbox.push(msg)
     }
 
     fn replayed(&self, event: &Event, _: &Registered) -> Result<(), Gone> {
-        self.outbox.push(self.encode(event))
+        let msg = self.message(text_of(event, self.shape), |t| deflate::compress(t));
+        self.outbox.push(msg)
     }
 
     fn gap(&self, gap: &Gap) -> Result<(), Gone> {
-        self.outbox.push(gap_message(gap).into())
+        self.outbox.push(Message::plain(gap_message(gap)))
     }
 
     fn overflow(&self) {
@@ -118,13 +154,9 @@ fn bad_request(code: &'static str, message: impl Into<String>) -> Response {
 
 async fn multiplexed(
     State(b): State<Arc<WebSocketBinding>>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    req: axum::extract::Request,
 ) -> Response {
-    match upgrade {
-        Ok(upgrade) => configure(upgrade, &b.config)
-            .on_upgrade(move |ws| run(b, ws, PayloadShape::Envelope, None)),
-        Err(e) => bad_request("websocket_required", e.body_text()),
-    }
+    upgrade(b, req, PayloadShape::Envelope, None)
 }
 
 #[derive(Deserialize)]
@@ -137,7 +169,7 @@ async fn direct(
     State(b): State<Arc<WebSocketBinding>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<DirectQuery>, QueryRejection>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    req: axum::extract::Request,
 ) -> Response {
     let channel = match path.map(|Path(p)| channel_from_path(&p)) {
         Ok(Ok(c)) => c,
@@ -153,10 +185,6 @@ async fn direct(
             );
         }
     };
-    let upgrade = match upgrade {
-        Ok(u) => u,
-        Err(e) => return bad_request("websocket_required", e.body_text()),
-    };
     let shape = b.config.direct_payload(channel.as_str());
     let want = Want {
         channel,
@@ -164,140 +192,158 @@ async fn direct(
         epoch: q.epoch,
         gap: None,
     };
-    configure(upgrade, &b.config).on_upgrade(move |ws| run(b, ws, shape, Some(want)))
+    upgrade(b, req, shape, Some(want))
 }
 
-fn configure(upgrade: WebSocketUpgrade, config: &WebSocketConfig) -> WebSocketUpgrade {
-    upgrade
-        .read_buffer_size(4 << 10)
-        .write_buffer_size(16 << 10)
-        .max_message_size(config.max_message_bytes)
-        .max_frame_size(config.max_message_bytes)
+fn upgrade(
+    b: Arc<WebSocketBinding>,
+    mut req: axum::extract::Request,
+    shape: PayloadShape,
+    initial: Option<Want>,
+) -> Response {
+    match ws::accept(&mut req, b.config.compression) {
+        Ok((response, upgrade)) => {
+            tokio::spawn(async move {
+                let deflate = upgrade.deflate();
+                match upgrade.connect(b.config.max_message_bytes).await {
+                    Ok((reader, writer)) => run(b, reader, writer, shape, deflate, initial).await,
+                    Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+                }
+            });
+            response
+        }
+        Err(e) => bad_request("websocket_required", e.to_string()),
+    }
 }
 
 /// Serves one connection until it closes.
-async fn run(b: Arc<WebSocketBinding>, ws: WebSocket, shape: PayloadShape, initial: Option<Want>) {
+async fn run(
+    b: Arc<WebSocketBinding>,
+    reader: Reader,
+    writer: Writer,
+    shape: PayloadShape,
+    deflate: bool,
+    initial: Option<Want>,
+) {
     let outbox = Arc::new(Outbox::new(b.config.max_queue_bytes));
     let outlet = WsOutlet {
         outbox: outbox.clone(),
         shape,
+        deflate,
     };
     let feed = Feed::new(b.core.clone(), outlet, b.config.max_queue_bytes);
     let (requests, pending) = mpsc::channel(PENDING_REQUESTS);
     let worker = tokio::spawn(serve_requests(feed.clone(), pending));
     if let Some(want) = initial {
-        let _ = requests.send(Request::Direct(want)).await;
+        let _ = requests.send(Work::Direct(want)).await;
     }
-    let close = pump(&b, ws, &outbox, &requests).await;
-    tracing::debug!(?close, "websocket closed");
+    let ending = pump(&b, reader, writer, &outbox, &requests).await;
+    tracing::debug!(?ending, "websocket closed");
     drop(requests);
     worker.abort();
     feed.detach();
 }
 
-/// Why a connection ended, as the close frame says it.
+/// How a connection ended: the close frame we sent, if any.
 #[derive(Debug)]
 struct Ending(u16, &'static str);
 
 async fn pump(
     b: &WebSocketBinding,
-    ws: WebSocket,
-    outbox: &Outbox<Utf8Bytes>,
-    requests: &mpsc::Sender<Request>,
+    mut reader: Reader,
+    mut writer: Writer,
+    outbox: &Outbox<Message>,
+    requests: &mpsc::Sender<Work>,
 ) -> Option<Ending> {
-    let (mut sink, mut stream) = ws.split();
     let config = &b.config;
     let mut shutdown = b.shutdown.clone();
     let mut next_ping = Instant::now() + config.ping_interval;
     let mut pong_due: Option<Instant> = None;
     let heartbeat = (!config.heartbeat_interval.is_zero()).then_some(config.heartbeat_interval);
-    let mut next_heartbeat = Instant::now() + heartbeat.unwrap_or(Duration::from_secs(3600));
+    let far = Duration::from_secs(86_400);
+    let mut next_heartbeat = Instant::now() + heartbeat.unwrap_or(far);
     let mut batch = Vec::new();
     let ending = loop {
         tokio::select! {
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Text(text))) => {
-                    if requests.send(Request::Text(text)).await.is_err() {
+            incoming = reader.next() => match incoming {
+                Ok(Some(Incoming::Text(text))) => {
+                    if requests.send(Work::Text(text)).await.is_err() {
                         break None;
                     }
                 }
-                Some(Ok(Message::Binary(_))) => {
-                    let _ = outbox.push(error_message(None, "unsupported_binary", "send JSON text messages").into());
+                Ok(Some(Incoming::Binary(_))) => {
+                    // Through the request task, so replies keep the order of the requests.
+                    if requests.send(Work::Binary).await.is_err() {
+                        break None;
+                    }
                 }
-                Some(Ok(Message::Pong(_))) => pong_due = None,
-                Some(Ok(Message::Ping(_))) => {}
-                Some(Ok(Message::Close(_))) | None => break None,
-                Some(Err(e)) => break Some(read_error(e)),
+                Ok(Some(Incoming::Ping(payload))) => {
+                    writer.pong(&payload);
+                    if writer.flush().await.is_err() {
+                        return None;
+                    }
+                }
+                Ok(Some(Incoming::Pong)) => pong_due = None,
+                Ok(Some(Incoming::Close(_))) => break Some(Ending(1000, "")),
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket read failed");
+                    let (code, reason) = e.close_code();
+                    if code == 1006 {
+                        return None;
+                    }
+                    break Some(Ending(code, reason));
+                }
             },
             closed = outbox.next_batch(&mut batch) => {
                 if let Some(reason) = closed {
                     break Some(match reason {
                         Closed::SlowConsumer => Ending(1008, "slow consumer"),
                         Closed::Shutdown => Ending(1001, "server shutting down"),
-                        Closed::Gone => Ending(1000, "closed"),
+                        Closed::Gone => Ending(1000, ""),
                     });
                 }
-                for text in batch.drain(..) {
-                    if sink.feed(Message::Text(text)).await.is_err() {
-                        return None;
-                    }
+                for m in batch.drain(..) {
+                    writer.text(&m.payload, m.deflated);
                 }
-                if sink.flush().await.is_err() {
+                if writer.flush().await.is_err() {
                     return None;
                 }
             }
             () = sleep_until(next_ping) => {
                 next_ping += config.ping_interval;
-                if pong_due.is_none() {
-                    pong_due = Some(Instant::now() + config.ping_timeout);
-                }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                pong_due.get_or_insert(Instant::now() + config.ping_timeout);
+                writer.ping();
+                if writer.flush().await.is_err() {
                     return None;
                 }
             }
-            () = sleep_until(pong_due.unwrap_or(next_ping + Duration::from_secs(3600))), if pong_due.is_some() => {
+            () = sleep_until(pong_due.unwrap_or(next_ping + far)), if pong_due.is_some() => {
                 break Some(Ending(1011, "ping timeout"));
             }
             () = sleep_until(next_heartbeat), if heartbeat.is_some() => {
-                next_heartbeat += heartbeat.unwrap_or_default();
+                next_heartbeat += heartbeat.unwrap_or(far);
                 let now = crate::core::event::format_time(crate::core::store::now_ms());
-                let _ = outbox.push(json!({"type": "heartbeat", "time": now}).to_string().into());
+                let _ = outbox.push(Message::plain(json!({"type": "heartbeat", "time": now}).to_string()));
             }
             _ = shutdown.changed() => break Some(Ending(1001, "server shutting down")),
         }
     };
     if let Some(Ending(code, reason)) = &ending {
-        let frame = CloseFrame {
-            code: *code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            sink.send(Message::Close(Some(frame))),
-        )
-        .await;
+        writer.close(*code, reason);
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
     }
     ending
 }
 
-fn read_error(e: axum::Error) -> Ending {
-    let too_big = e
-        .into_inner()
-        .downcast_ref::<tungstenite::Error>()
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-    if too_big {
-        Ending(1009, "message too big")
-    } else {
-        Ending(1002, "protocol error")
-    }
-}
-
 /// Work for the request task, in arrival order.
-enum Request {
+enum Work {
     /// Subscribe a direct URL's channel.
     Direct(Want),
     /// A client message.
-    Text(Utf8Bytes),
+    Text(String),
+    /// A binary message, which the protocol does not use.
+    Binary,
 }
 
 /// A client message of the multiplexed protocol.
@@ -311,13 +357,15 @@ struct ClientMessage {
     epoch: Option<String>,
 }
 
-async fn serve_requests(feed: Arc<Feed<WsOutlet>>, mut pending: mpsc::Receiver<Request>) {
+async fn serve_requests(feed: Arc<Feed<WsOutlet>>, mut pending: mpsc::Receiver<Work>) {
     while let Some(request) = pending.recv().await {
         match request {
-            Request::Direct(want) => {
-                subscribe(&feed, want, None).await;
+            Work::Direct(want) => subscribe(&feed, want, None).await,
+            Work::Text(text) => handle(&feed, &text).await,
+            Work::Binary => {
+                let error = error_message(None, "unsupported_binary", "send JSON text messages");
+                let _ = feed.outlet.outbox.push(Message::plain(error));
             }
-            Request::Text(text) => handle(&feed, &text).await,
         }
     }
 }
@@ -332,7 +380,7 @@ async fn handle(feed: &Arc<Feed<WsOutlet>>, text: &str) {
             } else {
                 "invalid_json"
             };
-            let _ = outbox.push(error_message(None, code, &e.to_string()).into());
+            let _ = outbox.push(Message::plain(error_message(None, code, &e.to_string())));
             return;
         }
     };
@@ -369,7 +417,7 @@ async fn handle(feed: &Arc<Feed<WsOutlet>>, text: &str) {
             &format!("unknown op {other:?}; use subscribe, unsubscribe or ping"),
         ),
     };
-    let _ = outbox.push(reply.into());
+    let _ = outbox.push(Message::plain(reply));
 }
 
 /// Registers `want`, confirms (for the multiplexed protocol), then queues the replay and live events.
@@ -379,14 +427,15 @@ async fn subscribe(feed: &Arc<Feed<WsOutlet>>, want: Want, confirm: Option<Optio
     if let (Some(id), Some(r)) = (confirm, regs.first()) {
         let p = &r.position;
         let reply = json!({"type": "subscribed", "id": id, "channel": r.channel, "offset": p.last_offset, "epoch": p.epoch});
-        let _ = feed.outlet.outbox.push(reply.to_string().into());
+        let _ = feed.outlet.outbox.push(Message::plain(reply.to_string()));
     }
     if let Err(e) = feed.complete(&regs).await {
         tracing::error!(error = %e, "replay failed");
-        let _ = feed
-            .outlet
-            .outbox
-            .push(error_message(None, "unavailable", "storage is unavailable").into());
+        let _ = feed.outlet.outbox.push(Message::plain(error_message(
+            None,
+            "unavailable",
+            "storage is unavailable",
+        )));
     }
 }
 

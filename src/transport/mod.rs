@@ -2,3 +2,4 @@
 
 pub mod engineio;
 pub mod socketio;
+pub mod websocket;
