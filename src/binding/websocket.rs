@@ -351,7 +351,9 @@ enum Work {
 #[serde(deny_unknown_fields)]
 struct ClientMessage {
     op: String,
-    id: Option<Value>,
+    /// Read separately (it is echoed even when the rest is invalid); declared so it is not an unknown field.
+    #[serde(rename = "id")]
+    _id: Option<Value>,
     channel: Option<String>,
     since: Option<u64>,
     epoch: Option<String>,
@@ -372,22 +374,28 @@ async fn serve_requests(feed: Arc<Feed<WsOutlet>>, mut pending: mpsc::Receiver<W
 
 async fn handle(feed: &Arc<Feed<WsOutlet>>, text: &str) {
     let outbox = &feed.outlet.outbox;
-    let msg: ClientMessage = match serde_json::from_str(text) {
-        Ok(m) => m,
-        Err(e) => {
-            let code = if e.is_data() {
-                "invalid_request"
-            } else {
-                "invalid_json"
-            };
-            let _ = outbox.push(Message::plain(error_message(None, code, &e.to_string())));
-            return;
-        }
+    let refuse = |id: Option<Value>, code: &str, message: &str| {
+        let _ = outbox.push(Message::plain(error_message(id, code, message)));
     };
-    let id = msg.id.filter(|v| v.is_number() || v.is_string());
-    let channel = || -> Result<ChannelName, String> {
-        let name = msg.channel.as_deref().ok_or("missing field `channel`")?;
-        ChannelName::new(name).map_err(|e| e.to_string())
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return refuse(None, "invalid_json", &e.to_string()),
+    };
+    // The id is echoed even when the rest of the request is wrong, so the client can match the error.
+    let id = value
+        .get("id")
+        .filter(|v| v.is_number() || v.is_string())
+        .cloned();
+    let msg: ClientMessage = match serde_json::from_value(value) {
+        Ok(m) => m,
+        Err(e) => return refuse(id, "invalid_request", &e.to_string()),
+    };
+    let channel = || -> Result<ChannelName, (&'static str, String)> {
+        let name = msg
+            .channel
+            .as_deref()
+            .ok_or(("invalid_request", "missing field `channel`".to_owned()))?;
+        ChannelName::new(name).map_err(|e| ("invalid_channel", e.to_string()))
     };
     let reply = match msg.op.as_str() {
         "subscribe" => match channel() {
@@ -400,7 +408,7 @@ async fn handle(feed: &Arc<Feed<WsOutlet>>, text: &str) {
                 };
                 return subscribe(feed, want, Some(id)).await;
             }
-            Err(m) => error_message(id, "invalid_channel", &m),
+            Err((code, m)) => error_message(id, code, &m),
         },
         "unsubscribe" => match channel() {
             Ok(channel) => {
@@ -408,7 +416,7 @@ async fn handle(feed: &Arc<Feed<WsOutlet>>, text: &str) {
                 feed.unsubscribe(&channel);
                 json!({"type": "unsubscribed", "id": id, "channel": channel}).to_string()
             }
-            Err(m) => error_message(id, "invalid_channel", &m),
+            Err((code, m)) => error_message(id, code, &m),
         },
         "ping" => json!({"type": "pong", "id": id}).to_string(),
         other => error_message(
