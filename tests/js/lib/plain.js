@@ -1,0 +1,288 @@
+// Helpers for Herald's plain WebSocket (`/ws`, `/ws/{channel}`) and Server-Sent Events (`/sse`) transports.
+// Everything here records what arrives and lets a test await a condition on it; timeouts are failure guards only.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import WebSocket from 'ws';
+import { withTimeout } from './herald.js';
+
+/** ws://127.0.0.1:PORT for a started herald. */
+export const wsBase = (h) => h.url.replace(/^http/, 'ws');
+
+/** `/ws/…` or `/sse/…` path for a channel: one percent-encoded segment (a `:` inside is encoded as %3A). */
+export const directPath = (prefix, channel) => `${prefix}/${encodeURIComponent(channel)}`;
+
+/** A condition registry shared by the recorders below. */
+class Waitable {
+  constructor() { this.waiters = []; }
+  _check() {
+    this.waiters = this.waiters.filter((w) => {
+      let ok = false;
+      try { ok = w.pred(this); } catch (e) { w.reject(e); return false; }
+      if (ok) w.resolve();
+      return !ok;
+    });
+  }
+  /** Resolve when pred(this) is true (re-checked on everything that arrives); reject after `ms`. */
+  until(pred, ms = 10_000, label = 'condition') {
+    if (pred(this)) return Promise.resolve();
+    let w;
+    const p = new Promise((resolve, reject) => { w = { pred, resolve, reject }; this.waiters.push(w); });
+    return withTimeout(p, ms, `${label}; so far: ${this.summary()}`)
+      .finally(() => { this.waiters = this.waiters.filter((x) => x !== w); });
+  }
+}
+
+/**
+ * A `ws` client on a plain Herald WebSocket URL. Records every text frame (parsed JSON in `messages`, the raw
+ * text in `raw`), ping frames received, and the close code/reason.
+ * `opened` resolves on 'open'; it rejects on a non-101 answer with an Error carrying {status, headers, text, json}.
+ */
+export class WsClient extends Waitable {
+  constructor(t, url, opts = {}) {
+    super();
+    this.url = url;
+    this.messages = [];
+    this.raw = [];
+    this.binary = [];
+    this.pings = [];
+    this.closeInfo = null;
+    this.seq = 0;
+    this.ws = new WebSocket(url, opts);
+    this.ws.on('error', (e) => { this.error = e; this._check(); });
+    this.opened = new Promise((resolve, reject) => {
+      this.ws.once('open', resolve);
+      this.ws.once('unexpected-response', (req, res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (d) => { text += d; });
+        res.on('end', () => {
+          let json;
+          try { json = JSON.parse(text); } catch { json = undefined; }
+          const err = new Error(`WebSocket upgrade of ${url} answered HTTP ${res.statusCode}: ${text}`);
+          Object.assign(err, { status: res.statusCode, headers: res.headers, text, json });
+          reject(err);
+          this.ws.terminate();
+        });
+      });
+      this.ws.once('error', reject);
+      this.ws.once('close', () => reject(new Error(`closed before open: ${url}`)));
+    });
+    this.opened.catch(() => {});
+    this.ws.on('message', (data, isBinary) => {
+      if (isBinary) { this.binary.push(data); this._check(); return; }
+      const text = data.toString('utf8');
+      this.raw.push(text);
+      let msg;
+      try { msg = JSON.parse(text); } catch { msg = { unparsable: text }; }
+      this.messages.push(msg);
+      this._check();
+    });
+    this.ws.on('ping', () => { this.pings.push(Date.now()); this._check(); });
+    this.closed = new Promise((resolve) => {
+      this.ws.on('close', (code, reason) => {
+        this.closeInfo = { code, reason: reason.toString('utf8') };
+        this._check();
+        resolve(this.closeInfo);
+      });
+    });
+    t.after(() => this.ws.terminate());
+  }
+
+  get isOpen() { return this.ws.readyState === WebSocket.OPEN; }
+  /** Envelopes (`type: "event"`), optionally of one channel. */
+  events(channel) { return this.messages.filter((m) => m?.type === 'event' && (channel === undefined || m.channel === channel)); }
+  ofType(type) { return this.messages.filter((m) => m?.type === type); }
+  summary() {
+    const counts = {};
+    for (const m of this.messages) counts[m?.type ?? 'untyped'] = (counts[m?.type ?? 'untyped'] ?? 0) + 1;
+    return `${JSON.stringify(counts)} last=${JSON.stringify(this.messages.slice(-3))} close=${JSON.stringify(this.closeInfo)}`;
+  }
+
+  send(msg) { this.ws.send(typeof msg === 'string' || Buffer.isBuffer(msg) ? msg : JSON.stringify(msg)); }
+
+  /** The first message (past or future, from index `from`) matching pred. */
+  async next(pred, ms = 10_000, label = 'a matching message', from = 0) {
+    let found;
+    await this.until((c) => (found = c.messages.slice(from).find(pred)) !== undefined, ms, label);
+    return found;
+  }
+
+  /** Send `{op, id, ...fields}` and resolve with the reply carrying that id (any type but "event"). */
+  async request(op, fields = {}, { id = `${op}-${++this.seq}`, ms = 10_000 } = {}) {
+    const from = this.messages.length;
+    this.send({ op, id, ...fields });
+    return this.next((m) => m?.type !== 'event' && m?.id === id, ms, `reply to ${op} id=${JSON.stringify(id)}`, from);
+  }
+
+  /** subscribe + assert `{type:"subscribed", id, channel}`. */
+  async subscribeOk(channel, extra = {}) {
+    const r = await this.request('subscribe', { channel, ...extra });
+    assert.equal(r.type, 'subscribed', `subscribe ${channel}: ${JSON.stringify(r)}`);
+    assert.equal(r.channel, channel);
+    assert.equal(typeof r.epoch, 'string', `subscribed.epoch: ${JSON.stringify(r)}`);
+    assert.equal(typeof r.offset, 'number', `subscribed.offset: ${JSON.stringify(r)}`);
+    return r;
+  }
+
+  /** A ping/pong round trip: everything the server queued before the pong has arrived. */
+  async barrier() {
+    const r = await this.request('ping');
+    assert.equal(r.type, 'pong', `ping → ${JSON.stringify(r)}`);
+    return r;
+  }
+
+  close(code = 1000) { this.ws.close(code); return this.closed; }
+}
+
+/** Open a WsClient and wait for the upgrade to complete. */
+export async function openWs(t, url, opts = {}) {
+  const c = new WsClient(t, url, opts);
+  await withTimeout(c.opened, 10_000, `WebSocket open ${url}`);
+  return c;
+}
+
+/** Attempt a WebSocket upgrade that must be refused; resolve with {status, headers, text, json}. */
+export async function refusedUpgrade(t, url) {
+  const c = new WsClient(t, url);
+  try {
+    await withTimeout(c.opened, 10_000, `WebSocket upgrade ${url}`);
+  } catch (e) {
+    if (e.status !== undefined) return { status: e.status, headers: e.headers, text: e.text, json: e.json };
+    throw e;
+  }
+  c.ws.terminate();
+  throw new Error(`WebSocket upgrade of ${url} was accepted; expected an HTTP error`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SSE: a raw `fetch` reader that parses the stream itself, so tests see comments, retry and id lines.
+
+/**
+ * GET an SSE URL with fetch and parse the stream as it arrives.
+ * Returns an SseStream: {status, headers, text/json (non-200), events: [{id, event, data, retry}], comments, retries, lines, ended}.
+ */
+export async function openSse(t, url, { headers = {} } = {}) {
+  const ac = new AbortController();
+  t.after(() => ac.abort());
+  const res = await withTimeout(fetch(url, { headers: { accept: 'text/event-stream', ...headers }, signal: ac.signal }),
+    10_000, `SSE response headers for ${url}`);
+  const s = new SseStream(url, res, ac);
+  if (res.status !== 200) {
+    s.text = await withTimeout(res.text(), 10_000, `error body of ${url}`);
+    try { s.json = JSON.parse(s.text); } catch { s.json = undefined; }
+    s.ended = true;
+  } else {
+    s._pump();
+  }
+  return s;
+}
+
+export class SseStream extends Waitable {
+  constructor(url, res, ac) {
+    super();
+    this.url = url;
+    this.status = res.status;
+    this.headers = res.headers;
+    this.res = res;
+    this.ac = ac;
+    this.events = [];     // dispatched blocks: {id, event, data, retry, at}
+    this.comments = [];   // {text, at}
+    this.retries = [];    // values of retry: fields
+    this.bare = [];       // field blocks without data (e.g. a lone retry:)
+    this.lines = [];
+    this.ended = false;
+    this._block = null;
+    this._buf = '';
+  }
+  summary() {
+    return `${this.events.length} events (last ${JSON.stringify(this.events.slice(-2))}), ${this.comments.length} comments, `
+      + `retries ${JSON.stringify(this.retries)}, ended=${this.ended}${this.error ? ` error=${this.error}` : ''}`;
+  }
+  named(name) { return this.events.filter((e) => e.event === name); }
+  async _pump() {
+    const decoder = new TextDecoder();
+    try {
+      for await (const chunk of this.res.body) {
+        this._feed(decoder.decode(chunk, { stream: true }));
+      }
+    } catch (e) {
+      if (e.name !== 'AbortError') this.error = e.message;
+    }
+    this.ended = true;
+    this._check();
+  }
+  _feed(text) {
+    this._buf += text;
+    let i;
+    while ((i = this._buf.search(/\r\n|\n|\r(?!$)/)) >= 0) {
+      const nl = this._buf.startsWith('\r\n', i) ? 2 : 1;
+      const line = this._buf.slice(0, i);
+      this._buf = this._buf.slice(i + nl);
+      this._line(line);
+    }
+    this._check();
+  }
+  _line(line) {
+    this.lines.push(line);
+    if (line === '') {
+      // Per the spec a block without data dispatches nothing (its id/retry still count); keep those apart.
+      if (this._block) (this._block.data !== undefined ? this.events : this.bare).push({ ...this._block, at: Date.now() });
+      this._block = null;
+      return;
+    }
+    if (line.startsWith(':')) { this.comments.push({ text: line, at: Date.now() }); return; }
+    const c = line.indexOf(':');
+    const field = c < 0 ? line : line.slice(0, c);
+    let value = c < 0 ? '' : line.slice(c + 1);
+    if (value.startsWith(' ')) value = value.slice(1);
+    if (field === 'retry') { this.retries.push(value); }
+    this._block ??= {};
+    if (field === 'data') this._block.data = this._block.data === undefined ? value : `${this._block.data}\n${value}`;
+    else this._block[field] = value;
+  }
+  close() { this.ac.abort(); }
+}
+
+/** Parse an SSE cursor `<epoch>:<offset>[,<epoch>:<offset>…]` into [{epoch, offset}]; asserts the format. */
+export function parseCursor(cursor) {
+  assert.equal(typeof cursor, 'string', `cursor should be a string: ${JSON.stringify(cursor)}`);
+  return cursor.split(',').map((part) => {
+    const m = /^([^:,\s]*):(\d+)$/.exec(part); // an empty epoch: a channel with no events yet
+    assert.ok(m, `cursor part ${JSON.stringify(part)} of ${JSON.stringify(cursor)} is <epoch>:<offset>`);
+    return { epoch: m[1], offset: Number(m[2]) };
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// curl (for HTTP/2 prior knowledge)
+
+export function curlHasHttp2() {
+  return new Promise((resolve) => {
+    const p = spawn('curl', ['-V'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    p.stdout.on('data', (d) => { out += d; });
+    p.on('error', () => resolve(false));
+    p.on('close', () => resolve(/^Features:.*\bHTTP2\b/m.test(out)));
+  });
+}
+
+/**
+ * Spawn curl; `output` accumulates stdout; `until(pred)` waits on it; `stop()` kills it.
+ */
+export function spawnCurl(t, args) {
+  const p = spawn('curl', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const c = new (class extends Waitable {
+    summary() { return `stdout=${JSON.stringify(this.output.slice(-400))} stderr=${JSON.stringify(this.stderr)} exit=${this.exit}`; }
+  })();
+  c.output = '';
+  c.stderr = '';
+  c.exit = null;
+  p.stdout.setEncoding('utf8');
+  p.stderr.setEncoding('utf8');
+  p.stdout.on('data', (d) => { c.output += d; c._check(); });
+  p.stderr.on('data', (d) => { c.stderr += d; });
+  c.exited = new Promise((resolve) => p.on('close', (code) => { c.exit = code; c._check(); resolve(code); }));
+  c.stop = () => { if (c.exit === null) p.kill('SIGTERM'); return c.exited; };
+  t.after(() => c.stop());
+  return c;
+}

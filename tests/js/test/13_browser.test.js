@@ -1,0 +1,208 @@
+// 13. Real browser clients (headless Chromium via playwright-core; Debian's /usr/bin/chromium, no downloaded browser).
+// (a) Seed 003: a page that opens `new WebSocket('ws://host/ws/Final 1A')`, parses JSON in onmessage, ignores
+//     heartbeat/error messages and reconnects by itself with exponential backoff, resuming with ?since=<offset>&epoch=.
+// (b) The browser's own EventSource on /sse/{channel}, which reconnects by itself and sends Last-Event-ID.
+// Each: a stream of events published over HTTP, Herald restarted (SIGTERM, same port and data dir) mid-stream while
+// publishing continues; the page must end with every event exactly once, in order.
+//
+// Needs /usr/bin/chromium (Debian package `chromium`; override with HERALD_CHROMIUM). Without it these tests FAIL;
+// HERALD_SKIP_BROWSER=1 skips them explicitly.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { existsSync } from 'node:fs';
+import { chromium } from 'playwright-core';
+import { startHerald, publishRetry } from '../lib/herald.js';
+
+const CHROMIUM = process.env.HERALD_CHROMIUM || '/usr/bin/chromium';
+const SKIP = process.env.HERALD_SKIP_BROWSER === '1';
+const LAUNCH_ARGS = ['--no-sandbox', '--disable-background-networking', '--disable-gpu', '--disable-component-update',
+  '--disable-sync', '--no-first-run'];
+const UNIT = 'Final 1A';
+const N = 60;
+const KILL_AT = 20;
+
+let browserPromise;
+after(async () => { if (browserPromise) await (await browserPromise.catch(() => null))?.close(); });
+
+/** A fresh browser context (one shared Chromium per file); null when skipped. */
+async function browserContext(t) {
+  if (SKIP) {
+    t.skip('HERALD_SKIP_BROWSER=1');
+    return null;
+  }
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`${CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium), `
+      + 'set HERALD_CHROMIUM, or set HERALD_SKIP_BROWSER=1 to skip the browser tests');
+  }
+  browserPromise ??= chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS, timeout: 30_000 });
+  const browser = await browserPromise;
+  const context = await browser.newContext();
+  // The browser's console (e.g. "WebSocket connection to … failed: …") goes into failure messages.
+  context.consoleLines = [];
+  context.on('console', (m) => context.consoleLines.push(`${m.type()}: ${m.text()}`));
+  context.on('weberror', (e) => context.consoleLines.push(`pageerror: ${e.error().message}`));
+  t.after(() => context.close());
+  return context;
+}
+
+// The seed-003 client, as a page served from a separate origin (WebSocket is not subject to CORS).
+const UNIT_PAGE = `<!doctype html>
+<html><head><meta charset="utf-8"><title>Model Dağılımı</title></head>
+<body><div id="status">…</div>
+<script>
+window.log = { events: [], heartbeats: 0, errors: 0, gaps: [], opens: 0, closes: [], urls: [], gaveUp: false };
+// One WebSocket per production unit; reconnect with exponential backoff (the seed uses 1s, 2s, 4s … 30s, 20 attempts;
+// scaled down here), resuming after the last offset seen in an envelope.
+window.connectUnit = function (host, unit, { baseDelay, maxDelay, maxAttempts }) {
+  let attempt = 0;
+  let last = null;
+  const connect = () => {
+    let url = 'ws://' + host + '/ws/' + unit;   // like the seed: a raw space in the URL
+    if (last) url += '?since=' + last.offset + '&epoch=' + encodeURIComponent(last.epoch);
+    log.urls.push(url);
+    const ws = new WebSocket(url);
+    ws.onopen = () => { attempt = 0; log.opens++; document.getElementById('status').textContent = 'Canlı'; };
+    ws.onmessage = (e) => {
+      const msg = JSON.parse(e.data);
+      if (msg.type === 'heartbeat') { log.heartbeats++; return; }
+      if (msg.type === 'error') { log.errors++; return; }
+      if (msg.type === 'gap') { log.gaps.push(msg); return; }
+      last = { offset: msg.offset, epoch: msg.epoch };
+      log.events.push({ channel: msg.channel, offset: msg.offset, n: msg.data.n });
+    };
+    ws.onclose = (e) => {
+      log.closes.push(e.code);
+      document.getElementById('status').textContent = 'Bağlantı kesildi';
+      if (attempt >= maxAttempts) { log.gaveUp = true; return; }
+      const delay = Math.min(baseDelay * 2 ** attempt, maxDelay);
+      attempt++;
+      setTimeout(connect, delay);
+    };
+  };
+  connect();
+};
+</script></body></html>`;
+
+async function servePage(t, html) {
+  const server = http.createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    res.end(html);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => new Promise((r) => { server.closeAllConnections(); server.close(r); }));
+  return `http://127.0.0.1:${server.address().port}/`;
+}
+
+/** Wait for a page condition; on timeout, fail with the page's log. */
+async function waitPage(page, fn, arg, ms, label) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout: ms, polling: 50 });
+  } catch (e) {
+    const log = await page.evaluate(() => JSON.stringify({ ...window.log, events: window.log.events.slice(-5), n: window.log.events.length })).catch(() => '?');
+    const consoleLines = page.context().consoleLines ?? [];
+    throw new Error(`${label}: ${e.message.split('\n')[0]}; page log: ${log}; browser console (last 10): `
+      + JSON.stringify(consoleLines.slice(-10)));
+  }
+}
+
+/**
+ * Publish 1..N to `channel`, restarting Herald (SIGTERM, same port and data dir) after KILL_AT while publishing goes on.
+ * `reconnected()` tells whether the page has connected again since the restart; events acknowledged by the restarted
+ * server before that can only reach the page by replay (counted as `publishedWhileDown`).
+ */
+async function publishThroughRestart(h, channel, reconnected) {
+  let interruption;
+  let publishedWhileDown = 0;
+  let epoch;
+  for (let n = 1; n <= N; n++) {
+    const r = await publishRetry(() => h.url, channel, 'tick', { n }, `${channel}#${n}`);
+    assert.equal(r.offset, n, `offset of event ${n}`);
+    epoch ??= r.epoch;
+    if (h.starts >= 2 && !(await reconnected())) publishedWhileDown++;
+    if (n === KILL_AT) {
+      interruption = (async () => {
+        const exit = await h.stop('SIGTERM');
+        assert.equal(exit.code, 0, `graceful exit: ${JSON.stringify(exit)}`);
+        await h.restart();
+      })();
+    }
+  }
+  await interruption;
+  return { publishedWhileDown, epoch };
+}
+
+test('browser WebSocket (seed 003): /ws/Final 1A with its own backoff reconnect and ?since= survives a Herald restart', async (t) => {
+  const context = await browserContext(t);
+  if (!context) return;
+  const h = await startHerald(t, { config: '[websocket]\nheartbeat_interval = "300ms"\n' });
+  const pageUrl = await servePage(t, UNIT_PAGE);
+  const page = await context.newPage();
+  await page.goto(pageUrl);
+  await page.evaluate(({ host, unit }) => window.connectUnit(host, unit, { baseDelay: 100, maxDelay: 1000, maxAttempts: 20 }),
+    { host: `127.0.0.1:${h.port}`, unit: UNIT });
+  await waitPage(page, () => window.log.opens >= 1, undefined, 10_000, 'the page connects');
+
+  const { publishedWhileDown, epoch } = await publishThroughRestart(h, UNIT,
+    async () => (await page.evaluate(() => window.log.opens)) >= 2);
+  await waitPage(page, (n) => window.log.events.some((e) => e.n === n), N, 20_000, `event ${N} reaches the page`);
+  await waitPage(page, () => window.log.heartbeats >= 1, undefined, 5_000, 'a heartbeat (ignored by the page)');
+
+  const log = await page.evaluate(() => window.log);
+  const ns = log.events.map((e) => e.n);
+  const dups = ns.filter((x, i) => ns.indexOf(x) !== i);
+  assert.deepEqual(ns, Array.from({ length: N }, (_, i) => i + 1),
+    `every event exactly once, in order (duplicates ${JSON.stringify(dups)})`);
+  assert.deepEqual(log.events.map((e) => e.offset), ns, 'offsets match');
+  assert.ok(log.events.every((e) => e.channel === UNIT), `channel is "${UNIT}"`);
+  assert.deepEqual(log.gaps, [], 'no gap');
+  assert.equal(log.errors, 0, 'no error messages');
+  assert.equal(log.gaveUp, false);
+  assert.ok(log.opens >= 2, `the page reconnected (opens ${log.opens})`);
+  assert.equal(log.closes[0], 1001, `graceful shutdown closes with 1001 (closes ${JSON.stringify(log.closes)})`);
+  const resumeUrls = log.urls.slice(1);
+  assert.ok(resumeUrls.length >= 1 && resumeUrls.every((u) => /\?since=\d+&epoch=/.test(u)), `reconnects resume: ${JSON.stringify(log.urls)}`);
+  assert.ok(resumeUrls.every((u) => u.includes(encodeURIComponent(epoch))), 'with the channel epoch');
+  assert.ok(publishedWhileDown > 0, 'some events were published while the page was disconnected (precondition)');
+  t.diagnostic(`${publishedWhileDown} publishes while disconnected; closes ${JSON.stringify(log.closes)}; ${log.heartbeats} heartbeats ignored`);
+  h.assertNoPanic();
+});
+
+test('browser EventSource on /sse/Final 1A reconnects by itself (Last-Event-ID) across a Herald restart', async (t) => {
+  const context = await browserContext(t);
+  if (!context) return;
+  const h = await startHerald(t, { config: '[sse]\nretry = "200ms"\nheartbeat_interval = "300ms"\n' });
+  const page = await context.newPage();
+  await page.goto(`${h.url}/healthz`); // same origin as Herald: no CORS needed for EventSource
+  await page.evaluate((unit) => {
+    window.log = { events: [], gaps: [], opens: 0, errors: [], closedForGood: false };
+    const es = new EventSource('/sse/' + unit);
+    window.es = es;
+    es.onopen = () => { window.log.opens++; };
+    es.onerror = () => {
+      window.log.errors.push(es.readyState);
+      if (es.readyState === EventSource.CLOSED) window.log.closedForGood = true;
+    };
+    es.addEventListener('tick', (e) => window.log.events.push({ n: JSON.parse(e.data).n, id: e.lastEventId }));
+    es.addEventListener('herald:gap', (e) => window.log.gaps.push(JSON.parse(e.data)));
+  }, UNIT);
+  await waitPage(page, () => window.log.opens >= 1, undefined, 10_000, 'EventSource opens');
+
+  const { publishedWhileDown, epoch } = await publishThroughRestart(h, UNIT,
+    async () => page.evaluate(() => window.log.opens >= 2));
+  await waitPage(page, (n) => window.log.events.some((e) => e.n === n) || window.log.closedForGood, N, 20_000,
+    `event ${N} reaches the page`);
+
+  const log = await page.evaluate(() => window.log);
+  assert.equal(log.closedForGood, false, `EventSource gave up (readyState CLOSED): errors ${JSON.stringify(log.errors)}`);
+  const ns = log.events.map((e) => e.n);
+  const dups = ns.filter((x, i) => ns.indexOf(x) !== i);
+  assert.deepEqual(ns, Array.from({ length: N }, (_, i) => i + 1),
+    `every event exactly once, in order (duplicates ${JSON.stringify(dups)})`);
+  assert.deepEqual(log.events.map((e) => e.id), ns.map((n) => `${epoch}:${n}`), 'lastEventId is <epoch>:<offset>');
+  assert.deepEqual(log.gaps, [], 'no gap');
+  assert.ok(log.opens >= 2, `EventSource reconnected (opens ${log.opens})`);
+  assert.ok(publishedWhileDown > 0, 'some events were published while the stream was down (precondition)');
+  t.diagnostic(`${publishedWhileDown} publishes while down; ${log.errors.length} error events (readyStates ${JSON.stringify(log.errors)})`);
+  h.assertNoPanic();
+});
