@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::feed::{Feed, Gone, Outlet, Registered, Want};
-use super::outbox::{Outbox, Weight};
+use super::outbox::{Closed, Outbox, Weight};
 use super::wire::{channel_from_path, envelope};
 use crate::api::ApiError;
 use crate::config::SseConfig;
@@ -123,7 +123,7 @@ impl Outlet for SseOutlet {
     }
 
     fn overflow(&self) {
-        self.outbox.close(super::outbox::Closed::SlowConsumer);
+        self.outbox.close(Closed::SlowConsumer);
     }
 
     async fn room(&self) {
@@ -301,6 +301,8 @@ struct Attached(Arc<Feed<SseOutlet>>);
 
 impl Drop for Attached {
     fn drop(&mut self) {
+        // Closing the outbox also ends a replay that is waiting for room nobody will make.
+        self.0.outlet.outbox.close(Closed::Gone);
         self.0.detach();
     }
 }

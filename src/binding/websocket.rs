@@ -241,6 +241,7 @@ async fn run(
     tracing::debug!(?ending, "websocket closed");
     drop(requests);
     worker.abort();
+    outbox.close(Closed::Gone);
     feed.detach();
 }
 
