@@ -12,20 +12,12 @@ use super::ApiState;
 use super::error::ApiError;
 use crate::core::channel::ChannelName;
 use crate::core::event::NewEvent;
+use crate::transport::socketio::packet::RESERVED_EVENTS;
 
 /// Most events in one request.
 pub const MAX_BATCH: usize = 1000;
 /// Longest event name or id.
 const MAX_NAME: usize = 200;
-/// Event names the Socket.IO client reserves for itself.
-const RESERVED: &[&str] = &[
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,7 +95,7 @@ fn expand(b: Body1, max_event_bytes: usize, out: &mut Vec<NewEvent>) -> Result<(
             "`event` must be 1 to {MAX_NAME} characters"
         )));
     }
-    if RESERVED.contains(&event.as_str()) {
+    if RESERVED_EVENTS.contains(&event.as_str()) {
         return Err(ApiError::invalid(format!(
             "`event` {event:?} is reserved by Socket.IO clients"
         )));

@@ -12,8 +12,8 @@ use crate::transport::engineio::Frame;
 /// The reference decoder's default `maxAttachments`.
 pub const MAX_ATTACHMENTS: usize = 10;
 
-/// Event names a client may not emit.
-const RESERVED_EVENTS: [&str; 6] = [
+/// Event names the Socket.IO client reserves: a client may not emit them, and Herald does not deliver them.
+pub const RESERVED_EVENTS: [&str; 6] = [
     "connect",
     "connect_error",
     "disconnect",
