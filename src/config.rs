@@ -142,13 +142,15 @@ pub struct SocketIoConfig {
 
 impl Default for SocketIoConfig {
     fn default() -> Self {
+        // The protocol layer's defaults are the reference server's; keep one copy of them.
+        let t = crate::transport::socketio::SocketIoConfig::default();
         Self {
-            path: "/socket.io".into(),
-            ping_interval: Duration::from_secs(25),
-            ping_timeout: Duration::from_secs(20),
-            max_payload: 1_000_000,
-            connect_timeout: Duration::from_secs(45),
-            max_queue_bytes: 4 << 20,
+            path: t.path,
+            ping_interval: t.ping_interval,
+            ping_timeout: t.ping_timeout,
+            max_payload: t.max_payload,
+            connect_timeout: t.connect_timeout,
+            max_queue_bytes: t.max_queue_bytes,
             server_side_channels: Vec::new(),
             session_ttl: Duration::from_secs(24 * 3600),
         }
