@@ -163,19 +163,18 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let mut config = config;
-    if config.api_keys.is_empty() && !config.listen.ip().is_loopback() {
+    let open_api = config.api_keys.is_empty();
+    if open_api && !config.listen.ip().is_loopback() {
         tracing::warn!(requested = %config.listen, "no API key configured: listening on loopback only");
         config.listen.set_ip([127, 0, 0, 1].into());
-    } else if config.api_keys.is_empty() {
-        tracing::warn!(
-            "no API key configured: the HTTP API is open to anyone who can reach {}",
-            config.listen
-        );
     }
     let listener =
         listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let server = herald::server::Server::start(config).await?;
     let addr = listener.local_addr()?;
+    if open_api {
+        tracing::warn!(%addr, "no API key configured: loopback only, and the HTTP API needs no key; set api_keys to expose Herald");
+    }
     tracing::info!(%addr, "herald started");
     println!("herald listening on http://{addr}");
     server.run(listener, shutdown_signal()).await?;
