@@ -1,7 +1,9 @@
-//! The `fanout` scenario: N Socket.IO subscribers on one channel and one publisher at a fixed rate.
+//! The `fanout` scenario: N subscribers on one channel and one publisher at a fixed rate. Subscribers use
+//! Socket.IO (default), Herald's plain WebSocket protocol (`/ws`) or Server-Sent Events (`/sse/{channel}`).
 //!
-//! Phases: measure the server's idle RSS → ramp N connections (bounded concurrency; each does the Engine.IO open,
-//! CONNECT, `subscribe` and waits for the ack) → settle 1 s and measure RSS again → publish `rate × duration` events
+//! Phases: measure the server's idle RSS → ramp N connections (bounded concurrency; each connects, subscribes
+//! and waits for the confirmation: the Socket.IO ack, the `subscribed` message, or the event stream's opening
+//! `retry:`/`id:` record) → settle 1 s and measure RSS again → publish `rate × duration` events
 //! on a fixed schedule → wait (up to `--drain`) for the stragglers → report. Every connection must see every
 //! sequence number exactly once, in order. Latency = receive time − the event's *scheduled* send time.
 
@@ -9,7 +11,9 @@ use crate::Common;
 use crate::clock::Clock;
 use crate::publish::{PublishStats, Publisher};
 use crate::sio::{self, Frame};
+use crate::sse;
 use crate::stats::{Histogram, cpu_us, machine_busy_us, rss_kib};
+use crate::ws::{self, Msg};
 use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -20,11 +24,41 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
+/// How subscribers connect.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Socket.IO v5 over WebSocket (`--path`, default `/socket.io/`).
+    Socketio,
+    /// Herald's plain WebSocket JSON protocol (`--ws-path`, default `/ws`).
+    Ws,
+    /// Server-Sent Events over HTTP/1.1 (`--sse-path`/CHANNEL, default `/sse/bench`).
+    Sse,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Socketio => "socketio",
+            Self::Ws => "ws",
+            Self::Sse => "sse",
+        }
+    }
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     common: Common,
-    /// Number of WebSocket subscribers.
+    /// Subscriber protocol.
+    #[arg(long, value_enum, default_value_t = Transport::Socketio)]
+    transport: Transport,
+    /// Path of the plain WebSocket endpoint (`--transport ws`).
+    #[arg(long, default_value = "/ws")]
+    ws_path: String,
+    /// Path prefix of the SSE endpoint (`--transport sse`); the channel is appended as path segments.
+    #[arg(long, default_value = "/sse")]
+    sse_path: String,
+    /// Number of subscribers.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
     /// Events published per second.
@@ -76,7 +110,10 @@ struct ConnState {
 /// State shared by all connection tasks and the reporter.
 struct Shared {
     clock: Clock,
+    /// Socket.IO: `["tick",`.
     event_prefix: Vec<u8>,
+    /// WebSocket/SSE: the event name as it appears inside a JSON string / on the `event:` line.
+    event_name: Vec<u8>,
     conns: Vec<ConnState>,
     subscribed: Cell<usize>,
     connect_failed: Cell<usize>,
@@ -98,12 +135,48 @@ impl Shared {
         self.first_error.borrow_mut().get_or_insert(e);
     }
 
-    /// Handles one EVENT payload (`["tick",{…},…]`) for connection `c`: no allocation.
-    fn on_event(&self, c: &ConnState, p: &[u8]) {
+    /// Connection `i` (started at `t0`) is confirmed subscribed.
+    fn mark_subscribed(&self, i: usize, t0: u64) {
+        self.connect_lat
+            .borrow_mut()
+            .record(self.clock.now_us().saturating_sub(t0));
+        let c = &self.conns[i];
+        c.subscribed.set(true);
+        c.alive.set(true);
+        self.subscribed.set(self.subscribed.get() + 1);
+    }
+
+    /// Handles one Socket.IO EVENT payload (`["tick",{…},…]`) for connection `c`: no allocation.
+    fn on_sio_event(&self, c: &ConnState, p: &[u8]) {
         if !p.starts_with(&self.event_prefix) {
             self.other_events.set(self.other_events.get() + 1);
             return;
         }
+        self.on_event(c, p);
+    }
+
+    /// Handles one event named `name` whose payload is `p` (WebSocket envelope data or SSE `data:`).
+    fn on_named_event(&self, c: &ConnState, name: &[u8], p: &[u8]) {
+        if name != self.event_name.as_slice() {
+            self.other_events.set(self.other_events.get() + 1);
+            return;
+        }
+        self.on_event(c, p);
+    }
+
+    /// Counts a message that could not be understood, or an `error` message (either fails the run).
+    fn bad_frame(&self, i: usize, what: &[u8]) {
+        self.bad_frames.set(self.bad_frames.get() + 1);
+        if self.first_error.borrow().is_none() {
+            self.error(format!(
+                "connection {i}: malformed or error message {:.120}",
+                String::from_utf8_lossy(what)
+            ));
+        }
+    }
+
+    /// Records one delivery of the bench event whose payload `p` holds `"seq":N` and `"t":µs`: no allocation.
+    fn on_event(&self, c: &ConnState, p: &[u8]) {
         let (Some(seq), Some(t)) = (
             sio::number_after(p, br#""seq":"#),
             sio::number_after(p, br#""t":"#),
@@ -134,50 +207,181 @@ impl Shared {
     }
 }
 
+/// Where subscribers connect: the WebSocket target (Socket.IO or plain) and, for SSE, the Host and path.
+struct Endpoint {
+    target: sio::Target,
+    host: String,
+    sse_path: String,
+}
+
 async fn connection(
     i: usize,
-    target: Rc<sio::Target>,
+    ep: Rc<Endpoint>,
     args: Rc<Args>,
     s: Rc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let t0 = s.clock.now_us();
     let limit = Duration::from_secs_f64(args.connect_timeout);
-    let res = tokio::time::timeout(limit, sio::connect_and_subscribe(&target, &args.channel)).await;
-    drop(permit);
-    let mut ws = match res {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => return fail_connect(&s, format!("connection {i}: {e:#}")),
-        Err(_) => return fail_connect(&s, format!("connection {i}: connect+subscribe timed out")),
-    };
-    s.connect_lat.borrow_mut().record(s.clock.now_us() - t0);
-    let c = &s.conns[i];
-    c.subscribed.set(true);
-    c.alive.set(true);
-    s.subscribed.set(s.subscribed.get() + 1);
-    let why = loop {
-        let text = match ws.next().await {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(f))) => break format!("close frame {f:?}"),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => break format!("read error: {e}"),
-            None => break "EOF".to_string(),
-        };
-        match sio::classify(text.as_bytes()) {
-            Frame::Event(p) => s.on_event(c, p),
-            Frame::Ping => {
-                if let Err(e) = ws.send(Message::text("3")).await {
-                    break format!("sending pong: {e}");
-                }
+    let why = if args.transport == Transport::Sse {
+        match sse_connection(i, &ep, &s, permit, t0, limit).await {
+            Some(why) => why,
+            None => return,
+        }
+    } else {
+        let res = tokio::time::timeout(limit, async {
+            match args.transport {
+                Transport::Ws => ws::connect_and_subscribe(&ep.target, &args.channel).await,
+                _ => sio::connect_and_subscribe(&ep.target, &args.channel).await,
             }
-            Frame::Closed => break format!("closed by server: {:.80}", text.as_str()),
-            Frame::Other => {}
+        })
+        .await;
+        drop(permit);
+        let mut w = match res {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => return fail_connect(&s, format!("connection {i}: {e:#}")),
+            Err(_) => {
+                return fail_connect(&s, format!("connection {i}: connect+subscribe timed out"));
+            }
+        };
+        s.mark_subscribed(i, t0);
+        if args.transport == Transport::Ws {
+            ws_receive(i, &s, &mut w).await
+        } else {
+            sio_receive(&s, &s.conns[i], &mut w).await
         }
     };
-    c.alive.set(false);
+    s.conns[i].alive.set(false);
     if !s.stopping.get() {
         s.lost.set(s.lost.get() + 1);
         s.error(format!("connection {i} lost: {why}"));
+    }
+}
+
+/// Socket.IO receive loop; returns why the connection ended.
+async fn sio_receive(s: &Shared, c: &ConnState, w: &mut sio::Ws) -> String {
+    loop {
+        let text = match w.next().await {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(f))) => return format!("close frame {f:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return format!("read error: {e}"),
+            None => return "EOF".to_string(),
+        };
+        match sio::classify(text.as_bytes()) {
+            Frame::Event(p) => s.on_sio_event(c, p),
+            Frame::Ping => {
+                if let Err(e) = w.send(Message::text("3")).await {
+                    return format!("sending pong: {e}");
+                }
+            }
+            Frame::Closed => return format!("closed by server: {:.80}", text.as_str()),
+            Frame::Other => {}
+        }
+    }
+}
+
+/// Plain WebSocket receive loop (tungstenite answers ping frames by itself); returns why the connection ended.
+async fn ws_receive(i: usize, s: &Shared, w: &mut sio::Ws) -> String {
+    let c = &s.conns[i];
+    loop {
+        let text = match w.next().await {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(f))) => return format!("close frame {f:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return format!("read error: {e}"),
+            None => return "EOF".to_string(),
+        };
+        match ws::classify(text.as_bytes()) {
+            Msg::Event { name, data } => s.on_named_event(c, name, data),
+            Msg::Other(b"heartbeat") => {}
+            Msg::Other(_) | Msg::Subscribed => s.other_events.set(s.other_events.get() + 1),
+            Msg::Error(m) => s.bad_frame(i, m),
+            Msg::Malformed => s.bad_frame(i, text.as_bytes()),
+        }
+    }
+}
+
+/// One SSE subscriber: opens the stream, counts it subscribed at the opening `retry:`/`id:` record (within
+/// `limit`), then delivers events. `None` when it never subscribed (already counted as a failed connect).
+async fn sse_connection(
+    i: usize,
+    ep: &Endpoint,
+    s: &Shared,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    t0: u64,
+    limit: Duration,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let opened = tokio::time::timeout_at(
+        deadline,
+        sse::Conn::open(ep.target.addr, &ep.host, &ep.sse_path),
+    )
+    .await;
+    let mut conn = match opened {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            fail_connect(s, format!("connection {i}: {e:#}"));
+            return None;
+        }
+        Err(_) => {
+            fail_connect(s, format!("connection {i}: connect+subscribe timed out"));
+            return None;
+        }
+    };
+    let c = &s.conns[i];
+    let mut permit = Some(permit);
+    let mut early = false;
+    loop {
+        let mut on_record = |r: sse::Record<'_>| match r {
+            sse::Record::Control => {
+                if !c.subscribed.get() {
+                    s.mark_subscribed(i, t0);
+                }
+            }
+            sse::Record::Event { name, data } if c.subscribed.get() => {
+                s.on_named_event(c, name, data)
+            }
+            sse::Record::Event { .. } => early = true,
+        };
+        let res = if c.subscribed.get() {
+            conn.read(&mut on_record).await
+        } else {
+            match tokio::time::timeout_at(deadline, conn.read(&mut on_record)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    fail_connect(s, format!("connection {i}: connect+subscribe timed out"));
+                    return None;
+                }
+            }
+        };
+        if c.subscribed.get() {
+            permit.take();
+        }
+        if early {
+            let e = format!("connection {i}: an event before the stream's opening record");
+            if c.subscribed.get() {
+                return Some(e);
+            }
+            fail_connect(s, e);
+            return None;
+        }
+        match res {
+            Ok(true) => {}
+            Ok(false) if c.subscribed.get() => return Some("end of stream".into()),
+            Err(e) if c.subscribed.get() => return Some(format!("{e:#}")),
+            Ok(false) => {
+                fail_connect(
+                    s,
+                    format!("connection {i}: stream ended before its opening record"),
+                );
+                return None;
+            }
+            Err(e) => {
+                fail_connect(s, format!("connection {i}: {e:#}"));
+                return None;
+            }
+        }
     }
 }
 
@@ -232,8 +436,15 @@ fn opt(v: Option<f64>, digits: usize, unit: &str) -> String {
 /// Runs the scenario; `Ok(false)` when it completed but saw failures.
 pub async fn run(args: Args) -> Result<bool> {
     let args = Rc::new(args);
-    let (target, host) = args.common.resolve().await?;
-    let target = Rc::new(target);
+    let (mut target, host) = args.common.resolve().await?;
+    if args.transport == Transport::Ws {
+        target.ws_url = format!("ws://{host}{}", args.ws_path);
+    }
+    let ep = Rc::new(Endpoint {
+        target: target.clone(),
+        host: host.clone(),
+        sse_path: sse::channel_path(&args.sse_path, &args.channel),
+    });
     let pid = args.common.server_pid.map(|p| p.to_string());
     let pid = pid.as_deref();
     let clock = Clock::new();
@@ -241,6 +452,15 @@ pub async fn run(args: Args) -> Result<bool> {
     let s = Rc::new(Shared {
         clock,
         event_prefix: format!("[{},", Value::from(args.event.as_str())).into_bytes(),
+        event_name: match args.transport {
+            // The raw `event:` line.
+            Transport::Sse => args.event.clone().into_bytes(),
+            // The body of the JSON string (escaped).
+            _ => {
+                let quoted = Value::from(args.event.as_str()).to_string();
+                quoted.as_bytes()[1..quoted.len() - 1].to_vec()
+            }
+        },
         conns: (0..n)
             .map(|_| ConnState {
                 next: Cell::new(1),
@@ -261,8 +481,12 @@ pub async fn run(args: Args) -> Result<bool> {
         stopping: Cell::new(false),
     });
     eprintln!(
-        "herald-bench fanout: {n} connections on {:?}, {} events/s for {} s → {}",
-        args.channel, args.rate, args.duration, args.common.url
+        "herald-bench fanout: {n} {} connections on {:?}, {} events/s for {} s → {}",
+        args.transport.name(),
+        args.channel,
+        args.rate,
+        args.duration,
+        args.common.url
     );
 
     // Ramp.
@@ -272,13 +496,7 @@ pub async fn run(args: Args) -> Result<bool> {
         let Ok(permit) = sem.clone().acquire_owned().await else {
             break;
         };
-        tokio::task::spawn_local(connection(
-            i,
-            target.clone(),
-            args.clone(),
-            s.clone(),
-            permit,
-        ));
+        tokio::task::spawn_local(connection(i, ep.clone(), args.clone(), s.clone(), permit));
     }
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut last_print = clock.now_us();
@@ -415,6 +633,7 @@ pub async fn run(args: Args) -> Result<bool> {
     let summary = json!({
         "scenario": "fanout",
         "url": args.common.url,
+        "transport": args.transport.name(),
         "connections": n, "rate": args.rate, "batch": args.batch, "duration_s": args.duration, "body_bytes": args.body_bytes,
         "connect": {
             "subscribed": subscribed, "failed": s.connect_failed.get(),
@@ -453,8 +672,12 @@ pub async fn run(args: Args) -> Result<bool> {
     }
     let kib = |v: Option<u64>| v.map_or("n/a".into(), |v| format!("{:.1} MiB", v as f64 / 1024.0));
     println!(
-        "\n== herald-bench fanout: {n} × {:?}, {} events/s × {} s, ~{} B bodies ==",
-        args.channel, args.rate, args.duration, args.body_bytes
+        "\n== herald-bench fanout: {n} {} × {:?}, {} events/s × {} s, ~{} B bodies ==",
+        args.transport.name(),
+        args.channel,
+        args.rate,
+        args.duration,
+        args.body_bytes
     );
     println!(
         "connect      {subscribed} subscribed, {} failed in {:.2} s; connect+subscribe p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",

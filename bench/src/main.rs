@@ -1,11 +1,14 @@
 //! `herald-bench`: a compiled, single-threaded load generator for Herald (and any Socket.IO server that speaks
-//! Herald's `subscribe` + `POST /api/publish` interface). Each scenario is a subcommand.
+//! Herald's `subscribe` + `POST /api/publish` interface). Subscribers can also use Herald's plain WebSocket
+//! protocol and Server-Sent Events. Each scenario is a subcommand.
 
 mod clock;
 mod fanout;
 mod publish;
 mod sio;
+mod sse;
 mod stats;
+mod ws;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -20,8 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
-    /// N WebSocket subscribers on one channel, one publisher at a fixed rate: throughput, latency, correctness,
-    /// server CPU per delivered message and RSS per connection.
+    /// N subscribers (Socket.IO, plain WebSocket or SSE) on one channel, one publisher at a fixed rate:
+    /// throughput, latency, correctness, server CPU per delivered message and RSS per connection.
     Fanout(fanout::Args),
 }
 

@@ -37,7 +37,7 @@ pub fn classify(b: &[u8]) -> Frame<'_> {
 }
 
 /// Position of `needle` in `hay` (naive, fine for short needles and ~200-byte frames).
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let first = *needle.first()?;
     (0..(hay.len() + 1).saturating_sub(needle.len()))
         .find(|&i| hay[i] == first && hay[i..].starts_with(needle))
