@@ -32,6 +32,9 @@ use crate::core::session::Gap;
 const BODY: EncodingSlot = EncodingSlot(3);
 /// Slot of the same with the full envelope as data.
 const ENVELOPE_BODY: EncodingSlot = EncodingSlot(4);
+/// Slots of whole records (`id:` included) for single-channel streams, whose cursor is the event's own position.
+const SINGLE: EncodingSlot = EncodingSlot(7);
+const SINGLE_ENVELOPE: EncodingSlot = EncodingSlot(8);
 /// Most channels in one stream.
 const MAX_CHANNELS: usize = 64;
 
@@ -104,6 +107,21 @@ fn body_of(e: &Event, envelope_data: bool) -> Bytes {
 
 impl Outlet for SseOutlet {
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
+        if self.channels.len() == 1 {
+            // Every single-channel stream has the same cursor after this event: share the whole record.
+            let slot = if self.envelope {
+                SINGLE_ENVELOPE
+            } else {
+                SINGLE
+            };
+            let record = event.encoded(slot, |e| {
+                let body = body_of(e, self.envelope);
+                let mut record = format!("id: {}:{}\n", e.epoch, e.offset).into_bytes();
+                record.extend_from_slice(&body);
+                Bytes::from(record)
+            });
+            return self.outbox.push(record);
+        }
         let body = if self.envelope {
             event.encoded(ENVELOPE_BODY, |e| body_of(e, true))
         } else {

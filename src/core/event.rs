@@ -82,7 +82,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// Number of per-transport encodings an event can cache.
-const ENCODING_SLOTS: usize = 8;
+const ENCODING_SLOTS: usize = 10;
 
 /// Identifies one wire encoding of an event (Socket.IO packet, WebSocket envelope, SSE record…).
 #[derive(Debug, Clone, Copy)]

@@ -481,6 +481,11 @@ impl Writer {
         let result = self.apply(batch, &mut fresh, &mut done);
         match result {
             Ok(()) => {
+                // Fan out before answering: once a publish is acknowledged, every later subscription's
+                // position includes it (no acknowledged event can arrive "live" to a subscriber that came after).
+                if !fresh.is_empty() {
+                    (self.sink)(fresh);
+                }
                 for d in done {
                     match d {
                         Done::Publish(tx, results) => {
@@ -490,9 +495,6 @@ impl Writer {
                             let _ = tx.send(Ok(()));
                         }
                     }
-                }
-                if !fresh.is_empty() {
-                    (self.sink)(fresh);
                 }
             }
             Err(e) => {
