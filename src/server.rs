@@ -27,6 +27,9 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// How long shutdown waits for connections to finish after telling them to go.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A started server, ready to accept connections.
 pub struct Server {
     core: Arc<Core>,
@@ -105,16 +108,24 @@ impl Server {
     ) -> Result<(), ServerError> {
         let socketio = self.socketio.clone();
         let stop = self.shutdown;
+        let mut stopping = stop.subscribe();
         let app = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                socketio.shutdown();
-                let _ = stop.send(true);
-            })
-            .await?;
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            socketio.shutdown();
+            let _ = stop.send(true);
+        });
+        // Clients were told to go; one that stopped reading must not hold the process hostage.
+        let grace = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            served = serve => served?,
+            () = grace => tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them"),
+        }
         self.core.shutdown().await;
         tracing::info!("herald stopped");
         Ok(())

@@ -201,41 +201,58 @@ fn upgrade(
     shape: PayloadShape,
     initial: Option<Want>,
 ) -> Response {
-    match ws::accept(&mut req, b.config.compression) {
-        Ok((response, upgrade)) => {
-            tokio::spawn(async move {
-                let deflate = upgrade.deflate();
-                match upgrade.connect(b.config.max_message_bytes).await {
-                    Ok((reader, writer)) => run(b, reader, writer, shape, deflate, initial).await,
-                    Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
-                }
-            });
-            response
+    let (response, upgrade) = match ws::accept(&mut req, b.config.compression) {
+        Ok(accepted) => accepted,
+        Err(e @ ws::HandshakeError::UnsupportedVersion) => {
+            let mut r = ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported_version",
+                e.to_string(),
+            )
+            .into_response();
+            r.headers_mut().insert(
+                "sec-websocket-version",
+                axum::http::HeaderValue::from_static("13"),
+            );
+            return r;
         }
-        Err(e) => bad_request("websocket_required", e.to_string()),
-    }
+        Err(e) => return bad_request("websocket_required", e.to_string()),
+    };
+    let outbox = Arc::new(Outbox::new(b.config.max_queue_bytes));
+    let outlet = WsOutlet {
+        outbox,
+        shape,
+        deflate: upgrade.deflate(),
+    };
+    let feed = Feed::new(b.core.clone(), outlet, b.config.max_queue_bytes);
+    // A direct URL's channel is registered before the 101 goes out: an event published the moment the
+    // client sees the upgrade is already this connection's (held until the connection is up).
+    let initial = initial.map(|want| feed.begin(vec![want]));
+    tokio::spawn(async move {
+        match upgrade.connect(b.config.max_message_bytes).await {
+            Ok((reader, writer)) => run(b, feed, reader, writer, initial).await,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                feed.detach();
+            }
+        }
+    });
+    response
 }
 
 /// Serves one connection until it closes.
 async fn run(
     b: Arc<WebSocketBinding>,
+    feed: Arc<Feed<WsOutlet>>,
     reader: Reader,
     writer: Writer,
-    shape: PayloadShape,
-    deflate: bool,
-    initial: Option<Want>,
+    initial: Option<Vec<Registered>>,
 ) {
-    let outbox = Arc::new(Outbox::new(b.config.max_queue_bytes));
-    let outlet = WsOutlet {
-        outbox: outbox.clone(),
-        shape,
-        deflate,
-    };
-    let feed = Feed::new(b.core.clone(), outlet, b.config.max_queue_bytes);
+    let outbox = feed.outlet.outbox.clone();
     let (requests, pending) = mpsc::channel(PENDING_REQUESTS);
     let worker = tokio::spawn(serve_requests(feed.clone(), pending));
-    if let Some(want) = initial {
-        let _ = requests.send(Work::Direct(want)).await;
+    if let Some(regs) = initial {
+        let _ = requests.send(Work::Complete(regs)).await;
     }
     let ending = pump(&b, reader, writer, &outbox, &requests).await;
     tracing::debug!(?ending, "websocket closed");
@@ -339,8 +356,8 @@ async fn pump(
 
 /// Work for the request task, in arrival order.
 enum Work {
-    /// Subscribe a direct URL's channel.
-    Direct(Want),
+    /// Finish a direct URL's registration (replay, then live events).
+    Complete(Vec<Registered>),
     /// A client message.
     Text(String),
     /// A binary message, which the protocol does not use.
@@ -363,7 +380,12 @@ struct ClientMessage {
 async fn serve_requests(feed: Arc<Feed<WsOutlet>>, mut pending: mpsc::Receiver<Work>) {
     while let Some(request) = pending.recv().await {
         match request {
-            Work::Direct(want) => subscribe(&feed, want, None).await,
+            Work::Complete(regs) => {
+                let _op = feed.serialize().await;
+                if let Err(e) = feed.complete(&regs).await {
+                    tracing::error!(error = %e, "replay failed");
+                }
+            }
             Work::Text(text) => handle(&feed, &text).await,
             Work::Binary => {
                 let error = error_message(None, "unsupported_binary", "send JSON text messages");
@@ -407,7 +429,7 @@ async fn handle(feed: &Arc<Feed<WsOutlet>>, text: &str) {
                     epoch: msg.epoch,
                     gap: None,
                 };
-                return subscribe(feed, want, Some(id)).await;
+                return subscribe(feed, want, id).await;
             }
             Err((code, m)) => error_message(id, code, &m),
         },
@@ -429,11 +451,11 @@ async fn handle(feed: &Arc<Feed<WsOutlet>>, text: &str) {
     let _ = outbox.push(Message::plain(reply));
 }
 
-/// Registers `want`, confirms (for the multiplexed protocol), then queues the replay and live events.
-async fn subscribe(feed: &Arc<Feed<WsOutlet>>, want: Want, confirm: Option<Option<Value>>) {
+/// Registers `want`, confirms, then queues the replay and live events.
+async fn subscribe(feed: &Arc<Feed<WsOutlet>>, want: Want, id: Option<Value>) {
     let _op = feed.serialize().await;
     let regs = feed.begin(vec![want]);
-    if let (Some(id), Some(r)) = (confirm, regs.first()) {
+    if let Some(r) = regs.first() {
         let p = &r.position;
         let reply = json!({"type": "subscribed", "id": id, "channel": r.channel, "offset": p.last_offset, "epoch": p.epoch});
         let _ = feed.outlet.outbox.push(Message::plain(reply.to_string()));

@@ -33,9 +33,12 @@ const IDLE_WRITE_BUFFER: usize = 16 << 10;
 /// Why an upgrade request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
-    /// Not a WebSocket upgrade (method, `Upgrade`, `Connection`, key or version missing or wrong).
+    /// Not a WebSocket upgrade (method, `Upgrade`, `Connection` or key missing or wrong).
     #[error("not a WebSocket upgrade request: {0}")]
     NotUpgrade(&'static str),
+    /// A protocol version other than 13: answer 426 with `Sec-WebSocket-Version: 13` (RFC 6455 4.2.2).
+    #[error("unsupported WebSocket version; this server speaks version 13")]
+    UnsupportedVersion,
 }
 
 /// An accepted upgrade: send the response, then `connect` once the connection is handed over.
@@ -65,9 +68,7 @@ pub fn accept(
         .map(HeaderValue::as_bytes)
         != Some(b"13")
     {
-        return Err(HandshakeError::NotUpgrade(
-            "Sec-WebSocket-Version must be 13",
-        ));
+        return Err(HandshakeError::UnsupportedVersion);
     }
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
