@@ -478,6 +478,37 @@ async fn jwks_url_refetch_is_rate_limited() {
 }
 
 #[tokio::test]
+async fn jwks_url_refreshes_in_background_and_fetches_once() {
+    let server = JwksServer::start(jwks_with(&["rsa-1"])).await;
+    let config = auth_config(&format!(
+        "[[auth.keys]]\nkind = \"jwks\"\nurl = {:?}\nrefresh = \"300ms\"\nrefetch_cooldown = \"1h\"\n",
+        server.url
+    ));
+    let auth = Authenticator::new(&config).unwrap();
+    let c = claims(json!({}));
+    let t1 = sign(Algorithm::RS256, &rsa_key(), Some("rsa-1"), &c);
+    // Concurrent first uses share one fetch.
+    let results = futures_util::future::join_all((0..8).map(|_| auth.verify(&t1))).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+
+    // Rotation picked up by the periodic refresh, not by an unknown-kid refetch (cooldown 1h).
+    *server.body.lock() = jwks_with(&["rsa-2"]);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(server.hits.load(Ordering::SeqCst) >= 2);
+    let t2 = sign(Algorithm::RS256, &rsa2_key(), Some("rsa-2"), &c);
+    assert!(auth.verify(&t2).await.is_ok());
+    assert_eq!(auth.verify(&t1).await.unwrap_err(), AuthError::Signature);
+
+    // The refresher stops with the authenticator.
+    drop(auth);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let hits = server.hits.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(server.hits.load(Ordering::SeqCst), hits);
+}
+
+#[tokio::test]
 async fn jwks_url_unreachable() {
     // A port nothing listens on.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -536,15 +567,25 @@ async fn anonymous_admission() {
 
 #[tokio::test]
 async fn secret_from_environment() {
-    let var = "HERALD_TEST_AUTH_SECRET_7f3a";
-    let config = auth_config(&format!(
-        "[[auth.keys]]\nkind = \"hmac\"\nalgorithm = \"HS256\"\nsecret_env = \"{var}\"\n"
-    ));
-    assert!(Authenticator::new(&config).is_err());
-    // SAFETY: the variable name is unique to this test and nothing else reads it.
-    unsafe { std::env::set_var(var, SECRET) };
-    let auth = Authenticator::new(&config).unwrap();
-    assert!(auth.verify(&hs(&claims(json!({})))).await.is_ok());
+    let config = |var: &str| {
+        auth_config(&format!(
+            "[[auth.keys]]\nkind = \"hmac\"\nalgorithm = \"HS256\"\nsecret_env = \"{var}\"\n"
+        ))
+    };
+    assert!(Authenticator::new(&config("HERALD_TEST_UNSET_VARIABLE_7f3a")).is_err());
+    // Cargo sets CARGO_PKG_DESCRIPTION for test processes too; reading it avoids mutating the environment.
+    let secret = env!("CARGO_PKG_DESCRIPTION");
+    assert!(secret.len() >= herald::auth::MIN_HMAC_SECRET);
+    let auth = Authenticator::new(&config("CARGO_PKG_DESCRIPTION")).unwrap();
+    let token = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(secret.as_bytes()),
+        None,
+        &claims(json!({})),
+    );
+    assert!(auth.verify(&token).await.is_ok());
+    // CARGO_PKG_NAME ("herald") is too short to be a secret.
+    assert!(Authenticator::new(&config("CARGO_PKG_NAME")).is_err());
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value};
 
 /// A verified client identity.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
     /// The user id from the configured `user_claim` (a string, or an integer rendered as text); `None` when the
     /// token has no such claim and for anonymous identities.
@@ -24,8 +24,11 @@ impl Identity {
     /// The identity of a client that presented no token.
     pub fn anonymous() -> Self {
         Self {
+            user: None,
+            roles: Vec::new(),
+            claims: Map::new(),
+            expires_at: None,
             anonymous: true,
-            ..Self::default()
         }
     }
 
@@ -46,7 +49,14 @@ impl Identity {
         };
         let expires_at = claims
             .get("exp")
-            .and_then(Value::as_u64)
+            .and_then(|v| {
+                v.as_u64().or_else(|| {
+                    // jsonwebtoken accepts fractional NumericDate; keep whole seconds.
+                    v.as_f64()
+                        .filter(|f| f.is_finite() && *f >= 0.0 && *f < u64::MAX as f64)
+                        .map(|f| f as u64)
+                })
+            })
             .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
         Self {
             user,
@@ -123,6 +133,11 @@ mod tests {
         let id = Identity::from_claims(claims(json!({"sub": {"x": 1}, "exp": 1})), "sub", "roles");
         assert_eq!(id.user, None);
         assert_eq!(id.expires_in(), Some(Duration::ZERO));
+        let id = Identity::from_claims(claims(json!({"exp": 2.5})), "sub", "roles");
+        assert_eq!(
+            id.expires_at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2))
+        );
     }
 
     #[test]
