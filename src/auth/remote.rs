@@ -1,9 +1,19 @@
 //! A JWKS fetched from a URL: cached, refreshed in the background and when stale, and fetched again (rate-limited)
 //! when a token names a `kid` the cache does not know.
+//!
+//! The HTTP client is hyper's with rustls on an explicit `ring` provider (platform certificate verifier), so nothing
+//! process-wide is installed and the crate's `reqwest` keeps its TLS-free feature set (enabling reqwest's
+//! `rustls-no-provider` would make every `reqwest::Client::new()` elsewhere panic without an installed provider).
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use parking_lot::RwLock;
 
 use super::keys::{MAX_JWKS_BYTES, VerifyKey, parse_jwks};
@@ -11,12 +21,27 @@ use super::keys::{MAX_JWKS_BYTES, VerifyKey, parse_jwks};
 /// How long one fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The HTTP(S) client shared by all JWKS URLs of one authenticator.
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// Builds the client: HTTPS via rustls (`ring`, platform verifier) or plain HTTP, HTTP/1.1.
+pub(crate) fn http_client() -> Result<HttpClient, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_platform_verifier(provider)
+        .map_err(|e| e.to_string())?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
 /// One JWKS URL and its cached keys.
 pub(crate) struct RemoteJwks {
-    url: String,
+    url: http::Uri,
     refresh: Duration,
     cooldown: Duration,
-    client: reqwest::Client,
+    client: HttpClient,
     state: RwLock<State>,
     /// Single flight: one fetch at a time per URL.
     fetching: tokio::sync::Mutex<()>,
@@ -35,10 +60,10 @@ struct State {
 
 impl RemoteJwks {
     pub(crate) fn new(
-        url: String,
+        url: http::Uri,
         refresh: Duration,
         cooldown: Duration,
-        client: reqwest::Client,
+        client: HttpClient,
     ) -> Self {
         Self {
             url,
@@ -124,23 +149,24 @@ impl RemoteJwks {
     }
 
     async fn download(&self) -> Result<Vec<VerifyKey>, String> {
-        let mut response = self
-            .client
-            .get(&self.url)
-            .timeout(FETCH_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(format!("JWKS larger than {MAX_JWKS_BYTES} bytes"));
+        let fetch = async {
+            let response = self
+                .client
+                .get(self.url.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("HTTP {}", response.status()));
             }
-            body.extend_from_slice(&chunk);
-        }
+            Limited::new(response.into_body(), MAX_JWKS_BYTES)
+                .collect()
+                .await
+                .map(|body| body.to_bytes())
+                .map_err(|e| format!("reading the body: {e}"))
+        };
+        let body = tokio::time::timeout(FETCH_TIMEOUT, fetch)
+            .await
+            .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))??;
         // Symmetric keys never come from a URL: a published secret is no secret.
         parse_jwks(&body, false)
     }
@@ -161,5 +187,25 @@ impl RemoteJwks {
                 tokio::time::sleep(period).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TLS smoke test against a public HTTPS server (not a JWKS: the parse error proves the handshake worked).
+    #[tokio::test]
+    #[ignore = "needs internet"]
+    async fn https_handshake() {
+        let url: http::Uri = "https://index.crates.io/config.json".parse().unwrap();
+        let source = RemoteJwks::new(
+            url,
+            Duration::from_secs(60),
+            Duration::ZERO,
+            http_client().unwrap(),
+        );
+        let e = source.download().await.unwrap_err();
+        assert!(e.contains("no \"keys\" array"), "{e}");
     }
 }

@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
 use super::keys::{VerifyKey, from_pem, parse_jwks};
-use super::remote::RemoteJwks;
+use super::remote::{RemoteJwks, http_client};
 use super::{AuthConfigError, AuthError, Identity, MAX_TOKEN_LEN, MIN_HMAC_SECRET};
 use crate::config::{AuthConfig, KeyConfig};
 
@@ -110,16 +110,17 @@ impl Authenticator {
                     refetch_cooldown,
                     ..
                 } => {
+                    let uri: http::Uri = url.parse().map_err(|e| {
+                        AuthConfigError::Invalid(format!("auth.keys[{index}]: url: {e}"))
+                    })?;
                     let client = match &client {
                         Some(c) => Clone::clone(c),
-                        None => client.insert(http_client()?).clone(),
+                        None => client
+                            .insert(http_client().map_err(AuthConfigError::Http)?)
+                            .clone(),
                     };
-                    let source = Arc::new(RemoteJwks::new(
-                        url.clone(),
-                        *refresh,
-                        *refetch_cooldown,
-                        client,
-                    ));
+                    let source =
+                        Arc::new(RemoteJwks::new(uri, *refresh, *refetch_cooldown, client));
                     RemoteJwks::spawn_refresher(&source);
                     remote.push(source);
                 }
@@ -286,15 +287,4 @@ fn read(index: usize, path: &std::path::Path) -> Result<Vec<u8>, AuthConfigError
         path: path.to_owned(),
         source,
     })
-}
-
-/// The HTTP client for JWKS URLs, with rustls on the `ring` provider (installed once per process if no provider
-/// is installed yet).
-fn http_client() -> Result<reqwest::Client, AuthConfigError> {
-    // Err means a provider is already installed, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::limited(3))
-        .build()
-        .map_err(|e| AuthConfigError::Http(e.to_string()))
 }
