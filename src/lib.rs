@@ -1,6 +1,7 @@
 //! Herald: a real-time update server. Durable ordered channels delivered over Socket.IO, WebSocket and SSE.
 
 pub mod api;
+pub mod auth;
 pub mod binding;
 pub mod config;
 pub mod core;
