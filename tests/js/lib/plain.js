@@ -2,6 +2,8 @@
 // Everything here records what arrives and lets a test await a condition on it; timeouts are failure guards only.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import net from 'node:net';
+import { createHash, randomBytes } from 'node:crypto';
 import WebSocket from 'ws';
 import { withTimeout } from './herald.js';
 
@@ -95,7 +97,8 @@ export class WsClient extends Waitable {
   summary() {
     const counts = {};
     for (const m of this.messages) counts[m?.type ?? 'untyped'] = (counts[m?.type ?? 'untyped'] ?? 0) + 1;
-    return `${JSON.stringify(counts)} last=${JSON.stringify(this.messages.slice(-3))} close=${JSON.stringify(this.closeInfo)}`;
+    const last = JSON.stringify(this.messages.slice(-3));
+    return `${JSON.stringify(counts)} close=${JSON.stringify(this.closeInfo)} last=${last.length > 600 ? `${last.slice(0, 600)}…` : last}`;
   }
 
   send(msg) { this.ws.send(typeof msg === 'string' || Buffer.isBuffer(msg) ? msg : JSON.stringify(msg)); }
@@ -161,7 +164,7 @@ export async function refusedUpgrade(t, url) {
  * GET an SSE URL with fetch and parse the stream as it arrives.
  * Returns an SseStream: {status, headers, text/json (non-200), events: [{id, event, data, retry}], comments, retries, lines, ended}.
  */
-export async function openSse(t, url, { headers = {} } = {}) {
+export async function openSse(t, url, { headers = {}, pump = true } = {}) {
   const ac = new AbortController();
   t.after(() => ac.abort());
   const res = await withTimeout(fetch(url, { headers: { accept: 'text/event-stream', ...headers }, signal: ac.signal }),
@@ -171,9 +174,9 @@ export async function openSse(t, url, { headers = {} } = {}) {
     s.text = await withTimeout(res.text(), 10_000, `error body of ${url}`);
     try { s.json = JSON.parse(s.text); } catch { s.json = undefined; }
     s.ended = true;
-  } else {
+  } else if (pump) {
     s._pump();
-  }
+  } // else: the body is left unread (a client that stopped reading)
   return s;
 }
 
@@ -285,4 +288,147 @@ export function spawnCurl(t, args) {
   c.stop = () => { if (c.exit === null) p.kill('SIGTERM'); return c.exited; };
   t.after(() => c.stop());
   return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw RFC 6455 client over a TCP socket, for frames the `ws` package will not send (unmasked, reserved bits,
+// bad opcodes, hand-made fragmentation). Incoming server frames are parsed into `frames`: {fin, rsv1, opcode, payload}.
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+
+export class RawWs extends Waitable {
+  constructor(t, h, path, { extraHeaders = {} } = {}) {
+    super();
+    this.frames = [];
+    this.buf = Buffer.alloc(0);
+    this.ended = false;
+    this.key = randomBytes(16).toString('base64');
+    this.socket = net.connect(h.port, '127.0.0.1');
+    this.socket.on('error', (e) => { this.error = e.message; this._check(); });
+    this.socket.on('close', () => { this.ended = true; this._check(); });
+    const headerLines = {
+      Host: `127.0.0.1:${h.port}`, Upgrade: 'websocket', Connection: 'Upgrade',
+      'Sec-WebSocket-Key': this.key, 'Sec-WebSocket-Version': '13', ...extraHeaders,
+    };
+    this.response = new Promise((resolve, reject) => {
+      let head = Buffer.alloc(0);
+      const onData = (d) => {
+        if (this.status !== undefined) { this._feed(d); return; }
+        head = Buffer.concat([head, d]);
+        const end = head.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const lines = head.subarray(0, end).toString('latin1').split('\r\n');
+        this.status = Number(lines[0].split(' ')[1]);
+        this.headers = Object.fromEntries(lines.slice(1).map((l) => {
+          const i = l.indexOf(':');
+          return [l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim()];
+        }));
+        resolve({ status: this.status, headers: this.headers });
+        this._feed(head.subarray(end + 4));
+      };
+      this.socket.on('data', onData);
+      this.socket.on('close', () => reject(new Error(`raw socket closed before a response to ${path}`)));
+    });
+    this.response.catch(() => {});
+    this.socket.write(`GET ${path} HTTP/1.1\r\n${Object.entries(headerLines).filter(([, v]) => v !== undefined)
+      .map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`);
+    t.after(() => this.socket.destroy());
+  }
+
+  expectedAccept() { return createHash('sha1').update(this.key + WS_GUID).digest('base64'); }
+
+  _feed(d) {
+    if (d.length) this.buf = Buffer.concat([this.buf, d]);
+    for (;;) {
+      if (this.buf.length < 2) break;
+      const b0 = this.buf[0];
+      const b1 = this.buf[1];
+      let len = b1 & 0x7f;
+      let off = 2;
+      if (len === 126) { if (this.buf.length < 4) break; len = this.buf.readUInt16BE(2); off = 4; }
+      else if (len === 127) { if (this.buf.length < 10) break; len = Number(this.buf.readBigUInt64BE(2)); off = 10; }
+      const masked = (b1 & 0x80) !== 0;
+      if (masked) off += 4;
+      if (this.buf.length < off + len) break;
+      const payload = Buffer.from(this.buf.subarray(off, off + len));
+      this.frames.push({ fin: (b0 & 0x80) !== 0, rsv1: (b0 & 0x40) !== 0, rsv23: (b0 & 0x30) !== 0, opcode: b0 & 0x0f, masked, payload });
+      this.buf = this.buf.subarray(off + len);
+    }
+    this._check();
+  }
+
+  /** Write one frame. */
+  frame(opcode, payload = Buffer.alloc(0), { fin = true, rsv = 0, mask = true } = {}) {
+    payload = Buffer.isBuffer(payload) ? payload : Buffer.from(payload);
+    const len = payload.length;
+    const head = [((fin ? 0x80 : 0) | (rsv << 4) | opcode)];
+    const m = mask ? 0x80 : 0;
+    if (len < 126) head.push(m | len);
+    else if (len < 65536) head.push(m | 126, len >> 8, len & 0xff);
+    else { head.push(m | 127); const b = Buffer.alloc(8); b.writeBigUInt64BE(BigInt(len)); head.push(...b); }
+    let body = payload;
+    const parts = [Buffer.from(head)];
+    if (mask) {
+      const key = randomBytes(4);
+      body = Buffer.from(payload.map((x, i) => x ^ key[i & 3]));
+      parts.push(key);
+    }
+    parts.push(body);
+    this.socket.write(Buffer.concat(parts));
+  }
+
+  texts() { return this.frames.filter((f) => f.opcode === 1).map((f) => f.payload.toString('utf8')); }
+  closeFrame() { return this.frames.find((f) => f.opcode === 8); }
+  closeCode() { const f = this.closeFrame(); return f && f.payload.length >= 2 ? f.payload.readUInt16BE(0) : undefined; }
+  summary() {
+    return `status=${this.status} frames=${JSON.stringify(this.frames.map((f) => [f.opcode, f.payload.length > 80 ? `${f.payload.length}B` : f.payload.toString()]))} ended=${this.ended}`;
+  }
+}
+
+/** Open a raw WebSocket and assert the 101 handshake. */
+export async function openRawWs(t, h, path, opts) {
+  const r = new RawWs(t, h, path, opts);
+  const res = await withTimeout(r.response, 10_000, `raw upgrade of ${path}`);
+  assert.equal(res.status, 101, `raw upgrade ${path} → ${res.status}`);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A TCP pass-through in front of Herald whose gate the test opens and closes: while closed, new connections are
+// reset at once (a browser sees a failed connection and backs off). Used to hold a client off for a known stretch
+// while Herald is back up and events are published, so a resume is certain to need a replay.
+
+export async function gateProxy(t, port) {
+  let open = true;
+  const sockets = new Set();
+  const rejectWaiters = [];
+  const server = net.createServer((client) => {
+    if (!open) { gate.rejected++; client.resetAndDestroy(); for (const w of rejectWaiters.splice(0)) w(); return; }
+    const upstream = net.connect(port, '127.0.0.1');
+    sockets.add(client); sockets.add(upstream);
+    const done = () => { client.destroy(); upstream.destroy(); sockets.delete(client); sockets.delete(upstream); };
+    client.on('error', done); upstream.on('error', done);
+    client.on('close', done); upstream.on('close', done);
+    client.pipe(upstream); upstream.pipe(client);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => new Promise((r) => { for (const s of sockets) s.destroy(); server.close(() => r()); }));
+  const gate = {
+    port: server.address().port,
+    url: `http://127.0.0.1:${server.address().port}`,
+    accepted: 0,
+    rejected: 0,
+    get isOpen() { return open; },
+    close() { open = false; },
+    open() { open = true; },
+    /** Resolves once at least `n` connection attempts have been refused in total. */
+    refused(n = 1, ms = 10_000) {
+      const p = new Promise((resolve) => {
+        const check = () => (gate.rejected >= n ? resolve() : rejectWaiters.push(check));
+        check();
+      });
+      return withTimeout(p, ms, `${n} refused connection attempt(s) at the gate (so far ${gate.rejected})`);
+    },
+  };
+  server.on('connection', () => { if (open) gate.accepted++; });
+  return gate;
 }

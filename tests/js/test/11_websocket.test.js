@@ -5,9 +5,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startHerald, publish, chan, connected, subscribeOk, Recorder, request, assertApiError,
+  startHerald, publish, chan, connected, subscribeOk, Recorder, request, assertApiError, withTimeout,
 } from '../lib/herald.js';
-import { wsBase, openWs, refusedUpgrade, directPath, openSse } from '../lib/plain.js';
+import {
+  wsBase, openWs, refusedUpgrade, directPath, openSse, openRawWs, RawWs,
+} from '../lib/plain.js';
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
 
 const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
 const ISO_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/;
@@ -390,3 +394,238 @@ test('bad input on /ws: errors keep the connection usable; oversized → 1009; b
   await h.assertHealthy();
   assert.deepEqual(problems, [], 'error replies as documented (code, and the request id when the frame carried one)');
 });
+
+test('direct /ws/{channel}: an event published the moment the 101 arrives is delivered (subscribed before the upgrade completes)', async (t) => {
+  // The seed-003 client opens /ws/{unit} without `since` and expects every update after `open`. Here the publish
+  // goes out on an already-open HTTP connection as soon as the 101 response reaches the client, and a second
+  // event is published after it is acknowledged: a connection that gets the second but not the first lost it.
+  const h = await startHerald(t, { config: 'durability = "normal"\n' });
+  const pub = net.connect(h.port, '127.0.0.1');
+  t.after(() => pub.destroy());
+  await new Promise((resolve, reject) => { pub.once('connect', resolve); pub.once('error', reject); });
+  let acked = 0;
+  let ackWaiter = null;
+  pub.on('data', (d) => { acked += (d.toString('latin1').match(/HTTP\/1\.1 200/g) ?? []).length; ackWaiter?.(); });
+  const rawPublish = (channel, data) => {
+    const body = JSON.stringify({ channel, event: 'tick', data });
+    pub.write(`POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n`
+      + `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  };
+  const ROUNDS = 150;
+  const lost = [];
+  for (let i = 0; i < ROUNDS; i++) {
+    const ch = chan('open');
+    const r = new RawWs(t, h, directPath('/ws', ch));
+    r.socket.once('data', () => rawPublish(ch, { n: 1 })); // the first bytes from the server are the 101
+    const res = await withTimeout(r.response, 10_000, 'upgrade');
+    assert.equal(res.status, 101);
+    await withTimeout(new Promise((resolve) => {
+      ackWaiter = () => { if (acked >= i + 1) resolve(); };
+      ackWaiter();
+    }), 10_000, `publish ack ${i + 1}`);
+    await publish(h.url, ch, 'tick', { n: 2 });
+    try {
+      await r.until((x) => x.texts().some((m) => JSON.parse(m).data?.n === 2), 5_000, `round ${i}: second event`);
+    } catch (e) {
+      lost.push(`round ${i}: neither event within 5 s — registered after both publishes? (${r.summary()})`);
+      r.socket.destroy();
+      if (lost.length >= 3) break;
+      continue;
+    }
+    const ns = r.texts().map((m) => JSON.parse(m)).filter((m) => m.type === 'event').map((m) => m.data.n);
+    if (ns[0] !== 1) lost.push(`round ${i}: received ${JSON.stringify(ns)}`);
+    r.socket.destroy();
+  }
+  assert.deepEqual(lost, [], `rounds (of ${ROUNDS}) where the event published right after the 101 was lost`);
+});
+
+test('RFC 6455 framing (raw socket): accept key, fragments with an interleaved ping, UTF-8 split across fragments, close handshake', async (t) => {
+  const h = await startHerald(t);
+  const r = await openRawWs(t, h, '/ws');
+  assert.equal(r.headers['sec-websocket-accept'], r.expectedAccept(), 'Sec-WebSocket-Accept');
+  assert.equal(r.headers['sec-websocket-extensions'], undefined, 'no extension when none was offered');
+
+  // A text message in three fragments with a ping between them.
+  const msg = Buffer.from('{"op":"ping","id":"frag"}');
+  r.frame(0x1, msg.subarray(0, 5), { fin: false });
+  r.frame(0x9, 'hello');
+  r.frame(0x0, msg.subarray(5, 12), { fin: false });
+  r.frame(0x0, msg.subarray(12), { fin: true });
+  await r.until((x) => x.frames.some((f) => f.opcode === 0xA) && x.texts().length >= 1, 10_000, 'pong frame and pong message');
+  assert.equal(r.frames.find((f) => f.opcode === 0xA).payload.toString(), 'hello', 'the pong frame echoes the ping payload');
+  assert.deepEqual(JSON.parse(r.texts()[0]), { type: 'pong', id: 'frag' });
+
+  // UTF-8 split inside a character across fragments.
+  const sub = Buffer.from('{"op":"subscribe","id":2,"channel":"Ligne Süd"}');
+  const cut = sub.indexOf(Buffer.from('ü')) + 1; // between the two bytes of ü
+  r.frame(0x1, sub.subarray(0, cut), { fin: false });
+  r.frame(0x0, sub.subarray(cut), { fin: true });
+  await r.until((x) => x.texts().length >= 2, 10_000, 'subscribed');
+  assert.equal(JSON.parse(r.texts()[1]).channel, 'Ligne Süd');
+  assert.ok(r.frames.every((f) => !f.masked && !f.rsv23), 'server frames are unmasked, no reserved bits');
+
+  // Close handshake: the server answers a close frame with one and ends the connection.
+  r.frame(0x8, Buffer.from([0x03, 0xe8]));
+  await r.until((x) => x.closeFrame() && x.ended, 5_000, 'close frame and end of connection');
+  assert.equal(r.closeCode(), 1000);
+  await h.assertHealthy();
+});
+
+test('RFC 6455 violations close the connection (1002 / 1007 / 1009), handshake errors are HTTP errors; no panic', async (t) => {
+  const h = await startHerald(t, { config: '[websocket]\nmax_message_bytes = 1024\n' });
+  const violations = [
+    ['unmasked frame', (r) => r.frame(0x1, '{"op":"ping"}', { mask: false }), [1002]],
+    ['RSV1 without a negotiated extension', (r) => r.frame(0x1, '{"op":"ping"}', { rsv: 4 }), [1002]],
+    ['RSV2', (r) => r.frame(0x1, '{"op":"ping"}', { rsv: 2 }), [1002]],
+    ['unknown opcode 0x3', (r) => r.frame(0x3, 'x'), [1002]],
+    ['continuation without a start', (r) => r.frame(0x0, 'x'), [1002]],
+    ['control frame over 125 bytes', (r) => r.frame(0x9, Buffer.alloc(126, 1)), [1002]],
+    ['fragmented control frame', (r) => r.frame(0x9, 'x', { fin: false }), [1002]],
+    ['new message inside a fragmented one', (r) => { r.frame(0x1, '{"op":', { fin: false }); r.frame(0x1, '{}'); }, [1002]],
+    ['invalid UTF-8 in a text message', (r) => r.frame(0x1, Buffer.from([0x7b, 0xff, 0xfe, 0x7d])), [1007]],
+    ['fragments adding up to more than max_message_bytes',
+      (r) => { for (let i = 0; i < 3; i++) r.frame(i === 0 ? 0x1 : 0x0, Buffer.alloc(500, 0x20), { fin: i === 2 }); }, [1009]],
+    ['one frame over max_message_bytes (64-bit length)', (r) => r.frame(0x1, Buffer.alloc(70_000, 0x20)), [1009]],
+  ];
+  const problems = [];
+  for (const [label, send, codes] of violations) {
+    const r = await openRawWs(t, h, '/ws');
+    send(r);
+    try {
+      await r.until((x) => x.ended, 5_000, `${label}: the server ends the connection`);
+    } catch (e) {
+      problems.push(`${label}: connection not closed (${r.summary()})`);
+      r.socket.destroy();
+      continue;
+    }
+    if (!codes.includes(r.closeCode())) problems.push(`${label}: close code ${r.closeCode()}, expected ${codes.join('/')} (${r.summary()})`);
+  }
+
+  // Handshake errors: an HTTP error instead of 101.
+  const badVersion = new RawWs(t, h, '/ws', { extraHeaders: { 'Sec-WebSocket-Version': '8' } });
+  const v = await withTimeout(badVersion.response, 10_000, 'response to version 8');
+  if (!(v.status >= 400 && v.status < 500)) problems.push(`Sec-WebSocket-Version: 8 → ${v.status}, expected 4xx (426)`);
+  if (!/\b13\b/.test(v.headers['sec-websocket-version'] ?? '')) {
+    problems.push(`Sec-WebSocket-Version: 8 → no Sec-WebSocket-Version: 13 header in the error (RFC 6455 4.2.2): ${JSON.stringify(v.headers)}`);
+  }
+  const noKey = new RawWs(t, h, '/ws', { extraHeaders: { 'Sec-WebSocket-Key': undefined } });
+  const k = await withTimeout(noKey.response, 10_000, 'response without a key');
+  if (k.status !== 400) problems.push(`no Sec-WebSocket-Key → ${k.status}, expected 400`);
+
+  // The server is fine and a normal client works.
+  const c = await openWs(t, `${wsBase(h)}/ws`);
+  await c.barrier();
+  await h.assertHealthy();
+  assert.deepEqual(problems, [], 'protocol violations handled as RFC 6455 says');
+});
+
+test('permessage-deflate: negotiated with ws, compressed both ways, large and incompressible events intact, inflated size limited', async (t) => {
+  const h = await startHerald(t);
+  const ch = chan('pmd');
+  const big = 'Model Dağılımı — Final 1A; '.repeat(1200); // compressible, ~38 KB
+  const noise = randomBytes(15_000).toString('base64'); // incompressible, 20 KB
+  const deflated = await openWs(t, `${wsBase(h)}${directPath('/ws', ch)}`, { perMessageDeflate: true });
+  const plain = await openWs(t, `${wsBase(h)}${directPath('/ws', ch)}`, { perMessageDeflate: false });
+  // A client that asks for a small server window: Herald must decline the offer or honour it.
+  const small = await openWs(t, `${wsBase(h)}${directPath('/ws', ch)}`, { perMessageDeflate: { serverMaxWindowBits: 9 } });
+  assert.match(deflated.ws.extensions, /permessage-deflate/, `negotiated: ${JSON.stringify(deflated.ws.extensions)}`);
+  assert.equal(plain.ws.extensions, '', 'not negotiated when not offered');
+  t.diagnostic(`extensions with server_max_window_bits=9 offered: ${JSON.stringify(small.ws.extensions)}`);
+
+  // The last one makes an envelope over 65535 bytes: an uncompressed frame needs the 64-bit length form.
+  const payloads = [{ big }, { noise }, { n: 1 }, { big: big + noise }, { pad: 'é'.repeat(32_000) }, { pad: 'x'.repeat(65_400) }];
+  for (const p of payloads) await publish(h.url, ch, 'tick', p);
+  for (const [name, c] of [['deflate', deflated], ['plain', plain], ['small window', small]]) {
+    await c.until((x) => x.events(ch).length === payloads.length, 15_000, `${name}: all events`);
+    assert.deepEqual(c.events(ch).map((e) => e.data), payloads, `${name}: payloads intact`);
+    assert.equal(c.closeInfo, null, `${name}: still connected`);
+  }
+  assert.ok(plain.raw.some((text) => Buffer.byteLength(text) > 65_535), 'an uncompressed frame needed the 64-bit length form');
+
+  // Client → server compression (ws deflates messages over 1 KB): a long id comes back intact.
+  const multi = await openWs(t, `${wsBase(h)}/ws`, { perMessageDeflate: true });
+  const longId = 'i'.repeat(20_000);
+  const pong = await multi.request('ping', {}, { id: longId });
+  assert.equal(pong.id, longId);
+  // A message that is small on the wire but inflates beyond max_message_bytes (64 KiB) → 1009.
+  multi.send(JSON.stringify({ op: 'ping', id: 'z'.repeat(300_000) }));
+  const closed = await withTimeout(multi.closed, 10_000, 'close after a deflate bomb');
+  assert.equal(closed.code, 1009, `inflated size over the limit: ${JSON.stringify(closed)}`);
+  await h.assertHealthy();
+});
+
+test('slow consumer: a client that stops reading is closed with 1008 and resumes with since, losing nothing; others unaffected', async (t) => {
+  const h = await startHerald(t, {
+    // The queue bound must hold one publish batch (40 × 16 KB): a single burst larger than it closes any client.
+    config: 'durability = "normal"\n[history]\nmax_events = 5000\n[websocket]\nmax_queue_bytes = 2097152\n',
+  });
+  const ch = chan('slow');
+  const url = `${wsBase(h)}${directPath('/ws', ch)}`;
+  const slow = await openWs(t, url, { perMessageDeflate: false });
+  const fast = await openWs(t, url, { perMessageDeflate: false });
+  slow.ws.pause(); // stop reading: the kernel buffers fill, then Herald's queue
+  const BATCH = 40;
+  const BATCHES = 30; // 1200 events × ~16 KB ≈ 19 MB, far beyond socket buffers + 2 MiB
+  let epoch;
+  for (let b = 0; b < BATCHES; b++) {
+    const events = Array.from({ length: BATCH }, (_, i) => ({
+      channel: ch, event: 'tick', data: { n: b * BATCH + i + 1, pad: randomBytes(12_000).toString('base64') },
+    }));
+    const r = await request(h.url, '/api/publish', { method: 'POST', body: { events }, timeout: 30_000 });
+    assert.equal(r.status, 200, `batch ${b}: ${r.status} ${r.text.slice(0, 200)}`);
+    epoch = r.json.results[0].epoch;
+    // Pace the publisher on the reading client (never more than a batch behind, well under the bound), so only
+    // the paused client can overflow however loaded the machine is.
+    await fast.until((x) => x.events(ch).length >= (b + 1) * BATCH, 30_000, `the reading client gets batch ${b}`);
+  }
+  const TOTAL = BATCH * BATCHES;
+  await fast.until((x) => x.events(ch).length === TOTAL, 30_000, 'the reading client gets everything');
+  assert.deepEqual(fast.events(ch).map((e) => e.data.n), range(1, TOTAL));
+  assert.equal(fast.closeInfo, null, 'the reading client stays connected');
+
+  slow.ws.resume();
+  const closed = await withTimeout(slow.closed, 20_000, 'the slow consumer is closed');
+  assert.equal(closed.code, 1008, `close code: ${JSON.stringify(closed)}`);
+  assert.equal(closed.reason, 'slow consumer');
+  const got = slow.events(ch).map((e) => e.data.n);
+  assert.deepEqual(got, range(1, got.length), 'what arrived before the close is a gap-free prefix');
+  assert.ok(got.length < TOTAL, 'the slow client did not get everything before being closed');
+
+  const last = slow.events(ch).at(-1)?.offset ?? 0;
+  const again = await openWs(t, `${url}?since=${last}&epoch=${encodeURIComponent(epoch)}`, { perMessageDeflate: false });
+  await again.until((x) => x.events(ch).length === TOTAL - last, 30_000, 'resume after the slow-consumer close');
+  assert.deepEqual(again.events(ch).map((e) => e.data.n), range(last + 1, TOTAL), 'the rest, exactly once, in order');
+  assert.deepEqual(again.ofType('gap'), []);
+  t.diagnostic(`slow client got ${got.length} of ${TOTAL} before 1008`);
+  await h.assertHealthy();
+});
+
+for (const kind of ['WebSocket', 'SSE']) {
+  test(`SIGTERM does not wait for a ${kind} client that stopped reading`, async (t) => {
+    const h = await startHerald(t, {
+      config: 'durability = "normal"\n', // default queue bounds
+    });
+    const ch = chan('stuck');
+    if (kind === 'WebSocket') {
+      const ws = await openWs(t, `${wsBase(h)}${directPath('/ws', ch)}`, { perMessageDeflate: false });
+      ws.ws.pause(); // never read again
+    } else {
+      const sse = await openSse(t, `${h.url}${directPath('/sse', ch)}`, { pump: false }); // body never read
+      assert.equal(sse.status, 200);
+    }
+    // ~10 MB: more than the socket buffers hold (the server's writes block).
+    for (let b = 0; b < 15; b++) {
+      const events = Array.from({ length: 40 }, (_, i) => ({
+        channel: ch, event: 'tick', data: { n: b * 40 + i, pad: randomBytes(12_000).toString('base64') },
+      }));
+      const r = await request(h.url, '/api/publish', { method: 'POST', body: { events }, timeout: 30_000 });
+      assert.equal(r.status, 200);
+    }
+    const started = Date.now();
+    const exit = await h.stop('SIGTERM'); // throws after 10 s
+    const took = Date.now() - started;
+    assert.equal(exit.code, 0, `graceful exit: ${JSON.stringify(exit)}`);
+    assert.ok(took < 5_000, `shutdown took ${took} ms with a non-reading ${kind} client`);
+    t.diagnostic(`shutdown with a non-reading ${kind} client took ${took} ms`);
+  });
+}

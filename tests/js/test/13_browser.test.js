@@ -3,7 +3,8 @@
 //     heartbeat/error messages and reconnects by itself with exponential backoff, resuming with ?since=<offset>&epoch=.
 // (b) The browser's own EventSource on /sse/{channel}, which reconnects by itself and sends Last-Event-ID.
 // Each: a stream of events published over HTTP, Herald restarted (SIGTERM, same port and data dir) mid-stream while
-// publishing continues; the page must end with every event exactly once, in order.
+// publishing continues; the page must end with every event exactly once, in order. The page reaches Herald through a
+// TCP gate held closed until some events were published after the restart, so its resume must replay them.
 //
 // Needs /usr/bin/chromium (Debian package `chromium`; override with HERALD_CHROMIUM). Without it these tests FAIL;
 // HERALD_SKIP_BROWSER=1 skips them explicitly.
@@ -13,6 +14,7 @@ import http from 'node:http';
 import { existsSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 import { startHerald, publishRetry } from '../lib/herald.js';
+import { gateProxy } from '../lib/plain.js';
 
 const CHROMIUM = process.env.HERALD_CHROMIUM || '/usr/bin/chromium';
 const SKIP = process.env.HERALD_SKIP_BROWSER === '1';
@@ -107,29 +109,40 @@ async function waitPage(page, fn, arg, ms, label) {
 }
 
 /**
- * Publish 1..N to `channel`, restarting Herald (SIGTERM, same port and data dir) after KILL_AT while publishing goes on.
- * `reconnected()` tells whether the page has connected again since the restart; events acknowledged by the restarted
- * server before that can only reach the page by replay (counted as `publishedWhileDown`).
+ * Publish 1..N to `channel` (publishRetry: retried with the same idempotency id while Herald is down), restarting
+ * Herald (SIGTERM, same port and data dir) after event KILL_AT without pausing the publisher. The page reaches Herald
+ * through `gate`, which is closed from the restart until HELD events have been acknowledged by the restarted server
+ * and the page has been refused at least once, so the page's own reconnection certainly has to replay those.
  */
-async function publishThroughRestart(h, channel, reconnected) {
+const HELD = 10;
+async function publishThroughRestart(h, channel, gate) {
   let interruption;
-  let publishedWhileDown = 0;
+  let restarted = false;
+  let publishedWhileHeld = 0;
   let epoch;
   for (let n = 1; n <= N; n++) {
     const r = await publishRetry(() => h.url, channel, 'tick', { n }, `${channel}#${n}`);
     assert.equal(r.offset, n, `offset of event ${n}`);
     epoch ??= r.epoch;
-    if (h.starts >= 2 && !(await reconnected())) publishedWhileDown++;
+    assert.equal(r.epoch, epoch, 'the epoch survives a graceful restart');
+    // Open once HELD events are in and the page has been refused at least once (its own retry path is exercised).
+    if (restarted && !gate.isOpen && ++publishedWhileHeld >= HELD && gate.rejected >= 1) gate.open();
     if (n === KILL_AT) {
+      gate.close(); // the page cannot reconnect until HELD events were published after the restart
       interruption = (async () => {
         const exit = await h.stop('SIGTERM');
         assert.equal(exit.code, 0, `graceful exit: ${JSON.stringify(exit)}`);
         await h.restart();
+        restarted = true;
       })();
     }
   }
   await interruption;
-  return { publishedWhileDown, epoch };
+  if (!gate.isOpen) {
+    await gate.refused(1, 15_000); // the page is retrying by itself
+    gate.open();
+  }
+  return { publishedWhileHeld, epoch };
 }
 
 test('browser WebSocket (seed 003): /ws/Final 1A with its own backoff reconnect and ?since= survives a Herald restart', async (t) => {
@@ -137,22 +150,24 @@ test('browser WebSocket (seed 003): /ws/Final 1A with its own backoff reconnect 
   if (!context) return;
   const h = await startHerald(t, { config: '[websocket]\nheartbeat_interval = "300ms"\n' });
   const pageUrl = await servePage(t, UNIT_PAGE);
+  const gate = await gateProxy(t, h.port);
   const page = await context.newPage();
   await page.goto(pageUrl);
   await page.evaluate(({ host, unit }) => window.connectUnit(host, unit, { baseDelay: 100, maxDelay: 1000, maxAttempts: 20 }),
-    { host: `127.0.0.1:${h.port}`, unit: UNIT });
+    { host: `127.0.0.1:${gate.port}`, unit: UNIT });
   await waitPage(page, () => window.log.opens >= 1, undefined, 10_000, 'the page connects');
 
-  const { publishedWhileDown, epoch } = await publishThroughRestart(h, UNIT,
-    async () => (await page.evaluate(() => window.log.opens)) >= 2);
+  const { publishedWhileHeld, epoch } = await publishThroughRestart(h, UNIT, gate);
   await waitPage(page, (n) => window.log.events.some((e) => e.n === n), N, 20_000, `event ${N} reaches the page`);
   await waitPage(page, () => window.log.heartbeats >= 1, undefined, 5_000, 'a heartbeat (ignored by the page)');
 
   const log = await page.evaluate(() => window.log);
   const ns = log.events.map((e) => e.n);
   const dups = ns.filter((x, i) => ns.indexOf(x) !== i);
+  const missing = Array.from({ length: N }, (_, i) => i + 1).filter((n) => !ns.includes(n));
   assert.deepEqual(ns, Array.from({ length: N }, (_, i) => i + 1),
-    `every event exactly once, in order (duplicates ${JSON.stringify(dups)})`);
+    `every event exactly once, in order (duplicates ${JSON.stringify(dups)}, missing ${JSON.stringify(missing)}; `
+    + `page: opens ${log.opens}, closes ${JSON.stringify(log.closes)}, urls ${JSON.stringify(log.urls.slice(0, 3))}…)`);
   assert.deepEqual(log.events.map((e) => e.offset), ns, 'offsets match');
   assert.ok(log.events.every((e) => e.channel === UNIT), `channel is "${UNIT}"`);
   assert.deepEqual(log.gaps, [], 'no gap');
@@ -163,8 +178,9 @@ test('browser WebSocket (seed 003): /ws/Final 1A with its own backoff reconnect 
   const resumeUrls = log.urls.slice(1);
   assert.ok(resumeUrls.length >= 1 && resumeUrls.every((u) => /\?since=\d+&epoch=/.test(u)), `reconnects resume: ${JSON.stringify(log.urls)}`);
   assert.ok(resumeUrls.every((u) => u.includes(encodeURIComponent(epoch))), 'with the channel epoch');
-  assert.ok(publishedWhileDown > 0, 'some events were published while the page was disconnected (precondition)');
-  t.diagnostic(`${publishedWhileDown} publishes while disconnected; closes ${JSON.stringify(log.closes)}; ${log.heartbeats} heartbeats ignored`);
+  assert.ok(publishedWhileHeld >= HELD, `${publishedWhileHeld} events published while the page was held off (precondition)`);
+  t.diagnostic(`${publishedWhileHeld} publishes while held off (${gate.rejected} connection attempts refused); `
+    + `closes ${JSON.stringify(log.closes)}; ${log.heartbeats} heartbeats ignored`);
   h.assertNoPanic();
 });
 
@@ -172,8 +188,9 @@ test('browser EventSource on /sse/Final 1A reconnects by itself (Last-Event-ID) 
   const context = await browserContext(t);
   if (!context) return;
   const h = await startHerald(t, { config: '[sse]\nretry = "200ms"\nheartbeat_interval = "300ms"\n' });
+  const gate = await gateProxy(t, h.port);
   const page = await context.newPage();
-  await page.goto(`${h.url}/healthz`); // same origin as Herald: no CORS needed for EventSource
+  await page.goto(`${gate.url}/healthz`); // Herald's own page (through the gate): EventSource is same-origin, no CORS
   await page.evaluate((unit) => {
     window.log = { events: [], gaps: [], opens: 0, errors: [], closedForGood: false };
     const es = new EventSource('/sse/' + unit);
@@ -188,8 +205,7 @@ test('browser EventSource on /sse/Final 1A reconnects by itself (Last-Event-ID) 
   }, UNIT);
   await waitPage(page, () => window.log.opens >= 1, undefined, 10_000, 'EventSource opens');
 
-  const { publishedWhileDown, epoch } = await publishThroughRestart(h, UNIT,
-    async () => page.evaluate(() => window.log.opens >= 2));
+  const { publishedWhileHeld, epoch } = await publishThroughRestart(h, UNIT, gate);
   await waitPage(page, (n) => window.log.events.some((e) => e.n === n) || window.log.closedForGood, N, 20_000,
     `event ${N} reaches the page`);
 
@@ -202,7 +218,8 @@ test('browser EventSource on /sse/Final 1A reconnects by itself (Last-Event-ID) 
   assert.deepEqual(log.events.map((e) => e.id), ns.map((n) => `${epoch}:${n}`), 'lastEventId is <epoch>:<offset>');
   assert.deepEqual(log.gaps, [], 'no gap');
   assert.ok(log.opens >= 2, `EventSource reconnected (opens ${log.opens})`);
-  assert.ok(publishedWhileDown > 0, 'some events were published while the stream was down (precondition)');
-  t.diagnostic(`${publishedWhileDown} publishes while down; ${log.errors.length} error events (readyStates ${JSON.stringify(log.errors)})`);
+  assert.ok(publishedWhileHeld >= HELD, `${publishedWhileHeld} events published while the page was held off (precondition)`);
+  t.diagnostic(`${publishedWhileHeld} publishes while held off (${gate.rejected} connection attempts refused); `
+    + `${log.errors.length} error events (readyStates ${JSON.stringify(log.errors)})`);
   h.assertNoPanic();
 });
