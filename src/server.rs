@@ -8,6 +8,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState, Connections};
+use crate::binding::access::Access;
 use crate::binding::socketio::ChannelsNamespace;
 use crate::binding::sse::SseBinding;
 use crate::binding::websocket::WebSocketBinding;
@@ -22,6 +23,9 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The `[auth]` section could not be loaded (key files, secrets).
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthConfigError),
     /// The listener failed.
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -56,11 +60,8 @@ impl Server {
             session_ttl: config.socketio.session_ttl,
         })?;
         let s = &config.socketio;
-        let namespace = ChannelsNamespace::new(
-            core.clone(),
-            config.server_side_channels(),
-            s.max_queue_bytes,
-        );
+        let access = Access::new(&config)?;
+        let namespace = ChannelsNamespace::new(core.clone(), access.clone(), s.max_queue_bytes);
         let socketio = SocketIo::builder(SocketIoConfig {
             path: s.path.clone(),
             ping_interval: s.ping_interval,
@@ -84,11 +85,13 @@ impl Server {
             .merge(socketio.router())
             .merge(WebSocketBinding::router(
                 core.clone(),
+                access.clone(),
                 config.websocket.clone(),
                 stopping.clone(),
             ))
             .merge(SseBinding::router(
                 core.clone(),
+                access.clone(),
                 config.sse.clone(),
                 stopping,
             ));

@@ -149,6 +149,7 @@ async fn resume_points_follow_the_cursor_across_channels() {
         sid: "s".into(),
         next_k: 3,
         channels: vec![entry("a", 2, 0), entry("b", 2, 1), entry("c", 1, 2)],
+        user: None,
     };
     // Live after registration: a@3 (seq 6), b@3 (seq 7), c@2 (seq 8).
     let mut live = Vec::new();
@@ -224,6 +225,7 @@ async fn resume_reports_a_gap_when_history_was_trimmed() {
             seq: 1,
             k: 0,
         }],
+        user: None,
     };
     for n in 2..=10 {
         core.publish(vec![ev("a", n, None)]).await.unwrap();

@@ -14,7 +14,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
+use super::access::Access;
 use super::feed::{Feed, Gone, Outlet, Registered, Want};
+use crate::auth::Identity;
 use crate::core::Core;
 use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
@@ -29,11 +31,13 @@ use crate::transport::socketio::{
 const SLOT: EncodingSlot = EncodingSlot(0);
 /// Event name of gap notices.
 pub const GAP_EVENT: &str = "herald:gap";
+/// Event name telling a client why the server is about to close its connection.
+pub const DISCONNECT_EVENT: &str = "herald:disconnect";
 
 /// The `/` namespace of Herald: channels for Socket.IO clients.
 pub struct ChannelsNamespace {
     core: Arc<Core>,
-    server_side: Vec<ChannelName>,
+    access: Arc<Access>,
     max_held_bytes: usize,
     /// Connected sockets by socket id.
     conns: Mutex<HashMap<String, Arc<Conn>>>,
@@ -42,6 +46,9 @@ pub struct ChannelsNamespace {
 /// One connected socket: its feed and its durable session.
 struct Conn {
     feed: Arc<Feed<SocketOutlet>>,
+    identity: Identity,
+    /// Ends the connection when its token expires.
+    expiry: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pid: String,
     record: Mutex<SessionRecord>,
 }
@@ -135,10 +142,10 @@ fn reply(ack: Option<AckResponder>, value: Value) {
 
 impl ChannelsNamespace {
     /// A namespace handler over `core`.
-    pub fn new(core: Arc<Core>, server_side: Vec<ChannelName>, max_held_bytes: usize) -> Arc<Self> {
+    pub fn new(core: Arc<Core>, access: Arc<Access>, max_held_bytes: usize) -> Arc<Self> {
         Arc::new(Self {
             core,
-            server_side,
+            access,
             max_held_bytes,
             conns: Mutex::new(HashMap::new()),
         })
@@ -167,6 +174,15 @@ impl ChannelsNamespace {
         auth: Option<Value>,
     ) -> Result<Accept, ConnectError> {
         let auth = auth.unwrap_or(Value::Null);
+        let request = &socket.handshake().request;
+        let identity = self
+            .access
+            .identify(&request.headers, &request.query, Some(&auth))
+            .await
+            .map_err(|e| ConnectError {
+                message: e.to_string(),
+                data: Some(json!({"code": e.code()})),
+            })?;
         let asked = auth.get("pid").and_then(Value::as_str);
         let cursor = auth
             .get("offset")
@@ -176,6 +192,8 @@ impl ChannelsNamespace {
             Some(pid) => self.load_session(pid).await.map_err(internal)?,
             None => None,
         };
+        // Another user's session id is as good as unknown.
+        let record = record.filter(|r| r.user == identity.user);
         let (pid, sid, wants) = match (asked, record) {
             (Some(pid), Some(record)) => {
                 // A socket still attached to this session is a stale transport: retire it first.
@@ -193,6 +211,8 @@ impl ChannelsNamespace {
                 let lossless = resumes.iter().all(|r| r.gap.is_none());
                 let wants = resumes
                     .into_iter()
+                    // Permissions may have changed since (a new token, new rules): re-check every channel.
+                    .filter(|r| self.access.subscribe(&identity, &r.channel).is_ok())
                     .map(|r| Want {
                         channel: r.channel,
                         after: Some(r.after),
@@ -215,21 +235,25 @@ impl ChannelsNamespace {
                     let _ = socket.emit(GAP_EVENT, Payload::new(vec![notice]));
                 }
                 let wants = self
-                    .server_side
-                    .iter()
-                    .cloned()
+                    .access
+                    .initial_channels(&identity)
+                    .into_iter()
                     .map(Want::new_events)
                     .collect();
                 (new_id(), socket.id().to_string(), wants)
             }
         };
+        let expires_in = identity.expires_in();
         let conn = Arc::new(Conn {
             feed: Feed::new(self.core.clone(), SocketOutlet(socket), self.max_held_bytes),
             pid: pid.clone(),
             record: Mutex::new(SessionRecord {
                 sid: sid.clone(),
+                user: identity.user.clone(),
                 ..Default::default()
             }),
+            identity,
+            expiry: Mutex::new(None),
         });
         if let Err(r) = self.subscribe_all(&conn, wants, None).await {
             conn.feed.detach();
@@ -237,6 +261,9 @@ impl ChannelsNamespace {
                 message: r.message,
                 data: Some(json!({"code": r.code})),
             });
+        }
+        if let Some(left) = expires_in {
+            *conn.expiry.lock() = Some(tokio::spawn(expire(conn.feed.outlet.0.clone(), left)));
         }
         self.conns.lock().insert(sid.clone(), conn);
         let mut extra = Map::new();
@@ -305,7 +332,16 @@ impl ChannelsNamespace {
     }
 
     async fn subscribe(&self, conn: &Arc<Conn>, args: &Payload, ack: Option<AckResponder>) {
-        match parse_subscribe(args) {
+        let checked = parse_subscribe(args).and_then(|want| {
+            match self.access.subscribe(&conn.identity, &want.channel) {
+                Ok(()) => Ok(want),
+                Err(e) => Err(Refusal::new(
+                    e.code(),
+                    format!("not allowed to subscribe to {}", want.channel),
+                )),
+            }
+        });
+        match checked {
             // Refusals are acknowledged inside `subscribe_all`.
             Ok(want) => drop(self.subscribe_all(conn, vec![want], ack).await),
             Err(r) => reply(ack, r.to_json()),
@@ -348,6 +384,9 @@ impl ChannelsNamespace {
             }
         };
         let Some(conn) = conn else { return };
+        if let Some(timer) = conn.expiry.lock().take() {
+            timer.abort();
+        }
         conn.feed.detach();
         if reason.allows_recovery() {
             self.core.store.session_detached(&conn.pid);
@@ -376,6 +415,15 @@ fn parse_subscribe(args: &Payload) -> Result<Want, Refusal> {
         epoch: parsed.epoch,
         gap: None,
     })
+}
+
+/// Ends a connection whose token expired: the client is told why, then its transport closes, so the stock
+/// client reconnects by itself — calling its `auth` callback for a fresh token — and resumes.
+async fn expire(socket: Arc<Socket>, left: std::time::Duration) {
+    tokio::time::sleep(left).await;
+    let notice = json!({"reason": "token_expired", "message": "the access token expired; reconnect with a fresh one"});
+    let _ = socket.emit(DISCONNECT_EVENT, Payload::new(vec![notice]));
+    socket.close_transport("token expired");
 }
 
 fn internal(e: StoreError) -> ConnectError {

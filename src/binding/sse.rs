@@ -18,6 +18,7 @@ use axum::routing::get;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use super::access::{Access, refusal};
 use super::feed::{Feed, Gone, Outlet, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::wire::{channel_from_path, envelope};
@@ -41,15 +42,22 @@ const MAX_CHANNELS: usize = 64;
 /// The SSE binding.
 pub struct SseBinding {
     core: Arc<Core>,
+    access: Arc<Access>,
     config: SseConfig,
     shutdown: watch::Receiver<bool>,
 }
 
 impl SseBinding {
     /// Routes `/sse` and `/sse/{channel}`; streams end when `shutdown` turns true.
-    pub fn router(core: Arc<Core>, config: SseConfig, shutdown: watch::Receiver<bool>) -> Router {
+    pub fn router(
+        core: Arc<Core>,
+        access: Arc<Access>,
+        config: SseConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Router {
         let binding = Arc::new(Self {
             core,
+            access,
             config,
             shutdown,
         });
@@ -239,6 +247,18 @@ async fn open(
             format!("at most {MAX_CHANNELS} channels per stream"),
         );
     }
+    // EventSource cannot set headers: the token comes from the query string or a cookie.
+    let identity = match b.access.identify(headers, query, None).await {
+        Ok(id) => id,
+        Err(e) => return refusal(&e),
+    };
+    if let Some(Err(e)) = channels
+        .iter()
+        .map(|c| b.access.subscribe(&identity, c))
+        .find(Result::is_err)
+    {
+        return refusal(&e);
+    }
     let param = |k: &str| {
         query
             .iter()
@@ -298,8 +318,12 @@ async fn open(
             tracing::error!(error = %e, "SSE replay failed");
         }
     });
+    let expiry = identity
+        .expires_in()
+        .map(|left| tokio::spawn(expire(outbox.clone(), left)));
+    let attached = Attached { feed, expiry };
     let body = Body::from_stream(stream(
-        feed,
+        attached,
         b.config.heartbeat_interval,
         b.shutdown.clone(),
     ));
@@ -314,28 +338,43 @@ async fn open(
     response
 }
 
-/// Detaches the feed when the response body is dropped (the client went away).
-struct Attached(Arc<Feed<SseOutlet>>);
+/// The stream's hold on its feed: dropped with the response body (the client went away), it detaches.
+struct Attached {
+    feed: Arc<Feed<SseOutlet>>,
+    expiry: Option<tokio::task::JoinHandle<()>>,
+}
 
 impl Drop for Attached {
     fn drop(&mut self) {
+        if let Some(timer) = self.expiry.take() {
+            timer.abort();
+        }
         // Closing the outbox also ends a replay that is waiting for room nobody will make.
-        self.0.outlet.outbox.close(Closed::Gone);
-        self.0.detach();
+        self.feed.outlet.outbox.close(Closed::Gone);
+        self.feed.detach();
     }
+}
+
+/// Ends a stream whose token expired, saying why first.
+async fn expire(outbox: Arc<Outbox<Bytes>>, left: Duration) {
+    tokio::time::sleep(left).await;
+    let _ = outbox.push(Bytes::from_static(
+        b"event: herald:disconnect\ndata: {\"reason\":\"token_expired\"}\n\n",
+    ));
+    outbox.close(Closed::Gone);
 }
 
 /// The response body: queued records (coalesced per poll), heartbeat comments, and the end on shutdown.
 fn stream(
-    feed: Arc<Feed<SseOutlet>>,
+    attached: Attached,
     heartbeat: Duration,
     shutdown: watch::Receiver<bool>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
-    let state = (Attached(feed), shutdown, Vec::new());
+    let state = (attached, shutdown, Vec::new());
     futures_util::stream::unfold(
         state,
         move |(attached, mut shutdown, mut batch)| async move {
-            let outbox = attached.0.outlet.outbox.clone();
+            let outbox = attached.feed.outlet.outbox.clone();
             let chunk = tokio::select! {
                 closed = outbox.next_batch(&mut batch) => {
                     if closed.is_some() {

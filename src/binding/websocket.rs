@@ -13,7 +13,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -21,10 +21,12 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
+use super::access::{Access, query_pairs, refusal};
 use super::feed::{Feed, Gone, Outlet, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::wire::{channel_from_path, envelope, gap_message};
 use crate::api::ApiError;
+use crate::auth::Identity;
 use crate::config::{PayloadShape, WebSocketConfig};
 use crate::core::Core;
 use crate::core::channel::ChannelName;
@@ -39,12 +41,15 @@ const ENVELOPE_DEFLATED: EncodingSlot = EncodingSlot(5);
 const DATA_DEFLATED: EncodingSlot = EncodingSlot(6);
 /// Messages shorter than this are sent uncompressed: deflate would not pay for itself.
 const COMPRESS_FROM: usize = 128;
+/// Close code for an expired token (4000–4999 are the application's; 4401 mirrors HTTP 401).
+const TOKEN_EXPIRED: u16 = 4401;
 /// Client requests waiting for the request task before reading pauses.
 const PENDING_REQUESTS: usize = 64;
 
 /// The plain WebSocket binding.
 pub struct WebSocketBinding {
     core: Arc<Core>,
+    access: Arc<Access>,
     config: WebSocketConfig,
     shutdown: watch::Receiver<bool>,
 }
@@ -53,11 +58,13 @@ impl WebSocketBinding {
     /// Routes `/ws` and `/ws/{channel}`; connections close with 1001 when `shutdown` turns true.
     pub fn router(
         core: Arc<Core>,
+        access: Arc<Access>,
         config: WebSocketConfig,
         shutdown: watch::Receiver<bool>,
     ) -> Router {
         let binding = Arc::new(Self {
             core,
+            access,
             config,
             shutdown,
         });
@@ -156,7 +163,31 @@ async fn multiplexed(
     State(b): State<Arc<WebSocketBinding>>,
     req: axum::extract::Request,
 ) -> Response {
-    upgrade(b, req, PayloadShape::Envelope, None)
+    let identity = match identify(
+        &b,
+        req.headers().clone(),
+        req.uri().query().map(str::to_owned),
+    )
+    .await
+    {
+        Ok(id) => id,
+        Err(refused) => return refused,
+    };
+    upgrade(b, req, identity, PayloadShape::Envelope, None)
+}
+
+/// The connection's identity, or the HTTP refusal (401/403) to answer instead of upgrading.
+/// Takes copies: a borrowed request (not `Sync`) must not live across the await.
+async fn identify(
+    b: &WebSocketBinding,
+    headers: HeaderMap,
+    query: Option<String>,
+) -> Result<Identity, Response> {
+    let query = query_pairs(query.as_deref());
+    b.access
+        .identify(&headers, &query, None)
+        .await
+        .map_err(|e| refusal(&e))
 }
 
 #[derive(Deserialize)]
@@ -185,6 +216,19 @@ async fn direct(
             );
         }
     };
+    let identity = match identify(
+        &b,
+        req.headers().clone(),
+        req.uri().query().map(str::to_owned),
+    )
+    .await
+    {
+        Ok(id) => id,
+        Err(refused) => return refused,
+    };
+    if let Err(e) = b.access.subscribe(&identity, &channel) {
+        return refusal(&e);
+    }
     let shape = b.config.direct_payload(channel.as_str());
     let want = Want {
         channel,
@@ -192,12 +236,13 @@ async fn direct(
         epoch: q.epoch,
         gap: None,
     };
-    upgrade(b, req, shape, Some(want))
+    upgrade(b, req, identity, shape, Some(want))
 }
 
 fn upgrade(
     b: Arc<WebSocketBinding>,
     mut req: axum::extract::Request,
+    identity: Identity,
     shape: PayloadShape,
     initial: Option<Want>,
 ) -> Response {
@@ -230,7 +275,7 @@ fn upgrade(
     let initial = initial.map(|want| feed.begin(vec![want]));
     tokio::spawn(async move {
         match upgrade.connect(b.config.max_message_bytes).await {
-            Ok((reader, writer)) => run(b, feed, reader, writer, initial).await,
+            Ok((reader, writer)) => run(b, identity, feed, reader, writer, initial).await,
             Err(e) => {
                 tracing::debug!(error = %e, "websocket upgrade failed");
                 feed.detach();
@@ -243,6 +288,7 @@ fn upgrade(
 /// Serves one connection until it closes.
 async fn run(
     b: Arc<WebSocketBinding>,
+    identity: Identity,
     feed: Arc<Feed<WsOutlet>>,
     reader: Reader,
     writer: Writer,
@@ -250,11 +296,16 @@ async fn run(
 ) {
     let outbox = feed.outlet.outbox.clone();
     let (requests, pending) = mpsc::channel(PENDING_REQUESTS);
-    let worker = tokio::spawn(serve_requests(feed.clone(), pending));
+    let expires = identity.expires_in().map(|left| Instant::now() + left);
+    let client = Client {
+        access: b.access.clone(),
+        identity,
+    };
+    let worker = tokio::spawn(serve_requests(client, feed.clone(), pending));
     if let Some(regs) = initial {
         let _ = requests.send(Work::Complete(regs)).await;
     }
-    let ending = pump(&b, reader, writer, &outbox, &requests).await;
+    let ending = pump(&b, reader, writer, &outbox, &requests, expires).await;
     tracing::debug!(?ending, "websocket closed");
     drop(requests);
     worker.abort();
@@ -272,6 +323,7 @@ async fn pump(
     mut writer: Writer,
     outbox: &Outbox<Message>,
     requests: &mpsc::Sender<Work>,
+    expires: Option<Instant>,
 ) -> Option<Ending> {
     let config = &b.config;
     let mut shutdown = b.shutdown.clone();
@@ -345,6 +397,9 @@ async fn pump(
                 let _ = outbox.push(Message::plain(json!({"type": "heartbeat", "time": now}).to_string()));
             }
             _ = shutdown.changed() => break Some(Ending(1001, "server shutting down")),
+            () = sleep_until(expires.unwrap_or(next_ping + far)), if expires.is_some() => {
+                break Some(Ending(TOKEN_EXPIRED, "token_expired"));
+            }
         }
     };
     if let Some(Ending(code, reason)) = &ending {
@@ -377,7 +432,17 @@ struct ClientMessage {
     epoch: Option<String>,
 }
 
-async fn serve_requests(feed: Arc<Feed<WsOutlet>>, mut pending: mpsc::Receiver<Work>) {
+/// Who is on the other end, for permission checks.
+struct Client {
+    access: Arc<Access>,
+    identity: Identity,
+}
+
+async fn serve_requests(
+    client: Client,
+    feed: Arc<Feed<WsOutlet>>,
+    mut pending: mpsc::Receiver<Work>,
+) {
     while let Some(request) = pending.recv().await {
         match request {
             Work::Complete(regs) => {
@@ -386,7 +451,7 @@ async fn serve_requests(feed: Arc<Feed<WsOutlet>>, mut pending: mpsc::Receiver<W
                     tracing::error!(error = %e, "replay failed");
                 }
             }
-            Work::Text(text) => handle(&feed, &text).await,
+            Work::Text(text) => handle(&client, &feed, &text).await,
             Work::Binary => {
                 let error = error_message(None, "unsupported_binary", "send JSON text messages");
                 let _ = feed.outlet.outbox.push(Message::plain(error));
@@ -395,7 +460,7 @@ async fn serve_requests(feed: Arc<Feed<WsOutlet>>, mut pending: mpsc::Receiver<W
     }
 }
 
-async fn handle(feed: &Arc<Feed<WsOutlet>>, text: &str) {
+async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
     let outbox = &feed.outlet.outbox;
     let refuse = |id: Option<Value>, code: &str, message: &str| {
         let _ = outbox.push(Message::plain(error_message(id, code, message)));
@@ -422,6 +487,13 @@ async fn handle(feed: &Arc<Feed<WsOutlet>>, text: &str) {
     };
     let reply = match msg.op.as_str() {
         "subscribe" => match channel() {
+            Ok(channel) if client.access.subscribe(&client.identity, &channel).is_err() => {
+                error_message(
+                    id,
+                    "forbidden",
+                    &format!("not allowed to subscribe to {channel}"),
+                )
+            }
             Ok(channel) => {
                 let want = Want {
                     channel,

@@ -39,6 +39,9 @@ pub struct SessionRecord {
     pub next_k: u64,
     /// Subscribed channels, in registration order.
     pub channels: Vec<Entry>,
+    /// The authenticated user the session belongs to; only that user can resume it.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// The position of one delivered event, as carried back by a client.

@@ -1,0 +1,85 @@
+//! Who a connection is and what it may do: the auth library applied the same way by every binding — the
+//! token found where the client could put it, verified into an identity, channel permissions, the channels a
+//! client gets without asking, and the HTTP answers for refusals.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::api::ApiError;
+use crate::auth::{
+    AuthConfigError, AuthError, Authenticator, Identity, Permissions, TokenExtractor,
+};
+use crate::config::Config;
+use crate::core::channel::ChannelName;
+
+/// Authentication and permissions for the bindings.
+pub struct Access {
+    authenticator: Authenticator,
+    permissions: Permissions,
+    tokens: TokenExtractor,
+    server_side: Vec<ChannelName>,
+}
+
+impl Access {
+    /// Builds the checks from `[auth]` (loading key files) and the configured server-side channels.
+    pub fn new(config: &Config) -> Result<Arc<Self>, AuthConfigError> {
+        Ok(Arc::new(Self {
+            authenticator: Authenticator::new(&config.auth)?,
+            permissions: Permissions::from_config(&config.auth)?,
+            tokens: TokenExtractor::from_config(&config.auth),
+            server_side: config.server_side_channels(),
+        }))
+    }
+
+    /// The identity behind a connection: its token from the Socket.IO `auth` object, `Authorization: Bearer`,
+    /// the query string or the cookie — or anonymous, where admitted.
+    pub async fn identify(
+        &self,
+        headers: &HeaderMap,
+        query: &[(String, String)],
+        socketio_auth: Option<&Value>,
+    ) -> Result<Identity, AuthError> {
+        let pairs = query.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let token = self.tokens.extract(headers, pairs, socketio_auth);
+        self.authenticator.authenticate(token).await
+    }
+
+    /// `Ok` if `id` may subscribe to `channel`.
+    pub fn subscribe(&self, id: &Identity, channel: &ChannelName) -> Result<(), AuthError> {
+        if self.permissions.can_subscribe(id, channel) {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden)
+        }
+    }
+
+    /// Channels `id` is subscribed to on connect: the configured ones, then those its token names.
+    pub fn initial_channels(&self, id: &Identity) -> Vec<ChannelName> {
+        let mut channels = self.server_side.clone();
+        for c in self.permissions.server_side_channels(id) {
+            if !channels.contains(&c) {
+                channels.push(c);
+            }
+        }
+        channels
+    }
+}
+
+/// A refusal as an HTTP answer: 401 for authentication, 403 for permission, with the JSON error body.
+pub fn refusal(e: &AuthError) -> Response {
+    let status = match e {
+        AuthError::Forbidden => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    ApiError::new(status, e.code(), e.to_string()).into_response()
+}
+
+/// Parses a URI's query string into pairs (malformed input yields none).
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .and_then(|q| serde_urlencoded::from_str(q).ok())
+        .unwrap_or_default()
+}
