@@ -5,6 +5,7 @@
 #
 # Usage: bench/run-fanout.sh [extra herald-bench fanout flags, e.g. --rate 200 --json]
 # Env:   CONNECTIONS (1000), RATE (100), DURATION (20), CARGO_TARGET_DIR (./target),
+#        HERALD_CONFIG (default: a config lifting the per-address connection limits),
 #        SERVER_CMD: run this instead of Herald (it must print `herald listening on http://127.0.0.1:PORT` on
 #        stdout and accept PORT=0 from the environment), e.g. a socket.io reference server for a peer row.
 set -euo pipefail
@@ -19,6 +20,11 @@ bin="$CARGO_TARGET_DIR/release"
 
 data=$(mktemp -d)
 out=$(mktemp)
+# The load generator opens every connection from 127.0.0.1: lift the per-address limits unless told otherwise.
+if [[ -z "${HERALD_CONFIG:-}" ]]; then
+    export HERALD_CONFIG="$data/bench.toml"
+    printf '[limits]\nconnections_per_second_per_ip = 0\nconnections_per_ip = 0\n' >"$HERALD_CONFIG"
+fi
 log=$(mktemp --suffix=.herald.log)
 if [[ -n "${SERVER_CMD:-}" ]]; then
     PORT=0 taskset -c 0 $SERVER_CMD >"$out" 2>"$log" &

@@ -43,7 +43,11 @@ pub struct Config {
     /// Directory for the SQLite database.
     pub data_dir: PathBuf,
     /// API keys accepted by the HTTP API; none → loopback only.
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<ApiKey>,
+    /// Browser origins allowed to connect and to call the API (`*` for any); empty: no checks, no CORS.
+    pub allowed_origins: Vec<String>,
+    /// Rate and concurrency limits.
+    pub limits: LimitsConfig,
     /// Commit durability.
     pub durability: Durability,
     /// Largest HTTP request body.
@@ -68,6 +72,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
             data_dir: PathBuf::from("herald-data"),
             api_keys: Vec::new(),
+            allowed_origins: Vec::new(),
+            limits: LimitsConfig::default(),
             durability: Durability::Full,
             max_body_bytes: 1 << 20,
             max_event_bytes: 64 << 10,
@@ -76,6 +82,81 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             sse: SseConfig::default(),
             auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// An API key: a bare string has every scope; a table can restrict it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ApiKey {
+    /// Full access.
+    Plain(String),
+    /// A key with scopes.
+    Scoped {
+        /// The key.
+        key: String,
+        /// Channel patterns it may publish to.
+        #[serde(default = "any_channel")]
+        publish: Vec<String>,
+        /// Whether it may use the admin endpoints (e.g. closing connections).
+        #[serde(default)]
+        admin: bool,
+    },
+}
+
+fn any_channel() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl ApiKey {
+    /// The secret itself.
+    pub fn key(&self) -> &str {
+        match self {
+            ApiKey::Plain(k) | ApiKey::Scoped { key: k, .. } => k,
+        }
+    }
+
+    /// Whether this key may publish to `channel`.
+    pub fn may_publish(&self, channel: &str) -> bool {
+        match self {
+            ApiKey::Plain(_) => true,
+            ApiKey::Scoped { publish, .. } => {
+                publish.iter().any(|p| Pattern::new(p).matches(channel))
+            }
+        }
+    }
+
+    /// Whether this key may use the admin endpoints.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, ApiKey::Plain(_) | ApiKey::Scoped { admin: true, .. })
+    }
+}
+
+/// Rate and concurrency limits; zero turns a limit off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// New connections per second from one IP address (bursts of twice that).
+    pub connections_per_second_per_ip: u32,
+    /// Open connections from one IP address.
+    pub connections_per_ip: usize,
+    /// Messages per second a client connection may send.
+    pub messages_per_second: u32,
+    /// Channels one connection may be subscribed to.
+    pub subscriptions_per_connection: usize,
+    /// Publish requests per second per API key.
+    pub publishes_per_second_per_key: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            connections_per_second_per_ip: 100,
+            connections_per_ip: 2000,
+            messages_per_second: 100,
+            subscriptions_per_connection: 500,
+            publishes_per_second_per_key: 5000,
         }
     }
 }
@@ -488,9 +569,9 @@ impl Config {
             config.data_dir = dir;
         }
         if !overrides.api_keys.is_empty() {
-            config.api_keys = overrides.api_keys;
+            config.api_keys = overrides.api_keys.into_iter().map(ApiKey::Plain).collect();
         }
-        config.api_keys.retain(|k| !k.is_empty());
+        config.api_keys.retain(|k| !k.key().is_empty());
         config.validate()?;
         Ok(config)
     }

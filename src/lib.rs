@@ -5,5 +5,6 @@ pub mod auth;
 pub mod binding;
 pub mod config;
 pub mod core;
+pub mod policy;
 pub mod server;
 pub mod transport;

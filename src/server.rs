@@ -15,6 +15,7 @@ use crate::binding::websocket::WebSocketBinding;
 use crate::config::Config;
 use crate::core::Core;
 use crate::core::store::{StoreError, StoreOptions};
+use crate::policy::Origins;
 use crate::transport::socketio::{SocketIo, SocketIoConfig};
 
 /// Start-up and run-time failures of the server.
@@ -79,6 +80,7 @@ impl Server {
             max_body_bytes: config.max_body_bytes,
             max_event_bytes: config.max_event_bytes,
             connections: Arc::new(SocketIoConnections(namespace)),
+            policy: access.policy.clone(),
         });
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
         let router = api
@@ -94,6 +96,11 @@ impl Server {
                 access.clone(),
                 config.sse.clone(),
                 stopping,
+            ))
+            // Origins are checked once, for every transport and the API, before anything else.
+            .layer(axum::middleware::from_fn_with_state(
+                access.policy.origins.clone(),
+                Origins::layer,
             ));
         Ok(Self {
             core,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 
 pub use error::ApiError;
 
+use crate::config::ApiKey;
 use crate::core::Core;
+use crate::policy::Policy;
 
 /// Lets the API act on live connections without knowing their transport.
 pub trait Connections: Send + Sync {
@@ -31,7 +33,9 @@ pub struct ApiState {
     /// The core.
     pub core: Arc<Core>,
     /// Accepted API keys; empty means no authentication (loopback-only deployments).
-    pub api_keys: Arc<Vec<String>>,
+    pub api_keys: Arc<Vec<ApiKey>>,
+    /// Publish rate limits.
+    pub policy: Arc<Policy>,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Largest event payload.
@@ -58,8 +62,16 @@ pub fn router(state: ApiState) -> Router {
 
 async fn disconnect(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    if !caller.is_admin() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this API key has no admin scope",
+        ));
+    }
     if state.connections.close_transport(&id) {
         Ok(axum::Json(json!({"ok": true})))
     } else {
@@ -75,21 +87,49 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
 }
 
+/// Who is calling the API: the matching key, or `None` when no keys are configured (full access).
+#[derive(Clone)]
+pub struct Caller(Option<ApiKey>);
+
+impl Caller {
+    /// Whether the caller may publish to `channel`.
+    pub fn may_publish(&self, channel: &str) -> bool {
+        self.0.as_ref().is_none_or(|k| k.may_publish(channel))
+    }
+
+    /// Whether the caller may use admin endpoints.
+    pub fn is_admin(&self) -> bool {
+        self.0.as_ref().is_none_or(ApiKey::is_admin)
+    }
+
+    /// The rate-limit key: the API key itself (empty without keys).
+    pub fn rate_key(&self) -> &str {
+        self.0.as_ref().map_or("", ApiKey::key)
+    }
+}
+
 async fn require_key(
     State(state): State<ApiState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if state.api_keys.is_empty()
-        || presented_key(req.headers()).is_some_and(|k| state.api_keys.iter().any(|a| a == k))
-    {
-        return Ok(next.run(req).await);
-    }
-    Err(ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "missing or unknown API key: send `Authorization: Bearer <key>`",
-    ))
+    let caller = if state.api_keys.is_empty() {
+        Caller(None)
+    } else {
+        let presented = presented_key(req.headers());
+        match presented.and_then(|p| state.api_keys.iter().find(|k| k.key() == p)) {
+            Some(key) => Caller(Some(key.clone())),
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing or unknown API key: send `Authorization: Bearer <key>`",
+                ));
+            }
+        }
+    };
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
 }
 
 fn presented_key(headers: &HeaderMap) -> Option<&str> {

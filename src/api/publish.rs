@@ -2,14 +2,14 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::ApiState;
 use super::error::ApiError;
+use super::{ApiState, Caller};
 use crate::core::channel::ChannelName;
 use crate::core::event::NewEvent;
 use crate::transport::socketio::packet::RESERVED_EVENTS;
@@ -31,13 +31,34 @@ struct Body1 {
 }
 
 /// The handler.
-pub async fn publish(State(state): State<ApiState>, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn publish(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    if !state.policy.publish(caller.rate_key()) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "publish rate limit exceeded; retry shortly",
+        ));
+    }
     let bytes = super::read_body(body, state.max_body_bytes).await?;
     let parsed: Body1 = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::invalid(e.to_string()),
         _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
     })?;
     let events = to_events(parsed, state.max_event_bytes)?;
+    if let Some(e) = events
+        .iter()
+        .find(|e| !caller.may_publish(e.channel.as_str()))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this API key may not publish to {:?}", e.channel.as_str()),
+        ));
+    }
     let results = state.core.publish(events).await?;
     Ok(Json(serde_json::json!({ "results": results })))
 }

@@ -14,9 +14,13 @@ use crate::auth::{
 };
 use crate::config::Config;
 use crate::core::channel::ChannelName;
+use crate::policy::rate::{Bucket, Slot};
+use crate::policy::{Policy, Refused};
 
 /// Authentication and permissions for the bindings.
 pub struct Access {
+    /// Origins and rate limits.
+    pub policy: Arc<Policy>,
     authenticator: Authenticator,
     permissions: Permissions,
     tokens: TokenExtractor,
@@ -27,6 +31,7 @@ impl Access {
     /// Builds the checks from `[auth]` (loading key files) and the configured server-side channels.
     pub fn new(config: &Config) -> Result<Arc<Self>, AuthConfigError> {
         Ok(Arc::new(Self {
+            policy: Arc::new(Policy::new(&config.allowed_origins, &config.limits)),
             authenticator: Authenticator::new(&config.auth)?,
             permissions: Permissions::from_config(&config.auth)?,
             tokens: TokenExtractor::from_config(&config.auth),
@@ -82,4 +87,30 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query
         .and_then(|q| serde_urlencoded::from_str(q).ok())
         .unwrap_or_default()
+}
+
+impl Access {
+    /// Admits a new connection from `ip`: the per-address connection rate, then a concurrency slot to hold
+    /// for the connection's lifetime.
+    pub fn admit(&self, ip: Option<std::net::IpAddr>) -> Result<Option<Slot>, Refused> {
+        self.policy.connect_rate(ip)?;
+        self.policy.admit(ip)
+    }
+
+    /// Whether a connection holding `subscribed` channels may add `channel`.
+    pub fn room_for(&self, subscribed: &[ChannelName], channel: &ChannelName) -> bool {
+        let max = self.policy.per_connection.subscriptions_per_connection;
+        max == 0 || subscribed.len() < max || subscribed.contains(channel)
+    }
+
+    /// A bucket for the messages one connection may send.
+    pub fn message_bucket(&self) -> Bucket {
+        let rate = self.policy.per_connection.messages_per_second;
+        Bucket::new(rate, rate.saturating_mul(2))
+    }
+}
+
+/// A limit refusal as an HTTP answer: 429 with the JSON error body.
+pub fn limited(e: Refused) -> Response {
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string()).into_response()
 }

@@ -22,6 +22,7 @@ use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::session::{self, Cursor, Entry, Gap, GapReason, SessionRecord};
 use crate::core::store::StoreError;
+use crate::policy::rate::{Bucket, Slot};
 use crate::transport::socketio::{
     Accept, AckResponder, BoxFuture, ConnectError, DisconnectReason, EncodedPacket,
     NamespaceHandler, Payload, Socket, encode_event_raw,
@@ -47,6 +48,10 @@ pub struct ChannelsNamespace {
 struct Conn {
     feed: Arc<Feed<SocketOutlet>>,
     identity: Identity,
+    /// This connection's share of its address's connection limit.
+    _slot: Option<Slot>,
+    /// Messages the client may still send.
+    messages: Mutex<Bucket>,
     /// Ends the connection when its token expires.
     expiry: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pid: String,
@@ -175,6 +180,13 @@ impl ChannelsNamespace {
     ) -> Result<Accept, ConnectError> {
         let auth = auth.unwrap_or(Value::Null);
         let request = &socket.handshake().request;
+        let slot = self
+            .access
+            .admit(request.remote_addr.map(|a| a.ip()))
+            .map_err(|e| ConnectError {
+                message: e.to_string(),
+                data: Some(json!({"code": "rate_limited"})),
+            })?;
         let identity = self
             .access
             .identify(&request.headers, &request.query, Some(&auth))
@@ -253,6 +265,8 @@ impl ChannelsNamespace {
                 ..Default::default()
             }),
             identity,
+            _slot: slot,
+            messages: Mutex::new(self.access.message_bucket()),
             expiry: Mutex::new(None),
         });
         if let Err(r) = self.subscribe_all(&conn, wants, None).await {
@@ -334,6 +348,12 @@ impl ChannelsNamespace {
     async fn subscribe(&self, conn: &Arc<Conn>, args: &Payload, ack: Option<AckResponder>) {
         let checked = parse_subscribe(args).and_then(|want| {
             match self.access.subscribe(&conn.identity, &want.channel) {
+                Ok(()) if !self.access.room_for(&conn.feed.channels(), &want.channel) => {
+                    Err(Refusal::new(
+                        "too_many_subscriptions",
+                        "this connection holds the most subscriptions allowed",
+                    ))
+                }
                 Ok(()) => Ok(want),
                 Err(e) => Err(Refusal::new(
                     e.code(),
@@ -467,6 +487,11 @@ impl NamespaceHandler for Handler {
             let Some(conn) = ns.conns.lock().get(&*socket.id()).cloned() else {
                 return;
             };
+            if !conn.messages.lock().take() {
+                tracing::warn!(socket = %socket.id(), "client message rate limit hit");
+                let r = Refusal::new("rate_limited", "too many messages; slow down");
+                return reply(ack, r.to_json());
+            }
             match event.as_str() {
                 "subscribe" => ns.subscribe(&conn, &args, ack).await,
                 "unsubscribe" => ns.unsubscribe(&conn, &args, ack).await,

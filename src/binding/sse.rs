@@ -18,7 +18,7 @@ use axum::routing::get;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::access::{Access, refusal};
+use super::access::{Access, limited, refusal};
 use super::feed::{Feed, Gone, Outlet, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::wire::{channel_from_path, envelope};
@@ -28,6 +28,9 @@ use crate::core::Core;
 use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::session::Gap;
+use crate::policy::rate::Slot;
+use axum::extract::ConnectInfo;
+use std::net::SocketAddr;
 
 /// Slot of the shared `event:`/`data:` lines of a live event.
 const BODY: EncodingSlot = EncodingSlot(3);
@@ -193,6 +196,7 @@ fn parse_cursor(text: &str, n: usize) -> Result<Vec<(String, u64)>, String> {
 
 async fn by_query(
     State(b): State<Arc<SseBinding>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
@@ -209,13 +213,14 @@ async fn by_query(
     }
     let channels: Result<Vec<ChannelName>, _> = names.iter().map(|n| ChannelName::new(n)).collect();
     match channels {
-        Ok(channels) => open(b, channels, &pairs, &headers).await,
+        Ok(channels) => open(b, peer, channels, &pairs, &headers).await,
         Err(e) => bad("invalid_channel", e.to_string()),
     }
 }
 
 async fn by_path(
     State(b): State<Arc<SseBinding>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
@@ -228,7 +233,7 @@ async fn by_path(
     let Ok(Query(pairs)) = query else {
         return bad("invalid_request", "malformed query string");
     };
-    open(b, vec![channel], &pairs, &headers).await
+    open(b, peer, vec![channel], &pairs, &headers).await
 }
 
 fn bad(code: &'static str, message: impl Into<String>) -> Response {
@@ -237,6 +242,7 @@ fn bad(code: &'static str, message: impl Into<String>) -> Response {
 
 async fn open(
     b: Arc<SseBinding>,
+    peer: SocketAddr,
     channels: Vec<ChannelName>,
     query: &[(String, String)],
     headers: &HeaderMap,
@@ -259,6 +265,16 @@ async fn open(
     {
         return refusal(&e);
     }
+    if !b.access.room_for(&channels[1..], &channels[0]) {
+        return bad(
+            "too_many_subscriptions",
+            "this stream names more channels than allowed",
+        );
+    }
+    let slot = match b.access.admit(Some(peer.ip())) {
+        Ok(slot) => slot,
+        Err(e) => return limited(e),
+    };
     let param = |k: &str| {
         query
             .iter()
@@ -321,7 +337,11 @@ async fn open(
     let expiry = identity
         .expires_in()
         .map(|left| tokio::spawn(expire(outbox.clone(), left)));
-    let attached = Attached { feed, expiry };
+    let attached = Attached {
+        feed,
+        expiry,
+        _slot: slot,
+    };
     let body = Body::from_stream(stream(
         attached,
         b.config.heartbeat_interval,
@@ -342,6 +362,7 @@ async fn open(
 struct Attached {
     feed: Arc<Feed<SseOutlet>>,
     expiry: Option<tokio::task::JoinHandle<()>>,
+    _slot: Option<Slot>,
 }
 
 impl Drop for Attached {

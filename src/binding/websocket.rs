@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
-use super::access::{Access, query_pairs, refusal};
+use super::access::{Access, limited, query_pairs, refusal};
 use super::feed::{Feed, Gone, Outlet, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::wire::{channel_from_path, envelope, gap_message};
@@ -32,6 +32,7 @@ use crate::core::Core;
 use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::session::Gap;
+use crate::policy::rate::Slot;
 use crate::transport::websocket::{self as ws, Incoming, Reader, Writer, deflate};
 
 /// Slots of the shared message of a live event: envelope, bare data, and their compressed forms.
@@ -173,7 +174,18 @@ async fn multiplexed(
         Ok(id) => id,
         Err(refused) => return refused,
     };
-    upgrade(b, req, identity, PayloadShape::Envelope, None)
+    let slot = match b.access.admit(peer(&req)) {
+        Ok(slot) => slot,
+        Err(e) => return limited(e),
+    };
+    upgrade(b, req, identity, slot, PayloadShape::Envelope, None)
+}
+
+/// The client's IP address, when the server records peers.
+fn peer(req: &axum::extract::Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 /// The connection's identity, or the HTTP refusal (401/403) to answer instead of upgrading.
@@ -236,13 +248,18 @@ async fn direct(
         epoch: q.epoch,
         gap: None,
     };
-    upgrade(b, req, identity, shape, Some(want))
+    let slot = match b.access.admit(peer(&req)) {
+        Ok(slot) => slot,
+        Err(e) => return limited(e),
+    };
+    upgrade(b, req, identity, slot, shape, Some(want))
 }
 
 fn upgrade(
     b: Arc<WebSocketBinding>,
     mut req: axum::extract::Request,
     identity: Identity,
+    slot: Option<Slot>,
     shape: PayloadShape,
     initial: Option<Want>,
 ) -> Response {
@@ -275,7 +292,10 @@ fn upgrade(
     let initial = initial.map(|want| feed.begin(vec![want]));
     tokio::spawn(async move {
         match upgrade.connect(b.config.max_message_bytes).await {
-            Ok((reader, writer)) => run(b, identity, feed, reader, writer, initial).await,
+            Ok((reader, writer)) => {
+                run(b, identity, feed, reader, writer, initial).await;
+                drop(slot);
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "websocket upgrade failed");
                 feed.detach();
@@ -333,9 +353,15 @@ async fn pump(
     let far = Duration::from_secs(86_400);
     let mut next_heartbeat = Instant::now() + heartbeat.unwrap_or(far);
     let mut batch = Vec::new();
+    let mut allowance = b.access.message_bucket();
     let ending = loop {
         tokio::select! {
             incoming = reader.next() => match incoming {
+                Ok(Some(Incoming::Text(_) | Incoming::Binary(_))) if !allowance.take() => {
+                    tracing::warn!("client message rate limit hit");
+                    let error = error_message(None, "rate_limited", "too many messages; slow down");
+                    let _ = outbox.push(Message::plain(error));
+                }
                 Ok(Some(Incoming::Text(text))) => {
                     if requests.send(Work::Text(text)).await.is_err() {
                         break None;
@@ -494,6 +520,11 @@ async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
                     &format!("not allowed to subscribe to {channel}"),
                 )
             }
+            Ok(channel) if !client.access.room_for(&feed.channels(), &channel) => error_message(
+                id,
+                "too_many_subscriptions",
+                "this connection holds the most subscriptions allowed",
+            ),
             Ok(channel) => {
                 let want = Want {
                     channel,

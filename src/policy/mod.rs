@@ -1,0 +1,85 @@
+//! Admission policy at the edge, shared by every transport and the HTTP API: allowed origins, and rate and
+//! concurrency limits. Each refusal is answered with a clear error and logged.
+
+pub mod origin;
+pub mod rate;
+
+use std::net::IpAddr;
+
+pub use origin::Origins;
+use rate::{Buckets, Concurrent, Slot};
+
+use crate::config::LimitsConfig;
+
+/// The limits of a running server.
+pub struct Policy {
+    /// Origin allow-list.
+    pub origins: Origins,
+    connects: Buckets<IpAddr>,
+    concurrent: Concurrent,
+    publishes: Buckets<String>,
+    /// Per-connection limits, applied by the bindings.
+    pub per_connection: LimitsConfig,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The address opens connections faster than allowed.
+    #[error("too many new connections from this address; slow down")]
+    ConnectRate,
+    /// The address holds the maximum number of connections.
+    #[error("too many open connections from this address")]
+    Concurrent,
+}
+
+impl Policy {
+    /// From the configuration.
+    pub fn new(origins: &[String], limits: &LimitsConfig) -> Self {
+        Self {
+            origins: Origins::new(origins),
+            connects: Buckets::new(
+                limits.connections_per_second_per_ip,
+                limits.connections_per_second_per_ip.saturating_mul(2),
+            ),
+            concurrent: Concurrent::new(limits.connections_per_ip),
+            publishes: Buckets::new(
+                limits.publishes_per_second_per_key,
+                limits.publishes_per_second_per_key,
+            ),
+            per_connection: limits.clone(),
+        }
+    }
+
+    /// Counts a new connection from `ip` against the connection rate.
+    pub fn connect_rate(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
+        match ip {
+            Some(ip) if !self.connects.take(&ip) => {
+                tracing::warn!(%ip, "connection rate limit hit");
+                Err(Refused::ConnectRate)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A concurrent-connection slot for `ip` (none needed when the address is unknown).
+    pub fn admit(&self, ip: Option<IpAddr>) -> Result<Option<Slot>, Refused> {
+        let Some(ip) = ip else { return Ok(None) };
+        match self.concurrent.acquire(ip) {
+            Some(slot) => Ok(Some(slot)),
+            None => {
+                tracing::warn!(%ip, "concurrent connection limit hit");
+                Err(Refused::Concurrent)
+            }
+        }
+    }
+
+    /// Counts one publish request of `key` (the API key, or `""` without keys).
+    pub fn publish(&self, key: &str) -> bool {
+        let ok = self.publishes.take(&key.to_owned());
+        if !ok {
+            tracing::warn!("publish rate limit hit for an API key");
+        }
+        ok
+    }
+}
