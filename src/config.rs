@@ -48,6 +48,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Rate and concurrency limits.
     pub limits: LimitsConfig,
+    /// Native TLS; without it Herald speaks plain HTTP (put a proxy in front, or set this).
+    pub tls: Option<TlsConfig>,
     /// Commit durability.
     pub durability: Durability,
     /// Largest HTTP request body.
@@ -74,6 +76,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             allowed_origins: Vec::new(),
             limits: LimitsConfig::default(),
+            tls: None,
             durability: Durability::Full,
             max_body_bytes: 1 << 20,
             max_event_bytes: 64 << 10,
@@ -131,6 +134,16 @@ impl ApiKey {
     pub fn is_admin(&self) -> bool {
         matches!(self, ApiKey::Plain(_) | ApiKey::Scoped { admin: true, .. })
     }
+}
+
+/// Certificate and key files (PEM); re-read on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// Rate and concurrency limits; zero turns a limit off.

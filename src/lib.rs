@@ -7,4 +7,5 @@ pub mod config;
 pub mod core;
 pub mod policy;
 pub mod server;
+pub mod tls;
 pub mod transport;

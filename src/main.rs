@@ -176,7 +176,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!(%addr, "no API key configured: loopback only, and the HTTP API needs no key; set api_keys to expose Herald");
     }
     tracing::info!(%addr, "herald started");
-    println!("herald listening on http://{addr}");
+    let scheme = if server.is_tls() { "https" } else { "http" };
+    println!("herald listening on {scheme}://{addr}");
     server.run(listener, shutdown_signal()).await?;
     Ok(())
 }

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::core::Core;
 use crate::core::store::{StoreError, StoreOptions};
 use crate::policy::Origins;
+use crate::tls::Tls;
 use crate::transport::socketio::{SocketIo, SocketIoConfig};
 
 /// Start-up and run-time failures of the server.
@@ -24,6 +25,9 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The `[auth]` section could not be loaded (key files, secrets).
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
@@ -41,6 +45,7 @@ pub struct Server {
     socketio: Arc<SocketIo>,
     shutdown: tokio::sync::watch::Sender<bool>,
     router: Router,
+    tls: Option<Arc<Tls>>,
 }
 
 struct SocketIoConnections(Arc<ChannelsNamespace>);
@@ -102,12 +107,22 @@ impl Server {
                 access.policy.origins.clone(),
                 Origins::layer,
             ));
+        let tls = match &config.tls {
+            Some(t) => Some(Tls::load(&t.cert, &t.key)?),
+            None => None,
+        };
         Ok(Self {
             core,
             socketio,
             shutdown,
             router,
+            tls,
         })
+    }
+
+    /// Whether connections are served over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Serves until `shutdown` resolves, then tells clients, drains and flushes the store.
@@ -117,27 +132,100 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let socketio = self.socketio.clone();
-        let stop = self.shutdown;
-        let mut stopping = stop.subscribe();
-        let app = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let stop = self.shutdown.clone();
+        let mut stopping = self.shutdown.subscribe();
+        let begin_shutdown = async move {
             shutdown.await;
             socketio.shutdown();
             let _ = stop.send(true);
-        });
+        };
         // Clients were told to go; one that stopped reading must not hold the process hostage.
         let grace = async move {
             let _ = stopping.wait_for(|s| *s).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         };
-        tokio::select! {
-            served = serve => served?,
-            () = grace => tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them"),
-        }
+        let served = match self.tls.clone() {
+            None => {
+                let app = self
+                    .router
+                    .clone()
+                    .into_make_service_with_connect_info::<SocketAddr>();
+                let serve = axum::serve(listener, app).with_graceful_shutdown(begin_shutdown);
+                tokio::select! {
+                    served = serve => served.map_err(ServerError::from),
+                    () = grace => Ok(()),
+                }
+            }
+            Some(tls) => {
+                tokio::select! {
+                    served = serve_tls(listener, tls, self.router.clone(), begin_shutdown) => served,
+                    () = grace => Ok(()),
+                }
+            }
+        };
+        served?;
         self.core.shutdown().await;
         tracing::info!("herald stopped");
         Ok(())
     }
 }
+
+/// Accepts TLS connections and serves HTTP/1.1 (with upgrades) and HTTP/2 on them until `shutdown` resolves,
+/// then waits for open connections; SIGHUP reloads the certificate.
+async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<Tls>,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt as _;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                let acceptor = tls.acceptor();
+                let service = router.clone().map_request(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    req
+                });
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = hangup.recv() => match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate"),
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// How long a client gets to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

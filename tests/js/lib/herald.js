@@ -16,7 +16,7 @@ export const HERALD_BIN = process.env.HERALD_BIN
   ? resolve(process.env.HERALD_BIN)
   : join(REPO_ROOT, 'target/debug/herald');
 
-const LISTEN_RE = /^herald listening on (http:\/\/127\.0\.0\.1:(\d+))\s*$/;
+const LISTEN_RE = /^herald listening on (https?:\/\/127\.0\.0\.1:(\d+))\s*$/;
 const START_TIMEOUT_MS = 15_000;
 const STOP_TIMEOUT_MS = 10_000;
 
