@@ -25,6 +25,7 @@ pub struct Access {
     permissions: Permissions,
     tokens: TokenExtractor,
     server_side: Vec<ChannelName>,
+    leeway: std::time::Duration,
 }
 
 impl Access {
@@ -36,6 +37,7 @@ impl Access {
             permissions: Permissions::from_config(&config.auth)?,
             tokens: TokenExtractor::from_config(&config.auth),
             server_side: config.server_side_channels(),
+            leeway: config.auth.leeway,
         }))
     }
 
@@ -59,6 +61,18 @@ impl Access {
         } else {
             Err(AuthError::Forbidden)
         }
+    }
+
+    /// How long until `id`'s token stops verifying: its `exp` plus the leeway, rounded up to whole seconds as the
+    /// verifier compares them. Ending a connection earlier would let the same token straight back in.
+    pub fn expires_in(&self, id: &Identity) -> Option<std::time::Duration> {
+        id.expires_in()
+            .map(|left| left + self.leeway + std::time::Duration::from_secs(1))
+    }
+
+    /// Whether a resumed session keeps `channel`: still permitted, or one the server subscribes it to anyway.
+    pub fn keeps(&self, id: &Identity, channel: &ChannelName) -> bool {
+        self.permissions.can_subscribe(id, channel) || self.initial_channels(id).contains(channel)
     }
 
     /// Channels `id` is subscribed to on connect: the configured ones, then those its token names.

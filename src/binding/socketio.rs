@@ -224,7 +224,7 @@ impl ChannelsNamespace {
                 let wants = resumes
                     .into_iter()
                     // Permissions may have changed since (a new token, new rules): re-check every channel.
-                    .filter(|r| self.access.subscribe(&identity, &r.channel).is_ok())
+                    .filter(|r| self.access.keeps(&identity, &r.channel))
                     .map(|r| Want {
                         channel: r.channel,
                         after: Some(r.after),
@@ -255,7 +255,7 @@ impl ChannelsNamespace {
                 (new_id(), socket.id().to_string(), wants)
             }
         };
-        let expires_in = identity.expires_in();
+        let expires_in = self.access.expires_in(&identity);
         let conn = Arc::new(Conn {
             feed: Feed::new(self.core.clone(), SocketOutlet(socket), self.max_held_bytes),
             pid: pid.clone(),

@@ -160,7 +160,8 @@ impl Outlet for SseOutlet {
     }
 }
 
-fn render_cursor(cursor: &[(Arc<str>, u64)]) -> String {
+#[doc(hidden)]
+pub fn render_cursor(cursor: &[(Arc<str>, u64)]) -> String {
     let parts: Vec<String> = cursor
         .iter()
         .map(|(epoch, offset)| format!("{epoch}:{offset}"))
@@ -169,7 +170,8 @@ fn render_cursor(cursor: &[(Arc<str>, u64)]) -> String {
 }
 
 /// Parses a compound cursor for `n` channels: `<epoch>:<offset>` per channel, joined by `,`.
-fn parse_cursor(text: &str, n: usize) -> Result<Vec<(String, u64)>, String> {
+#[doc(hidden)]
+pub fn parse_cursor(text: &str, n: usize) -> Result<Vec<(String, u64)>, String> {
     let parts: Vec<&str> = text.split(',').collect();
     if parts.len() != n {
         return Err(format!(
@@ -334,8 +336,9 @@ async fn open(
             tracing::error!(error = %e, "SSE replay failed");
         }
     });
-    let expiry = identity
-        .expires_in()
+    let expiry = b
+        .access
+        .expires_in(&identity)
         .map(|left| tokio::spawn(expire(outbox.clone(), left)));
     let attached = Attached {
         feed,

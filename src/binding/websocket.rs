@@ -316,7 +316,10 @@ async fn run(
 ) {
     let outbox = feed.outlet.outbox.clone();
     let (requests, pending) = mpsc::channel(PENDING_REQUESTS);
-    let expires = identity.expires_in().map(|left| Instant::now() + left);
+    let expires = b
+        .access
+        .expires_in(&identity)
+        .map(|left| Instant::now() + left);
     let client = Client {
         access: b.access.clone(),
         identity,
