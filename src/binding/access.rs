@@ -124,6 +124,24 @@ impl Access {
     }
 }
 
+impl Access {
+    /// Lets an HTTP-level client in (plain WebSocket, SSE): its identity, then a connection slot; or the HTTP
+    /// refusal to answer instead (401/403/429).
+    pub async fn enter(
+        &self,
+        headers: &HeaderMap,
+        query: &[(String, String)],
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<(Identity, Option<Slot>), Response> {
+        let identity = self
+            .identify(headers, query, None)
+            .await
+            .map_err(|e| refusal(&e))?;
+        let slot = self.admit(ip).map_err(limited)?;
+        Ok((identity, slot))
+    }
+}
+
 /// A limit refusal as an HTTP answer: 429 with the JSON error body.
 pub fn limited(e: Refused) -> Response {
     ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string()).into_response()

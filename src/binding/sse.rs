@@ -18,7 +18,7 @@ use axum::routing::get;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::access::{Access, limited, refusal};
+use super::access::{Access, refusal};
 use super::feed::{Feed, Gone, Outlet, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::wire::{channel_from_path, envelope};
@@ -256,9 +256,9 @@ async fn open(
         );
     }
     // EventSource cannot set headers: the token comes from the query string or a cookie.
-    let identity = match b.access.identify(headers, query, None).await {
-        Ok(id) => id,
-        Err(e) => return refusal(&e),
+    let (identity, slot) = match b.access.enter(headers, query, Some(peer.ip())).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
     };
     if let Some(Err(e)) = channels
         .iter()
@@ -273,10 +273,7 @@ async fn open(
             "this stream names more channels than allowed",
         );
     }
-    let slot = match b.access.admit(Some(peer.ip())) {
-        Ok(slot) => slot,
-        Err(e) => return limited(e),
-    };
+
     let param = |k: &str| {
         query
             .iter()

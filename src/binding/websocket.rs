@@ -13,7 +13,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
-use super::access::{Access, limited, query_pairs, refusal};
+use super::access::{Access, query_pairs, refusal};
 use super::feed::{Feed, Gone, Outlet, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::wire::{channel_from_path, envelope, gap_message};
@@ -164,19 +164,9 @@ async fn multiplexed(
     State(b): State<Arc<WebSocketBinding>>,
     req: axum::extract::Request,
 ) -> Response {
-    let identity = match identify(
-        &b,
-        req.headers().clone(),
-        req.uri().query().map(str::to_owned),
-    )
-    .await
-    {
-        Ok(id) => id,
+    let (identity, slot) = match enter(&b, &req).await {
+        Ok(admitted) => admitted,
         Err(refused) => return refused,
-    };
-    let slot = match b.access.admit(peer(&req)) {
-        Ok(slot) => slot,
-        Err(e) => return limited(e),
     };
     upgrade(b, req, identity, slot, PayloadShape::Envelope, None)
 }
@@ -188,18 +178,16 @@ fn peer(req: &axum::extract::Request) -> Option<std::net::IpAddr> {
         .map(|c| c.0.ip())
 }
 
-/// The connection's identity, or the HTTP refusal (401/403) to answer instead of upgrading.
-/// Takes copies: a borrowed request (not `Sync`) must not live across the await.
-async fn identify(
-    b: &WebSocketBinding,
-    headers: HeaderMap,
-    query: Option<String>,
-) -> Result<Identity, Response> {
-    let query = query_pairs(query.as_deref());
-    b.access
-        .identify(&headers, &query, None)
-        .await
-        .map_err(|e| refusal(&e))
+/// The connection's identity and connection slot, or the HTTP refusal to answer instead of upgrading.
+fn enter<'a>(
+    b: &'a WebSocketBinding,
+    req: &axum::extract::Request,
+) -> impl std::future::Future<Output = Result<(Identity, Option<Slot>), Response>> + Send + 'a {
+    // Copied out: a borrowed request (not `Sync`) must not live across the await.
+    let headers = req.headers().clone();
+    let query = query_pairs(req.uri().query());
+    let ip = peer(req);
+    async move { b.access.enter(&headers, &query, ip).await }
 }
 
 #[derive(Deserialize)]
@@ -228,14 +216,8 @@ async fn direct(
             );
         }
     };
-    let identity = match identify(
-        &b,
-        req.headers().clone(),
-        req.uri().query().map(str::to_owned),
-    )
-    .await
-    {
-        Ok(id) => id,
+    let (identity, slot) = match enter(&b, &req).await {
+        Ok(admitted) => admitted,
         Err(refused) => return refused,
     };
     if let Err(e) = b.access.subscribe(&identity, &channel) {
@@ -247,10 +229,6 @@ async fn direct(
         after: q.since,
         epoch: q.epoch,
         gap: None,
-    };
-    let slot = match b.access.admit(peer(&req)) {
-        Ok(slot) => slot,
-        Err(e) => return limited(e),
     };
     upgrade(b, req, identity, slot, shape, Some(want))
 }
