@@ -78,6 +78,14 @@ impl Server {
             cors_any_origin: false,
         })
         .namespace("/", namespace.handler())
+        .allow_request({
+            let policy = access.policy.clone();
+            move |request| {
+                policy
+                    .handshake(request.remote_addr.map(|a| a.ip()))
+                    .map_err(|e| e.to_string())
+            }
+        })
         .build();
         let api = api::router(ApiState {
             core: core.clone(),

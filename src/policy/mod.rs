@@ -16,6 +16,7 @@ pub struct Policy {
     /// Origin allow-list.
     pub origins: Origins,
     connects: Buckets<IpAddr>,
+    handshakes: Buckets<IpAddr>,
     concurrent: Concurrent,
     publishes: Buckets<String>,
     /// Per-connection limits, applied by the bindings.
@@ -42,6 +43,12 @@ impl Policy {
                 limits.connections_per_second_per_ip,
                 limits.connections_per_second_per_ip.saturating_mul(2),
             ),
+            // Raw Engine.IO handshakes get twice the room: each Socket.IO connection is a handshake and a
+            // CONNECT, and it is the CONNECT that answers with a code the client can read.
+            handshakes: Buckets::new(
+                limits.connections_per_second_per_ip.saturating_mul(2),
+                limits.connections_per_second_per_ip.saturating_mul(4),
+            ),
             concurrent: Concurrent::new(limits.connections_per_ip),
             publishes: Buckets::new(
                 limits.publishes_per_second_per_key,
@@ -56,6 +63,17 @@ impl Policy {
         match ip {
             Some(ip) if !self.connects.take(&ip) => {
                 tracing::warn!(%ip, "connection rate limit hit");
+                Err(Refused::ConnectRate)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts an Engine.IO handshake from `ip` (sessions that never join a namespace still cost memory).
+    pub fn handshake(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
+        match ip {
+            Some(ip) if !self.handshakes.take(&ip) => {
+                tracing::warn!(%ip, "handshake rate limit hit");
                 Err(Refused::ConnectRate)
             }
             _ => Ok(()),
