@@ -78,13 +78,10 @@ impl Server {
             cors_any_origin: false,
         })
         .namespace("/", namespace.handler())
-        .allow_request({
-            let policy = access.policy.clone();
-            move |request| {
-                policy
-                    .handshake(request.remote_addr.map(|a| a.ip()))
-                    .map_err(|e| e.to_string())
-            }
+        .admit({
+            // Every Engine.IO session, joined to a namespace or not, holds one of its address's connection slots.
+            let access = access.clone();
+            move |request| access.admit_session(request.remote_addr.map(|a| a.ip()))
         })
         .build();
         let api = api::router(ApiState {

@@ -31,7 +31,7 @@ pub async fn history(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HistoryResponse>, ApiError> {
     let Path(name) = path.map_err(|e| ApiError::invalid(e.body_text()))?;
     let channel = ChannelName::new(&name)?;
     let since = number(&query, "since", 0)?;
@@ -67,11 +67,28 @@ pub async fn history(
         state.core.hub.unsubscribe(&channel, id);
     }
     let page = result?;
-    let mut body = serde_json::to_value(&page).map_err(|e| ApiError::invalid(e.to_string()))?;
-    if since.saturating_add(1) < page.info.first_offset {
-        body["gap"] = json!({"from": since + 1, "to": page.info.first_offset - 1});
-    }
-    Ok(Json(body))
+    let gap = (since.saturating_add(1) < page.info.first_offset).then(|| Range {
+        from: since + 1,
+        to: page.info.first_offset - 1,
+    });
+    // Serialised straight from the stored JSON text: no re-parse, so any payload that was accepted reads back.
+    Ok(Json(HistoryResponse { page, gap }))
+}
+
+/// A history page, with the range the caller asked for but history no longer holds.
+#[derive(serde::Serialize)]
+pub struct HistoryResponse {
+    #[serde(flatten)]
+    page: crate::core::HistoryPage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gap: Option<Range>,
+}
+
+/// An inclusive range of offsets.
+#[derive(serde::Serialize)]
+struct Range {
+    from: u64,
+    to: u64,
 }
 
 fn not_found(channel: &ChannelName) -> ApiError {

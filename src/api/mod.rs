@@ -139,9 +139,31 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
     headers.get("x-api-key").and_then(|v| v.to_str().ok())
 }
 
+/// Oversized bodies are still read and discarded up to this size, so the client gets to read the 413 instead of
+/// having its connection reset mid-upload.
+const DRAIN_LIMIT: usize = 32 << 20;
+
 /// Reads a request body, refusing more than `limit` bytes with 413.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::too_large(format!("request body is larger than {limit} bytes")))
+async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt as _;
+    let too_large = || ApiError::too_large(format!("request body is larger than {limit} bytes"));
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::invalid(format!("cannot read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        if total <= limit {
+            buf.extend_from_slice(&data);
+        } else if total > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if total > limit {
+        return Err(too_large());
+    }
+    Ok(buf.freeze())
 }

@@ -142,6 +142,20 @@ impl Access {
     }
 }
 
+impl Access {
+    /// Admits a new Engine.IO session: the handshake rate, then a session slot it holds until it closes.
+    pub fn admit_session(
+        &self,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<Option<crate::transport::engineio::Admission>, Box<Response>> {
+        let slot = self
+            .policy
+            .admit_session(ip)
+            .map_err(|e| Box::new(limited(e)))?;
+        Ok(slot.map(|s| Box::new(s) as crate::transport::engineio::Admission))
+    }
+}
+
 /// A limit refusal as an HTTP answer: 429 with the JSON error body.
 pub fn limited(e: Refused) -> Response {
     ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string()).into_response()

@@ -180,6 +180,8 @@ impl ChannelsNamespace {
     ) -> Result<Accept, ConnectError> {
         let auth = auth.unwrap_or(Value::Null);
         let request = &socket.handshake().request;
+        // The CONNECT takes the connection slot (and counts against the connection rate), where a refusal can
+        // carry a code the stock client shows; the handshake only took a session slot.
         let slot = self
             .access
             .admit(request.remote_addr.map(|a| a.ip()))

@@ -214,6 +214,12 @@ async fn by_query(
         return bad("invalid_request", "give at least one `channel` parameter");
     }
     let channels: Result<Vec<ChannelName>, _> = names.iter().map(|n| ChannelName::new(n)).collect();
+    // A channel named twice is one subscription; the cursor lists each channel once, in first-mention order.
+    let channels = channels.map(|mut cs| {
+        let mut seen = std::collections::HashSet::new();
+        cs.retain(|c| seen.insert(c.clone()));
+        cs
+    });
     match channels {
         Ok(channels) => open(b, peer, channels, &pairs, &headers).await,
         Err(e) => bad("invalid_channel", e.to_string()),
@@ -267,10 +273,11 @@ async fn open(
     {
         return refusal(&e);
     }
-    if !b.access.room_for(&channels[1..], &channels[0]) {
+    let max = b.access.policy.per_connection.subscriptions_per_connection;
+    if max != 0 && channels.len() > max {
         return bad(
             "too_many_subscriptions",
-            "this stream names more channels than allowed",
+            format!("a stream may name at most {max} channels"),
         );
     }
 

@@ -338,9 +338,14 @@ async fn pump(
     let ending = loop {
         tokio::select! {
             incoming = reader.next() => match incoming {
-                Ok(Some(Incoming::Text(_) | Incoming::Binary(_))) if !allowance.take() => {
+                Ok(Some(ref message @ (Incoming::Text(_) | Incoming::Binary(_)))) if !allowance.take() => {
                     tracing::warn!("client message rate limit hit");
-                    let error = error_message(None, "rate_limited", "too many messages; slow down");
+                    // Echo the request id so a client matching replies by id is not left waiting.
+                    let id = match message {
+                        Incoming::Text(text) => request_id(text),
+                        _ => None,
+                    };
+                    let error = error_message(id, "rate_limited", "too many messages; slow down");
                     let _ = outbox.push(Message::plain(error));
                 }
                 Ok(Some(Incoming::Text(text))) => {
@@ -552,6 +557,15 @@ async fn subscribe(feed: &Arc<Feed<WsOutlet>>, want: Want, id: Option<Value>) {
             "storage is unavailable",
         )));
     }
+}
+
+/// The `id` of a client message, if it has a usable one.
+fn request_id(text: &str) -> Option<Value> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    value
+        .get("id")
+        .filter(|v| v.is_number() || v.is_string())
+        .cloned()
 }
 
 fn error_message(id: Option<Value>, code: &str, message: &str) -> String {

@@ -18,6 +18,7 @@ pub struct Policy {
     connects: Buckets<IpAddr>,
     handshakes: Buckets<IpAddr>,
     concurrent: Concurrent,
+    sessions: Concurrent,
     publishes: Buckets<String>,
     /// Per-connection limits, applied by the bindings.
     pub per_connection: LimitsConfig,
@@ -50,6 +51,9 @@ impl Policy {
                 limits.connections_per_second_per_ip.saturating_mul(4),
             ),
             concurrent: Concurrent::new(limits.connections_per_ip),
+            // Engine.IO sessions, joined or not: twice the room, since each Socket.IO connection holds one of these
+            // and, once it joins, one connection slot — where its refusal can carry a code the client shows.
+            sessions: Concurrent::new(limits.connections_per_ip.saturating_mul(2)),
             publishes: Buckets::new(
                 limits.publishes_per_second_per_key,
                 limits.publishes_per_second_per_key,
@@ -87,6 +91,19 @@ impl Policy {
             Some(slot) => Ok(Some(slot)),
             None => {
                 tracing::warn!(%ip, "concurrent connection limit hit");
+                Err(Refused::Concurrent)
+            }
+        }
+    }
+
+    /// An Engine.IO session slot for `ip` (see `sessions`).
+    pub fn admit_session(&self, ip: Option<IpAddr>) -> Result<Option<Slot>, Refused> {
+        let Some(ip) = ip else { return Ok(None) };
+        self.handshake(Some(ip))?;
+        match self.sessions.acquire(ip) {
+            Some(slot) => Ok(Some(slot)),
+            None => {
+                tracing::warn!(%ip, "Engine.IO session limit hit");
                 Err(Refused::Concurrent)
             }
         }

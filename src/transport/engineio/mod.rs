@@ -91,11 +91,19 @@ impl RequestInfo {
     }
 }
 
+/// Something a session holds until it closes, such as a connection slot.
+pub type Admission = Box<dyn std::any::Any + Send + Sync>;
+
 /// The application side of an Engine.IO server.
 pub trait EngineHandler: Send + Sync + 'static {
     /// Like the reference's `allowRequest`: `Err(message)` refuses a handshake with 403 code 4.
     fn allow_request(&self, _request: &RequestInfo) -> Result<(), String> {
         Ok(())
+    }
+    /// Admission control after `allow_request`: `Err(response)` is answered as is (e.g. 429); `Ok(Some(guard))`
+    /// is held by the session until it closes (e.g. a per-address connection slot).
+    fn admit(&self, _request: &RequestInfo) -> Result<Option<Admission>, Box<Response>> {
+        Ok(None)
     }
     /// A session opened; returns the handler for its messages.
     fn on_open(&self, session: &Arc<Session>) -> Arc<dyn SessionHandler>;
@@ -370,6 +378,10 @@ impl EngineIo {
         if let Err(message) = self.handler.allow_request(&info) {
             return reject(RequestError::Forbidden, Some(&message));
         }
+        let admission = match self.handler.admit(&info) {
+            Ok(admission) => admission,
+            Err(response) => return *response,
+        };
         if websocket {
             let (mut parts, _) = req.into_parts();
             let Ok(upgrade) =
@@ -378,12 +390,14 @@ impl EngineIo {
                 return RequestError::BadRequest.upgrade_response();
             };
             let session = self.open_session(info, TransportKind::WebSocket);
+            session.hold(admission);
             let open = self.open_packet(session.sid(), false);
             // The open packet is the first frame; nothing can be queued before it.
             let _ = session.send(Frame::Text(open.into()));
             return websocket::accept(session, upgrade);
         }
         let session = self.open_session(info, TransportKind::Polling);
+        session.hold(admission);
         let open = self.open_packet(session.sid(), true);
         polling::text_response(Body::from(open))
     }

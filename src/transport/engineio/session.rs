@@ -143,6 +143,8 @@ pub struct Session {
     closed_signal: Notify,
     /// Signalled whenever queued bytes are taken by a transport.
     drained: Notify,
+    /// Held until the session closes (see `EngineHandler::admit`).
+    admission: Mutex<Option<super::Admission>>,
     handler: OnceLock<Arc<dyn SessionHandler>>,
     lane: Mutex<Lane>,
     ready: AtomicBool,
@@ -184,6 +186,7 @@ impl Session {
             lane_room: Notify::new(),
             closed_signal: Notify::new(),
             drained: Notify::new(),
+            admission: Mutex::new(None),
             handler: OnceLock::new(),
             lane: Mutex::new(Lane {
                 queue: VecDeque::new(),
@@ -229,6 +232,11 @@ impl Session {
 
     pub(crate) fn set_handler(&self, handler: Arc<dyn SessionHandler>) {
         let _ = self.handler.set(handler);
+    }
+
+    /// Keeps `admission` until the session closes.
+    pub(crate) fn hold(&self, admission: Option<super::Admission>) {
+        *self.admission.lock() = admission;
     }
 
     /// Waits until at most half the outbound bound is queued, or the session closed. Bulk senders (a replay
@@ -312,6 +320,7 @@ impl Session {
         self.closed_signal.notify_waiters();
         self.drained.notify_waiters();
         self.lane.lock().queue.clear();
+        self.admission.lock().take();
     }
 
     /// Resolves once the session is closed.

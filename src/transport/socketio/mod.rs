@@ -26,7 +26,8 @@ use parking_lot::RwLock;
 use serde_json::Value;
 
 use crate::transport::engineio::{
-    CloseReason, EngineHandler, EngineIo, EngineIoConfig, RequestInfo, Session, SessionHandler,
+    Admission, CloseReason, EngineHandler, EngineIo, EngineIoConfig, RequestInfo, Session,
+    SessionHandler,
 };
 use client::Client;
 
@@ -198,12 +199,16 @@ pub trait NamespaceHandler: Send + Sync + 'static {
 
 /// A request filter like the reference's `allowRequest`: `Err(message)` → 403.
 pub type AllowRequest = dyn Fn(&RequestInfo) -> Result<(), String> + Send + Sync;
+/// Admission control of new Engine.IO sessions (see [`EngineHandler::admit`]).
+pub type Admit =
+    dyn Fn(&RequestInfo) -> Result<Option<Admission>, Box<axum::response::Response>> + Send + Sync;
 
 /// Shared state referenced by every connection.
 pub(crate) struct Inner {
     namespaces: HashMap<String, (Arc<str>, Arc<dyn NamespaceHandler>)>,
     sockets: RwLock<HashMap<Arc<str>, Arc<Socket>>>,
     allow_request: Option<Box<AllowRequest>>,
+    admit: Option<Box<Admit>>,
 }
 
 impl Inner {
@@ -231,6 +236,13 @@ impl EngineHandler for Bridge {
         self.0.allow_request.as_ref().map_or(Ok(()), |f| f(request))
     }
 
+    fn admit(
+        &self,
+        request: &RequestInfo,
+    ) -> Result<Option<Admission>, Box<axum::response::Response>> {
+        self.0.admit.as_ref().map_or(Ok(None), |f| f(request))
+    }
+
     fn on_open(&self, session: &Arc<Session>) -> Arc<dyn SessionHandler> {
         Arc::new(Client::new(self.0.clone(), session))
     }
@@ -241,6 +253,7 @@ pub struct SocketIoBuilder {
     config: SocketIoConfig,
     namespaces: HashMap<String, (Arc<str>, Arc<dyn NamespaceHandler>)>,
     allow_request: Option<Box<AllowRequest>>,
+    admit: Option<Box<Admit>>,
 }
 
 impl SocketIoBuilder {
@@ -260,12 +273,25 @@ impl SocketIoBuilder {
         self
     }
 
+    /// Admission control of new sessions: refuse with any response, or hold a guard for the session's life.
+    pub fn admit(
+        mut self,
+        admit: impl Fn(&RequestInfo) -> Result<Option<Admission>, Box<axum::response::Response>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.admit = Some(Box::new(admit));
+        self
+    }
+
     /// Creates the server.
     pub fn build(self) -> Arc<SocketIo> {
         let inner = Arc::new(Inner {
             namespaces: self.namespaces,
             sockets: RwLock::new(HashMap::new()),
             allow_request: self.allow_request,
+            admit: self.admit,
         });
         let config = &self.config;
         let engine_config = EngineIoConfig {
@@ -302,6 +328,7 @@ impl SocketIo {
             config,
             namespaces: HashMap::new(),
             allow_request: None,
+            admit: None,
         }
     }
 

@@ -292,8 +292,12 @@ test('Engine.IO sessions count against the per-address limits too (a flood of po
   const statuses = tally(hs, (r) => r.status);
   assert.deepEqual(Object.keys(statuses).filter((s) => s !== '200' && s !== '429'), [], `answers: ${JSON.stringify(statuses)}`);
   for (const r of hs.filter((x) => x.status === 429)) assertApiError(r, 429, 'rate_limited', 'a refused Engine.IO handshake');
-  assert.ok((statuses['200'] ?? 0) + 1 <= 30,
-    `at most connections_per_ip (30) sessions open from one address; Engine.IO handshakes answered: ${JSON.stringify(statuses)}`);
+  // Engine.IO sessions get twice the connection room (each Socket.IO connection holds a session slot from its
+  // handshake, then a connection slot from its CONNECT — where a refusal carries a code the stock client shows),
+  // and they are also bounded by the handshake rate.
+  assert.ok((statuses['200'] ?? 0) <= 2 * 30,
+    `at most 2 × connections_per_ip (60) Engine.IO sessions from one address; handshakes answered: ${JSON.stringify(statuses)}`);
+  assert.ok((statuses['429'] ?? 0) > 0, `some handshakes refused: ${JSON.stringify(statuses)}`);
   const ev = await publish(h.url, ch, 'tick', { n: 1 });
   await steady.until((c) => c.events(ch).some((e) => e.offset === ev.offset), 10_000, 'steady client unaffected');
   await h.assertHealthy();
