@@ -606,6 +606,17 @@ impl Config {
                 "history max_events must be at least 1".into(),
             ));
         }
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+        let ages = [self.history.max_age, self.socketio.session_ttl];
+        if ages
+            .iter()
+            .chain(self.history.rules.iter().filter_map(|r| r.max_age.as_ref()))
+            .any(|d| *d > CENTURY)
+        {
+            return Err(ConfigError::Invalid(
+                "history max_age and session_ttl must be under 100 years".into(),
+            ));
+        }
         let pings = [
             self.socketio.ping_interval,
             self.socketio.ping_timeout,

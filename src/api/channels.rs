@@ -38,16 +38,10 @@ pub async fn history(
     let limit = number(&query, "limit", 100)?.clamp(1, crate::core::MAX_PAGE as u64) as usize;
     let wait = Duration::from_secs(number(&query, "wait", 0)?).min(MAX_WAIT);
 
-    // Register interest before reading so an event committed in between still wakes us.
+    // Register interest before reading so an event committed in between still wakes us. The guard unregisters
+    // however the request ends, including a client that goes away mid-wait.
     let waker = Arc::new(Wake(Notify::new()));
-    let id = SubscriberId::next();
-    if !wait.is_zero() {
-        let sub: Arc<dyn Subscriber> = waker.clone();
-        state
-            .core
-            .hub
-            .subscribe(std::slice::from_ref(&channel), id, &sub);
-    }
+    let _watch = (!wait.is_zero()).then(|| Watch::new(&state, &channel, &waker));
     let deadline = tokio::time::Instant::now() + wait;
     let result = loop {
         let notified = waker.0.notified();
@@ -63,9 +57,6 @@ pub async fn history(
             }
         }
     };
-    if !wait.is_zero() {
-        state.core.hub.unsubscribe(&channel, id);
-    }
     let page = result?;
     let gap = (since.saturating_add(1) < page.info.first_offset).then(|| Range {
         from: since + 1,
@@ -105,6 +96,35 @@ fn number(query: &HashMap<String, String>, key: &str, default: u64) -> Result<u6
             ApiError::invalid(format!("`{key}` must be a non-negative integer, got {v:?}"))
         })
     })
+}
+
+/// A waiting request's registration with the hub, removed on drop.
+struct Watch {
+    hub: Arc<crate::core::hub::Hub>,
+    channel: ChannelName,
+    id: SubscriberId,
+}
+
+impl Watch {
+    fn new(state: &ApiState, channel: &ChannelName, waker: &Arc<Wake>) -> Self {
+        let id = SubscriberId::next();
+        let sub: Arc<dyn Subscriber> = waker.clone();
+        state
+            .core
+            .hub
+            .subscribe(std::slice::from_ref(channel), id, &sub);
+        Self {
+            hub: state.core.hub.clone(),
+            channel: channel.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(&self.channel, self.id);
+    }
 }
 
 /// Wakes a waiting history request when its channel gets an event.

@@ -133,10 +133,8 @@ async fn require_key(
 }
 
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        return v.strip_prefix("Bearer ").map(str::trim);
-    }
-    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+    crate::auth::bearer_token(headers)
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
 }
 
 /// Oversized bodies are still read and discarded up to this size, so the client gets to read the 413 instead of

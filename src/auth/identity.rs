@@ -57,7 +57,7 @@ impl Identity {
                         .map(|f| f as u64)
                 })
             })
-            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+            .and_then(|secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)));
         Self {
             user,
             roles,

@@ -32,7 +32,13 @@ impl Access {
     /// Builds the checks from `[auth]` (loading key files) and the configured server-side channels.
     pub fn new(config: &Config) -> Result<Arc<Self>, AuthConfigError> {
         Ok(Arc::new(Self {
-            policy: Arc::new(Policy::new(&config.allowed_origins, &config.limits)),
+            // With cookie authentication and no allow-list, only same-origin pages may connect: a cross-site page
+            // could otherwise open a WebSocket carrying the visitor's cookie.
+            policy: Arc::new(Policy::new(
+                &config.allowed_origins,
+                config.auth.cookie.is_some(),
+                &config.limits,
+            )),
             authenticator: Authenticator::new(&config.auth)?,
             permissions: Permissions::from_config(&config.auth)?,
             tokens: TokenExtractor::from_config(&config.auth),

@@ -31,6 +31,9 @@ pub trait Outlet: Send + Sync + 'static {
     fn gap(&self, gap: &Gap) -> Result<(), Gone>;
     /// Closes the connection: it fell too far behind while a replay was queued.
     fn overflow(&self);
+    /// Closes the connection because a replay could not be read: the client reconnects and resumes, instead of
+    /// holding a subscription whose start it never received.
+    fn fail(&self);
     /// Resolves when the connection's queue has room for more replayed events (backpressure for replays,
     /// which are bounded by retention rather than by the live-traffic queue bound).
     fn room(&self) -> impl std::future::Future<Output = ()> + Send;
@@ -130,6 +133,12 @@ impl<O: Outlet> Feed<O> {
         })
     }
 
+    /// Continues registration numbering from `k` (a resumed session's next number).
+    pub fn number_from(&self, k: u64) {
+        let mut st = self.state.lock();
+        st.next_k = st.next_k.max(k);
+    }
+
     /// Serialises subscription changes of this feed; hold the guard across `begin`…`complete`.
     pub async fn serialize(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.op.lock().await
@@ -192,25 +201,30 @@ impl<O: Outlet> Feed<O> {
     /// Phase 2: queues gap notices and replays in registration order, then the live events held meanwhile.
     pub async fn complete(&self, regs: &[Registered]) -> Result<(), StoreError> {
         let result = self.replay(regs).await;
+        if result.is_err() {
+            self.state.lock().closed = true;
+            self.outlet.fail();
+        }
         self.release();
         result
     }
 
     async fn replay(&self, regs: &[Registered]) -> Result<(), StoreError> {
         for reg in regs {
-            let events = self
+            let replay = self
                 .core
                 .replay(&reg.channel, reg.after, reg.position.last_offset)
                 .await?;
-            let trimmed = events
-                .first()
-                .filter(|e| e.offset > reg.after + 1)
-                .map(|first| Gap {
+            let events = replay.events;
+            // History may hold none of the range (trimmed by age, or between registration and now).
+            let start = events.first().map_or(replay.first_offset, |e| e.offset);
+            let trimmed =
+                (reg.after < reg.position.last_offset && start > reg.after + 1).then(|| Gap {
                     channel: reg.channel.clone(),
                     reason: GapReason::HistoryTrimmed,
                     epoch: reg.position.epoch.clone(),
                     from: Some(reg.after + 1),
-                    to: Some(first.offset - 1),
+                    to: Some((start - 1).min(reg.position.last_offset)),
                 });
             let gap = reg.gap.as_ref().or(trimmed.as_ref());
             if gap.is_some_and(|g| self.outlet.gap(g).is_err()) {

@@ -19,6 +19,8 @@ pub enum Closed {
     Shutdown,
     /// The connection ended for another reason.
     Gone,
+    /// The server could not serve the connection (a storage error); the client should reconnect.
+    Failed,
 }
 
 /// Something with a size in bytes.

@@ -1,7 +1,7 @@
 //! Channels over Socket.IO: `subscribe`/`unsubscribe` events, server-side channels, shared encoded deliveries,
 //! and connection state recovery as the stock client speaks it, covering every channel and surviving restarts.
 //!
-//! Every live event reaches a socket as `42["name",data,"L<seq>.<channel>.<offset>"]`, encoded once per event and
+//! Every live event reaches a socket as `42["name",data,"L<seq>.<channel id>.<offset>"]`, encoded once per event and
 //! shared by all sockets. Replayed events carry `R<seq>.<k>.<offset>` instead: the position of their
 //! subscription in the session record. The stock client echoes the last such string back as `offset` when it
 //! reconnects with its `pid`; [`session::resume_points`] turns that into a position per channel.
@@ -92,6 +92,10 @@ impl Outlet for SocketOutlet {
 
     async fn room(&self) {
         self.0.session().wait_for_room().await;
+    }
+
+    fn fail(&self) {
+        self.0.close_transport("replay failed");
     }
 }
 
@@ -208,22 +212,18 @@ impl ChannelsNamespace {
         };
         // Another user's session id is as good as unknown.
         let record = record.filter(|r| r.user == identity.user);
-        let (pid, sid, wants) = match (asked, record) {
+        let (pid, sid, wants, next_k) = match (asked, record) {
             (Some(pid), Some(record)) => {
                 // A socket still attached to this session is a stale transport: retire it first.
                 let stale = self.conns.lock().remove(&record.sid);
                 if let Some(old) = stale {
-                    old.feed.detach();
-                    old.feed
-                        .outlet
-                        .0
-                        .close_transport("session resumed elsewhere");
+                    retire(&old, "session resumed elsewhere");
                 }
                 let resumes = session::resume_points(&self.core.store, &record, cursor)
                     .await
                     .map_err(internal)?;
-                let lossless = resumes.iter().all(|r| r.gap.is_none());
-                let wants = resumes
+                let resumed = resumes.len();
+                let wants: Vec<Want> = resumes
                     .into_iter()
                     // Permissions may have changed since (a new token, new rules): re-check every channel.
                     .filter(|r| self.access.keeps(&identity, &r.channel))
@@ -234,6 +234,8 @@ impl ChannelsNamespace {
                         gap: r.gap,
                     })
                     .collect();
+                // A channel dropped for lack of permission is a loss the client must hear about too.
+                let lossless = wants.len() == resumed && wants.iter().all(|w| w.gap.is_none());
                 // A new pid is how the stock client learns `recovered === false`.
                 let pid = if lossless {
                     pid.to_owned()
@@ -241,7 +243,7 @@ impl ChannelsNamespace {
                     self.core.store.delete_session(pid);
                     new_id()
                 };
-                (pid, record.sid, wants)
+                (pid, record.sid, wants, record.next_k)
             }
             (asked, _) => {
                 if asked.is_some() {
@@ -254,16 +256,21 @@ impl ChannelsNamespace {
                     .into_iter()
                     .map(Want::new_events)
                     .collect();
-                (new_id(), socket.id().to_string(), wants)
+                (new_id(), socket.id().to_string(), wants, 0)
             }
         };
         let expires_in = self.access.expires_in(&identity);
+        let feed = Feed::new(self.core.clone(), SocketOutlet(socket), self.max_held_bytes);
+        // Registration numbers only grow within a session: cursors from earlier connections must compare
+        // below every registration made now.
+        feed.number_from(next_k);
         let conn = Arc::new(Conn {
-            feed: Feed::new(self.core.clone(), SocketOutlet(socket), self.max_held_bytes),
+            feed,
             pid: pid.clone(),
             record: Mutex::new(SessionRecord {
                 sid: sid.clone(),
                 user: identity.user.clone(),
+                next_k,
                 ..Default::default()
             }),
             identity,
@@ -281,7 +288,11 @@ impl ChannelsNamespace {
         if let Some(left) = expires_in {
             *conn.expiry.lock() = Some(tokio::spawn(expire(conn.feed.outlet.0.clone(), left)));
         }
-        self.conns.lock().insert(sid.clone(), conn);
+        let replaced = self.conns.lock().insert(sid.clone(), conn);
+        if let Some(old) = replaced {
+            // Two resumes of one session raced: the later one wins, the earlier is retired.
+            retire(&old, "session resumed elsewhere");
+        }
         let mut extra = Map::new();
         extra.insert("pid".into(), Value::String(pid));
         Ok(Accept {
@@ -437,6 +448,15 @@ fn parse_subscribe(args: &Payload) -> Result<Want, Refusal> {
         epoch: parsed.epoch,
         gap: None,
     })
+}
+
+/// Stops a connection's deliveries and timers and closes its transport.
+fn retire(conn: &Conn, reason: &str) {
+    if let Some(timer) = conn.expiry.lock().take() {
+        timer.abort();
+    }
+    conn.feed.detach();
+    conn.feed.outlet.0.close_transport(reason);
 }
 
 /// Ends a connection whose token expired: the client is told why, then its transport closes, so the stock

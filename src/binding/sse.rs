@@ -158,6 +158,10 @@ impl Outlet for SseOutlet {
     async fn room(&self) {
         self.outbox.room().await;
     }
+
+    fn fail(&self) {
+        self.outbox.close(Closed::Failed);
+    }
 }
 
 #[doc(hidden)]

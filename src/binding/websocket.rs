@@ -154,6 +154,10 @@ impl Outlet for WsOutlet {
     async fn room(&self) {
         self.outbox.room().await;
     }
+
+    fn fail(&self) {
+        self.outbox.close(Closed::Failed);
+    }
 }
 
 fn bad_request(code: &'static str, message: impl Into<String>) -> Response {
@@ -348,20 +352,29 @@ async fn pump(
                     let error = error_message(id, "rate_limited", "too many messages; slow down");
                     let _ = outbox.push(Message::plain(error));
                 }
-                Ok(Some(Incoming::Text(text))) => {
-                    if requests.send(Work::Text(text)).await.is_err() {
-                        break None;
-                    }
-                }
-                Ok(Some(Incoming::Binary(_))) => {
-                    // Through the request task, so replies keep the order of the requests.
-                    if requests.send(Work::Binary).await.is_err() {
-                        break None;
+                Ok(Some(message @ (Incoming::Text(_) | Incoming::Binary(_)))) => {
+                    // Never wait for the request task here: it may itself be waiting for this loop to drain the
+                    // outbox (a replay), so a full queue is answered with an error instead. Binary messages go
+                    // through the task too, so replies keep the order of the requests.
+                    let (work, id) = match message {
+                        Incoming::Text(text) => {
+                            let id = request_id(&text);
+                            (Work::Text(text), id)
+                        }
+                        _ => (Work::Binary, None),
+                    };
+                    match requests.try_send(work) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            let error = error_message(id, "busy", "too many requests pending; retry shortly");
+                            let _ = outbox.push(Message::plain(error));
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => break None,
                     }
                 }
                 Ok(Some(Incoming::Ping(payload))) => {
                     writer.pong(&payload);
-                    if writer.flush().await.is_err() {
+                    if !flushed(&mut writer, config.ping_timeout).await {
                         return None;
                     }
                 }
@@ -383,12 +396,13 @@ async fn pump(
                         Closed::SlowConsumer => Ending(1008, "slow consumer"),
                         Closed::Shutdown => Ending(1001, "server shutting down"),
                         Closed::Gone => Ending(1000, ""),
+                        Closed::Failed => Ending(1011, "internal error; reconnect to resume"),
                     });
                 }
                 for m in batch.drain(..) {
                     writer.text(&m.payload, m.deflated);
                 }
-                if writer.flush().await.is_err() {
+                if !flushed(&mut writer, config.ping_timeout).await {
                     return None;
                 }
             }
@@ -396,7 +410,7 @@ async fn pump(
                 next_ping += config.ping_interval;
                 pong_due.get_or_insert(Instant::now() + config.ping_timeout);
                 writer.ping();
-                if writer.flush().await.is_err() {
+                if !flushed(&mut writer, config.ping_timeout).await {
                     return None;
                 }
             }
@@ -557,6 +571,14 @@ async fn subscribe(feed: &Arc<Feed<WsOutlet>>, want: Want, id: Option<Value>) {
             "storage is unavailable",
         )));
     }
+}
+
+/// Writes what is queued; false if the peer is gone or has not taken the bytes within `limit` (it stopped reading).
+async fn flushed(writer: &mut Writer, limit: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, writer.flush()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// The `id` of a client message, if it has a usable one.

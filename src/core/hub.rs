@@ -142,16 +142,12 @@ impl Hub {
         let mut state = self.state.lock();
         if let Some(ch) = state.channels.get_mut(channel) {
             ch.subscribers.retain(|(i, _)| *i != id);
+            // A channel that has no events and no subscribers leaves no trace (subscribing to arbitrary
+            // names must not grow memory).
+            if ch.subscribers.is_empty() && ch.epoch.is_none() {
+                state.channels.remove(channel);
+            }
         }
-    }
-
-    /// Number of subscriptions on `channel`.
-    pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
-        self.state
-            .lock()
-            .channels
-            .get(channel)
-            .map_or(0, |c| c.subscribers.len())
     }
 }
 

@@ -29,6 +29,15 @@ pub struct Core {
     pub hub: Arc<Hub>,
 }
 
+/// What a replay found.
+#[derive(Debug)]
+pub struct Replay {
+    /// The events, oldest first.
+    pub events: Vec<Event>,
+    /// The channel's oldest offset still in history when read: a replay starting before it lost events.
+    pub first_offset: u64,
+}
+
 /// A page of one channel's history.
 #[derive(Debug, serde::Serialize)]
 pub struct HistoryPage {
@@ -74,20 +83,24 @@ impl Core {
         Ok(Some(HistoryPage { info, events }))
     }
 
-    /// Every event of `channel` in `(after, upto]`, read page by page.
+    /// Every event of `channel` in `(after, upto]` still in history, read page by page.
     pub async fn replay(
         &self,
         channel: &ChannelName,
         after: u64,
         upto: u64,
-    ) -> Result<Vec<Event>, StoreError> {
-        let mut out = Vec::new();
+    ) -> Result<Replay, StoreError> {
+        let mut out = Replay {
+            events: Vec::new(),
+            first_offset: after + 1,
+        };
         if upto <= after {
             return Ok(out);
         }
         let Some(info) = self.store.channel(channel).await? else {
             return Ok(out);
         };
+        out.first_offset = info.first_offset;
         let mut from = after;
         loop {
             let page = self.store.events(&info, from, upto, MAX_PAGE).await?;
@@ -95,7 +108,7 @@ impl Core {
             if let Some(last) = page.last() {
                 from = last.offset;
             }
-            out.extend(page);
+            out.events.extend(page);
             if done || from >= upto {
                 return Ok(out);
             }

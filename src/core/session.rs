@@ -195,8 +195,12 @@ pub async fn resume_points(
             _ => Has::Through(entry.since),
         };
         let resume = match has {
-            Has::Through(after) if after + 1 < info.first_offset => Resume {
-                gap: gap_before(&info, GapReason::HistoryTrimmed, Some(after + 1)),
+            Has::Through(after) if after.saturating_add(1) < info.first_offset => Resume {
+                gap: gap_before(
+                    &info,
+                    GapReason::HistoryTrimmed,
+                    Some(after.saturating_add(1)),
+                ),
                 after: info.first_offset - 1,
                 channel,
             },
@@ -206,7 +210,11 @@ pub async fn resume_points(
                 gap: None,
             },
             Has::UpToSeq(seq, own) if info.trimmed_seq > seq => Resume {
-                gap: gap_before(&info, GapReason::HistoryTrimmed, own.map(|o| o + 1)),
+                gap: gap_before(
+                    &info,
+                    GapReason::HistoryTrimmed,
+                    own.map(|o| o.saturating_add(1)),
+                ),
                 after: info.first_offset - 1,
                 channel,
             },

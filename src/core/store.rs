@@ -237,7 +237,7 @@ impl Store {
                  WHERE channel_id = ?1 AND offset > ?2 AND offset <= ?3 ORDER BY offset LIMIT ?4",
             )?;
             let rows = st.query_map(
-                params![ch.id as i64, after as i64, upto as i64, limit as i64],
+                params![ch.id as i64, clamp(after), clamp(upto), limit as i64],
                 |r| {
                     let data: String = r.get(4)?;
                     Ok(Event {
@@ -385,6 +385,11 @@ fn row_to_channel(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ChannelInfo>
         last_offset: r.get::<_, i64>(4)? as u64,
         trimmed_seq: r.get::<_, i64>(5)? as u64,
     }))
+}
+
+/// An offset or sequence as SQLite's signed integer (larger values than any stored one stay larger).
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Milliseconds since the UNIX epoch.

@@ -37,9 +37,9 @@ pub enum Refused {
 
 impl Policy {
     /// From the configuration.
-    pub fn new(origins: &[String], limits: &LimitsConfig) -> Self {
+    pub fn new(origins: &[String], same_origin: bool, limits: &LimitsConfig) -> Self {
         Self {
-            origins: Origins::new(origins),
+            origins: Origins::new(origins, same_origin),
             connects: Buckets::new(
                 limits.connections_per_second_per_ip,
                 limits.connections_per_second_per_ip.saturating_mul(2),

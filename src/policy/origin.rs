@@ -9,46 +9,51 @@ use axum::response::{IntoResponse, Response};
 /// The origin allow-list.
 #[derive(Debug, Clone, Default)]
 pub struct Origins {
-    /// Allowed origins; `*` allows any. Empty: no checks and no CORS headers (same-origin pages only).
+    /// Allowed origins; `*` allows any. Empty: no CORS headers, and no checks unless `same_origin`.
     allowed: Vec<String>,
+    /// With an empty list, still refuse cross-site requests: with cookie authentication a cookie would ride
+    /// along on a cross-site WebSocket, which CORS does not cover.
+    same_origin: bool,
 }
 
 impl Origins {
     /// From the configured list.
-    pub fn new(allowed: &[String]) -> Self {
+    pub fn new(allowed: &[String], same_origin: bool) -> Self {
         Self {
             allowed: allowed
                 .iter()
                 .map(|o| o.trim_end_matches('/').to_owned())
                 .collect(),
+            same_origin,
         }
     }
 
     /// Whether a request with these headers may proceed: no `Origin` (not a browser) or an allowed one.
     pub fn permits(&self, headers: &HeaderMap) -> bool {
-        match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-            None => true,
-            Some(origin) => self.allowed.is_empty() || self.allows(origin),
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        if self.allowed.is_empty() {
+            return !self.same_origin || same_site(origin, headers);
         }
-    }
-
-    fn allows(&self, origin: &str) -> bool {
         self.allowed.iter().any(|a| a == "*" || a == origin)
     }
 
     /// Axum middleware: refuses disallowed origins with 403 JSON, answers preflights, adds CORS headers.
     pub async fn layer(origins: axum::extract::State<Self>, req: Request, next: Next) -> Response {
-        let origin = req.headers().get(header::ORIGIN).cloned();
-        let Some(origin) = origin else {
+        let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
             return next.run(req).await;
         };
-        if origins.allowed.is_empty() {
-            return next.run(req).await;
-        }
-        let allowed = origin.to_str().is_ok_and(|o| origins.allows(o));
-        if !allowed {
+        if !origins.permits(req.headers()) {
             let body = serde_json::json!({"error": {"code": "origin_not_allowed", "message": "this origin may not use Herald"}});
             return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+        }
+        if origins.allowed.is_empty() {
+            // Same-origin pages need no CORS headers.
+            return next.run(req).await;
         }
         let preflight = req.method() == Method::OPTIONS
             && req
@@ -87,6 +92,13 @@ impl Origins {
     }
 }
 
+/// Whether `origin` (`scheme://host[:port]`) names the host the request was sent to.
+fn same_site(origin: &str, headers: &HeaderMap) -> bool {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    host.is_some_and(|h| h.eq_ignore_ascii_case(authority))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,14 +111,23 @@ mod tests {
 
     #[test]
     fn checks_the_allow_list() {
-        let o = Origins::new(&["https://dash.example.com/".into()]);
+        let o = Origins::new(&["https://dash.example.com/".into()], false);
         assert!(o.permits(&with_origin("https://dash.example.com")));
         assert!(!o.permits(&with_origin("https://evil.example.com")));
         assert!(
             o.permits(&HeaderMap::new()),
             "non-browser clients send no Origin"
         );
-        assert!(Origins::new(&["*".into()]).permits(&with_origin("https://any.example")));
-        assert!(Origins::new(&[]).permits(&with_origin("https://any.example")));
+        assert!(Origins::new(&["*".into()], false).permits(&with_origin("https://any.example")));
+        assert!(Origins::new(&[], false).permits(&with_origin("https://any.example")));
+        let mut same = with_origin("http://herald.local:7700");
+        same.insert(header::HOST, HeaderValue::from_static("herald.local:7700"));
+        assert!(Origins::new(&[], true).permits(&same));
+        let mut cross = with_origin("http://evil.example");
+        cross.insert(header::HOST, HeaderValue::from_static("herald.local:7700"));
+        assert!(
+            !Origins::new(&[], true).permits(&cross),
+            "cookie auth refuses cross-site by default"
+        );
     }
 }

@@ -316,7 +316,7 @@ impl Session {
         self.poll_wake.notify_one();
         self.ws_wake.notify_one();
         self.heartbeat_wake.notify_one();
-        self.lane_room.notify_one();
+        self.lane_room.notify_waiters();
         self.closed_signal.notify_waiters();
         self.drained.notify_waiters();
         self.lane.lock().queue.clear();
