@@ -69,7 +69,7 @@ pub fn decompress(input: &[u8], max: usize) -> Result<Vec<u8>, &'static str> {
             return Err("decompressed message exceeds the limit");
         }
         if out.capacity() == out.len() {
-            out.reserve(out.capacity().clamp(256, max + 1));
+            out.reserve(out.capacity().max(256).min(max.saturating_add(1)));
         }
         let status = d
             .decompress_vec(&data[consumed..], &mut out, FlushDecompress::Sync)
@@ -114,6 +114,9 @@ mod tests {
         assert_eq!(decompress(&packed, 1000).unwrap(), text.to_vec());
         assert!(decompress(&packed, 10).is_err());
         assert!(decompress(b"\xff\xff\xff", 1000).is_err());
+        // A small limit with output past the first buffer (found by fuzzing: it used to panic).
+        assert!(decompress(&[0x4a, 0x1c, 0x05], 100).is_err());
+        assert_eq!(decompress(&compress(b"short"), 10).unwrap(), b"short".to_vec());
         let big = vec![b'a'; 200_000];
         assert_eq!(decompress(&compress(&big), 300_000).unwrap(), big);
     }
