@@ -31,6 +31,13 @@ pub struct Access {
 impl Access {
     /// Builds the checks from `[auth]` (loading key files) and the configured server-side channels.
     pub fn new(config: &Config) -> Result<Arc<Self>, AuthConfigError> {
+        if config.auth.keys.is_empty() && config.auth.anonymous_allowed() {
+            tracing::warn!(
+                "no JWT keys configured: every client connects anonymously; set [auth] keys to require tokens"
+            );
+        } else if config.auth.anonymous_allowed() {
+            tracing::warn!("[auth] anonymous = true: clients without a token connect anonymously");
+        }
         Ok(Arc::new(Self {
             // With cookie authentication and no allow-list, only same-origin pages may connect: a cross-site page
             // could otherwise open a WebSocket carrying the visitor's cookie.

@@ -116,7 +116,10 @@ mod tests {
         assert!(decompress(b"\xff\xff\xff", 1000).is_err());
         // A small limit with output past the first buffer (found by fuzzing: it used to panic).
         assert!(decompress(&[0x4a, 0x1c, 0x05], 100).is_err());
-        assert_eq!(decompress(&compress(b"short"), 10).unwrap(), b"short".to_vec());
+        assert_eq!(
+            decompress(&compress(b"short"), 10).unwrap(),
+            b"short".to_vec()
+        );
         let big = vec![b'a'; 200_000];
         assert_eq!(decompress(&compress(&big), 300_000).unwrap(), big);
     }
