@@ -303,7 +303,7 @@ test('H4 long-poll: 2,000 aborted waits on one channel → the server stays fast
   const t0 = performance.now();
   assert.equal((await request(h.url, '/healthz')).status, 200);
   const healthMs = performance.now() - t0;
-  assert.ok(healthMs < 200, `/healthz after the aborts took ${healthMs.toFixed(1)} ms`);
+  assert.ok(healthMs < 500, `/healthz after the aborts took ${healthMs.toFixed(1)} ms`);
 
   // A normal long-poll still wakes on publish (long before its 30 s wait ends).
   const started = performance.now();
@@ -330,10 +330,11 @@ test('H4 long-poll: 2,000 aborted waits on one channel → the server stays fast
 
 test('H4 long-poll: waits cancelled mid-flight are unregistered (server memory stays flat over 30,000 cancelled waits)',
   { skip: !existsSync('/proc/self/status') && 'needs /proc (Linux) to read the server\'s RSS' }, async (t) => {
-    // The observable: the server's resident memory. Each wait registers with the hub under its channel; before the fix a
-    // cancelled wait was never unregistered (and a hub entry for a name without events was never removed), which
-    // grows the server by roughly 640 bytes per cancelled wait on a distinct name (~19 MB here); now it stays flat.
-    // HTTP/2 (h2c) lets one connection cancel thousands of requests quickly (RST_STREAM), with no port churn.
+    // The observable: the server's resident memory. Each wait registers with the hub under its channel; before the
+    // fix a cancelled wait was never unregistered (and a hub entry for a name without events was never removed),
+    // which grows the server by roughly 640 bytes per cancelled wait on a distinct name (~19 MB here); now it stays
+    // flat. HTTP/2 (h2c) lets one connection cancel thousands of requests quickly (RST_STREAM), with no port churn.
+    // (Publish latency after aborted waits on one channel, above, cannot tell the two binaries apart.)
     const h = await startHerald(t);
     const session = http2.connect(h.url);
     session.on('error', () => {});
