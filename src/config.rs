@@ -630,11 +630,6 @@ impl Config {
                     .into(),
             ));
         }
-        if self.socketio.ping_interval.is_zero() || self.socketio.ping_timeout.is_zero() {
-            return Err(ConfigError::Invalid(
-                "socketio ping_interval and ping_timeout must be positive".into(),
-            ));
-        }
         self.auth.validate()?;
         Ok(())
     }

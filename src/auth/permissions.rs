@@ -16,7 +16,7 @@
 
 use super::{AuthConfigError, Identity};
 use crate::config::AuthConfig;
-use crate::core::channel::ChannelName;
+use crate::core::channel::{ChannelName, Pattern};
 
 /// Most channel names one rule may expand to for one identity (arrays in several placeholders multiply);
 /// beyond it the rule matches nothing.
@@ -45,13 +45,6 @@ enum Part {
     Glob(String),
     /// A claim whose values are substituted literally.
     Claim(String),
-}
-
-/// One pattern character after substitution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tok {
-    Any,
-    Char(char),
 }
 
 #[derive(Clone, Copy)]
@@ -148,20 +141,13 @@ impl Rule {
         }
     }
 
-    /// Expands the placeholders (each value a literal) and matches every expansion against `channel`.
+    /// Expands the placeholders and matches every expansion against `channel`. Claim values are substituted
+    /// only when they are valid channel names, which cannot contain `*`: a value always matches literally.
     fn matches(&self, id: &Identity, channel: &str) -> bool {
-        let text: Vec<char> = channel.chars().collect();
-        let mut expansions: Vec<Vec<Tok>> = vec![Vec::new()];
+        let mut expansions = vec![String::new()];
         for part in &self.parts {
             match part {
-                Part::Glob(s) => {
-                    for e in &mut expansions {
-                        e.extend(
-                            s.chars()
-                                .map(|c| if c == '*' { Tok::Any } else { Tok::Char(c) }),
-                        );
-                    }
-                }
+                Part::Glob(s) => expansions.iter_mut().for_each(|e| e.push_str(s)),
                 Part::Claim(name) => {
                     let values: Vec<String> = id
                         .claim_values(name)
@@ -173,18 +159,12 @@ impl Rule {
                     }
                     expansions = expansions
                         .iter()
-                        .flat_map(|e| {
-                            values.iter().map(move |v| {
-                                let mut e = e.clone();
-                                e.extend(v.chars().map(Tok::Char));
-                                e
-                            })
-                        })
+                        .flat_map(|e| values.iter().map(move |v| format!("{e}{v}")))
                         .collect();
                 }
             }
         }
-        expansions.iter().any(|p| glob(p, &text))
+        expansions.iter().any(|p| Pattern::new(p).matches(channel))
     }
 }
 
@@ -239,33 +219,6 @@ fn push_glob(parts: &mut Vec<Part>, text: &str) -> Result<(), String> {
     }
     parts.push(Part::Glob(text.to_owned()));
     Ok(())
-}
-
-/// Iterative glob with backtracking to the last wildcard (as `core::channel::Pattern`), over tokens.
-fn glob(pattern: &[Tok], text: &[char]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(Tok::Any) => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(Tok::Char(c)) if *c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|t| *t == Tok::Any)
 }
 
 #[cfg(test)]
@@ -326,18 +279,12 @@ mod tests {
     }
 
     #[test]
-    fn glob_tokens() {
-        let toks = |s: &str| -> Vec<Tok> {
-            s.chars()
-                .map(|c| if c == '*' { Tok::Any } else { Tok::Char(c) })
-                .collect()
-        };
-        let text = |s: &str| -> Vec<char> { s.chars().collect() };
-        assert!(glob(&toks("a*b*c"), &text("aXXbYYc")));
-        assert!(!glob(&toks("a*b*c"), &text("aXXbYY")));
-        assert!(glob(&toks("*"), &text("")));
-        assert!(!glob(&[Tok::Char('*')], &text("x")));
-        assert!(glob(&[Tok::Char('*')], &text("*")));
+    fn claim_values_match_literally() {
+        // Substituted values are valid channel names, so the only wildcard left is the rule's own `*`.
+        let p = perms(vec![rule("room:{sub}*", Some(true))]);
+        assert!(p.can_subscribe(&user(json!({"sub": "a"})), &ch("room:aXX")));
+        assert!(!p.can_subscribe(&user(json!({"sub": "*"})), &ch("room:x")));
+        assert!(!p.can_subscribe(&user(json!({"sub": "a"})), &ch("room:b")));
     }
 
     #[test]

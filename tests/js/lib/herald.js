@@ -307,16 +307,9 @@ export async function subscribeOk(socket, channel, extra = {}) {
  * Records every event a socket receives (via onAny) and lets tests await conditions on them.
  * events: [{name, args}]
  */
-export class Recorder {
-  constructor(socket) {
-    this.events = [];
-    this.waiters = [];
-    socket.onAny((name, ...args) => {
-      this.events.push({ name, args });
-      this._check();
-    });
-  }
-  named(name) { return this.events.filter((e) => e.name === name); }
+/** Something that collects what arrives and lets a test await a condition on it (`summary()` explains a timeout). */
+export class Waitable {
+  constructor() { this.waiters = []; }
   _check() {
     this.waiters = this.waiters.filter((w) => {
       let ok = false;
@@ -325,7 +318,7 @@ export class Recorder {
       return !ok;
     });
   }
-  /** Resolve when pred(recorder) is true (checked on every event); reject after `ms`. */
+  /** Resolve when pred(this) is true (re-checked on everything that arrives); reject after `ms`. */
   until(pred, ms = 10_000, label = 'condition') {
     if (pred(this)) return Promise.resolve();
     let w;
@@ -333,6 +326,18 @@ export class Recorder {
     return withTimeout(p, ms, `${label}; received so far: ${this.summary()}`)
       .finally(() => { this.waiters = this.waiters.filter((x) => x !== w); });
   }
+}
+
+export class Recorder extends Waitable {
+  constructor(socket) {
+    super();
+    this.events = [];
+    socket.onAny((name, ...args) => {
+      this.events.push({ name, args });
+      this._check();
+    });
+  }
+  named(name) { return this.events.filter((e) => e.name === name); }
   summary() {
     const counts = {};
     for (const e of this.events) counts[e.name] = (counts[e.name] ?? 0) + 1;

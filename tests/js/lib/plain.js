@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import WebSocket from 'ws';
-import { withTimeout } from './herald.js';
+import { withTimeout, Waitable } from './herald.js';
 
 /** ws://127.0.0.1:PORT for a started herald. */
 export const wsBase = (h) => h.url.replace(/^http/, 'ws');
@@ -13,32 +13,6 @@ export const wsBase = (h) => h.url.replace(/^http/, 'ws');
 /** `/ws/…` or `/sse/…` path for a channel: one percent-encoded segment (a `:` inside is encoded as %3A). */
 export const directPath = (prefix, channel) => `${prefix}/${encodeURIComponent(channel)}`;
 
-/** A condition registry shared by the recorders below. */
-class Waitable {
-  constructor() { this.waiters = []; }
-  _check() {
-    this.waiters = this.waiters.filter((w) => {
-      let ok = false;
-      try { ok = w.pred(this); } catch (e) { w.reject(e); return false; }
-      if (ok) w.resolve();
-      return !ok;
-    });
-  }
-  /** Resolve when pred(this) is true (re-checked on everything that arrives); reject after `ms`. */
-  until(pred, ms = 10_000, label = 'condition') {
-    if (pred(this)) return Promise.resolve();
-    let w;
-    const p = new Promise((resolve, reject) => { w = { pred, resolve, reject }; this.waiters.push(w); });
-    return withTimeout(p, ms, `${label}; so far: ${this.summary()}`)
-      .finally(() => { this.waiters = this.waiters.filter((x) => x !== w); });
-  }
-}
-
-/**
- * A `ws` client on a plain Herald WebSocket URL. Records every text frame (parsed JSON in `messages`, the raw
- * text in `raw`), ping frames received, and the close code/reason.
- * `opened` resolves on 'open'; it rejects on a non-101 answer with an Error carrying {status, headers, text, json}.
- */
 export class WsClient extends Waitable {
   constructor(t, url, opts = {}) {
     super();

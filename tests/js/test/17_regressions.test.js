@@ -15,7 +15,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import WebSocket from 'ws';
 import {
-  startHerald, publish, request, history, chan, withTimeout, pause, connected, subscribeOk, Recorder,
+  startHerald, publish, request, history, chan, withTimeout, pause, connected, subscribeOk, Recorder, Waitable,
 } from '../lib/herald.js';
 import { wsBase, openWs, openSse, directPath } from '../lib/plain.js';
 import { KEY_BLOCKS, wsRefused, wsOpen, assertRefusal } from '../lib/auth.js';
@@ -88,10 +88,10 @@ test('H1 /ws: since:0 replay of 80 × 60 KB events plus 100 pipelined pings → 
 // H2: a raw Engine.IO v4 / Socket.IO v5 client over WebSocket (what the stock client does, without its logic, so the
 // test controls exactly which cursor is sent back).
 
-class RawSio {
+class RawSio extends Waitable {
   constructor(t, h) {
+    super();
     this.frames = [];
-    this.waiters = [];
     this.ackId = 0;
     this.closeCode = null;
     this.ws = new WebSocket(`${wsBase(h)}/socket.io/?EIO=4&transport=websocket`, { perMessageDeflate: false });
@@ -104,21 +104,6 @@ class RawSio {
     });
     this.closed = new Promise((resolve) => this.ws.on('close', (code) => { this.closeCode = code; this._check(); resolve(code); }));
     t.after(() => this.ws.terminate());
-  }
-  _check() {
-    this.waiters = this.waiters.filter((w) => {
-      let ok = false;
-      try { ok = w.pred(this); } catch (e) { w.reject(e); return false; }
-      if (ok) w.resolve();
-      return !ok;
-    });
-  }
-  until(pred, ms = 10_000, label = 'condition') {
-    if (pred(this)) return Promise.resolve();
-    let w;
-    const p = new Promise((resolve, reject) => { w = { pred, resolve, reject }; this.waiters.push(w); });
-    return withTimeout(p, ms, `${label}; so far: ${this.summary()}`)
-      .finally(() => { this.waiters = this.waiters.filter((x) => x !== w); });
   }
   summary() {
     const short = this.frames.map((f) => (f.length > 70 ? `${f.slice(0, 70)}…` : f));
