@@ -66,6 +66,8 @@ pub struct Config {
     pub sse: SseConfig,
     /// Client authentication (JWT) and channel permissions; see `docs/auth.md`.
     pub auth: AuthConfig,
+    /// Built-in sources (`[[sources.sql]]`); see `docs/sources.md`.
+    pub sources: SourcesConfig,
 }
 
 impl Default for Config {
@@ -85,6 +87,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             sse: SseConfig::default(),
             auth: AuthConfig::default(),
+            sources: SourcesConfig::default(),
         }
     }
 }
@@ -631,6 +634,7 @@ impl Config {
             ));
         }
         self.auth.validate()?;
+        crate::source::sql::check_config(&self.sources.sql).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -665,6 +669,104 @@ impl Config {
             .filter_map(|n| ChannelName::new(n).ok())
             .collect()
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Built-in sources (`[sources]`): live SQL queries. Checked by `crate::source::sql::check_config`; see
+// `docs/sources.md`.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Built-in sources.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourcesConfig {
+    /// Live SQL queries (`[[sources.sql]]`).
+    pub sql: Vec<SqlSourceConfig>,
+}
+
+/// One live SQL source: a query polled per channel, its result diffed and pushed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSourceConfig {
+    /// Name in the API, in logs and in status events.
+    pub id: String,
+    /// `postgres://…`, `mysql://…` / `mariadb://…`, or `sqlite:PATH`.
+    pub url: String,
+    /// The live query; `{name}` placeholders are bound from the channel name, never spliced.
+    pub sql: String,
+    /// Channel-name template whose placeholders bind the query's parameters, e.g. `unit:{unit}`.
+    pub channel: String,
+    /// Column(s) identifying a row; required in `rows` mode.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub key: Vec<String>,
+    /// What subscribers receive.
+    #[serde(default)]
+    pub mode: SqlMode,
+    /// Event name of `full` results.
+    #[serde(default = "default_sql_event")]
+    pub event: String,
+    /// Time between two queries of one channel.
+    #[serde(default = "default_sql_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Most rows a result may have; a larger one is reported and not pushed.
+    #[serde(default = "default_sql_max_rows")]
+    pub max_rows: usize,
+    /// Longest a query may run.
+    #[serde(default = "default_sql_timeout", with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Most connections open to the database.
+    #[serde(default = "default_sql_pool")]
+    pub pool_size: u32,
+    /// PostgreSQL `LISTEN` channel whose notifications re-run the query at once.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// One-shot query served by `GET /api/sources/{id}/query`; its parameters come from the query string.
+    #[serde(default)]
+    pub history_sql: Option<String>,
+}
+
+/// What a SQL source pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqlMode {
+    /// The whole result, as one JSON array, whenever it changed.
+    #[default]
+    Full,
+    /// `insert`/`update`/`delete` events, one per changed row.
+    Rows,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+fn default_sql_event() -> String {
+    "result".into()
+}
+
+fn default_sql_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_sql_max_rows() -> usize {
+    10_000
+}
+
+fn default_sql_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_sql_pool() -> u32 {
+    4
 }
 
 #[cfg(test)]

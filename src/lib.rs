@@ -7,5 +7,6 @@ pub mod config;
 pub mod core;
 pub mod policy;
 pub mod server;
+pub mod source;
 pub mod tls;
 pub mod transport;
