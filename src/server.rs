@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::core::Core;
 use crate::core::store::{StoreError, StoreOptions};
 use crate::policy::Origins;
+use crate::source::sql::SqlSources;
 use crate::tls::Tls;
 use crate::transport::socketio::{SocketIo, SocketIoConfig};
 
@@ -31,6 +32,9 @@ pub enum ServerError {
     /// The `[auth]` section could not be loaded (key files, secrets).
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
+    /// A `[[sources.sql]]` source is invalid (e.g. its SQL does not prepare).
+    #[error(transparent)]
+    Source(#[from] crate::source::sql::SourceError),
     /// The listener failed.
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -46,6 +50,7 @@ pub struct Server {
     shutdown: tokio::sync::watch::Sender<bool>,
     router: Router,
     tls: Option<Arc<Tls>>,
+    sources: Arc<SqlSources>,
 }
 
 struct SocketIoConnections(Arc<ChannelsNamespace>);
@@ -65,6 +70,7 @@ impl Server {
             retention: config.retention(),
             session_ttl: config.socketio.session_ttl,
         })?;
+        let sources = SqlSources::start(&core, &config.sources.sql).await?;
         let s = &config.socketio;
         let access = Access::new(&config)?;
         let namespace = ChannelsNamespace::new(core.clone(), access.clone(), s.max_queue_bytes);
@@ -91,6 +97,7 @@ impl Server {
             max_event_bytes: config.max_event_bytes,
             connections: Arc::new(SocketIoConnections(namespace)),
             policy: access.policy.clone(),
+            sources: sources.clone(),
         });
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
         let router = api
@@ -122,6 +129,7 @@ impl Server {
             shutdown,
             router,
             tls,
+            sources,
         })
     }
 
@@ -169,6 +177,7 @@ impl Server {
             }
         };
         served?;
+        self.sources.shutdown().await;
         self.core.shutdown().await;
         tracing::info!("herald stopped");
         Ok(())

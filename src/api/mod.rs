@@ -3,6 +3,7 @@
 mod channels;
 mod error;
 mod publish;
+mod sources;
 
 use std::sync::Arc;
 
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub max_event_bytes: usize,
     /// Live connections.
     pub connections: Arc<dyn Connections>,
+    /// Live SQL sources.
+    pub sources: Arc<crate::source::sql::SqlSources>,
 }
 
 /// The API routes, `/api/*` behind the key check, plus `/healthz`.
@@ -51,6 +54,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/channels", get(channels::list))
         .route("/channels/{channel}/history", get(channels::history))
         .route("/connections/{id}/disconnect", post(disconnect))
+        .route("/sources", get(sources::list))
+        .route("/sources/{id}", get(sources::get))
+        .route("/sources/{id}/query", get(sources::query))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
         .with_state(state);

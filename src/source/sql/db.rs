@@ -10,7 +10,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures_util::TryStreamExt as _;
 use serde_json::value::RawValue;
-use sqlx::{AssertSqlSafe, Column as _, Executor as _, Row as _, TypeInfo as _, ValueRef as _};
+use sqlx::{
+    AssertSqlSafe, Column as _, Executor as _, Row as _, SqlSafeStr as _, TypeInfo as _,
+    ValueRef as _,
+};
 
 use super::template::Markers;
 
@@ -178,10 +181,12 @@ impl Database {
     pub async fn check(&self, statement: &str) -> Result<(), DbError> {
         match self {
             Database::Postgres(pool) => {
-                pool.prepare(AssertSqlSafe(statement)).await?;
+                pool.prepare(AssertSqlSafe(statement).into_sql_str())
+                    .await?;
             }
             Database::MySql(pool) => {
-                pool.prepare(AssertSqlSafe(statement)).await?;
+                pool.prepare(AssertSqlSafe(statement).into_sql_str())
+                    .await?;
             }
             Database::Sqlite(pool) => pool.check(statement.to_owned()).await?,
         }
@@ -328,7 +333,10 @@ fn mysql_value(row: &sqlx::mysql::MySqlRow, i: usize, ty: &str) -> Result<String
             let b = row.try_get_unchecked::<&[u8], _>(i)?;
             json_str(&mysql_datetime(b, ty == "TIMESTAMP"))
         }
-        "TIME" => json_str(&row.try_get::<sqlx::mysql::types::MySqlTime, _>(i)?.to_string()),
+        "TIME" => json_str(
+            &row.try_get::<sqlx::mysql::types::MySqlTime, _>(i)?
+                .to_string(),
+        ),
         "BIT" => {
             let b = row.try_get_unchecked::<&[u8], _>(i)?;
             b.iter()
@@ -521,7 +529,10 @@ mod tests {
 
     #[test]
     fn mysql_datetimes_become_iso() {
-        assert_eq!(mysql_datetime(&[4, 0xE8, 0x07, 11, 23], false), "2024-11-23");
+        assert_eq!(
+            mysql_datetime(&[4, 0xE8, 0x07, 11, 23], false),
+            "2024-11-23"
+        );
         assert_eq!(
             mysql_datetime(&[7, 0xE8, 0x07, 11, 23, 8, 5, 9], true),
             "2024-11-23T08:05:09Z"

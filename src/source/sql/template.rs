@@ -21,7 +21,9 @@ pub type Params = BTreeMap<String, String>;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     /// `{` without a matching `}`, or a name that is not an identifier.
-    #[error("bad placeholder {0:?}: placeholders are {{name}} with name made of letters, digits and _")]
+    #[error(
+        "bad placeholder {0:?}: placeholders are {{name}} with name made of letters, digits and _"
+    )]
     BadPlaceholder(String),
     /// Two placeholders with nothing between them cannot be told apart in a channel name.
     #[error("placeholders {{{0}}} and {{{1}}} must be separated by text")]
@@ -129,10 +131,9 @@ impl ChannelTemplate {
 fn matches(pieces: &[Piece], text: &str, params: &mut Params) -> bool {
     match pieces.split_first() {
         None => text.is_empty(),
-        Some((Piece::Text(t), rest)) => {
-            text.strip_prefix(t.as_str())
-                .is_some_and(|tail| matches(rest, tail, params))
-        }
+        Some((Piece::Text(t), rest)) => text
+            .strip_prefix(t.as_str())
+            .is_some_and(|tail| matches(rest, tail, params)),
         Some((Piece::Param(name), rest)) => {
             let run = text.find(':').unwrap_or(text.len());
             let ends = text[..run]
@@ -178,7 +179,10 @@ impl SqlTemplate {
             match b[i] {
                 q @ (b'\'' | b'"' | b'`') => i = skip_quoted(b, i, q),
                 b'-' if b.get(i + 1) == Some(&b'-') => {
-                    i = b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |p| i + p)
+                    i = b[i..]
+                        .iter()
+                        .position(|&c| c == b'\n')
+                        .map_or(b.len(), |p| i + p)
                 }
                 b'/' if b.get(i + 1) == Some(&b'*') => {
                     i = find(b, i + 2, b"*/").map_or(b.len(), |p| p + 2)
@@ -339,12 +343,23 @@ mod tests {
         .unwrap();
         assert_eq!(t.params(), vec!["unit", "day"]);
         let (pg, order) = t.render(Markers::Numbered);
-        assert!(pg.ends_with("where a = $1 and b = $2::date and c = $1"), "{pg}");
+        assert!(
+            pg.ends_with("where a = $1 and b = $2::date and c = $1"),
+            "{pg}"
+        );
         assert_eq!(order, vec!["unit", "day"]);
         let (my, order) = t.render(Markers::Question);
-        assert!(my.ends_with("where a = ? and b = ?::date and c = ?"), "{my}");
+        assert!(
+            my.ends_with("where a = ? and b = ?::date and c = ?"),
+            "{my}"
+        );
         assert_eq!(order, vec!["unit", "day", "unit"]);
         assert!(SqlTemplate::parse("select {bad name}").is_err());
-        assert!(SqlTemplate::parse("select 'it''s {no}'").unwrap().params().is_empty());
+        assert!(
+            SqlTemplate::parse("select 'it''s {no}'")
+                .unwrap()
+                .params()
+                .is_empty()
+        );
     }
 }

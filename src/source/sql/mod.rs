@@ -1,0 +1,615 @@
+//! Live SQL sources: a query per channel, polled only while the channel has subscribers, its result diffed
+//! and published as state events through the core.
+//!
+//! A source's channel template (`unit:{unit}`) names a family of channels; each channel binds the query's
+//! parameters. The first subscriber of a channel (a [`Demand`] from the core) starts one poller for it, however
+//! many clients and transports watch it; the last one leaving stops it. Each change is published once, with a
+//! [`StateChange`], so the core gives every new subscriber the current result before later changes.
+
+pub mod db;
+mod poller;
+pub mod template;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::config::{SqlMode, SqlSourceConfig};
+use crate::core::Core;
+use crate::core::channel::{ChannelName, Pattern};
+use crate::core::state::Snapshot;
+use db::{Database, DbError, PoolSettings};
+use template::{ChannelTemplate, Params, SqlTemplate};
+
+/// Event name of status notices published to a source's channels.
+pub const STATUS_EVENT: &str = "source:status";
+/// Event name of the bulk snapshot of a `rows` source.
+pub const ROWS_SNAPSHOT_EVENT: &str = "snapshot";
+/// How long start-up waits for a database before leaving the SQL check to the first poll.
+const STARTUP_CONNECT: Duration = Duration::from_secs(5);
+
+/// Why the SQL sources could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A source's definition is wrong.
+    #[error("sources.sql {id:?}, field `{field}`: {message}")]
+    Invalid {
+        /// Source id.
+        id: String,
+        /// Offending field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Why a one-shot query was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// No source has this id.
+    #[error("no SQL source {0:?}")]
+    UnknownSource(String),
+    /// The source has no `history_sql`.
+    #[error("source {0:?} has no history_sql")]
+    NoHistory(String),
+    /// A parameter of the query is missing from the request.
+    #[error("missing query parameter {0:?}")]
+    MissingParam(String),
+    /// The result has more rows than `max_rows`.
+    #[error("the result has more than {0} rows (max_rows)")]
+    TooManyRows(usize),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// A statement ready to run: the SQL sent and the parameter names in binding order.
+#[derive(Debug, Clone)]
+struct Prepared {
+    statement: String,
+    order: Vec<String>,
+}
+
+impl Prepared {
+    fn new(db: &Database, sql: &SqlTemplate) -> Self {
+        let (rendered, order) = sql.render(db.markers());
+        Self {
+            statement: db.statement(&rendered),
+            order,
+        }
+    }
+
+    fn args(&self, params: &Params) -> Result<Vec<String>, QueryError> {
+        self.order
+            .iter()
+            .map(|n| {
+                params
+                    .get(n)
+                    .cloned()
+                    .ok_or_else(|| QueryError::MissingParam(n.clone()))
+            })
+            .collect()
+    }
+}
+
+/// Status of one polled channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelStatus {
+    /// Channel name.
+    pub channel: ChannelName,
+    /// `starting`, `ok` or `error`.
+    pub status: &'static str,
+    /// Why it is in error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Queries run for this channel since its poller started.
+    pub queries: u64,
+    /// Rows in the last good result.
+    pub rows: usize,
+    /// Time of the last query, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_poll: Option<String>,
+}
+
+/// A running poller, as the source's channel map holds it.
+struct PollerHandle {
+    /// `true` asks the poller to stop at its next pause; set back to `false` if a subscriber returns first.
+    stop: tokio::sync::watch::Sender<bool>,
+    status: Arc<parking_lot::Mutex<ChannelStatus>>,
+}
+
+/// The last result of a channel, kept across poller restarts so a returning subscriber does not cause a
+/// spurious change.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LastResult {
+    rows: Vec<db::Row>,
+    keyed: BTreeMap<String, db::Row>,
+}
+
+/// Retained results kept for channels without a poller; beyond this, arbitrary ones are forgotten.
+const MAX_RETAINED: usize = 10_000;
+
+/// One configured source.
+pub struct Source {
+    config: SqlSourceConfig,
+    template: ChannelTemplate,
+    db: Database,
+    live: Prepared,
+    history: Option<Prepared>,
+    history_params: Vec<String>,
+    pollers: parking_lot::Mutex<HashMap<ChannelName, PollerHandle>>,
+    retained: parking_lot::Mutex<HashMap<ChannelName, LastResult>>,
+    /// Bumped by a PostgreSQL notification: every poller of the source re-queries at once.
+    wake: tokio::sync::watch::Sender<u64>,
+    queries: AtomicU64,
+}
+
+/// Summary of a source for the API.
+#[derive(Debug, Serialize)]
+pub struct SourceInfo {
+    /// Source id.
+    pub id: String,
+    /// `postgres`, `mysql` or `sqlite`.
+    pub database: &'static str,
+    /// `full` or `rows`.
+    pub mode: SqlMode,
+    /// Channel template.
+    pub channel: String,
+    /// Key columns.
+    pub key: Vec<String>,
+    /// Poll interval in milliseconds.
+    pub interval_ms: u128,
+    /// Row limit.
+    pub max_rows: usize,
+    /// PostgreSQL `LISTEN` channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Parameters of the one-shot query (`/api/sources/{id}/query`), if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_params: Option<Vec<String>>,
+    /// Queries run since start.
+    pub queries: u64,
+    /// Channels being polled now.
+    pub channels: Vec<ChannelStatus>,
+}
+
+impl Source {
+    fn info(&self) -> SourceInfo {
+        let mut channels: Vec<ChannelStatus> = self
+            .pollers
+            .lock()
+            .values()
+            .map(|p| p.status.lock().clone())
+            .collect();
+        channels.sort_by(|a, b| a.channel.cmp(&b.channel));
+        SourceInfo {
+            id: self.config.id.clone(),
+            database: self.db.kind(),
+            mode: self.config.mode,
+            channel: self.template.as_str().to_owned(),
+            key: self.config.key.clone(),
+            interval_ms: self.config.interval.as_millis(),
+            max_rows: self.config.max_rows,
+            listen: self.config.listen.clone(),
+            history_params: self.history.as_ref().map(|_| self.history_params.clone()),
+            queries: self.queries.load(Ordering::Relaxed),
+            channels,
+        }
+    }
+
+    /// Starts the channel's poller, or keeps a stopping one.
+    fn activate(self: &Arc<Self>, core: &Arc<Core>, channel: ChannelName, params: Params) {
+        let mut pollers = self.pollers.lock();
+        if let Some(p) = pollers.get(&channel) {
+            p.stop.send_replace(false);
+            return;
+        }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let status = Arc::new(parking_lot::Mutex::new(ChannelStatus {
+            channel: channel.clone(),
+            status: "starting",
+            message: None,
+            queries: 0,
+            rows: 0,
+            last_poll: None,
+        }));
+        pollers.insert(
+            channel.clone(),
+            PollerHandle {
+                stop,
+                status: status.clone(),
+            },
+        );
+        let last = self.retained.lock().remove(&channel);
+        tracing::debug!(source = %self.config.id, %channel, "poller started");
+        tokio::spawn(poller::run(poller::Poller {
+            source: self.clone(),
+            core: core.clone(),
+            channel,
+            params,
+            stopped,
+            status,
+            last,
+        }));
+    }
+
+    fn deactivate(&self, channel: &ChannelName) {
+        if let Some(p) = self.pollers.lock().get(channel) {
+            p.stop.send_replace(true);
+        }
+    }
+
+    /// Called by a poller about to exit: leaves only if nobody re-activated it meanwhile.
+    fn try_retire(&self, channel: &ChannelName, last: &LastResult) -> bool {
+        let mut pollers = self.pollers.lock();
+        let Some(p) = pollers.get(channel) else {
+            return true;
+        };
+        if !*p.stop.borrow() {
+            return false;
+        }
+        pollers.remove(channel);
+        let mut retained = self.retained.lock();
+        if retained.len() >= MAX_RETAINED
+            && let Some(k) = retained.keys().next().cloned()
+        {
+            retained.remove(&k);
+        }
+        retained.insert(channel.clone(), last.clone());
+        tracing::debug!(source = %self.config.id, %channel, "poller stopped");
+        true
+    }
+}
+
+/// Every SQL source of the server.
+#[derive(Default)]
+pub struct SqlSources {
+    sources: Vec<Arc<Source>>,
+    tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl SqlSources {
+    /// Opens every source's pool, checks its SQL against the database (when reachable), declares its channels
+    /// as state channels and starts following their demand.
+    pub async fn start(
+        core: &Arc<Core>,
+        configs: &[SqlSourceConfig],
+    ) -> Result<Arc<Self>, SourceError> {
+        let mut sources = Vec::new();
+        for cfg in configs {
+            sources.push(Arc::new(open_source(cfg).await?));
+        }
+        let this = Arc::new(Self {
+            sources,
+            tasks: parking_lot::Mutex::new(Vec::new()),
+        });
+        for source in &this.sources {
+            let glob = Pattern::new(&source.template.glob());
+            let snapshot = match source.config.mode {
+                SqlMode::Full => Snapshot::Each,
+                SqlMode::Rows => Snapshot::Bulk {
+                    event: ROWS_SNAPSHOT_EVENT.into(),
+                },
+            };
+            core.declare_state(glob.clone(), snapshot);
+            let demand = core.demand(glob);
+            let mut tasks = this.tasks.lock();
+            tasks.push(tokio::spawn(follow_demand(
+                source.clone(),
+                core.clone(),
+                demand,
+            )));
+            if let (Some(listen), Database::Postgres(pool)) = (&source.config.listen, &source.db) {
+                tasks.push(tokio::spawn(poller::listen(
+                    source.clone(),
+                    pool.clone(),
+                    listen.clone(),
+                )));
+            }
+            tracing::info!(source = %source.config.id, database = source.db.kind(), channel = source.template.as_str(), "SQL source ready");
+        }
+        Ok(this)
+    }
+
+    /// Summaries of every source.
+    pub fn list(&self) -> Vec<SourceInfo> {
+        self.sources.iter().map(|s| s.info()).collect()
+    }
+
+    /// Summary of source `id`.
+    pub fn get(&self, id: &str) -> Option<SourceInfo> {
+        self.find(id).map(|s| s.info())
+    }
+
+    fn find(&self, id: &str) -> Option<&Arc<Source>> {
+        self.sources.iter().find(|s| s.config.id == id)
+    }
+
+    /// Runs source `id`'s one-shot `history_sql` with `params` bound; the rows as a JSON array.
+    pub async fn query(&self, id: &str, params: &Params) -> Result<Box<RawValue>, QueryError> {
+        let source = self
+            .find(id)
+            .ok_or_else(|| QueryError::UnknownSource(id.to_owned()))?;
+        let history = source
+            .history
+            .as_ref()
+            .ok_or_else(|| QueryError::NoHistory(id.to_owned()))?;
+        let args = history.args(params)?;
+        let max = source.config.max_rows;
+        let fetched = with_deadline(
+            source.config.statement_timeout,
+            source.db.fetch(&history.statement, &args, max),
+        )
+        .await?;
+        if fetched.over_limit {
+            return Err(QueryError::TooManyRows(max));
+        }
+        Ok(json_array(&fetched.rows))
+    }
+
+    /// Stops every poller and closes the pools.
+    pub async fn shutdown(&self) {
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+        for s in &self.sources {
+            for p in s.pollers.lock().values() {
+                p.stop.send_replace(true);
+            }
+            s.db.close().await;
+        }
+    }
+}
+
+/// A database call bounded by the statement timeout plus a margin, for a server that stops answering.
+async fn with_deadline<T>(
+    timeout: Duration,
+    work: impl Future<Output = Result<T, DbError>>,
+) -> Result<T, DbError> {
+    let limit = timeout + Duration::from_secs(2);
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or(Err(DbError::Timeout(timeout)))
+}
+
+/// `[row,row,…]` from rows already encoded.
+fn json_array(rows: &[db::Row]) -> Box<RawValue> {
+    let mut s = String::with_capacity(2 + rows.iter().map(|r| r.get().len() + 1).sum::<usize>());
+    s.push('[');
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(r.get());
+    }
+    s.push(']');
+    // Each row is valid JSON, so the array is too.
+    RawValue::from_string(s).unwrap_or_else(|_| empty_array())
+}
+
+fn empty_array() -> Box<RawValue> {
+    RawValue::from_string("[]".into()).unwrap_or_default()
+}
+
+async fn follow_demand(
+    source: Arc<Source>,
+    core: Arc<Core>,
+    mut demand: tokio::sync::mpsc::UnboundedReceiver<crate::core::state::Demand>,
+) {
+    while let Some(d) = demand.recv().await {
+        let Some(params) = source.template.bind(d.channel.as_str()) else {
+            continue;
+        };
+        if d.active {
+            source.activate(&core, d.channel, params);
+        } else {
+            source.deactivate(&d.channel);
+        }
+    }
+}
+
+async fn open_source(cfg: &SqlSourceConfig) -> Result<Source, SourceError> {
+    let invalid = |field: &'static str, message: String| SourceError::Invalid {
+        id: cfg.id.clone(),
+        field,
+        message,
+    };
+    let template =
+        ChannelTemplate::parse(&cfg.channel).map_err(|e| invalid("channel", e.to_string()))?;
+    let sql = SqlTemplate::parse(&cfg.sql).map_err(|e| invalid("sql", e.to_string()))?;
+    let db = Database::open(
+        &cfg.url,
+        PoolSettings {
+            size: cfg.pool_size,
+            statement_timeout: cfg.statement_timeout,
+        },
+    )
+    .map_err(|e| invalid("url", e.to_string()))?;
+    let live = Prepared::new(&db, &sql);
+    let (history, history_params) = match &cfg.history_sql {
+        Some(h) => {
+            let t = SqlTemplate::parse(h).map_err(|e| invalid("history_sql", e.to_string()))?;
+            let params = t.params().into_iter().map(str::to_owned).collect();
+            (Some(Prepared::new(&db, &t)), params)
+        }
+        None => (None, Vec::new()),
+    };
+    // Bad SQL is a start-up error when the database can say so; a database that is down is not: the source
+    // starts, reports its status to subscribers and recovers once the database is back.
+    let statements =
+        std::iter::once(("sql", &live)).chain(history.iter().map(|h| ("history_sql", h)));
+    for (field, prepared) in statements {
+        match tokio::time::timeout(STARTUP_CONNECT, db.check(&prepared.statement)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(DbError::Query(m))) => return Err(invalid(field, m)),
+            Ok(Err(e)) => {
+                tracing::warn!(source = %cfg.id, error = %e, "cannot check the SQL now; the database is unavailable");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(source = %cfg.id, "cannot check the SQL now; the database did not answer in {STARTUP_CONNECT:?}");
+                break;
+            }
+        }
+    }
+    let (wake, _) = tokio::sync::watch::channel(0);
+    Ok(Source {
+        config: cfg.clone(),
+        template,
+        db,
+        live,
+        history,
+        history_params,
+        pollers: parking_lot::Mutex::new(HashMap::new()),
+        retained: parking_lot::Mutex::new(HashMap::new()),
+        wake,
+        queries: AtomicU64::new(0),
+    })
+}
+
+/// Checks every `[[sources.sql]]` entry without contacting a database; the message names the source and field.
+pub fn check_config(sources: &[SqlSourceConfig]) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, s) in sources.iter().enumerate() {
+        let bad = |field: &str, m: String| {
+            Err(format!(
+                "sources.sql[{i}] (id {:?}) field `{field}`: {m}",
+                s.id
+            ))
+        };
+        if s.id.is_empty()
+            || !s
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return bad("id", "must be letters, digits, '-', '_' or '.'".into());
+        }
+        if !seen.insert(s.id.as_str()) {
+            return bad("id", "another source has this id".into());
+        }
+        let scheme_ok = [
+            "postgres://",
+            "postgresql://",
+            "mysql://",
+            "mariadb://",
+            "sqlite:",
+        ]
+        .iter()
+        .any(|p| s.url.starts_with(p));
+        if !scheme_ok {
+            return bad(
+                "url",
+                "must start with postgres://, postgresql://, mysql://, mariadb:// or sqlite:"
+                    .into(),
+            );
+        }
+        let template = match ChannelTemplate::parse(&s.channel) {
+            Ok(t) => t,
+            Err(e) => return bad("channel", e.to_string()),
+        };
+        let sql = match SqlTemplate::parse(&s.sql) {
+            Ok(t) => t,
+            Err(e) => return bad("sql", e.to_string()),
+        };
+        if sql.params().is_empty() && s.sql.trim().is_empty() {
+            return bad("sql", "is empty".into());
+        }
+        let channel_params: Vec<&str> = template.params().collect();
+        if let Some(p) = sql
+            .params()
+            .into_iter()
+            .find(|p| !channel_params.contains(p))
+        {
+            return bad(
+                "sql",
+                format!(
+                    "unknown parameter {{{p}}}: the channel template {:?} does not bind it",
+                    s.channel
+                ),
+            );
+        }
+        if let Some(p) = channel_params.iter().find(|p| !sql.params().contains(p)) {
+            return bad(
+                "channel",
+                format!("parameter {{{p}}} is not used by the SQL"),
+            );
+        }
+        if let Some(h) = &s.history_sql
+            && let Err(e) = SqlTemplate::parse(h)
+        {
+            return bad("history_sql", e.to_string());
+        }
+        if s.mode == SqlMode::Rows && s.key.is_empty() {
+            return bad(
+                "key",
+                "rows mode needs the key column(s) identifying a row".into(),
+            );
+        }
+        if s.key.iter().any(String::is_empty) {
+            return bad("key", "column names must not be empty".into());
+        }
+        if s.event.is_empty() || s.event.len() > 200 {
+            return bad("event", "must be 1 to 200 characters".into());
+        }
+        if s.interval.is_zero() {
+            return bad("interval", "must be positive".into());
+        }
+        if s.statement_timeout.is_zero() {
+            return bad("statement_timeout", "must be positive".into());
+        }
+        if s.max_rows == 0 {
+            return bad("max_rows", "must be at least 1".into());
+        }
+        if s.pool_size == 0 {
+            return bad("pool_size", "must be at least 1".into());
+        }
+        if let Some(l) = &s.listen {
+            if !(s.url.starts_with("postgres://") || s.url.starts_with("postgresql://")) {
+                return bad("listen", "LISTEN exists on PostgreSQL only".into());
+            }
+            if l.is_empty() || l.len() > 63 {
+                return bad("listen", "must be 1 to 63 characters".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(sql: &str, channel: &str) -> SqlSourceConfig {
+        toml::from_str(&format!(
+            "id = \"s\"\nurl = \"sqlite:x.db\"\nsql = {sql:?}\nchannel = {channel:?}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn config_errors_name_source_and_field() {
+        assert!(check_config(&[source("select * from t where u = {unit}", "unit:{unit}")]).is_ok());
+        let e =
+            check_config(&[source("select * from t where u = {unti}", "unit:{unit}")]).unwrap_err();
+        assert!(
+            e.contains("(id \"s\") field `sql`: unknown parameter {unti}"),
+            "{e}"
+        );
+        let e = check_config(&[source("select 1", "unit:{unit}")]).unwrap_err();
+        assert!(e.contains("field `channel`"), "{e}");
+        let mut s = source("select 1", "one");
+        s.url = "oracle://x".into();
+        assert!(check_config(&[s]).unwrap_err().contains("field `url`"));
+        let mut s = source("select 1", "one");
+        s.mode = SqlMode::Rows;
+        assert!(check_config(&[s]).unwrap_err().contains("field `key`"));
+        let mut s = source("select 1", "one");
+        s.listen = Some("x".into());
+        assert!(check_config(&[s]).unwrap_err().contains("field `listen`"));
+    }
+}
