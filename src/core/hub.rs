@@ -295,4 +295,46 @@ mod tests {
         hub.dispatch(&[event(&a, 4, 4)]);
         assert_eq!(*sub.0.lock(), vec![3]);
     }
+
+    #[test]
+    fn demand_reports_first_subscriber_and_last_leaving() {
+        let hub = Hub::new(&[], 0);
+        let a = ChannelName::new("unit:a").unwrap();
+        let other = ChannelName::new("other").unwrap();
+        let sub: Arc<dyn Subscriber> = Arc::new(Collect(Mutex::new(vec![])));
+        let (x, y) = (SubscriberId::next(), SubscriberId::next());
+        hub.subscribe(std::slice::from_ref(&a), x, &sub);
+        // Already-active channels are reported when the watcher registers.
+        let mut rx = hub.demand(Pattern::new("unit:*"));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Demand {
+                channel: a.clone(),
+                active: true
+            }
+        );
+        hub.subscribe(std::slice::from_ref(&a), y, &sub);
+        hub.subscribe(std::slice::from_ref(&other), y, &sub);
+        hub.unsubscribe(&a, x);
+        assert!(
+            rx.try_recv().is_err(),
+            "a second subscriber or one leaving of two is not a change"
+        );
+        hub.unsubscribe(&a, y);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Demand {
+                channel: a.clone(),
+                active: false
+            }
+        );
+        hub.subscribe(std::slice::from_ref(&a), x, &sub);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Demand {
+                channel: a,
+                active: true
+            }
+        );
+    }
 }
