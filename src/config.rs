@@ -68,6 +68,32 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Built-in sources (`[[sources.sql]]`); see `docs/sources.md`.
     pub sources: SourcesConfig,
+    /// State channels declared for HTTP publishers (sources declare their own).
+    pub state: Vec<StateConfig>,
+}
+
+/// A state channel declaration: events published with a `key` keep a latest value per key, and a new
+/// subscriber first gets the snapshot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Channel pattern (`*` wildcards).
+    pub channels: String,
+    /// Send the snapshot as one event of this name carrying the array of values; without it, each value is
+    /// sent as the event that set it.
+    pub bulk_event: Option<String>,
+}
+
+impl StateConfig {
+    /// The snapshot style.
+    pub fn snapshot(&self) -> crate::core::state::Snapshot {
+        match &self.bulk_event {
+            Some(event) => crate::core::state::Snapshot::Bulk {
+                event: event.clone(),
+            },
+            None => crate::core::state::Snapshot::Each,
+        }
+    }
 }
 
 impl Default for Config {
@@ -88,6 +114,7 @@ impl Default for Config {
             sse: SseConfig::default(),
             auth: AuthConfig::default(),
             sources: SourcesConfig::default(),
+            state: Vec::new(),
         }
     }
 }
@@ -593,6 +620,13 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        for st in &self.state {
+            if st.channels.is_empty() || st.bulk_event.as_deref() == Some("") {
+                return Err(ConfigError::Invalid(
+                    "state: `channels` and `bulk_event` must not be empty".into(),
+                ));
+            }
+        }
         for name in &self.socketio.server_side_channels {
             ChannelName::new(name)
                 .map_err(|e| ConfigError::Invalid(format!("server_side_channels {name:?}: {e}")))?;

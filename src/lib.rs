@@ -5,6 +5,7 @@ pub mod auth;
 pub mod binding;
 pub mod config;
 pub mod core;
+pub mod monitor;
 pub mod policy;
 pub mod server;
 pub mod source;

@@ -14,6 +14,7 @@ use crate::binding::sse::SseBinding;
 use crate::binding::websocket::WebSocketBinding;
 use crate::config::Config;
 use crate::core::Core;
+use crate::core::channel::Pattern;
 use crate::core::store::{StoreError, StoreOptions};
 use crate::policy::Origins;
 use crate::source::sql::SqlSources;
@@ -71,6 +72,9 @@ impl Server {
             session_ttl: config.socketio.session_ttl,
         })?;
         let sources = SqlSources::start(&core, &config.sources.sql).await?;
+        for st in &config.state {
+            core.declare_state(Pattern::new(&st.channels), st.snapshot());
+        }
         let s = &config.socketio;
         let access = Access::new(&config)?;
         let namespace = ChannelsNamespace::new(core.clone(), access.clone(), s.max_queue_bytes);

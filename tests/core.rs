@@ -21,6 +21,7 @@ fn ev(channel: &str, n: u64, id: Option<&str>) -> NewEvent {
         name: "tick".into(),
         data: RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap(),
         id: id.map(str::to_owned),
+        state: None,
     }
 }
 

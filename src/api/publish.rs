@@ -12,6 +12,7 @@ use super::error::ApiError;
 use super::{ApiState, Caller};
 use crate::core::channel::ChannelName;
 use crate::core::event::NewEvent;
+use crate::core::state::StateChange;
 use crate::transport::socketio::packet::RESERVED_EVENTS;
 
 /// Most events in one request.
@@ -27,6 +28,11 @@ struct Body1 {
     event: Option<String>,
     data: Option<Box<RawValue>>,
     id: Option<String>,
+    /// Makes the event a state change: `data` becomes this key's value (a new subscriber's snapshot).
+    key: Option<String>,
+    /// With `key`: removes the key instead.
+    #[serde(default)]
+    remove: bool,
     events: Option<Vec<Body1>>,
 }
 
@@ -140,12 +146,27 @@ fn expand(b: Body1, max_event_bytes: usize, out: &mut Vec<NewEvent>) -> Result<(
             data.get().len()
         )));
     }
+    let state = match (b.key, b.remove) {
+        (Some(key), _) if key.is_empty() || key.len() > MAX_NAME => {
+            return Err(ApiError::invalid(format!(
+                "`key` must be 1 to {MAX_NAME} characters"
+            )));
+        }
+        (Some(key), false) => Some(StateChange::Set {
+            key,
+            value: data.clone(),
+        }),
+        (Some(key), true) => Some(StateChange::Remove { key }),
+        (None, true) => return Err(ApiError::invalid("`remove` needs a `key`")),
+        (None, false) => None,
+    };
     for name in names {
         out.push(NewEvent {
             channel: ChannelName::new(&name)?,
             name: event.clone(),
             data: data.clone(),
             id: b.id.clone(),
+            state: state.clone(),
         });
     }
     Ok(())

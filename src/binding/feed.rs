@@ -15,6 +15,7 @@ use crate::core::channel::ChannelName;
 use crate::core::event::{Event, SharedEvent};
 use crate::core::hub::{Position, Subscriber, SubscriberId};
 use crate::core::session::{Gap, GapReason};
+use crate::core::state;
 use crate::core::store::StoreError;
 
 /// The connection is gone; stop sending to it.
@@ -77,6 +78,8 @@ pub struct Registered {
     pub k: u64,
     /// A loss to announce before the replay.
     pub gap: Option<Gap>,
+    /// The client has nothing of this channel yet (no offset, or offset 0): a state channel sends its snapshot.
+    pub fresh: bool,
 }
 
 #[derive(Default)]
@@ -174,6 +177,12 @@ impl<O: Outlet> Feed<O> {
                     });
                     after = 0;
                 }
+                let fresh = matches!(want.after, None | Some(0));
+                // A state channel's snapshot stands for everything through the position; until the client has
+                // all of it, it has nothing (a reconnect then gets the whole snapshot again).
+                if fresh && position.state.is_some() {
+                    after = 0;
+                }
                 let k = st.next_k;
                 st.next_k += 1;
                 if !st.channels.contains(&want.channel) {
@@ -185,6 +194,7 @@ impl<O: Outlet> Feed<O> {
                     position,
                     k,
                     gap,
+                    fresh,
                 }
             })
             .collect()
@@ -211,6 +221,13 @@ impl<O: Outlet> Feed<O> {
 
     async fn replay(&self, regs: &[Registered]) -> Result<(), StoreError> {
         for reg in regs {
+            // A state channel catches a client up with its snapshot when it has nothing yet or lost events.
+            if reg.position.state.is_some() && (reg.fresh || reg.gap.is_some()) {
+                if !self.send_snapshot(reg, reg.gap.as_ref()).await {
+                    return Ok(());
+                }
+                continue;
+            }
             let replay = self
                 .core
                 .replay(&reg.channel, reg.after, reg.position.last_offset)
@@ -227,6 +244,12 @@ impl<O: Outlet> Feed<O> {
                     to: Some((start - 1).min(reg.position.last_offset)),
                 });
             let gap = reg.gap.as_ref().or(trimmed.as_ref());
+            if gap.is_some() && reg.position.state.is_some() {
+                if !self.send_snapshot(reg, gap).await {
+                    return Ok(());
+                }
+                continue;
+            }
             if gap.is_some_and(|g| self.outlet.gap(g).is_err()) {
                 self.state.lock().closed = true;
                 return Ok(());
@@ -240,6 +263,47 @@ impl<O: Outlet> Feed<O> {
             }
         }
         Ok(())
+    }
+
+    /// Sends a state channel's snapshot (after the gap notice, if any) as replayed events at the registration's
+    /// position. Only the last carries that offset: the others carry 0 ("nothing yet"), so a client cut off
+    /// mid-snapshot resumes with a whole snapshot again. Returns false when the connection is gone.
+    async fn send_snapshot(&self, reg: &Registered, gap: Option<&Gap>) -> bool {
+        let Some((values, style)) = &reg.position.state else {
+            return true;
+        };
+        if gap.is_some_and(|g| self.outlet.gap(g).is_err()) {
+            self.state.lock().closed = true;
+            return false;
+        }
+        let events = state::render(values, style);
+        let count = events.len();
+        let time = crate::core::store::now_ms();
+        for (i, (name, data)) in events.into_iter().enumerate() {
+            let offset = if i + 1 == count {
+                reg.position.last_offset
+            } else {
+                0
+            };
+            let event = Event {
+                channel: reg.channel.clone(),
+                offset,
+                epoch: reg.position.epoch.clone(),
+                id: format!("snapshot:{}:{i}", reg.position.last_offset),
+                name,
+                data,
+                time,
+                seq: reg.position.seq,
+                channel_id: reg.position.channel_id,
+                state: None,
+            };
+            self.outlet.room().await;
+            if self.outlet.replayed(&event, reg).is_err() {
+                self.state.lock().closed = true;
+                return false;
+            }
+        }
+        true
     }
 
     /// Sends the held live events and resumes direct delivery.

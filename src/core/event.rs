@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::channel::ChannelName;
+use super::state::StateChange;
 
 /// An event a producer asks to publish.
 #[derive(Debug, Clone)]
@@ -19,6 +20,8 @@ pub struct NewEvent {
     pub data: Box<RawValue>,
     /// Publisher's idempotency key, if any.
     pub id: Option<String>,
+    /// The change this event makes to its channel's keyed state, if any.
+    pub state: Option<StateChange>,
 }
 
 /// A committed event: its position in the channel and in the node-wide commit order.
@@ -46,6 +49,9 @@ pub struct Event {
     /// Numeric id of the channel in the store; internal.
     #[serde(skip)]
     pub channel_id: u64,
+    /// The state change it made (set on live events only; history does not keep it).
+    #[serde(skip)]
+    pub state: Option<StateChange>,
 }
 
 fn serialize_time<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {

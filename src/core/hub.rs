@@ -10,8 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use super::channel::ChannelName;
+use tokio::sync::mpsc;
+
+use super::channel::{ChannelName, Pattern};
 use super::event::SharedEvent;
+use super::state::{self, Declarations, Snapshot, Table, Values};
 use super::store::ChannelInfo;
 
 /// Receives live events. Called with the hub lock held: must not block, must not call back into the hub.
@@ -43,6 +46,17 @@ pub struct Position {
     pub epoch: Arc<str>,
     /// The channel's numeric id in the store (0 when it does not exist yet).
     pub channel_id: u64,
+    /// For a state channel: its values at this position and how to send them.
+    pub state: Option<(Values, Snapshot)>,
+}
+
+/// A channel gained its first subscriber or lost its last one (what starts and stops a source's polling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demand {
+    /// The channel.
+    pub channel: ChannelName,
+    /// True when it now has subscribers.
+    pub active: bool,
 }
 
 #[derive(Default)]
@@ -51,12 +65,29 @@ struct ChannelState {
     last_offset: u64,
     epoch: Option<Arc<str>>,
     channel_id: u64,
+    state: Option<Table>,
 }
 
 #[derive(Default)]
 struct State {
     channels: HashMap<ChannelName, ChannelState>,
     dispatched_seq: u64,
+    declarations: Declarations,
+    watchers: Vec<(Pattern, mpsc::UnboundedSender<Demand>)>,
+}
+
+impl State {
+    fn notify(&mut self, channel: &ChannelName, active: bool) {
+        self.watchers.retain(|(pattern, tx)| {
+            !pattern.matches(channel.as_str())
+                || tx
+                    .send(Demand {
+                        channel: channel.clone(),
+                        active,
+                    })
+                    .is_ok()
+        });
+    }
 }
 
 /// The in-process fan-out hub.
@@ -84,13 +115,50 @@ impl Hub {
             state: Mutex::new(State {
                 channels,
                 dispatched_seq: last_seq,
+                ..Default::default()
             }),
         }
     }
 
-    /// Positions the hub after everything already committed (called once, before any publish).
-    pub fn load(&self, channels: &[ChannelInfo], last_seq: u64) {
-        *self.state.lock() = Self::new(channels, last_seq).state.into_inner();
+    /// Positions the hub after everything already committed, with the stored state values (called once, before
+    /// any publish).
+    pub fn load(
+        &self,
+        channels: &[ChannelInfo],
+        last_seq: u64,
+        values: Vec<(ChannelName, state::Entry)>,
+    ) {
+        let mut loaded = Self::new(channels, last_seq).state.into_inner();
+        for (channel, entry) in values {
+            let ch = loaded.channels.entry(channel).or_default();
+            ch.state.get_or_insert_with(Table::default).load(entry);
+        }
+        let mut st = self.state.lock();
+        loaded.declarations = std::mem::take(&mut st.declarations);
+        loaded.watchers = std::mem::take(&mut st.watchers);
+        *st = loaded;
+    }
+
+    /// Declares channels matching `pattern` state channels whose snapshots are sent as `snapshot`.
+    pub fn declare_state(&self, pattern: Pattern, snapshot: Snapshot) {
+        self.state.lock().declarations.declare(pattern, snapshot);
+    }
+
+    /// Reports channels matching `pattern` gaining their first subscriber or losing their last; channels that
+    /// already have subscribers are reported at once.
+    pub fn demand(&self, pattern: Pattern) -> mpsc::UnboundedReceiver<Demand> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut st = self.state.lock();
+        for (name, ch) in &st.channels {
+            if !ch.subscribers.is_empty() && pattern.matches(name.as_str()) {
+                let _ = tx.send(Demand {
+                    channel: name.clone(),
+                    active: true,
+                });
+            }
+        }
+        st.watchers.push((pattern, tx));
+        rx
     }
 
     /// Feeds committed events (in commit order) to every subscriber of their channels.
@@ -103,6 +171,11 @@ impl Hub {
             ch.channel_id = ev.channel_id;
             if ch.epoch.as_ref() != Some(&ev.epoch) {
                 ch.epoch = Some(ev.epoch.clone());
+            }
+            if let Some(change) = &ev.state {
+                ch.state
+                    .get_or_insert_with(Table::default)
+                    .apply(&ev.name, change);
             }
             for (_, sub) in &ch.subscribers {
                 sub.deliver(shared);
@@ -118,34 +191,59 @@ impl Hub {
         id: SubscriberId,
         sub: &Arc<dyn Subscriber>,
     ) -> Vec<Position> {
-        let mut state = self.state.lock();
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
         let seq = state.dispatched_seq;
-        channels
+        let mut activated = Vec::new();
+        let positions = channels
             .iter()
             .map(|name| {
                 let ch = state.channels.entry(name.clone()).or_default();
                 if !ch.subscribers.iter().any(|(i, _)| *i == id) {
+                    if ch.subscribers.is_empty() {
+                        activated.push(name);
+                    }
                     ch.subscribers.push((id, sub.clone()));
                 }
+                // A declared channel has a (possibly empty) snapshot; an undeclared one that carries state
+                // sends each value as the event that set it.
+                let style = state.declarations.style(name.as_str()).cloned();
+                let state = match (&ch.state, style) {
+                    (Some(t), style) => Some((t.values(), style.unwrap_or(Snapshot::Each))),
+                    (None, Some(style)) => Some((Values::new(), style)),
+                    (None, None) => None,
+                };
                 Position {
                     seq,
                     last_offset: ch.last_offset,
                     epoch: ch.epoch.clone().unwrap_or_else(|| "".into()),
                     channel_id: ch.channel_id,
+                    state,
                 }
             })
-            .collect()
+            .collect();
+        if !state.watchers.is_empty() {
+            for name in activated {
+                state.notify(name, true);
+            }
+        }
+        positions
     }
 
     /// Removes subscription `id` from `channel`.
     pub fn unsubscribe(&self, channel: &ChannelName, id: SubscriberId) {
         let mut state = self.state.lock();
         if let Some(ch) = state.channels.get_mut(channel) {
+            let before = ch.subscribers.len();
             ch.subscribers.retain(|(i, _)| *i != id);
+            let emptied = before > 0 && ch.subscribers.is_empty();
             // A channel that has no events and no subscribers leaves no trace (subscribing to arbitrary
             // names must not grow memory).
-            if ch.subscribers.is_empty() && ch.epoch.is_none() {
+            if ch.subscribers.is_empty() && ch.epoch.is_none() && ch.state.is_none() {
                 state.channels.remove(channel);
+            }
+            if emptied && !state.watchers.is_empty() {
+                state.notify(channel, false);
             }
         }
     }
@@ -175,6 +273,7 @@ mod tests {
             time: 0,
             seq,
             channel_id: 1,
+            state: None,
         })
     }
 
@@ -195,5 +294,47 @@ mod tests {
         hub.unsubscribe(&a, id);
         hub.dispatch(&[event(&a, 4, 4)]);
         assert_eq!(*sub.0.lock(), vec![3]);
+    }
+
+    #[test]
+    fn demand_reports_first_subscriber_and_last_leaving() {
+        let hub = Hub::new(&[], 0);
+        let a = ChannelName::new("unit:a").unwrap();
+        let other = ChannelName::new("other").unwrap();
+        let sub: Arc<dyn Subscriber> = Arc::new(Collect(Mutex::new(vec![])));
+        let (x, y) = (SubscriberId::next(), SubscriberId::next());
+        hub.subscribe(std::slice::from_ref(&a), x, &sub);
+        // Already-active channels are reported when the watcher registers.
+        let mut rx = hub.demand(Pattern::new("unit:*"));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Demand {
+                channel: a.clone(),
+                active: true
+            }
+        );
+        hub.subscribe(std::slice::from_ref(&a), y, &sub);
+        hub.subscribe(std::slice::from_ref(&other), y, &sub);
+        hub.unsubscribe(&a, x);
+        assert!(
+            rx.try_recv().is_err(),
+            "a second subscriber or one leaving of two is not a change"
+        );
+        hub.unsubscribe(&a, y);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Demand {
+                channel: a.clone(),
+                active: false
+            }
+        );
+        hub.subscribe(std::slice::from_ref(&a), x, &sub);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Demand {
+                channel: a,
+                active: true
+            }
+        );
     }
 }

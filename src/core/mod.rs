@@ -8,14 +8,17 @@ pub mod event;
 pub mod hub;
 pub mod retention;
 pub mod session;
+pub mod state;
 pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use channel::ChannelName;
+use channel::Pattern;
 use event::{Event, NewEvent, PublishResult};
-use hub::Hub;
+use hub::{Demand, Hub};
+use state::Snapshot;
 use store::{ChannelInfo, Store, StoreError, StoreOptions};
 
 /// Most events read from history per query.
@@ -54,7 +57,7 @@ impl Core {
         let hub = Arc::new(Hub::default());
         let sink_hub = hub.clone();
         let opened = Store::open(opts, Box::new(move |events| sink_hub.dispatch(&events)))?;
-        hub.load(&opened.channels, opened.last_seq);
+        hub.load(&opened.channels, opened.last_seq, opened.state);
         Ok(Arc::new(Self {
             store: opened.store,
             hub,
@@ -64,6 +67,17 @@ impl Core {
     /// Publishes events atomically; returns after they are durable.
     pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<PublishResult>, StoreError> {
         self.store.publish(events).await
+    }
+
+    /// Declares channels matching `pattern` state channels: a new subscriber first gets `snapshot`.
+    pub fn declare_state(&self, pattern: Pattern, snapshot: Snapshot) {
+        self.hub.declare_state(pattern, snapshot);
+    }
+
+    /// Reports channels matching `pattern` gaining their first subscriber or losing their last, on every
+    /// transport (what starts and stops a source's work); channels already subscribed are reported at once.
+    pub fn demand(&self, pattern: Pattern) -> tokio::sync::mpsc::UnboundedReceiver<Demand> {
+        self.hub.demand(pattern)
     }
 
     /// Events of `channel` after offset `after`, at most `limit`; `None` if the channel does not exist.

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use super::channel::ChannelName;
 use super::event::{Event, NewEvent, PublishResult, SharedEvent};
 use super::retention::Retention;
+use super::state::{self, StateChange};
 
 /// Most commands folded into one transaction.
 const MAX_GROUP: usize = 512;
@@ -102,6 +103,8 @@ pub struct Opened {
     pub channels: Vec<ChannelInfo>,
     /// Highest commit sequence so far.
     pub last_seq: u64,
+    /// Every state channel's stored values.
+    pub state: Vec<(ChannelName, state::Entry)>,
 }
 
 /// Options for [`Store::open`].
@@ -138,6 +141,7 @@ impl Store {
             [now],
         )?;
         let channels = load_channels(&conn)?;
+        let state = load_state(&conn)?;
         let last_seq: u64 = conn
             .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
                 r.get::<_, i64>(0)
@@ -172,6 +176,7 @@ impl Store {
             store,
             channels,
             last_seq,
+            state,
         })
     }
 
@@ -256,6 +261,7 @@ impl Store {
                         time: r.get(5)?,
                         seq: r.get::<_, i64>(0)? as u64,
                         channel_id: ch.id,
+                        state: None,
                     })
                 },
             )?;
@@ -350,6 +356,13 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_offset ON events (channel_id, offset);
 CREATE INDEX IF NOT EXISTS events_by_id ON events (channel_id, event_id);
 CREATE TABLE IF NOT EXISTS sessions (pid TEXT PRIMARY KEY, record TEXT NOT NULL, detached_at INTEGER);
+CREATE TABLE IF NOT EXISTS state (
+    channel_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (channel_id, key)
+) WITHOUT ROWID;
 ";
 
 fn load_channels(c: &Connection) -> rusqlite::Result<Vec<ChannelInfo>> {
@@ -691,6 +704,58 @@ fn trim(tx: &rusqlite::Transaction<'_>, ch: &mut ChannelInfo, cut: u64) -> Resul
     Ok(())
 }
 
+/// Stores a state change beside the event that makes it (same transaction).
+fn write_state(
+    tx: &rusqlite::Transaction<'_>,
+    channel_id: u64,
+    name: &str,
+    change: &StateChange,
+) -> Result<(), StoreError> {
+    match change {
+        StateChange::Set { key, value } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO state (channel_id, key, name, value) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![channel_id as i64, key, name, value.get()])?;
+        }
+        StateChange::Remove { key } => {
+            tx.prepare_cached("DELETE FROM state WHERE channel_id = ?1 AND key = ?2")?
+                .execute(params![channel_id as i64, key])?;
+        }
+    }
+    Ok(())
+}
+
+/// Every stored state value, for the hub (at start-up).
+fn load_state(c: &Connection) -> rusqlite::Result<Vec<(ChannelName, state::Entry)>> {
+    let mut st = c.prepare(
+        "SELECT channels.name, state.key, state.name, state.value FROM state
+         JOIN channels ON channels.id = state.channel_id",
+    )?;
+    let rows = st.query_map([], |r| {
+        let channel: String = r.get(0)?;
+        let value: String = r.get(3)?;
+        Ok((
+            channel,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            value,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (channel, key, name, value) = row?;
+        // Rows were validated when written; a row that no longer parses is skipped rather than failing start-up.
+        let (Ok(channel), Ok(value)) = (ChannelName::new(&channel), RawValue::from_string(value))
+        else {
+            tracing::warn!(%channel, %key, "skipping an unreadable stored state value");
+            continue;
+        };
+        out.push((channel, state::Entry { key, name, value }));
+    }
+    Ok(out)
+}
+
 /// Writes one event inside the group transaction; `None` event means a duplicate id (nothing written).
 fn publish_one(
     tx: &rusqlite::Transaction<'_>,
@@ -737,6 +802,9 @@ fn publish_one(
     *last_seq += 1;
     *last_time = (*last_time).max(now_ms());
     ch.last_offset += 1;
+    if let Some(change) = &ev.state {
+        write_state(tx, ch.id, &ev.name, change)?;
+    }
     let id = ev.id.unwrap_or_else(new_event_id);
     tx.prepare_cached(
         "INSERT INTO events (seq, channel_id, offset, event_id, name, data, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -760,6 +828,7 @@ fn publish_one(
         time: *last_time,
         seq: *last_seq,
         channel_id: ch.id,
+        state: ev.state,
     };
     let result = PublishResult {
         channel: ev.channel,

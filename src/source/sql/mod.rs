@@ -224,7 +224,13 @@ impl Source {
                 status: status.clone(),
             },
         );
-        let last = self.retained.lock().remove(&channel);
+        // Across restarts the last result is the channel's durable state, so nothing already published is
+        // published again and rows deleted meanwhile are still noticed.
+        let last = self
+            .retained
+            .lock()
+            .remove(&channel)
+            .or_else(|| poller::stored_state(core, &channel, self.config.mode));
         tracing::debug!(source = %self.config.id, %channel, "poller started");
         tokio::spawn(poller::run(poller::Poller {
             source: self.clone(),
@@ -398,7 +404,7 @@ fn empty_array() -> Box<RawValue> {
 async fn follow_demand(
     source: Arc<Source>,
     core: Arc<Core>,
-    mut demand: tokio::sync::mpsc::UnboundedReceiver<crate::core::state::Demand>,
+    mut demand: tokio::sync::mpsc::UnboundedReceiver<crate::core::hub::Demand>,
 ) {
     while let Some(d) = demand.recv().await {
         let Some(params) = source.template.bind(d.channel.as_str()) else {

@@ -212,6 +212,53 @@ impl Poller {
     }
 }
 
+/// The channel's current state in the core, as a last result: read by registering a subscriber that drops
+/// everything and removing it at once (the hub hands out state only with a registration).
+pub(super) fn stored_state(
+    core: &Core,
+    channel: &ChannelName,
+    mode: SqlMode,
+) -> Option<LastResult> {
+    use crate::core::hub::{Subscriber, SubscriberId};
+    struct Peek;
+    impl Subscriber for Peek {
+        fn deliver(&self, _: &Arc<crate::core::event::SharedEvent>) {}
+    }
+    let id = SubscriberId::next();
+    let sub: Arc<dyn Subscriber> = Arc::new(Peek);
+    let position = core.hub.subscribe(std::slice::from_ref(channel), id, &sub);
+    core.hub.unsubscribe(channel, id);
+    let (values, _) = position.into_iter().next()?.state?;
+    if values.is_empty() {
+        return None;
+    }
+    let row = |v: &RawValue| -> Option<Row> {
+        RawValue::from_string(v.get().to_owned())
+            .ok()
+            .map(Arc::from)
+    };
+    match mode {
+        SqlMode::Full => {
+            let entry = values.iter().find(|e| e.key.is_empty())?;
+            let rows: Vec<&RawValue> = serde_json::from_str(entry.value.get()).ok()?;
+            Some(LastResult {
+                rows: rows.into_iter().filter_map(row).collect(),
+                keyed: BTreeMap::new(),
+            })
+        }
+        SqlMode::Rows => {
+            let keyed: BTreeMap<String, Row> = values
+                .iter()
+                .filter_map(|e| Some((e.key.clone(), row(&e.value)?)))
+                .collect();
+            Some(LastResult {
+                rows: keyed.values().cloned().collect(),
+                keyed,
+            })
+        }
+    }
+}
+
 fn same(a: &[Row], b: &[Row]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.get() == y.get())
 }
