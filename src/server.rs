@@ -71,10 +71,11 @@ impl Server {
             retention: config.retention(),
             session_ttl: config.socketio.session_ttl,
         })?;
-        let sources = SqlSources::start(&core, &config.sources.sql).await?;
         for st in &config.state {
             core.declare_state(Pattern::new(&st.channels), st.snapshot());
         }
+        // After `[[state]]`: the core takes the first declaration matching a channel, and explicit ones win.
+        let sources = SqlSources::start(&core, &config.sources.sql).await?;
         let s = &config.socketio;
         let access = Access::new(&config)?;
         let namespace = ChannelsNamespace::new(core.clone(), access.clone(), s.max_queue_bytes);

@@ -312,14 +312,19 @@ fn mysql_row(row: &sqlx::mysql::MySqlRow) -> Result<Row, DbError> {
         let json = if raw.is_null() {
             "null".to_owned()
         } else {
-            mysql_value(row, i, col.type_info().name())?
+            mysql_value(row, i, col.type_info())?
         };
         out.field(col.name(), &json);
     }
     out.finish()
 }
 
-fn mysql_value(row: &sqlx::mysql::MySqlRow, i: usize, ty: &str) -> Result<String, DbError> {
+fn mysql_value(
+    row: &sqlx::mysql::MySqlRow,
+    i: usize,
+    ty_info: &sqlx::mysql::MySqlTypeInfo,
+) -> Result<String, DbError> {
+    let ty = ty_info.name();
     Ok(match ty {
         "BOOLEAN" | "TINYINT" | "SMALLINT" | "INT" | "MEDIUMINT" | "BIGINT" | "YEAR" => {
             row.try_get_unchecked::<i64, _>(i)?.to_string()
@@ -350,7 +355,11 @@ fn mysql_value(row: &sqlx::mysql::MySqlRow, i: usize, ty: &str) -> Result<String
                 Err(_) => json_str(s),
             }
         }
-        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" | "GEOMETRY" => {
+        // The binary flag is also set on text with a `_bin` collation (MariaDB's JSON is LONGTEXT utf8mb4_bin):
+        // only the `binary` collation means bytes.
+        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" | "GEOMETRY"
+            if !<str as sqlx::Type<sqlx::MySql>>::compatible(ty_info) =>
+        {
             base64(row.try_get_unchecked::<&[u8], _>(i)?)
         }
         _ => {

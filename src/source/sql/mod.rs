@@ -293,7 +293,11 @@ impl SqlSources {
             sources,
             tasks: parking_lot::Mutex::new(Vec::new()),
         });
-        for source in &this.sources {
+        // The core takes the first declaration matching a channel: the most specific templates go first, so
+        // `{unit}` (every channel without a `:`) does not claim `rows:{unit}`'s channels.
+        let mut ordered: Vec<&Arc<Source>> = this.sources.iter().collect();
+        ordered.sort_by_key(|s| std::cmp::Reverse(s.template.glob().replace('*', "").len()));
+        for source in ordered {
             let glob = Pattern::new(&source.template.glob());
             let snapshot = match source.config.mode {
                 SqlMode::Full => Snapshot::Each,

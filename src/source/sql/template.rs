@@ -155,7 +155,7 @@ fn matches(pieces: &[Piece], text: &str, params: &mut Params) -> bool {
 /// Bind-marker style of a database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Markers {
-    /// `$1`, `$2`…; a repeated name reuses its number.
+    /// `($1::text)`, `($2::text)`…; a repeated name reuses its number.
     Numbered,
     /// `?` for each occurrence, values repeated in order.
     Question,
@@ -242,7 +242,9 @@ impl SqlTemplate {
                                 order.len()
                             }
                         };
-                        sql.push_str(&format!("${idx}"));
+                        // Typed text explicitly: otherwise PostgreSQL infers the type from the context
+                        // (`{day}::date`) and rejects the text value sent for it. Casts in the SQL convert.
+                        sql.push_str(&format!("(${idx}::text)"));
                     }
                     Markers::Question => {
                         order.push(n.clone());
