@@ -40,7 +40,12 @@ pub enum DbError {
 impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::Database(d) => DbError::Query(d.to_string()),
+            // The database's own message and SQLSTATE; sqlx's Display adds the server's source line, which
+            // reads like a line of the user's SQL.
+            sqlx::Error::Database(d) => DbError::Query(match d.code() {
+                Some(code) => format!("{} (SQLSTATE {code})", d.message()),
+                None => d.message().to_owned(),
+            }),
             sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
                 DbError::Query(e.to_string())
             }
