@@ -346,7 +346,7 @@ mod tests {
         assert_eq!(t.params(), vec!["unit", "day"]);
         let (pg, order) = t.render(Markers::Numbered);
         assert!(
-            pg.ends_with("where a = $1 and b = $2::date and c = $1"),
+            pg.ends_with("where a = ($1::text) and b = ($2::text)::date and c = ($1::text)"),
             "{pg}"
         );
         assert_eq!(order, vec!["unit", "day"]);
