@@ -343,6 +343,10 @@ fn row_events(
 /// Reconnects by itself (sqlx's listener re-establishes the connection and re-issues `LISTEN`).
 pub(super) async fn listen(source: Arc<Source>, pool: sqlx::PgPool, channel: String) {
     let id = source.config.id.clone();
+    // A connection of its own: the listener holds it for good, and must not take one of the pollers'.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone());
     let mut backoff = Duration::from_millis(500);
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
