@@ -68,6 +68,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// State channels declared for HTTP publishers (sources declare their own).
     pub state: Vec<StateConfig>,
+    /// The service monitor.
+    pub monitor: crate::monitor::MonitorConfig,
 }
 
 /// A state channel declaration: events published with a `key` keep a latest value per key, and a new
@@ -112,6 +114,7 @@ impl Default for Config {
             sse: SseConfig::default(),
             auth: AuthConfig::default(),
             state: Vec::new(),
+            monitor: crate::monitor::MonitorConfig::default(),
         }
     }
 }
@@ -262,6 +265,21 @@ pub struct SocketIoConfig {
     /// How long a disconnected session stays recoverable.
     #[serde(with = "humantime_serde")]
     pub session_ttl: Duration,
+    /// Application events clients emit, mapped to subscriptions or actions (e.g. seed 002's
+    /// `"subscribe:status" = { subscribe = "monitors" }`, `"request:refresh" = { action = "monitor.refresh" }`).
+    pub client_events: std::collections::HashMap<String, ClientEvent>,
+}
+
+/// What a mapped client event does. `{arg}` in a channel is the event's first argument.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ClientEvent {
+    /// Subscribes to the channel.
+    Subscribe(String),
+    /// Unsubscribes from the channel.
+    Unsubscribe(String),
+    /// Runs a named action (`monitor.refresh`).
+    Action(String),
 }
 
 impl Default for SocketIoConfig {
@@ -277,6 +295,7 @@ impl Default for SocketIoConfig {
             max_queue_bytes: t.max_queue_bytes,
             server_side_channels: Vec::new(),
             session_ttl: Duration::from_secs(24 * 3600),
+            client_events: std::collections::HashMap::new(),
         }
     }
 }
