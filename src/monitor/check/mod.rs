@@ -53,7 +53,7 @@ pub struct HttpCheck {
     /// Redirects followed at most; 0 = a redirect is the answer itself.
     #[serde(default = "default_max_redirects")]
     pub max_redirects: u32,
-    /// Substring that must be present in the body (or absent with `keyword_absent`).
+    /// Case-sensitive substring that must be present in the body (or absent with `keyword_absent`).
     #[serde(default)]
     pub keyword: Option<String>,
     /// The keyword must be absent instead of present.
