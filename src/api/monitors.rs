@@ -54,7 +54,7 @@ async fn spec_from(state: &ApiState, body: Body) -> Result<MonitorSpec, ApiError
     let bytes = super::read_body(body, state.max_body_bytes).await?;
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
-    Ok(MonitorSpec::from_json(value).map_err(|f| ApiError::field(f.field, f.message))?)
+    MonitorSpec::from_json(value).map_err(|f| ApiError::field(f.field, f.message))
 }
 
 /// `GET /api/monitors`.
