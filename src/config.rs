@@ -643,6 +643,31 @@ impl Config {
                 ));
             }
         }
+        for (event, mapping) in &self.socketio.client_events {
+            let bad = |m: &str| {
+                Err(ConfigError::Invalid(format!(
+                    "socketio.client_events {event:?}: {m}"
+                )))
+            };
+            if crate::transport::socketio::packet::RESERVED_EVENTS.contains(&event.as_str())
+                || ["subscribe", "unsubscribe"].contains(&event.as_str())
+                || event.is_empty()
+            {
+                return bad("this event name is reserved");
+            }
+            match mapping {
+                ClientEvent::Subscribe(t) | ClientEvent::Unsubscribe(t) => {
+                    // `{arg}` is filled in per event; the rest must already be a valid channel name.
+                    if let Err(e) = ChannelName::new(&t.replace("{arg}", "x")) {
+                        return bad(&e.to_string());
+                    }
+                }
+                ClientEvent::Action(a) if a != "monitor.refresh" => {
+                    return bad("unknown action; known: monitor.refresh");
+                }
+                ClientEvent::Action(_) => {}
+            }
+        }
         for name in &self.socketio.server_side_channels {
             ChannelName::new(name)
                 .map_err(|e| ConfigError::Invalid(format!("server_side_channels {name:?}: {e}")))?;
