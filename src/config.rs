@@ -70,6 +70,8 @@ pub struct Config {
     pub sources: SourcesConfig,
     /// State channels declared for HTTP publishers (sources declare their own).
     pub state: Vec<StateConfig>,
+    /// The service monitor.
+    pub monitor: crate::monitor::MonitorConfig,
 }
 
 /// A state channel declaration: events published with a `key` keep a latest value per key, and a new
@@ -115,6 +117,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             sources: SourcesConfig::default(),
             state: Vec::new(),
+            monitor: crate::monitor::MonitorConfig::default(),
         }
     }
 }
@@ -265,6 +268,21 @@ pub struct SocketIoConfig {
     /// How long a disconnected session stays recoverable.
     #[serde(with = "humantime_serde")]
     pub session_ttl: Duration,
+    /// Application events clients emit, mapped to subscriptions or actions (e.g. seed 002's
+    /// `"subscribe:status" = { subscribe = "monitors" }`, `"request:refresh" = { action = "monitor.refresh" }`).
+    pub client_events: std::collections::HashMap<String, ClientEvent>,
+}
+
+/// What a mapped client event does. `{arg}` in a channel is the event's first argument.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ClientEvent {
+    /// Subscribes to the channel.
+    Subscribe(String),
+    /// Unsubscribes from the channel.
+    Unsubscribe(String),
+    /// Runs a named action (`monitor.refresh`).
+    Action(String),
 }
 
 impl Default for SocketIoConfig {
@@ -280,6 +298,7 @@ impl Default for SocketIoConfig {
             max_queue_bytes: t.max_queue_bytes,
             server_side_channels: Vec::new(),
             session_ttl: Duration::from_secs(24 * 3600),
+            client_events: std::collections::HashMap::new(),
         }
     }
 }
@@ -625,6 +644,31 @@ impl Config {
                 return Err(ConfigError::Invalid(
                     "state: `channels` and `bulk_event` must not be empty".into(),
                 ));
+            }
+        }
+        for (event, mapping) in &self.socketio.client_events {
+            let bad = |m: &str| {
+                Err(ConfigError::Invalid(format!(
+                    "socketio.client_events {event:?}: {m}"
+                )))
+            };
+            if crate::transport::socketio::packet::RESERVED_EVENTS.contains(&event.as_str())
+                || ["subscribe", "unsubscribe"].contains(&event.as_str())
+                || event.is_empty()
+            {
+                return bad("this event name is reserved");
+            }
+            match mapping {
+                ClientEvent::Subscribe(t) | ClientEvent::Unsubscribe(t) => {
+                    // `{arg}` is filled in per event; the rest must already be a valid channel name.
+                    if let Err(e) = ChannelName::new(&t.replace("{arg}", "x")) {
+                        return bad(&e.to_string());
+                    }
+                }
+                ClientEvent::Action(a) if a != "monitor.refresh" => {
+                    return bad("unknown action; known: monitor.refresh");
+                }
+                ClientEvent::Action(_) => {}
             }
         }
         for name in &self.socketio.server_side_channels {

@@ -9,13 +9,14 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState, Connections};
 use crate::binding::access::Access;
-use crate::binding::socketio::ChannelsNamespace;
+use crate::binding::socketio::{Actions, ChannelsNamespace};
 use crate::binding::sse::SseBinding;
 use crate::binding::websocket::WebSocketBinding;
 use crate::config::Config;
 use crate::core::Core;
 use crate::core::channel::Pattern;
 use crate::core::store::{StoreError, StoreOptions};
+use crate::monitor::Monitors;
 use crate::policy::Origins;
 use crate::source::sql::SqlSources;
 use crate::tls::Tls;
@@ -36,6 +37,9 @@ pub enum ServerError {
     /// A `[[sources.sql]]` source is invalid (e.g. its SQL does not prepare).
     #[error(transparent)]
     Source(#[from] crate::source::sql::SourceError),
+    /// The monitor could not start (its database, or a monitor declared in the config).
+    #[error("monitor: {0}")]
+    Monitor(#[from] crate::monitor::MonitorError),
     /// The listener failed.
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -47,6 +51,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// A started server, ready to accept connections.
 pub struct Server {
     core: Arc<Core>,
+    monitors: Arc<Monitors>,
     socketio: Arc<SocketIo>,
     shutdown: tokio::sync::watch::Sender<bool>,
     router: Router,
@@ -62,6 +67,45 @@ impl Connections for SocketIoConnections {
     }
 }
 
+/// Client events mapped to monitor actions: `monitor.refresh` with a monitor id checks it now.
+struct MonitorActions(Arc<Monitors>);
+
+impl Actions for MonitorActions {
+    fn run(
+        &self,
+        action: &str,
+        args: &[serde_json::Value],
+        may_subscribe: &dyn Fn(&crate::core::channel::ChannelName) -> bool,
+    ) -> Result<serde_json::Value, (&'static str, String)> {
+        if action != "monitor.refresh" {
+            return Err(("unknown_action", format!("no action {action:?}")));
+        }
+        // Seed 002 sends the id as a string; an object `{id}` or `{serviceId}` is accepted too.
+        let id = args.first().and_then(|a| {
+            a.as_str()
+                .or_else(|| a.get("id").and_then(|v| v.as_str()))
+                .or_else(|| a.get("serviceId").and_then(|v| v.as_str()))
+        });
+        let Some(id) = id else {
+            return Err(("invalid_request", "expected a monitor id".into()));
+        };
+        let not_found = || ("monitor_not_found", format!("no monitor {id:?}"));
+        let channel = self.0.channel_of(id).map_err(|_| not_found())?;
+        // A client that may not see a monitor learns nothing about it, not even that it exists.
+        if !may_subscribe(&channel) {
+            return Err(not_found());
+        }
+        match self.0.refresh(id) {
+            Ok(()) => Ok(serde_json::json!({"id": id})),
+            Err(crate::monitor::MonitorError::TooSoon(..)) => Err((
+                "rate_limited",
+                "this monitor was checked a moment ago; try again shortly".into(),
+            )),
+            Err(_) => Err(not_found()),
+        }
+    }
+}
+
 impl Server {
     /// Opens the store and builds the routes.
     pub async fn start(config: Config) -> Result<Self, ServerError> {
@@ -74,11 +118,19 @@ impl Server {
         for st in &config.state {
             core.declare_state(Pattern::new(&st.channels), st.snapshot());
         }
-        // After `[[state]]`: the core takes the first declaration matching a channel, and explicit ones win.
-        let sources = SqlSources::start(&core, &config.sources.sql).await?;
         let s = &config.socketio;
         let access = Access::new(&config)?;
-        let namespace = ChannelsNamespace::new(core.clone(), access.clone(), s.max_queue_bytes);
+        let monitors = Monitors::start(core.clone(), &config.data_dir, &config.monitor).await?;
+        // Last: the core takes the first state declaration matching a channel, and a template like `{unit}` is
+        // broad; `[[state]]` and the monitor's channels keep theirs.
+        let sources = SqlSources::start(&core, &config.sources.sql).await?;
+        let namespace = ChannelsNamespace::new(
+            core.clone(),
+            access.clone(),
+            s.max_queue_bytes,
+            s.client_events.clone(),
+            Some(Arc::new(MonitorActions(monitors.clone()))),
+        );
         let socketio = SocketIo::builder(SocketIoConfig {
             path: s.path.clone(),
             ping_interval: s.ping_interval,
@@ -103,6 +155,8 @@ impl Server {
             connections: Arc::new(SocketIoConnections(namespace)),
             policy: access.policy.clone(),
             sources: sources.clone(),
+            monitors: monitors.clone(),
+            status_page: config.monitor.status_page,
         });
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
         let router = api
@@ -130,6 +184,7 @@ impl Server {
         };
         Ok(Self {
             core,
+            monitors,
             socketio,
             shutdown,
             router,
@@ -183,6 +238,7 @@ impl Server {
         };
         served?;
         self.sources.shutdown().await;
+        self.monitors.flush().await;
         self.core.shutdown().await;
         tracing::info!("herald stopped");
         Ok(())

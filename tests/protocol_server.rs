@@ -24,6 +24,8 @@ type Ws =
 
 /// Serves `router` on an ephemeral port; returns `127.0.0.1:port`.
 async fn serve(router: axum::Router) -> String {
+    // reqwest is built with `rustls-no-provider`: the tests install ring as the binary does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

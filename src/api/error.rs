@@ -17,6 +17,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What is wrong, for a human.
     pub message: String,
+    /// The request field at fault, when one is (e.g. `check.url`).
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -26,6 +28,22 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            field: None,
+        }
+    }
+
+    /// 400 `invalid_request` about one field.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = message.into();
+        Self {
+            message: if field.is_empty() {
+                message
+            } else {
+                format!("{field}: {message}")
+            },
+            field: (!field.is_empty()).then_some(field),
+            ..Self::invalid("")
         }
     }
 
@@ -59,7 +77,10 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(field) = self.field {
+            body["error"]["field"] = field.into();
+        }
         (self.status, Json(body)).into_response()
     }
 }

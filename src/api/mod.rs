@@ -2,6 +2,7 @@
 
 mod channels;
 mod error;
+mod monitors;
 mod publish;
 mod sources;
 
@@ -45,6 +46,10 @@ pub struct ApiState {
     pub connections: Arc<dyn Connections>,
     /// Live SQL sources.
     pub sources: Arc<crate::source::sql::SqlSources>,
+    /// The service monitor.
+    pub monitors: Arc<crate::monitor::Monitors>,
+    /// Serve the status page, badges and the monitor list without an API key.
+    pub status_page: bool,
 }
 
 /// The API routes, `/api/*` behind the key check, plus `/healthz`.
@@ -57,13 +62,41 @@ pub fn router(state: ApiState) -> Router {
         .route("/sources", get(sources::list))
         .route("/sources/{id}", get(sources::get))
         .route("/sources/{id}/query", get(sources::query))
+        .route("/monitors", get(monitors::list).post(monitors::create))
+        .route(
+            "/monitors/{id}",
+            get(monitors::get)
+                .put(monitors::update)
+                .delete(monitors::delete),
+        )
+        .route("/monitors/{id}/pause", post(monitors::pause))
+        .route("/monitors/{id}/resume", post(monitors::resume))
+        .route("/monitors/{id}/check", post(monitors::check))
+        .route("/monitors/{id}/log", get(monitors::log))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
-        .with_state(state);
-    Router::new().nest("/api", api).route(
+        .with_state(state.clone());
+    let mut router = Router::new().nest("/api", api).route(
         "/healthz",
         get(|| async { axum::Json(json!({"ok": true})) }),
-    )
+    );
+    // Metrics name every monitor's target: they need a key like the API (Prometheus sends it as a bearer token).
+    let metrics = Router::new()
+        .route("/metrics", get(monitors::prometheus))
+        .layer(middleware::from_fn_with_state(state.clone(), require_key));
+    let public = Router::new().merge(metrics);
+    let public = if state.status_page {
+        public
+            .route("/status", get(monitors::status_page))
+            .route("/status/monitors", get(monitors::status_list))
+            .route("/status/monitors/{id}/log", get(monitors::log))
+            .route("/status/config", get(monitors::status_config))
+            .route("/badge/{id}", get(monitors::badge))
+    } else {
+        public
+    };
+    router = router.merge(public.with_state(state));
+    router
 }
 
 async fn disconnect(

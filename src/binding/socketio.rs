@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use super::access::Access;
 use super::feed::{Feed, Gone, Outlet, Registered, Want};
 use crate::auth::Identity;
+use crate::config::ClientEvent;
 use crate::core::Core;
 use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
@@ -40,6 +41,9 @@ pub struct ChannelsNamespace {
     core: Arc<Core>,
     access: Arc<Access>,
     max_held_bytes: usize,
+    /// Application events mapped to subscriptions or actions (`[socketio.client_events]`).
+    client_events: HashMap<String, ClientEvent>,
+    actions: Option<Arc<dyn Actions>>,
     /// Connected sockets by socket id.
     conns: Mutex<HashMap<String, Arc<Conn>>>,
 }
@@ -143,6 +147,18 @@ impl From<StoreError> for Refusal {
     }
 }
 
+/// Runs the named actions that client events can be mapped to (e.g. the monitor's `refresh`).
+pub trait Actions: Send + Sync {
+    /// Runs `action` with the event's arguments; `may_subscribe` tells whether the client may read a channel.
+    /// `Err((code, message))` refuses.
+    fn run(
+        &self,
+        action: &str,
+        args: &[Value],
+        may_subscribe: &dyn Fn(&ChannelName) -> bool,
+    ) -> Result<Value, (&'static str, String)>;
+}
+
 fn reply(ack: Option<AckResponder>, value: Value) {
     if let Some(ack) = ack {
         let _ = ack.send(Payload::new(vec![value]));
@@ -151,11 +167,19 @@ fn reply(ack: Option<AckResponder>, value: Value) {
 
 impl ChannelsNamespace {
     /// A namespace handler over `core`.
-    pub fn new(core: Arc<Core>, access: Arc<Access>, max_held_bytes: usize) -> Arc<Self> {
+    pub fn new(
+        core: Arc<Core>,
+        access: Arc<Access>,
+        max_held_bytes: usize,
+        client_events: HashMap<String, ClientEvent>,
+        actions: Option<Arc<dyn Actions>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             core,
             access,
             max_held_bytes,
+            client_events,
+            actions,
             conns: Mutex::new(HashMap::new()),
         })
     }
@@ -381,6 +405,67 @@ impl ChannelsNamespace {
         }
     }
 
+    /// A client event mapped in the config: a subscription change or an action. `{arg}` in a channel template is
+    /// the event's first argument (a string). Without an ack, a refusal is emitted as an `error` event.
+    async fn mapped(
+        &self,
+        conn: &Arc<Conn>,
+        socket: &Socket,
+        event: &str,
+        args: &Payload,
+        ack: Option<AckResponder>,
+    ) {
+        let Some(mapping) = self.client_events.get(event) else {
+            return;
+        };
+        let first = args.args.first().and_then(Value::as_str).unwrap_or("");
+        let target = |t: &str| t.replace("{arg}", first);
+        // Without an ack a refusal would go unheard: it is emitted as an `error` event instead.
+        let refuse = |ack: Option<AckResponder>, r: Refusal| match ack {
+            Some(ack) => reply(Some(ack), r.to_json()),
+            None => {
+                let _ = socket.emit(
+                    "error",
+                    Payload::new(vec![json!({"code": r.code, "message": r.message})]),
+                );
+            }
+        };
+        match mapping {
+            ClientEvent::Subscribe(t) | ClientEvent::Unsubscribe(t) => {
+                let name = target(t);
+                let channel = match ChannelName::new(&name) {
+                    Ok(c) => c,
+                    Err(e) => return refuse(ack, Refusal::new("invalid_channel", e.to_string())),
+                };
+                let payload = Payload::new(vec![json!({"channel": channel})]);
+                if matches!(mapping, ClientEvent::Unsubscribe(_)) {
+                    return self.unsubscribe(conn, &payload, ack).await;
+                }
+                if ack.is_none() && self.access.subscribe(&conn.identity, &channel).is_err() {
+                    let msg = format!("not allowed to subscribe to {channel}");
+                    return refuse(None, Refusal::new("forbidden", msg));
+                }
+                self.subscribe(conn, &payload, ack).await;
+            }
+            ClientEvent::Action(action) => {
+                let may = |c: &ChannelName| self.access.subscribe(&conn.identity, c).is_ok();
+                let result = match &self.actions {
+                    Some(actions) => actions
+                        .run(action, &args.args, &may)
+                        .map_err(|(code, message)| Refusal::new(code, message)),
+                    None => Err(Refusal::new(
+                        "unknown_event",
+                        format!("no action {action:?}"),
+                    )),
+                };
+                match result {
+                    Ok(v) => reply(ack, json!({"ok": true, "result": v})),
+                    Err(r) => refuse(ack, r),
+                }
+            }
+        }
+    }
+
     async fn unsubscribe(&self, conn: &Arc<Conn>, args: &Payload, ack: Option<AckResponder>) {
         let name = args
             .args
@@ -517,6 +602,9 @@ impl NamespaceHandler for Handler {
             match event.as_str() {
                 "subscribe" => ns.subscribe(&conn, &args, ack).await,
                 "unsubscribe" => ns.unsubscribe(&conn, &args, ack).await,
+                other if ns.client_events.contains_key(other) => {
+                    ns.mapped(&conn, &socket, other, &args, ack).await;
+                }
                 other => {
                     let r =
                         Refusal::new("unknown_event", format!("Herald does not handle {other:?}"));

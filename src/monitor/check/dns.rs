@@ -20,17 +20,24 @@ pub(super) fn validate(c: &DnsCheck) -> Result<(), FieldError> {
     }
     Name::from_str(c.name.trim())
         .map_err(|e| FieldError::new("check.name", format!("not a valid DNS name: {e}")))?;
-    record_type(&c.record_type)?;
+    let rtype = record_type(&c.record_type)?;
     if let Some(r) = &c.resolver {
         parse_resolver(r)?;
     }
-    if c.expected.as_deref() == Some("") {
-        return Err(FieldError::new(
+    match c.expected.as_deref().map(str::trim) {
+        Some("") => Err(FieldError::new(
             "check.expected",
             "must not be empty (leave it out to accept any answer)",
-        ));
+        )),
+        // An address expectation that is not an address of the right family could never match.
+        Some(e) if rtype == RecordType::A && e.parse::<std::net::Ipv4Addr>().is_err() => Err(
+            FieldError::new("check.expected", format!("\"{e}\" is not an IPv4 address")),
+        ),
+        Some(e) if rtype == RecordType::AAAA && e.parse::<std::net::Ipv6Addr>().is_err() => Err(
+            FieldError::new("check.expected", format!("\"{e}\" is not an IPv6 address")),
+        ),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn record_type(s: &str) -> Result<RecordType, FieldError> {

@@ -279,7 +279,8 @@ pub(super) async fn run(c: &HttpCheck) -> Verdict {
                 return v;
             }
         };
-        // The certificate judged is the monitored URL's own, not a redirect target's.
+        // The certificate judged is the first one seen: the monitored URL's own, or the first
+        // https hop's when an http URL redirects.
         if days.is_none()
             && let Some(der) = resp
                 .extensions()

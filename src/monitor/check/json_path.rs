@@ -121,7 +121,8 @@ pub(crate) fn matches(actual: &Value, expected: &Value) -> bool {
     match expected {
         Value::String(e) => match actual {
             Value::String(_) => false,
-            other => other.to_string() == *e,
+            // Serialised text, e.g. 200 -> "200", true -> "true".
+            other => serde_json::to_string(other).is_ok_and(|t| t == *e),
         },
         _ => false,
     }

@@ -53,7 +53,7 @@ pub struct HttpCheck {
     /// Redirects followed at most; 0 = a redirect is the answer itself.
     #[serde(default = "default_max_redirects")]
     pub max_redirects: u32,
-    /// Substring that must be present in the body (or absent with `keyword_absent`).
+    /// Case-sensitive substring that must be present in the body (or absent with `keyword_absent`).
     #[serde(default)]
     pub keyword: Option<String>,
     /// The keyword must be absent instead of present.
@@ -323,7 +323,7 @@ impl Verdict {
 /// "5s", "1.5s", "250ms": short and stable for messages.
 fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else if ms > 1000 {
         format!("{:.1}s", d.as_secs_f64())
@@ -382,36 +382,47 @@ fn validate_port(port: u16, field: &str) -> Result<(), FieldError> {
     }
 }
 
-/// The most useful description of an error: its chain, with well-known I/O causes named plainly.
+/// The most useful description of an error: its chain without the HTTP client's wrappers, with
+/// well-known I/O, TLS and name resolution causes named plainly.
 fn describe_error(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
+    let mut dns = false;
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && let Some(plain) = describe_io(io)
-        {
-            return plain;
-        }
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return format!("TLS error: {tls}");
         }
+        let io = e.downcast_ref::<std::io::Error>();
+        if let Some(plain) = io.and_then(describe_io) {
+            return plain;
+        }
         let text = e.to_string();
-        // Wrappers often repeat their source's text; keep each piece once.
-        if !parts.iter().any(|p| p.contains(&text)) {
+        dns |= text.starts_with("dns error");
+        // Wrappers that only say "the request failed"; and pieces repeating a previous one.
+        let wrapper = text.starts_with("error sending request for url")
+            || text.starts_with("client error (")
+            || text == "dns error";
+        if !wrapper && !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
-        cur = e.source();
+        // A custom io::Error's source() skips the error it wraps, so step into it instead.
+        cur = match io.and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    if dns {
+        let innermost = parts.last().cloned().unwrap_or_default();
+        return format!("cannot resolve host name: {innermost}");
+    }
+    if parts.is_empty() {
+        return err.to_string();
     }
     parts.join(": ")
 }
 
 fn describe_io(e: &std::io::Error) -> Option<String> {
     use std::io::ErrorKind::*;
-    if let Some(inner) = e.get_ref()
-        && let Some(tls) = inner.downcast_ref::<rustls::Error>()
-    {
-        return Some(format!("TLS error: {tls}"));
-    }
     let plain = match e.kind() {
         ConnectionRefused => "connection refused",
         ConnectionReset => "connection reset",

@@ -38,7 +38,7 @@ pub(super) fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
         .bytes()
         .filter(|b| !matches!(b, b' ' | b':' | b'\t'))
         .collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err("hex payload has an odd number of digits".to_owned());
     }
     digits

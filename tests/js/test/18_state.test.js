@@ -2,7 +2,7 @@
 // snapshot (as of its exact registration position), then only later deltas — on every transport, across restarts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startHerald, request, connected, subscribeOk, Recorder, assertApiError } from '../lib/herald.js';
+import { startHerald, request, connected, subscribeOk, Recorder, assertApiError, waitFor } from '../lib/herald.js';
 import { openWs, wsBase, openSse, directPath } from '../lib/plain.js';
 
 const CONFIG = `
@@ -89,4 +89,26 @@ test('bad state fields get a 400 naming them', async (t) => {
   const r2 = await request(h.url, '/api/publish', { method: 'POST', body: { channel: 'x', event: 'e', data: 1, key: '' } });
   assertApiError(r2, 400, 'invalid_request', 'empty key');
   assert.match(r2.json.error.message, /key/);
+});
+
+test('Socket.IO recovery on a state channel: the missed deltas, not the snapshot again', async (t) => {
+  const h = await startHerald(t, { config: CONFIG });
+  await put(h, 'services', 'service:status', { id: 'a', status: 'up' }, 'a');
+  const socket = await connected(t, h.url, { transports: ['websocket'], reconnectionDelay: 50, reconnectionDelayMax: 100 });
+  const rec = new Recorder(socket);
+  const connects = [];
+  socket.on('connect', () => connects.push(socket.recovered));
+  await subscribeOk(socket, 'services');
+  await rec.until((r) => r.named('service:bulk-update').length === 1, 10_000, 'snapshot');
+  await put(h, 'services', 'service:status', { id: 'a', status: 'down' }, 'a');
+  await rec.until((r) => r.named('service:status').length === 1, 10_000, 'first delta');
+
+  const reconnected = waitFor(socket, 'connect', 10_000, 'reconnect');
+  socket.io.engine.close();
+  await put(h, 'services', 'service:status', { id: 'b', status: 'up' }, 'b');
+  await reconnected;
+  await rec.until((r) => r.named('service:status').length === 2, 10_000, 'missed delta after recovery');
+  assert.deepEqual(connects, [true]);
+  assert.equal(rec.named('service:bulk-update').length, 1, 'no second snapshot');
+  assert.deepEqual(rec.named('service:status')[1].args[0], { id: 'b', status: 'up' });
 });

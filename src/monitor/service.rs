@@ -1,0 +1,646 @@
+//! The running monitor: one scheduling task per monitor (fixed rate with start-up jitter, retries, timeouts),
+//! CRUD/pause/resume/check-now, and publishing through `Core::publish` — status events as state-channel changes
+//! (throttled per monitor, the final state always sent), log events, and stats.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::MonitorConfig;
+use super::check::{FieldError, Outcome};
+use super::db::{Db, DbError, LogEntry};
+use super::events::{self, Events};
+use super::runtime::{Runtime, Status};
+use super::spec::MonitorSpec;
+use crate::core::Core;
+use crate::core::channel::{ChannelName, Pattern};
+use crate::core::event::NewEvent;
+use crate::core::state::{Snapshot, StateChange};
+use crate::core::store::now_ms;
+
+/// Why a monitor operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The definition is invalid.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// No such monitor.
+    #[error("no monitor {0:?}")]
+    NotFound(String),
+    /// The id is taken.
+    #[error("a monitor with id {0:?} exists")]
+    Conflict(String),
+    /// Checked too recently.
+    #[error("monitor {0:?} was checked less than {1:?} ago")]
+    TooSoon(String, Duration),
+    /// Storage failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+struct Emit {
+    last_sent: Option<Instant>,
+    pending: bool,
+    last_full: Option<Value>,
+}
+
+struct Entry {
+    id: String,
+    spec: Mutex<MonitorSpec>,
+    rt: Mutex<Runtime>,
+    refresh: Notify,
+    running: tokio::sync::Mutex<()>,
+    task: Mutex<Option<AbortHandle>>,
+    emit: Mutex<Emit>,
+}
+
+impl Entry {
+    fn channel(&self, default: &ChannelName) -> ChannelName {
+        self.spec
+            .lock()
+            .channel
+            .as_deref()
+            .and_then(|c| ChannelName::new(c).ok())
+            .unwrap_or_else(|| default.clone())
+    }
+}
+
+/// How late scheduled checks started (the check-time drift).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Lateness {
+    /// Scheduled checks started.
+    pub checks: u64,
+    /// Sum of their delays, in microseconds.
+    pub total_us: u64,
+    /// Largest delay, in microseconds.
+    pub max_us: u64,
+}
+
+/// The service monitor.
+pub struct Monitors {
+    core: Arc<Core>,
+    db: Db,
+    events: Events,
+    channel: ChannelName,
+    refresh_interval: Duration,
+    entries: Mutex<BTreeMap<String, Arc<Entry>>>,
+    stats: Mutex<Option<Value>>,
+    lateness: Mutex<Lateness>,
+    checks: AtomicU64,
+}
+
+impl Monitors {
+    /// Opens the monitor database, applies the configured monitors and starts checking.
+    pub async fn start(
+        core: Arc<Core>,
+        data_dir: &std::path::Path,
+        cfg: &MonitorConfig,
+    ) -> Result<Arc<Self>, MonitorError> {
+        let channel = ChannelName::new(&cfg.channel)
+            .map_err(|e| FieldError::new("monitor.channel", e.to_string()))?;
+        let events = Events::resolve(cfg.preset, &cfg.events, &cfg.channel, cfg.throttle);
+        ChannelName::new(&events.stats_channel)
+            .map_err(|e| FieldError::new("monitor.events.stats_channel", e.to_string()))?;
+        let (db, stored) = Db::open(data_dir, cfg.log_keep, cfg.log_max_age)?;
+        let this = Arc::new(Self {
+            core,
+            db,
+            events,
+            channel,
+            refresh_interval: cfg.refresh_interval,
+            entries: Mutex::new(BTreeMap::new()),
+            stats: Mutex::new(None),
+            lateness: Mutex::new(Lateness::default()),
+            checks: AtomicU64::new(0),
+        });
+        for s in stored {
+            let Ok(spec) = serde_json::from_str::<MonitorSpec>(&s.spec) else {
+                tracing::warn!(id = %s.id, "skipping a stored monitor whose definition no longer parses");
+                continue;
+            };
+            let rt = s
+                .runtime
+                .and_then(|r| serde_json::from_str::<Runtime>(&r).ok())
+                .unwrap_or_default();
+            this.insert(s.id, spec, rt);
+        }
+        for (i, spec) in cfg.monitors.iter().enumerate() {
+            let field = |e: FieldError| {
+                FieldError::new(format!("monitor.monitors[{i}].{}", e.field), e.message)
+            };
+            let Some(id) = spec.id.clone() else {
+                return Err(FieldError::new(
+                    format!("monitor.monitors[{i}].id"),
+                    "required for monitors declared in the config",
+                )
+                .into());
+            };
+            spec.validate().map_err(field)?;
+            let existing = this.entries.lock().get(&id).cloned();
+            match existing {
+                Some(e) if *e.spec.lock() == *spec => {}
+                Some(e) => {
+                    *e.spec.lock() = spec.clone();
+                    this.db.put_monitor(&id, to_json(spec));
+                }
+                None => {
+                    this.db.put_monitor(&id, to_json(spec));
+                    this.insert(id, spec.clone(), Runtime::default());
+                }
+            }
+        }
+        this.declare();
+        let entries: Vec<Arc<Entry>> = this.entries.lock().values().cloned().collect();
+        for e in &entries {
+            let interval = e.spec.lock().interval();
+            // Spread the first checks so monitors loaded together do not fire in lockstep.
+            let jitter = interval
+                .min(Duration::from_secs(5))
+                .mul_f64(rand::random::<f64>());
+            this.publish_status(e, true).await;
+            this.schedule(e, jitter);
+        }
+        this.publish_stats().await;
+        Ok(this)
+    }
+
+    /// Declares the monitor channels state channels with the preset's snapshot.
+    fn declare(&self) {
+        let mut channels: Vec<ChannelName> = vec![self.channel.clone()];
+        for e in self.entries.lock().values() {
+            let c = e.channel(&self.channel);
+            if !channels.contains(&c) {
+                channels.push(c);
+            }
+        }
+        for c in channels {
+            self.core
+                .declare_state(Pattern::new(c.as_str()), self.events.snapshot.clone());
+        }
+        self.core
+            .declare_state(Pattern::new(&self.events.stats_channel), Snapshot::Each);
+    }
+
+    fn insert(&self, id: String, spec: MonitorSpec, mut rt: Runtime) -> Arc<Entry> {
+        if spec.paused {
+            rt.set_status(Status::Paused, now_ms());
+        } else if rt.status == Status::Paused {
+            rt.set_status(Status::Pending, now_ms());
+        }
+        let e = Arc::new(Entry {
+            id: id.clone(),
+            spec: Mutex::new(spec),
+            rt: Mutex::new(rt),
+            refresh: Notify::new(),
+            running: tokio::sync::Mutex::new(()),
+            task: Mutex::new(None),
+            emit: Mutex::new(Emit {
+                last_sent: None,
+                pending: false,
+                last_full: None,
+            }),
+        });
+        self.entries.lock().insert(id, e.clone());
+        e
+    }
+
+    fn entry(&self, id: &str) -> Result<Arc<Entry>, MonitorError> {
+        self.entries
+            .lock()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| MonitorError::NotFound(id.to_owned()))
+    }
+
+    /// Every monitor's full object, ordered by id.
+    pub fn list(&self) -> Vec<Value> {
+        let now = now_ms();
+        let entries: Vec<Arc<Entry>> = self.entries.lock().values().cloned().collect();
+        entries.iter().map(|e| view(e, now)).collect()
+    }
+
+    /// One monitor's full object.
+    pub fn get(&self, id: &str) -> Result<Value, MonitorError> {
+        Ok(view(&*self.entry(id)?, now_ms()))
+    }
+
+    /// The definition of one monitor.
+    pub fn spec(&self, id: &str) -> Result<MonitorSpec, MonitorError> {
+        Ok(self.entry(id)?.spec.lock().clone())
+    }
+
+    /// Creates a monitor (validated, host names resolved) and checks it at once.
+    pub async fn create(self: &Arc<Self>, mut spec: MonitorSpec) -> Result<Value, MonitorError> {
+        spec.validate()?;
+        spec.check
+            .validate_reachable(Duration::from_secs(5))
+            .await?;
+        let id = match spec.id.clone() {
+            Some(id) => id,
+            None => new_id(),
+        };
+        spec.id = Some(id.clone());
+        if self.entries.lock().contains_key(&id) {
+            return Err(MonitorError::Conflict(id));
+        }
+        self.db.put_monitor(&id, to_json(&spec));
+        let e = self.insert(id, spec, Runtime::default());
+        self.declare();
+        self.publish_status(&e, true).await;
+        self.publish_stats().await;
+        self.schedule(&e, Duration::ZERO);
+        Ok(view(&e, now_ms()))
+    }
+
+    /// Replaces a monitor's definition (its id stays) and checks it at once.
+    pub async fn update(
+        self: &Arc<Self>,
+        id: &str,
+        mut spec: MonitorSpec,
+    ) -> Result<Value, MonitorError> {
+        if spec.id.as_deref().is_some_and(|s| s != id) {
+            return Err(FieldError::new("id", "does not match the URL").into());
+        }
+        spec.id = Some(id.to_owned());
+        spec.validate()?;
+        spec.check
+            .validate_reachable(Duration::from_secs(5))
+            .await?;
+        let e = self.entry(id)?;
+        self.db.put_monitor(id, to_json(&spec));
+        let paused = spec.paused;
+        *e.spec.lock() = spec;
+        {
+            let mut rt = e.rt.lock();
+            let status = if paused {
+                Status::Paused
+            } else {
+                Status::Pending
+            };
+            rt.failures = 0;
+            rt.set_status(status, now_ms());
+        }
+        self.declare();
+        self.publish_status(&e, true).await;
+        self.publish_stats().await;
+        self.schedule(&e, Duration::ZERO);
+        Ok(view(&e, now_ms()))
+    }
+
+    /// Deletes a monitor; subscribers get its removal.
+    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<(), MonitorError> {
+        let e = self.entry(id)?;
+        if let Some(t) = e.task.lock().take() {
+            t.abort();
+        }
+        self.entries.lock().remove(id);
+        self.db.delete(id);
+        let event = NewEvent {
+            channel: e.channel(&self.channel),
+            name: self.events.removed.clone(),
+            data: raw(&json!({"id": id, "serviceId": id})),
+            id: None,
+            state: Some(StateChange::Remove { key: id.to_owned() }),
+        };
+        self.publish(vec![event]).await;
+        self.publish_stats().await;
+        Ok(())
+    }
+
+    /// Pauses or resumes a monitor.
+    pub async fn set_paused(
+        self: &Arc<Self>,
+        id: &str,
+        paused: bool,
+    ) -> Result<Value, MonitorError> {
+        let e = self.entry(id)?;
+        let spec = {
+            let mut spec = e.spec.lock();
+            spec.paused = paused;
+            spec.clone()
+        };
+        self.db.put_monitor(id, to_json(&spec));
+        {
+            let mut rt = e.rt.lock();
+            rt.failures = 0;
+            rt.set_status(
+                if paused {
+                    Status::Paused
+                } else {
+                    Status::Pending
+                },
+                now_ms(),
+            );
+        }
+        self.publish_status(&e, true).await;
+        self.publish_stats().await;
+        self.schedule(&e, Duration::ZERO);
+        Ok(view(&e, now_ms()))
+    }
+
+    /// Runs a check now and returns what it found.
+    pub async fn check_now(self: &Arc<Self>, id: &str) -> Result<Outcome, MonitorError> {
+        let e = self.entry(id)?;
+        if e.spec.lock().paused {
+            return Err(FieldError::new("paused", "the monitor is paused; resume it first").into());
+        }
+        Ok(self.check(&e).await)
+    }
+
+    /// A client asked for a fresh check (`request:refresh`): wakes the monitor's task unless it was checked
+    /// within the refresh interval.
+    pub fn refresh(&self, id: &str) -> Result<(), MonitorError> {
+        let e = self.entry(id)?;
+        let last = e.rt.lock().last_check;
+        if last.is_some_and(|t| now_ms() - t < self.refresh_interval.as_millis() as i64) {
+            return Err(MonitorError::TooSoon(id.to_owned(), self.refresh_interval));
+        }
+        e.refresh.notify_one();
+        Ok(())
+    }
+
+    /// The channel a monitor's events go to.
+    pub fn channel_of(&self, id: &str) -> Result<ChannelName, MonitorError> {
+        Ok(self.entry(id)?.channel(&self.channel))
+    }
+
+    /// The latest log entries of a monitor, newest first.
+    pub async fn log(&self, id: &str, limit: usize) -> Result<Vec<LogEntry>, MonitorError> {
+        self.entry(id)?;
+        Ok(self.db.recent(id, limit).await?)
+    }
+
+    /// Check-time drift so far, and the number of checks run.
+    pub fn lateness(&self) -> (Lateness, u64) {
+        (*self.lateness.lock(), self.checks.load(Ordering::Relaxed))
+    }
+
+    /// Stores every runtime state (at shutdown).
+    pub async fn flush(&self) {
+        let entries: Vec<Arc<Entry>> = self.entries.lock().values().cloned().collect();
+        for e in entries {
+            let rt = serde_json::to_string(&*e.rt.lock()).unwrap_or_default();
+            self.db.put_runtime(&e.id, rt);
+        }
+        self.db.flush().await;
+    }
+
+    /// (Re)starts a monitor's task; its first check after `first`.
+    fn schedule(self: &Arc<Self>, e: &Arc<Entry>, first: Duration) {
+        if let Some(t) = e.task.lock().take() {
+            t.abort();
+        }
+        if e.spec.lock().paused {
+            return;
+        }
+        let this = self.clone();
+        let entry = e.clone();
+        let handle = tokio::spawn(async move { this.run(entry, first).await });
+        *e.task.lock() = Some(handle.abort_handle());
+    }
+
+    async fn run(self: Arc<Self>, e: Arc<Entry>, first: Duration) {
+        let mut next = Instant::now() + first;
+        loop {
+            let scheduled = tokio::select! {
+                _ = tokio::time::sleep_until(next) => true,
+                _ = e.refresh.notified() => false,
+            };
+            if scheduled {
+                let late = Instant::now().saturating_duration_since(next).as_micros() as u64;
+                let mut l = self.lateness.lock();
+                l.checks += 1;
+                l.total_us += late;
+                l.max_us = l.max_us.max(late);
+            }
+            self.check(&e).await;
+            if scheduled {
+                // Fixed rate: the next check is due one interval after this one was due, not after it ended.
+                next += e.spec.lock().interval();
+                let now = Instant::now();
+                if next < now {
+                    next = now + e.spec.lock().interval();
+                }
+            }
+        }
+    }
+
+    /// Runs one check of `e` (never two at once), records it and publishes what changed.
+    async fn check(self: &Arc<Self>, e: &Arc<Entry>) -> Outcome {
+        let _running = e.running.lock().await;
+        let spec = e.spec.lock().clone();
+        let outcome = spec.check.run(spec.timeout()).await;
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        let (changed, status, runtime) = {
+            let mut rt = e.rt.lock();
+            let changed = rt.apply(&outcome, now, spec.retries, spec.degraded_ms);
+            (
+                changed,
+                rt.status,
+                serde_json::to_string(&*rt).unwrap_or_default(),
+            )
+        };
+        self.db.put_runtime(&e.id, runtime);
+        let log_id = self
+            .db
+            .log(
+                &e.id,
+                now,
+                status.as_str(),
+                outcome.response_ms,
+                &outcome.message,
+            )
+            .await;
+        let mut batch = Vec::new();
+        if let Some(name) = &self.events.log {
+            let data = events::log_entry(log_id, &e.id, &spec.name, &e.rt.lock(), now);
+            batch.push(NewEvent {
+                channel: e.channel(&self.channel),
+                name: name.clone(),
+                data: raw(&data),
+                id: None,
+                state: None,
+            });
+        }
+        self.publish(batch).await;
+        self.publish_status(e, false).await;
+        if changed {
+            self.publish_stats().await;
+        }
+        outcome
+    }
+
+    /// Publishes `e`'s status event now, or — within the throttle period of the last one — once it ends
+    /// (with whatever the state is then). `force` skips the throttle (definition changes).
+    async fn publish_status(self: &Arc<Self>, e: &Arc<Entry>, force: bool) {
+        let wait = {
+            let mut em = e.emit.lock();
+            let now = Instant::now();
+            match em.last_sent {
+                Some(last) if !force && now < last + self.events.throttle => {
+                    if em.pending {
+                        return;
+                    }
+                    em.pending = true;
+                    Some(last + self.events.throttle)
+                }
+                _ => None,
+            }
+        };
+        if let Some(at) = wait {
+            // The trailing send runs on its own, so a throttled check does not wait for it.
+            let this = self.clone();
+            let e = e.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                e.emit.lock().pending = false;
+                this.send_status(&e).await;
+            });
+            return;
+        }
+        self.send_status(e).await;
+    }
+
+    async fn send_status(&self, e: &Arc<Entry>) {
+        if !self.entries.lock().contains_key(&e.id) {
+            return;
+        }
+        let now = now_ms();
+        let full = view(e, now);
+        let data = {
+            let mut em = e.emit.lock();
+            em.last_sent = Some(Instant::now());
+            let data = if self.events.changed_only {
+                events::changed_fields(em.last_full.as_ref(), &full, now)
+            } else {
+                full.clone()
+            };
+            em.last_full = Some(full.clone());
+            data
+        };
+        let event = NewEvent {
+            channel: e.channel(&self.channel),
+            name: self.events.status.clone(),
+            data: raw(&data),
+            id: None,
+            state: Some(StateChange::Set {
+                key: e.id.clone(),
+                value: raw(&full),
+            }),
+        };
+        self.publish(vec![event]).await;
+    }
+
+    async fn publish_stats(&self) {
+        let Some(name) = &self.events.stats else {
+            return;
+        };
+        let stats = self.stats_now();
+        {
+            let mut last = self.stats.lock();
+            if last.as_ref() == Some(&stats) {
+                return;
+            }
+            *last = Some(stats.clone());
+        }
+        let Ok(channel) = ChannelName::new(&self.events.stats_channel) else {
+            return;
+        };
+        let event = NewEvent {
+            channel,
+            name: name.clone(),
+            data: raw(&stats),
+            id: None,
+            state: Some(StateChange::Set {
+                key: "stats".into(),
+                value: raw(&stats),
+            }),
+        };
+        self.publish(vec![event]).await;
+    }
+
+    /// What the status page needs to follow the monitors: the channel and the event names and shapes.
+    pub fn page_config(&self) -> Value {
+        let bulk = match &self.events.snapshot {
+            Snapshot::Bulk { event } => Some(event.clone()),
+            Snapshot::Each => None,
+        };
+        json!({
+            "channel": self.channel,
+            "statusEvent": self.events.status,
+            "changedOnly": self.events.changed_only,
+            "bulkEvent": bulk,
+            "removedEvent": self.events.removed,
+            "logEvent": self.events.log,
+        })
+    }
+
+    /// Counts of monitors per status.
+    pub fn stats_now(&self) -> Value {
+        let mut counts: BTreeMap<&'static str, u64> =
+            ["up", "down", "degraded", "pending", "paused"]
+                .into_iter()
+                .map(|s| (s, 0))
+                .collect();
+        let entries: Vec<Arc<Entry>> = self.entries.lock().values().cloned().collect();
+        for e in &entries {
+            *counts.entry(e.rt.lock().status.as_str()).or_default() += 1;
+        }
+        json!({
+            "total": entries.len(),
+            "up": counts["up"],
+            "down": counts["down"],
+            "degraded": counts["degraded"],
+            "pending": counts["pending"],
+            "paused": counts["paused"],
+        })
+    }
+
+    async fn publish(&self, events: Vec<NewEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        if let Err(e) = self.core.publish(events).await {
+            tracing::error!(error = %e, "monitor could not publish its events");
+        }
+    }
+
+    /// Monitors with their runtime, for metrics: `(id, spec, runtime)`.
+    pub fn snapshot(&self) -> Vec<(String, MonitorSpec, Runtime)> {
+        let entries: Vec<Arc<Entry>> = self.entries.lock().values().cloned().collect();
+        entries
+            .iter()
+            .map(|e| (e.id.clone(), e.spec.lock().clone(), e.rt.lock().clone()))
+            .collect()
+    }
+}
+
+fn view(e: &Entry, now: i64) -> Value {
+    let spec = e.spec.lock().clone();
+    let rt = e.rt.lock();
+    events::full(&e.id, &spec, &rt, now)
+}
+
+fn to_json(spec: &MonitorSpec) -> String {
+    serde_json::to_string(spec).unwrap_or_default()
+}
+
+fn raw(v: &Value) -> Box<RawValue> {
+    // Serialising a `Value` cannot fail; `null` keeps the event well-formed if it ever did.
+    serde_json::value::to_raw_value(v)
+        .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default())
+}
+
+fn new_id() -> String {
+    let n: u64 = rand::random();
+    format!("m{:012x}", n >> 16)
+}
