@@ -1,12 +1,13 @@
 // 21. SQL sources at scale and under bad input: 1,000 subscribers over 10 parameter sets cost 10 queries per interval
 // (read from PostgreSQL's pg_stat_statements) and none once they leave; invalid SQL, unknown parameters and bad URLs
 // stop start-up with the source and field named; a database that is down, slow, or returns too many rows is reported
-// to subscribers as a status event while the rest of Herald keeps serving, and the source recovers by itself.
+// to subscribers as a status event while the rest of Herald keeps serving, and the source recovers by itself; a query
+// that writes is refused by the read-only session.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startHerald, request, withTimeout, publish } from '../lib/herald.js';
 import { openWs, wsBase, directPath } from '../lib/plain.js';
-import { startPostgres, freePort } from '../lib/sqldb.js';
+import { startPostgres, freePort, sqliteDb } from '../lib/sqldb.js';
 
 const DIRECT_DATA = `
 [[websocket.direct]]
@@ -188,5 +189,37 @@ max_rows = 3
   await lim.next((m) => m?.status === 'ok', 10_000, 'ok status');
   await lim.until((c) => c.messages.filter((m) => Array.isArray(m)).length === 2, 10_000, 'new result');
   assert.deepEqual(lim.messages.filter((m) => Array.isArray(m))[1], [{ i: 1 }]);
+  await h.assertHealthy();
+});
+
+test('sessions are read-only: a query that writes is refused by the database and reported', async (t) => {
+  const pg = await startPostgres(t);
+  pg.exec('create sequence s; create table w (v text)');
+  const sqlite = sqliteDb(t);
+  sqlite.exec('create table w (v text)');
+  const h = await startHerald(t, { config: `${DIRECT_DATA}
+[[sources.sql]]
+id = "pg-writes"
+url = "${pg.url}"
+sql = "select nextval('s') as n where {u} = 'A'"
+channel = "pgw:{u}"
+interval = "100ms"
+
+[[sources.sql]]
+id = "sqlite-writes"
+url = "${sqlite.url}"
+sql = "insert into w values ({u}) returning v"
+channel = "litew:{u}"
+interval = "100ms"
+` });
+  const a = await openWs(t, `${wsBase(h)}${directPath('/ws', 'pgw:A')}`);
+  const s1 = await a.next((m) => m?.status === 'error', 10_000, 'postgres refuses the write');
+  assert.match(s1.message, /read-only transaction/);
+  const b = await openWs(t, `${wsBase(h)}${directPath('/ws', 'litew:A')}`);
+  const s2 = await b.next((m) => m?.status === 'error', 10_000, 'sqlite refuses the write');
+  assert.match(s2.message, /readonly|read-only|query_only/i);
+  assert.equal(pg.exec("select last_value from s").trim(), '1', 'the sequence never advanced past its start');
+  assert.equal(pg.exec("select is_called from s").trim(), 'f');
+  assert.equal(sqlite.exec('select count(*) from w').trim(), '0');
   await h.assertHealthy();
 });
