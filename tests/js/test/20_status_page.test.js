@@ -164,6 +164,10 @@ test('status page: a monitor going down turns red without a reload, within one c
     name: NASTY, target: target.url, imgs: 0, pwned: null, pill: 'up', viewport: 'width=device-width, initial-scale=1',
   });
 
+  // The monitor's log lines are rendered when its log is opened (from the fetch at load, then live).
+  await page.click(`${card(id)} details summary`);
+  await waitSelector(page, `${card(id)} .log .st[data-status="up"]`, 5_000, 'an up log line on the opened log');
+
   // Down: the page turns red by itself.
   target.status = 500;
   const downAfter = await waitSelector(page, `${card(id)}[data-status="down"]`, TURN_MS, 'monitor turned down');
