@@ -254,3 +254,34 @@ test('status page with seed 002 events: changed-field deltas and the bulk snapsh
   assert.equal(await page.$$eval('li.monitor', (l) => l.length), 1);
   h.assertNoPanic();
 });
+
+test('status page: Herald restarts under it; the EventSource reconnects and resumes by itself and updates continue', async (t) => {
+  const context = await browserContext(t, { viewport: { width: 1024, height: 700 } });
+  if (!context) return;
+  const h = await startHerald(t);
+  const target = await flippingTarget(t);
+  const id = await createMonitor(h, { name: 'API', check: { kind: 'http', url: target.url }, interval: INTERVAL_S });
+  const page = await context.newPage();
+  const requests = recordRequests(page);
+  await page.goto(`${h.url}/status`);
+  await waitSelector(page, `${card(id)}[data-status="up"]`, 10_000, 'monitor shown up');
+  await waitSelector(page, 'body[data-connection="live"]', 5_000, 'live');
+
+  await h.stop('SIGTERM');
+  await waitSelector(page, 'body[data-connection="reconnecting"]', 10_000, 'indicator shows the lost connection');
+  await h.restart();
+  await waitSelector(page, 'body[data-connection="live"]', 15_000, 'live again after the restart');
+
+  // Updates after the restart still reach the page opened before it.
+  target.status = 500;
+  await waitSelector(page, `${card(id)}[data-status="down"]`, 10_000, 'down after the restart');
+  assert.equal(await page.$$eval('li.monitor', (l) => l.length), 1, 'the resumed stream does not duplicate cards');
+  // Only EventSource reconnections: no reload, no polling, and the initial fetches made once.
+  const sse = requests.filter((r) => r.path === '/sse/monitors');
+  assert.ok(sse.length >= 2, `the EventSource reconnected: ${JSON.stringify(requests)}`);
+  assert.ok(sse.every((r) => r.type === 'eventsource'), JSON.stringify(sse));
+  const others = requests.filter((r) => r.path !== '/sse/monitors');
+  assert.deepEqual(others.map((r) => r.path).sort(),
+    ['/status', '/status/config', '/status/monitors', `/status/monitors/${id}/log?limit=10`].sort(),
+    `requests other than the stream: ${JSON.stringify(requests)}`);
+});
