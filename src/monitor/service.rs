@@ -60,6 +60,8 @@ struct Entry {
     running: tokio::sync::Mutex<()>,
     task: Mutex<Option<AbortHandle>>,
     emit: Mutex<Emit>,
+    /// Serialises status sends, so the last one published carries the latest state.
+    sending: tokio::sync::Mutex<()>,
 }
 
 impl Entry {
@@ -207,6 +209,7 @@ impl Monitors {
                 pending: false,
                 last_full: None,
             }),
+            sending: tokio::sync::Mutex::new(()),
         });
         self.entries.lock().insert(id, e.clone());
         e
@@ -409,6 +412,9 @@ impl Monitors {
 
     async fn run(self: Arc<Self>, e: Arc<Entry>, first: Duration) {
         let mut next = Instant::now() + first;
+        // A monitor checked at once (just created or resumed) takes a random phase after that first check, so
+        // monitors created together do not stay in lockstep.
+        let mut spread = first.is_zero();
         loop {
             let scheduled = tokio::select! {
                 _ = tokio::time::sleep_until(next) => true,
@@ -422,7 +428,11 @@ impl Monitors {
                 l.max_us = l.max_us.max(late);
             }
             self.check(&e).await;
-            if scheduled {
+            if spread {
+                spread = false;
+                let phase = 0.5 + 0.5 * rand::random::<f64>();
+                next = Instant::now() + e.spec.lock().interval().mul_f64(phase);
+            } else if scheduled {
                 // Fixed rate: the next check is due one interval after this one was due, not after it ended.
                 next += e.spec.lock().interval();
                 let now = Instant::now();
@@ -511,6 +521,9 @@ impl Monitors {
     }
 
     async fn send_status(&self, e: &Arc<Entry>) {
+        // The state is read under the send lock: of two sends racing (a trailing one and a check's own), the later
+        // publishes the newer state, and an unchanged state is not published twice.
+        let _sending = e.sending.lock().await;
         if !self.entries.lock().contains_key(&e.id) {
             return;
         }
@@ -518,6 +531,9 @@ impl Monitors {
         let full = view(e, now);
         let data = {
             let mut em = e.emit.lock();
+            if em.last_full.as_ref() == Some(&full) {
+                return;
+            }
             em.last_sent = Some(Instant::now());
             let data = if self.events.changed_only {
                 events::changed_fields(em.last_full.as_ref(), &full, now)
