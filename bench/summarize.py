@@ -129,7 +129,11 @@ def main():
             + "."
         )
         md.append("")
-        head = ["server", "runs"] + [c[0] for c in cols] + ["gaps / dups / missing / first lost (sum)", "passed"]
+        head = ["server", "runs"] + [c[0] for c in cols] + [
+            "gaps / dups / missing / first lost (sum)",
+            "passed",
+            "other CPU % median (max)",
+        ]
         md.append("| " + " | ".join(head) + " |")
         md.append("|" + "---|" * len(head))
         for srv in SERVERS:
@@ -155,6 +159,9 @@ def main():
             row.append(f"{passed}/{len(rs)}")
             other = median(rs, "publish.other_cpu_percent")
             entry["other_cpu_percent_median"] = other
+            others = [get(r, "publish.other_cpu_percent") for r in rs]
+            worst = max((o for o in others if o is not None), default=None)
+            row.append(f"{fmt(other, 0)} ({fmt(worst, 0)})")
             md.append("| " + " | ".join(row) + " |")
             out.setdefault(case, {})[srv] = entry
         md.append("")
