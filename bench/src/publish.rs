@@ -1,5 +1,7 @@
-//! The publisher: `POST /api/publish` on a fixed schedule. Event `n` is due at `start + (n-1)/rate` and carries
-//! that *scheduled* time, so a server (or publisher) that falls behind shows up as latency.
+//! The publisher: `POST /api/publish` on a fixed schedule. Event `n` is due at `start + (n-first)/rate` and carries
+//! that *scheduled* time (`"t"`), so a server (or publisher) that falls behind shows up as latency, and the time
+//! the request was actually written (`"s"`). With K channels, event `n` goes to channel `(n-1) % K` and carries
+//! that channel's sequence number `(n-1) / K + 1`, so every channel sees 1, 2, 3, … in order.
 //!
 //! Requests are pipelined on one HTTP/1.1 keep-alive connection: each is written when it is due, without waiting
 //! for earlier responses (a reader task matches responses in order). One connection means the server sees the
@@ -27,8 +29,8 @@ pub struct Publisher {
     pub addr: SocketAddr,
     /// Request head up to the end of the headers, minus `Content-Length` (which comes last).
     pub head: String,
-    /// Body up to the sequence number: `{"channel":…,"event":…,"data":{"seq":`.
-    pub body_head: String,
+    /// Per channel, the body up to the sequence number: `{"channel":…,"event":…,"data":{"seq":`.
+    pub body_heads: Vec<String>,
     /// Body after the timestamp: `,"pad":"…"}}`.
     pub body_tail: String,
     /// Events per request (1: plain `{"channel":…}` bodies; more: `{"events":[…]}` batches).
@@ -63,12 +65,12 @@ struct Pipeline {
 }
 
 impl Publisher {
-    /// A publisher of `event` on `channel` to `host` (the Host header) whose bodies are about `body_bytes` long.
+    /// A publisher of `event` on `channels` to `host` (the Host header) whose bodies are about `body_bytes` long.
     pub fn new(
         addr: SocketAddr,
         host: &str,
         api_key: Option<&str>,
-        (channel, event): (&str, &str),
+        (channels, event): (&[String], &str),
         body_bytes: usize,
         batch: u64,
     ) -> Self {
@@ -78,13 +80,18 @@ impl Publisher {
         if let Some(k) = api_key {
             let _ = write!(head, "Authorization: Bearer {k}\r\n");
         }
-        let body_head = format!(
-            r#"{{"channel":{},"event":{},"data":{{"seq":"#,
-            serde_json::Value::from(channel),
-            serde_json::Value::from(event)
-        );
-        // A 6-digit seq, a 16-digit timestamp, `,"t":` and `,"pad":""}}`.
-        let fixed = body_head.len() + 6 + 5 + 16 + 11;
+        let body_heads: Vec<String> = channels
+            .iter()
+            .map(|channel| {
+                format!(
+                    r#"{{"channel":{},"event":{},"data":{{"seq":"#,
+                    serde_json::Value::from(channel.as_str()),
+                    serde_json::Value::from(event)
+                )
+            })
+            .collect();
+        // A 6-digit seq, two 16-digit timestamps with `,"t":`/`,"s":`, and `,"pad":""}}`.
+        let fixed = body_heads.first().map_or(0, String::len) + 6 + 2 * (5 + 16) + 11;
         let body_tail = format!(
             r#","pad":"{}"}}}}"#,
             "x".repeat(body_bytes.saturating_sub(fixed))
@@ -92,23 +99,28 @@ impl Publisher {
         Self {
             addr,
             head,
-            body_head,
+            body_heads,
             body_tail,
             batch: batch.max(1),
         }
     }
 
-    /// Publishes `count` events at `rate`/s starting at `start_us` (on `clock`), then waits (≤ 10 s) for replies.
+    /// Publishes events `first..=last` at `rate`/s starting at `start_us` (on `clock`), then waits (≤ 10 s) for
+    /// replies.
     pub async fn run(
         self: Rc<Self>,
         clock: Clock,
         start_us: u64,
         rate: f64,
-        count: u64,
+        (first, last): (u64, u64),
         stats: Rc<PublishStats>,
     ) {
-        if let Err(e) = self.run_inner(clock, start_us, rate, count, &stats).await {
-            let unsent = count - stats.scheduled.get();
+        stats.scheduled.set(first - 1);
+        if let Err(e) = self
+            .run_inner(clock, start_us, rate, (first, last), &stats)
+            .await
+        {
+            let unsent = last - stats.scheduled.get();
             stats.fail(unsent, format!("publisher: {e:#}"));
         }
     }
@@ -118,19 +130,20 @@ impl Publisher {
         clock: Clock,
         start_us: u64,
         rate: f64,
-        count: u64,
+        (mut first, count): (u64, u64),
         stats: &Rc<PublishStats>,
     ) -> Result<()> {
+        let origin = first;
+        let k = self.body_heads.len().max(1) as u64;
         let tcp = TcpStream::connect(self.addr).await.context("connecting")?;
         tcp.set_nodelay(true)?;
         let (rd, mut wr) = tcp.into_split();
         let pipe = Rc::new(Pipeline::default());
         tokio::task::spawn_local(read_responses(rd, pipe.clone(), stats.clone(), clock));
         let (mut body, mut req) = (String::new(), Vec::new());
-        let mut first = 1;
         while first <= count {
             let last = (first + self.batch - 1).min(count);
-            let due = start_us + ((last - 1) as f64 * 1e6 / rate) as u64;
+            let due = start_us + ((last - origin) as f64 * 1e6 / rate) as u64;
             tokio::time::sleep_until(clock.instant_at(due).into()).await;
             while pipe.pending.borrow().len() >= MAX_PIPELINE && !pipe.reader_done.get() {
                 pipe.progress.notified().await;
@@ -140,10 +153,13 @@ impl Publisher {
             }
             body.clear();
             body.push_str(if last > first { r#"{"events":["# } else { "" });
-            for seq in first..=last {
-                let sep = if seq > first { "," } else { "" };
-                let (head, t, tail) = (&self.body_head, clock.wall_us(due), &self.body_tail);
-                let _ = write!(body, r#"{sep}{head}{seq},"t":{t}{tail}"#);
+            let sent = clock.wall_us(clock.now_us());
+            for n in first..=last {
+                let sep = if n > first { "," } else { "" };
+                let head = &self.body_heads[((n - 1) % k) as usize];
+                let seq = (n - 1) / k + 1;
+                let (t, tail) = (clock.wall_us(due), &self.body_tail);
+                let _ = write!(body, r#"{sep}{head}{seq},"t":{t},"s":{sent}{tail}"#);
             }
             body.push_str(if last > first { "]}" } else { "" });
             req.clear();

@@ -72,9 +72,16 @@ async fn next_text(ws: &mut Ws) -> Result<tokio_tungstenite::tungstenite::Utf8By
     }
 }
 
-/// Opens a WebSocket, completes the Engine.IO open and Socket.IO CONNECT, subscribes to `channel` and waits for
-/// a successful ack. Nothing but the open packet, pings, the CONNECT reply and the ack may arrive before that.
-pub async fn connect_and_subscribe(t: &Target, channel: &str) -> Result<Ws> {
+/// Opens a WebSocket, completes the Engine.IO open and Socket.IO CONNECT, subscribes to `channel` (resuming after
+/// offset `since` when given) and waits for a successful ack. Without `since`, nothing but the open packet, pings,
+/// the CONNECT reply and the ack may arrive before that; with it, replayed events may precede the ack and are
+/// handed to `early` (the payload after `42`).
+pub async fn connect_and_subscribe(
+    t: &Target,
+    channel: &str,
+    since: Option<u64>,
+    early: &mut dyn FnMut(&[u8]),
+) -> Result<Ws> {
     let tcp = TcpStream::connect(t.addr).await.context("tcp connect")?;
     tcp.set_nodelay(true)?;
     let cfg = WebSocketConfig::default()
@@ -93,10 +100,11 @@ pub async fn connect_and_subscribe(t: &Target, channel: &str) -> Result<Ws> {
     if !reply.starts_with("40{") {
         bail!("expected CONNECT reply, got {:.80}", reply.as_str());
     }
+    let since_field = since.map_or(String::new(), |n| format!(r#","since":{n}"#));
     send(
         &mut ws,
         &format!(
-            r#"420["subscribe",{{"channel":{}}}]"#,
+            r#"420["subscribe",{{"channel":{}{since_field}}}]"#,
             serde_json::Value::from(channel)
         ),
     )
@@ -110,8 +118,11 @@ pub async fn connect_and_subscribe(t: &Target, channel: &str) -> Result<Ws> {
                 Err(anyhow!("subscribe refused: {ack:.200}"))
             };
         }
-        if msg.starts_with("42") {
-            bail!("event before the subscribe ack: {:.80}", msg.as_str());
+        if let Some(p) = msg.as_bytes().strip_prefix(b"42") {
+            if since.is_none() {
+                bail!("event before the subscribe ack: {:.80}", msg.as_str());
+            }
+            early(p);
         }
     }
 }

@@ -69,9 +69,10 @@ pub fn classify(b: &[u8]) -> Msg<'_> {
     }
 }
 
-/// Opens `ws_url`, subscribes to `channel` and waits for `subscribed`. Before it only `heartbeat`s may arrive; an
-/// event or an error first is a failure (the server must confirm before it delivers).
-pub async fn connect_and_subscribe(t: &Target, channel: &str) -> Result<Ws> {
+/// Opens `ws_url`, subscribes to `channel` (resuming after offset `since` when given) and waits for `subscribed`.
+/// Before it only `heartbeat`s may arrive; an event or an error first is a failure (the server must confirm before
+/// it delivers; replayed events follow the confirmation).
+pub async fn connect_and_subscribe(t: &Target, channel: &str, since: Option<u64>) -> Result<Ws> {
     let tcp = TcpStream::connect(t.addr).await.context("tcp connect")?;
     tcp.set_nodelay(true)?;
     let cfg = WebSocketConfig::default()
@@ -81,8 +82,9 @@ pub async fn connect_and_subscribe(t: &Target, channel: &str) -> Result<Ws> {
         tokio_tungstenite::client_async_with_config(t.ws_url.as_str(), tcp, Some(cfg))
             .await
             .context("websocket handshake")?;
+    let since = since.map_or(String::new(), |n| format!(r#","since":{n}"#));
     let req = format!(
-        r#"{{"op":"subscribe","id":1,"channel":{}}}"#,
+        r#"{{"op":"subscribe","id":1,"channel":{}{since}}}"#,
         serde_json::Value::from(channel)
     );
     ws.send(Message::text(req))
