@@ -513,14 +513,15 @@ impl Monitors {
             tokio::spawn(async move {
                 tokio::time::sleep_until(at).await;
                 e.emit.lock().pending = false;
-                this.send_status(&e).await;
+                // Counted from when it was due, not when it went out: later sends do not drift a period behind.
+                this.send_status(&e, at).await;
             });
             return;
         }
-        self.send_status(e).await;
+        self.send_status(e, Instant::now()).await;
     }
 
-    async fn send_status(&self, e: &Arc<Entry>) {
+    async fn send_status(&self, e: &Arc<Entry>, at: Instant) {
         // The state is read under the send lock: of two sends racing (a trailing one and a check's own), the later
         // publishes the newer state, and an unchanged state is not published twice.
         let _sending = e.sending.lock().await;
@@ -534,7 +535,7 @@ impl Monitors {
             if em.last_full.as_ref() == Some(&full) {
                 return;
             }
-            em.last_sent = Some(Instant::now());
+            em.last_sent = Some(at);
             let data = if self.events.changed_only {
                 events::changed_fields(em.last_full.as_ref(), &full, now)
             } else {

@@ -211,45 +211,20 @@ impl Database {
                 for a in args {
                     q = q.bind(a.clone());
                 }
-                let mut stream = q.fetch(pool);
-                let mut rows = Vec::new();
-                while let Some(row) = stream.try_next().await? {
-                    if rows.len() == max_rows {
-                        return Ok(Fetched {
-                            rows,
-                            over_limit: true,
-                        });
-                    }
+                collect(q.fetch(pool), max_rows, |row| {
                     let text: String = row.try_get(0)?;
                     let raw = RawValue::from_string(text)
                         .map_err(|e| DbError::Query(format!("row is not JSON: {e}")))?;
-                    rows.push(Arc::from(raw));
-                }
-                Ok(Fetched {
-                    rows,
-                    over_limit: false,
+                    Ok(Arc::from(raw))
                 })
+                .await
             }
             Database::MySql(pool) => {
                 let mut q = sqlx::query(AssertSqlSafe(statement));
                 for a in args {
                     q = q.bind(a.clone());
                 }
-                let mut stream = q.fetch(pool);
-                let mut rows = Vec::new();
-                while let Some(row) = stream.try_next().await? {
-                    if rows.len() == max_rows {
-                        return Ok(Fetched {
-                            rows,
-                            over_limit: true,
-                        });
-                    }
-                    rows.push(mysql_row(&row)?);
-                }
-                Ok(Fetched {
-                    rows,
-                    over_limit: false,
-                })
+                collect(q.fetch(pool), max_rows, mysql_row).await
             }
             Database::Sqlite(pool) => {
                 pool.fetch(statement.to_owned(), args.to_vec(), max_rows)
@@ -266,6 +241,28 @@ impl Database {
             Database::Sqlite(_) => {}
         }
     }
+}
+
+/// Reads at most `max_rows` rows of a result stream as JSON (one more tells that the limit was hit).
+async fn collect<R>(
+    mut stream: impl futures_util::Stream<Item = Result<R, sqlx::Error>> + Unpin,
+    max_rows: usize,
+    to_json: impl Fn(&R) -> Result<Arc<RawValue>, DbError>,
+) -> Result<Fetched, DbError> {
+    let mut rows = Vec::new();
+    while let Some(row) = stream.try_next().await? {
+        if rows.len() == max_rows {
+            return Ok(Fetched {
+                rows,
+                over_limit: true,
+            });
+        }
+        rows.push(to_json(&row)?);
+    }
+    Ok(Fetched {
+        rows,
+        over_limit: false,
+    })
 }
 
 /// Builds one JSON object, column by column, keeping the database's column order.

@@ -8,45 +8,15 @@
 //
 // Needs /usr/bin/chromium (Debian package `chromium`; override with HERALD_CHROMIUM). Without it these tests FAIL;
 // HERALD_SKIP_BROWSER=1 skips them explicitly.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import http from 'node:http';
-import { existsSync } from 'node:fs';
-import { chromium } from 'playwright-core';
 import { startHerald, publishRetry } from '../lib/herald.js';
+import { browserContext, servePage, waitPage } from '../lib/browser.js';
 import { gateProxy } from '../lib/plain.js';
 
-const CHROMIUM = process.env.HERALD_CHROMIUM || '/usr/bin/chromium';
-const SKIP = process.env.HERALD_SKIP_BROWSER === '1';
-const LAUNCH_ARGS = ['--no-sandbox', '--disable-background-networking', '--disable-gpu', '--disable-component-update',
-  '--disable-sync', '--no-first-run'];
 const UNIT = 'Final 1A';
 const N = 60;
 const KILL_AT = 20;
-
-let browserPromise;
-after(async () => { if (browserPromise) await (await browserPromise.catch(() => null))?.close(); });
-
-/** A fresh browser context (one shared Chromium per file); null when skipped. */
-async function browserContext(t) {
-  if (SKIP) {
-    t.skip('HERALD_SKIP_BROWSER=1');
-    return null;
-  }
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(`${CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium), `
-      + 'set HERALD_CHROMIUM, or set HERALD_SKIP_BROWSER=1 to skip the browser tests');
-  }
-  browserPromise ??= chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS, timeout: 30_000 });
-  const browser = await browserPromise;
-  const context = await browser.newContext();
-  // The browser's console (e.g. "WebSocket connection to … failed: …") goes into failure messages.
-  context.consoleLines = [];
-  context.on('console', (m) => context.consoleLines.push(`${m.type()}: ${m.text()}`));
-  context.on('weberror', (e) => context.consoleLines.push(`pageerror: ${e.error().message}`));
-  t.after(() => context.close());
-  return context;
-}
 
 // The seed-003 client, as a page served from a separate origin (WebSocket is not subject to CORS).
 const UNIT_PAGE = `<!doctype html>
@@ -85,28 +55,6 @@ window.connectUnit = function (host, unit, { baseDelay, maxDelay, maxAttempts })
   connect();
 };
 </script></body></html>`;
-
-async function servePage(t, html) {
-  const server = http.createServer((req, res) => {
-    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
-    res.end(html);
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  t.after(() => new Promise((r) => { server.closeAllConnections(); server.close(r); }));
-  return `http://127.0.0.1:${server.address().port}/`;
-}
-
-/** Wait for a page condition; on timeout, fail with the page's log. */
-async function waitPage(page, fn, arg, ms, label) {
-  try {
-    await page.waitForFunction(fn, arg, { timeout: ms, polling: 50 });
-  } catch (e) {
-    const log = await page.evaluate(() => JSON.stringify({ ...window.log, events: window.log.events.slice(-5), n: window.log.events.length })).catch(() => '?');
-    const consoleLines = page.context().consoleLines ?? [];
-    throw new Error(`${label}: ${e.message.split('\n')[0]}; page log: ${log}; browser console (last 10): `
-      + JSON.stringify(consoleLines.slice(-10)));
-  }
-}
 
 /**
  * Publish 1..N to `channel` (publishRetry: retried with the same idempotency id while Herald is down), restarting

@@ -8,49 +8,24 @@
 // Screenshots (desktop and a 390×844 phone) go to tests/js/artifacts/.
 //
 // Needs /usr/bin/chromium (override with HERALD_CHROMIUM); HERALD_SKIP_BROWSER=1 skips explicitly.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
 import { startHerald, request, REPO_ROOT } from '../lib/herald.js';
+import { browserContext as newContext } from '../lib/browser.js';
 
-const CHROMIUM = process.env.HERALD_CHROMIUM || '/usr/bin/chromium';
-const SKIP = process.env.HERALD_SKIP_BROWSER === '1';
-const LAUNCH_ARGS = ['--no-sandbox', '--disable-background-networking', '--disable-gpu', '--disable-component-update',
-  '--disable-sync', '--no-first-run'];
 const ARTIFACTS = join(REPO_ROOT, 'tests/js/artifacts');
-// 2 s rather than the minimum 1 s: at an interval equal to the default 1 s per-monitor event throttle, the throttle's
-// trailing send fires just before each check ends and carries the previous result, so every status event is one
-// check late (measured: red 1.8 s after a failure at a 1 s interval). With an interval longer than the throttle, a
-// check's result is published as soon as it is known.
-const INTERVAL_S = 2;
+// The shortest interval, equal to the default 1 s per-monitor event throttle.
+const INTERVAL_S = 1;
 // One check interval (the failure shows at the next check) plus slack for a debug build on a loaded 2-core machine.
 const TURN_MS = INTERVAL_S * 1000 + 1000;
 // A name that would run script if the page ever put data into HTML.
 const NASTY = 'Shop <img src=x onerror="window.pwned=1"> & "API"';
 
-let browserPromise;
-after(async () => { if (browserPromise) await (await browserPromise.catch(() => null))?.close(); });
-
-async function browserContext(t, options = {}) {
-  if (SKIP) {
-    t.skip('HERALD_SKIP_BROWSER=1');
-    return null;
-  }
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(`${CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium), `
-      + 'set HERALD_CHROMIUM, or set HERALD_SKIP_BROWSER=1 to skip the browser tests');
-  }
-  browserPromise ??= chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS, timeout: 30_000 });
-  const context = await (await browserPromise).newContext({ colorScheme: 'light', ...options });
-  context.consoleLines = [];
-  context.on('console', (m) => context.consoleLines.push(`${m.type()}: ${m.text()}`));
-  context.on('weberror', (e) => context.consoleLines.push(`pageerror: ${e.error().message}`));
-  t.after(() => context.close());
-  return context;
-}
+/** A browser context in the light scheme the screenshots are taken in. */
+const browserContext = (t, options = {}) => newContext(t, { colorScheme: 'light', ...options });
 
 /** A local HTTP target answering every request with the status the test sets. */
 async function flippingTarget(t) {

@@ -4,21 +4,11 @@
 // comes back as the snapshot, with no duplicate push. The backend is a [[sources.sql]] entry over PostgreSQL.
 //
 // Needs /usr/bin/chromium (or HERALD_CHROMIUM); without it this test FAILS; HERALD_SKIP_BROWSER=1 skips it.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import http from 'node:http';
-import { existsSync } from 'node:fs';
-import { chromium } from 'playwright-core';
 import { startHerald, request, withTimeout } from '../lib/herald.js';
+import { browserContext, servePage, waitPage } from '../lib/browser.js';
 import { startPostgres } from '../lib/sqldb.js';
-
-const CHROMIUM = process.env.HERALD_CHROMIUM || '/usr/bin/chromium';
-const SKIP = process.env.HERALD_SKIP_BROWSER === '1';
-const LAUNCH_ARGS = ['--no-sandbox', '--disable-background-networking', '--disable-gpu', '--disable-component-update',
-  '--disable-sync', '--no-first-run'];
-
-let browserPromise;
-after(async () => { if (browserPromise) await (await browserPromise.catch(() => null))?.close(); });
 
 // The seed-003 frontend: useDashboardData's logic without React. One socket per unit; data kept per unit; a render
 // (dataVersion + 1) once every unit has reported; heartbeat/status messages ignored; backoff reconnect.
@@ -59,25 +49,6 @@ window.start = function (host, units) {
 };
 </script></body></html>`;
 
-async function servePage(t, html) {
-  const server = http.createServer((req, res) => {
-    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
-    res.end(html);
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  t.after(() => new Promise((r) => { server.closeAllConnections(); server.close(r); }));
-  return `http://127.0.0.1:${server.address().port}/`;
-}
-
-async function waitPage(page, fn, arg, ms, label) {
-  try {
-    await page.waitForFunction(fn, arg, { timeout: ms, polling: 50 });
-  } catch (e) {
-    const log = await page.evaluate(() => JSON.stringify(window.log)).catch(() => '?');
-    throw new Error(`${label}: ${e.message.split('\n')[0]}; page log: ${log}`);
-  }
-}
-
 const tableText = (page) => page.$$eval('#data tr', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent).join('|')));
 
 /** Resolves once every channel of source `id` was queried `n` more times (the API read again and again). */
@@ -94,10 +65,8 @@ async function pollsPass(h, id, n = 3) {
 }
 
 test('seed-003 page in Chromium: two units over bare WebSockets, re-rendered on table changes only, reconnects after a restart', async (t) => {
-  if (SKIP) return t.skip('HERALD_SKIP_BROWSER=1');
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(`${CHROMIUM} not found: apt-get install -y chromium, set HERALD_CHROMIUM, or HERALD_SKIP_BROWSER=1`);
-  }
+  const context = await browserContext(t);
+  if (!context) return;
   const pg = await startPostgres(t);
   pg.exec('create table production (unit text, model text, qty int, primary key (unit, model))');
   pg.exec("insert into production values ('Final 1A', 'X100', 5), ('Final 1A', 'X200', 2), ('Final 1B', 'Y300', 9)");
@@ -117,9 +86,6 @@ channel = "{unit}"
 key = "model"
 interval = "100ms"
 ` });
-  browserPromise ??= chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS, timeout: 30_000 });
-  const context = await (await browserPromise).newContext();
-  t.after(() => context.close());
   const page = await context.newPage();
   await page.goto(await servePage(t, PAGE));
   await page.evaluate(({ host }) => window.start(host, ['Final 1A', 'Final 1B']), { host: `127.0.0.1:${h.port}` });
