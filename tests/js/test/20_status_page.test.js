@@ -17,10 +17,10 @@ import { startHerald, request, REPO_ROOT } from '../lib/herald.js';
 import { browserContext as newContext } from '../lib/browser.js';
 
 const ARTIFACTS = join(REPO_ROOT, 'tests/js/artifacts');
-// The shortest interval, equal to the default 1 s per-monitor event throttle.
-const INTERVAL_S = 1;
+// Longer than the default 1 s per-monitor event throttle, so a check's result goes out as soon as it is known.
+const INTERVAL_S = 2;
 // One check interval (the failure shows at the next check) plus slack for a debug build on a loaded 2-core machine.
-const TURN_MS = INTERVAL_S * 1000 + 1000;
+const TURN_MS = INTERVAL_S * 1000 + 1500;
 // A name that would run script if the page ever put data into HTML.
 const NASTY = 'Shop <img src=x onerror="window.pwned=1"> & "API"';
 
