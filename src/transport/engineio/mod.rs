@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts, Query, Request};
+use axum::extract::{ConnectInfo, Query, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -424,18 +424,17 @@ impl EngineIo {
             Err(response) => return *response,
         };
         if websocket {
-            let (mut parts, _) = req.into_parts();
-            let Ok(upgrade) =
-                axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await
-            else {
-                return RequestError::BadRequest.upgrade_response();
+            let mut req = req;
+            let (response, upgrade) = match websocket::handshake(&mut req) {
+                Ok(accepted) => accepted,
+                Err(e) => return e.upgrade_response(),
             };
             let session = self.open_session(Arc::new(info.for_session()), TransportKind::WebSocket);
             session.hold(admission);
             let open = self.open_packet(session.sid(), false);
             // The open packet is the first frame; nothing can be queued before it.
             let _ = session.send(Frame::Text(open.into()));
-            return websocket::accept(session, upgrade);
+            return websocket::accept(session, upgrade, response);
         }
         let session = self.open_session(Arc::new(info.for_session()), TransportKind::Polling);
         session.hold(admission);
