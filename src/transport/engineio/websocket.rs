@@ -1,8 +1,9 @@
 //! WebSocket transport: WS-only sessions and upgrades from polling (`2probe`/`3probe`/`5`).
 //!
 //! The framing is Herald's own ([`crate::transport::websocket::frame`]), not tungstenite's, so an idle
-//! connection holds only a small read buffer and no write buffer: the reader releases its buffer once
-//! drained, and the writer builds each batch in a fresh buffer written with one syscall. One task per
+//! connection holds no heap read or write buffer: the reader waits with a small buffer inside its task and
+//! releases any heap buffer once parsed, and the writer builds each batch in a fresh buffer written with one
+//! syscall. One task per
 //! connection runs the reader and the coalescing writer side by side.
 
 use std::io;
@@ -24,8 +25,8 @@ use super::session::{CloseReason, Session, TransportKind, WsBatch};
 use crate::transport::websocket::frame::{self, OpCode};
 use crate::transport::websocket::{self as ws, Upgrade};
 
-/// Read buffer taken while waiting for data with nothing buffered (an idle connection holds only this).
-const IDLE_READ: usize = 256;
+/// Bytes read while waiting with nothing buffered, into a buffer inside the connection's task.
+const IDLE_READ: usize = 64;
 /// Read buffer growth while a message is arriving; buffers are released whenever fully parsed.
 const READ_CHUNK: usize = 4 * 1024;
 /// Time the writer gets to send its close frame after the reader ended.
@@ -86,16 +87,18 @@ async fn connection(session: Arc<Session>, upgraded: Upgraded, probe: bool) {
     run(session, read, write, probe).await;
 }
 
-/// Reads more bytes into `buf`; `Ok(0)` at end of stream. While nothing is buffered only a small buffer is
-/// taken for the read (an idle connection waits holding just that); bigger messages grow it, and it is
-/// released once parsed.
+/// Reads more bytes into `buf`; `Ok(0)` at end of stream. With nothing buffered (an idle connection) it
+/// waits with a small buffer inside the task, so idle connections hold no heap read buffer; a client's pong
+/// (7 bytes) fits in it whole. Bigger messages continue into a growing heap buffer, released once parsed.
 async fn read_more(io: &mut ReadSide, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < 64 {
-        buf.reserve(if buf.is_empty() {
-            IDLE_READ
-        } else {
-            READ_CHUNK
-        });
+    if buf.is_empty() {
+        let mut first = [0u8; IDLE_READ];
+        let n = io.read(&mut first).await?;
+        buf.extend_from_slice(&first[..n]);
+        return Ok(n);
+    }
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(READ_CHUNK);
     }
     io.read_buf(buf).await
 }
