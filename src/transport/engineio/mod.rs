@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts, Query, Request};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::{ConnectInfo, Query, Request};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use base64::Engine as _;
@@ -69,17 +69,34 @@ impl Default for EngineIoConfig {
 }
 
 /// What the server knows of the HTTP request that opened a session.
+///
+/// `allow_request`/`admit` see every header of the handshake. The session then keeps a compact owned copy
+/// ([`RequestInfo::for_session`]): only the headers in [`SESSION_HEADERS`] and the application's query
+/// parameters. Keeping the request's own `HeaderMap` would pin hyper's whole read buffer (its header values
+/// are slices of it) for the session's lifetime: about 8 KiB of resident memory per idle connection.
 #[derive(Debug, Clone)]
 pub struct RequestInfo {
-    /// Query parameters in order.
+    /// Query parameters in order (after the handshake, without Engine.IO's own `EIO`, `transport`, `sid`,
+    /// `t` and `b64`).
     pub query: Vec<(String, String)>,
-    /// Request headers (Origin, Cookie, Authorization, …).
+    /// Request headers (after the handshake, only [`SESSION_HEADERS`]).
     pub headers: HeaderMap,
     /// Peer address, if the server was started with `into_make_service_with_connect_info`.
     pub remote_addr: Option<SocketAddr>,
-    /// The request URI.
-    pub uri: Uri,
 }
+
+/// The request headers a session keeps after its handshake: those that authentication and applications read
+/// later (at a Socket.IO CONNECT).
+pub const SESSION_HEADERS: [header::HeaderName; 5] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::ORIGIN,
+    header::USER_AGENT,
+    header::HeaderName::from_static("x-forwarded-for"),
+];
+
+/// Query parameters of the Engine.IO protocol itself, not kept for the session.
+const ENGINE_PARAMS: [&str; 5] = ["EIO", "transport", "sid", "t", "b64"];
 
 impl RequestInfo {
     /// The first query parameter named `key`.
@@ -88,6 +105,33 @@ impl RequestInfo {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The compact copy a session keeps: [`SESSION_HEADERS`] with their values copied (so nothing points into
+    /// the connection's read buffer) and the query without Engine.IO's own parameters.
+    pub fn for_session(&self) -> RequestInfo {
+        let mut headers = HeaderMap::new();
+        for name in &SESSION_HEADERS {
+            for value in self.headers.get_all(name) {
+                // `from_bytes` copies; the source value is a slice of hyper's read buffer.
+                if let Ok(mut owned) = HeaderValue::from_bytes(value.as_bytes()) {
+                    owned.set_sensitive(value.is_sensitive());
+                    headers.append(name.clone(), owned);
+                }
+            }
+        }
+        let mut query: Vec<(String, String)> = self
+            .query
+            .iter()
+            .filter(|(k, _)| !ENGINE_PARAMS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        query.shrink_to_fit();
+        RequestInfo {
+            query,
+            headers,
+            remote_addr: self.remote_addr,
+        }
     }
 }
 
@@ -314,16 +358,13 @@ impl EngineIo {
         let query: Vec<(String, String)> = Query::try_from_uri(req.uri())
             .map(|Query(q)| q)
             .unwrap_or_default();
-        let request = |req: &Request| {
-            Arc::new(RequestInfo {
-                query: query.clone(),
-                headers: req.headers().clone(),
-                remote_addr: req
-                    .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0),
-                uri: req.uri().clone(),
-            })
+        let request = |req: &Request| RequestInfo {
+            query: query.clone(),
+            headers: req.headers().clone(),
+            remote_addr: req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
         };
         let param = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
         let reject = |e: RequestError, msg: Option<&str>| {
@@ -383,20 +424,19 @@ impl EngineIo {
             Err(response) => return *response,
         };
         if websocket {
-            let (mut parts, _) = req.into_parts();
-            let Ok(upgrade) =
-                axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await
-            else {
-                return RequestError::BadRequest.upgrade_response();
+            let mut req = req;
+            let (response, upgrade) = match websocket::handshake(&mut req) {
+                Ok(accepted) => accepted,
+                Err(e) => return e.upgrade_response(),
             };
-            let session = self.open_session(info, TransportKind::WebSocket);
+            let session = self.open_session(Arc::new(info.for_session()), TransportKind::WebSocket);
             session.hold(admission);
             let open = self.open_packet(session.sid(), false);
             // The open packet is the first frame; nothing can be queued before it.
             let _ = session.send(Frame::Text(open.into()));
-            return websocket::accept(session, upgrade);
+            return websocket::accept(session, upgrade, response);
         }
-        let session = self.open_session(info, TransportKind::Polling);
+        let session = self.open_session(Arc::new(info.for_session()), TransportKind::Polling);
         session.hold(admission);
         let open = self.open_packet(session.sid(), true);
         polling::text_response(Body::from(open))

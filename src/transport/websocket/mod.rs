@@ -2,8 +2,8 @@
 //! to a per-connection buffer and written with one syscall per batch, and a message compressed once (no
 //! context takeover) can be sent to every connection that negotiated compression.
 //!
-//! The Socket.IO transport keeps axum's tungstenite-based WebSocket; this one serves Herald's plain WebSocket
-//! protocol, where browsers offer compression and one event goes to many connections.
+//! It serves Herald's plain WebSocket protocol, where browsers offer compression and one event goes to many
+//! connections; the Engine.IO transport reuses its handshake and framing (without compression).
 
 pub mod deflate;
 pub mod frame;
@@ -132,6 +132,11 @@ impl Upgrade {
     /// Whether permessage-deflate was negotiated.
     pub fn deflate(&self) -> bool {
         self.deflate
+    }
+
+    /// Waits for the upgraded connection and hands it over as is, for transports that run their own loop.
+    pub async fn into_upgraded(self) -> io::Result<Upgraded> {
+        self.on_upgrade.await.map_err(io::Error::other)
     }
 
     /// Waits for the upgraded connection; messages larger than `max_message` are refused.
