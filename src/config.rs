@@ -801,6 +801,14 @@ pub struct SqlSourceConfig {
     /// One-shot query served by `GET /api/sources/{id}/query`; its parameters come from the query string.
     #[serde(default)]
     pub history_sql: Option<String>,
+    /// Most channels (parameter sets) polled at once: subscribers to further channels get no poller, so clients
+    /// cannot make the database run arbitrarily many queries.
+    #[serde(default = "default_sql_max_channels")]
+    pub max_channels: usize,
+}
+
+fn default_sql_max_channels() -> usize {
+    1000
 }
 
 /// What a SQL source pushes.

@@ -144,6 +144,15 @@ impl Hub {
         self.state.lock().declarations.declare(pattern, snapshot);
     }
 
+    /// The current values of a state channel (without subscribing to it).
+    pub fn state_of(&self, channel: &ChannelName) -> Option<Values> {
+        let st = self.state.lock();
+        st.channels
+            .get(channel)
+            .and_then(|ch| ch.state.as_ref())
+            .map(Table::values)
+    }
+
     /// Reports channels matching `pattern` gaining their first subscriber or losing their last; channels that
     /// already have subscribers are reported at once.
     pub fn demand(&self, pattern: Pattern) -> mpsc::UnboundedReceiver<Demand> {

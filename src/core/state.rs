@@ -108,10 +108,13 @@ pub struct Declarations {
 }
 
 impl Declarations {
-    /// Declares channels matching `pattern` (a later declaration for an equal pattern replaces it).
+    /// Declares channels matching `pattern`; the first declaration matching a channel decides. Declaring an
+    /// equal pattern again replaces its style in place (it keeps its precedence).
     pub fn declare(&mut self, pattern: Pattern, snapshot: Snapshot) {
-        self.rules.retain(|(p, _)| *p != pattern);
-        self.rules.push((pattern, snapshot));
+        match self.rules.iter_mut().find(|(p, _)| *p == pattern) {
+            Some(rule) => rule.1 = snapshot,
+            None => self.rules.push((pattern, snapshot)),
+        }
     }
 
     /// The snapshot style of `channel`, if it is declared.

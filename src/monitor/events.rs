@@ -127,7 +127,7 @@ pub fn full(id: &str, spec: &MonitorSpec, rt: &Runtime, now: i64) -> Value {
         "id": id,
         "name": spec.name,
         "kind": spec.kind(),
-        "target": spec.check.target(),
+        "target": spec.check.public_target(),
         "status": rt.status.as_str(),
         "responseTime": rt.response_ms.map(round1),
         "lastCheckAt": time(rt.last_check),

@@ -94,7 +94,8 @@ pub struct Monitors {
     channel: ChannelName,
     refresh_interval: Duration,
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
-    stats: Mutex<Option<Value>>,
+    /// The last stats published; held across computing and publishing, so the newest counts are published last.
+    stats: tokio::sync::Mutex<Option<Value>>,
     lateness: Mutex<Lateness>,
     checks: AtomicU64,
 }
@@ -119,7 +120,7 @@ impl Monitors {
             channel,
             refresh_interval: cfg.refresh_interval,
             entries: Mutex::new(BTreeMap::new()),
-            stats: Mutex::new(None),
+            stats: tokio::sync::Mutex::new(None),
             lateness: Mutex::new(Lateness::default()),
             checks: AtomicU64::new(0),
         });
@@ -150,8 +151,10 @@ impl Monitors {
             match existing {
                 Some(e) if *e.spec.lock() == *spec => {}
                 Some(e) => {
+                    let before = e.channel(&this.channel);
                     *e.spec.lock() = spec.clone();
                     this.db.put_monitor(&id, to_json(spec));
+                    this.left_channel(&e, before).await;
                 }
                 None => {
                     this.db.put_monitor(&id, to_json(spec));
@@ -280,7 +283,9 @@ impl Monitors {
         let e = self.entry(id)?;
         self.db.put_monitor(id, to_json(&spec));
         let paused = spec.paused;
+        let before = e.channel(&self.channel);
         *e.spec.lock() = spec;
+        self.left_channel(&e, before).await;
         {
             let mut rt = e.rt.lock();
             let status = if paused {
@@ -301,10 +306,15 @@ impl Monitors {
     /// Deletes a monitor; subscribers get its removal.
     pub async fn delete(self: &Arc<Self>, id: &str) -> Result<(), MonitorError> {
         let e = self.entry(id)?;
-        if let Some(t) = e.task.lock().take() {
-            t.abort();
+        // The send lock keeps a status send that is under way from publishing after the removal.
+        let _sending = e.sending.lock().await;
+        {
+            let mut task = e.task.lock();
+            if let Some(t) = task.take() {
+                t.abort();
+            }
+            self.entries.lock().remove(id);
         }
-        self.entries.lock().remove(id);
         self.db.delete(id);
         let event = NewEvent {
             channel: e.channel(&self.channel),
@@ -316,6 +326,21 @@ impl Monitors {
         self.publish(vec![event]).await;
         self.publish_stats().await;
         Ok(())
+    }
+
+    /// Removes `e` from the state of `before` if it moved to another channel (else it would stay there for good).
+    async fn left_channel(&self, e: &Entry, before: ChannelName) {
+        if e.channel(&self.channel) == before {
+            return;
+        }
+        let event = NewEvent {
+            channel: before,
+            name: self.events.removed.clone(),
+            data: raw(&json!({"id": e.id, "serviceId": e.id})),
+            id: None,
+            state: Some(StateChange::Remove { key: e.id.clone() }),
+        };
+        self.publish(vec![event]).await;
     }
 
     /// Pauses or resumes a monitor.
@@ -398,16 +423,27 @@ impl Monitors {
 
     /// (Re)starts a monitor's task; its first check after `first`.
     fn schedule(self: &Arc<Self>, e: &Arc<Entry>, first: Duration) {
-        if let Some(t) = e.task.lock().take() {
+        // Under the task lock, and only for the entry that is current: a delete (which aborts under the same lock)
+        // racing an update or resume must not leave a task checking a monitor that no longer exists.
+        let mut task = e.task.lock();
+        if let Some(t) = task.take() {
             t.abort();
         }
-        if e.spec.lock().paused {
+        if e.spec.lock().paused || !self.is_current(e) {
             return;
         }
         let this = self.clone();
         let entry = e.clone();
         let handle = tokio::spawn(async move { this.run(entry, first).await });
-        *e.task.lock() = Some(handle.abort_handle());
+        *task = Some(handle.abort_handle());
+    }
+
+    /// Whether `e` is the monitor registered under its id (not a deleted or replaced one).
+    fn is_current(&self, e: &Arc<Entry>) -> bool {
+        self.entries
+            .lock()
+            .get(&e.id)
+            .is_some_and(|cur| Arc::ptr_eq(cur, e))
     }
 
     async fn run(self: Arc<Self>, e: Arc<Entry>, first: Duration) {
@@ -450,6 +486,10 @@ impl Monitors {
         let outcome = spec.check.run(spec.timeout()).await;
         self.checks.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
+        if e.spec.lock().paused {
+            // Paused while the check ran: the monitor stays PAUSED.
+            return outcome;
+        }
         let (changed, status, runtime) = {
             let mut rt = e.rt.lock();
             let changed = rt.apply(&outcome, now, spec.retries, spec.degraded_ms);
@@ -525,7 +565,7 @@ impl Monitors {
         // The state is read under the send lock: of two sends racing (a trailing one and a check's own), the later
         // publishes the newer state, and an unchanged state is not published twice.
         let _sending = e.sending.lock().await;
-        if !self.entries.lock().contains_key(&e.id) {
+        if !self.is_current(e) {
             return;
         }
         let now = now_ms();
@@ -561,14 +601,12 @@ impl Monitors {
         let Some(name) = &self.events.stats else {
             return;
         };
+        let mut last = self.stats.lock().await;
         let stats = self.stats_now();
-        {
-            let mut last = self.stats.lock();
-            if last.as_ref() == Some(&stats) {
-                return;
-            }
-            *last = Some(stats.clone());
+        if last.as_ref() == Some(&stats) {
+            return;
         }
+        *last = Some(stats.clone());
         let Ok(channel) = ChannelName::new(&self.events.stats_channel) else {
             return;
         };

@@ -266,7 +266,7 @@ impl Check {
             Ok(v) => Outcome {
                 ok: v.ok,
                 response_ms,
-                message: v.message,
+                message: truncate(v.message),
                 cert_days: v.cert_days,
             },
             Err(_) => Outcome {
@@ -275,6 +275,24 @@ impl Check {
                 message: format!("timed out after {}", format_duration(timeout)),
                 cert_days: None,
             },
+        }
+    }
+
+    /// The target as shown to anyone who can see the monitor: an HTTP URL without credentials or query string
+    /// (they may carry secrets); other kinds as [`Check::target`].
+    pub fn public_target(&self) -> String {
+        match self {
+            Check::Http(c) => match reqwest::Url::parse(&c.url) {
+                Ok(mut url) => {
+                    let _ = url.set_username("");
+                    let _ = url.set_password(None);
+                    url.set_query(None);
+                    url.set_fragment(None);
+                    url.to_string()
+                }
+                Err(_) => String::new(),
+            },
+            other => other.target(),
         }
     }
 
@@ -434,4 +452,43 @@ fn describe_io(e: &std::io::Error) -> Option<String> {
         _ => return None,
     };
     Some(plain.to_owned())
+}
+
+/// Longest check message kept: a message may quote what a target sent, and it travels in every log entry and
+/// status event.
+const MAX_MESSAGE: usize = 512;
+
+/// Cuts `message` to [`MAX_MESSAGE`] bytes at a character boundary.
+fn truncate(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
+#[cfg(test)]
+mod display_tests {
+    use super::*;
+
+    #[test]
+    fn public_target_hides_credentials_and_query() {
+        let check: Check = serde_json::from_value(serde_json::json!({
+            "kind": "http", "url": "https://user:secret@example.com/health?token=abc#x"
+        }))
+        .unwrap();
+        assert_eq!(check.public_target(), "https://example.com/health");
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let cut = truncate("é".repeat(600));
+        assert!(cut.len() <= MAX_MESSAGE + '…'.len_utf8());
+        assert!(cut.ends_with('…'));
+        assert_eq!(truncate("short".into()), "short");
+    }
 }

@@ -208,6 +208,15 @@ impl Source {
             p.stop.send_replace(false);
             return;
         }
+        if pollers.len() >= self.config.max_channels {
+            tracing::warn!(
+                source = %self.config.id,
+                %channel,
+                max_channels = self.config.max_channels,
+                "not polling: the source already polls its most channels"
+            );
+            return;
+        }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let status = Arc::new(parking_lot::Mutex::new(ChannelStatus {
             channel: channel.clone(),

@@ -219,16 +219,7 @@ pub(super) fn stored_state(
     channel: &ChannelName,
     mode: SqlMode,
 ) -> Option<LastResult> {
-    use crate::core::hub::{Subscriber, SubscriberId};
-    struct Peek;
-    impl Subscriber for Peek {
-        fn deliver(&self, _: &Arc<crate::core::event::SharedEvent>) {}
-    }
-    let id = SubscriberId::next();
-    let sub: Arc<dyn Subscriber> = Arc::new(Peek);
-    let position = core.hub.subscribe(std::slice::from_ref(channel), id, &sub);
-    core.hub.unsubscribe(channel, id);
-    let (values, _) = position.into_iter().next()?.state?;
+    let values = core.hub.state_of(channel)?;
     if values.is_empty() {
         return None;
     }

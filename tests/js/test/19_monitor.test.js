@@ -140,6 +140,18 @@ test('HTTP, TCP and UDP monitors go up → down → up: events, log entries and 
   await f2.ws.until((w) => w.events('monitors').some((e) => e.event === 'monitor:removed' && e.data.id === 'db'), 10_000, 'removal');
   assert.equal((await request(h.url, '/api/monitors/db')).status, 404);
 
+  // Moving a monitor to another channel removes it from the old channel's state: new subscribers there no longer
+  // see it, while the new channel has it.
+  const def = (await request(h.url, '/api/monitors/dns')).json.definition;
+  const moved = await request(h.url, '/api/monitors/dns', { method: 'PUT', body: { ...def, channel: 'monitors:infra' } });
+  assert.equal(moved.status, 200, moved.text);
+  const old = await follow(t, h);
+  const infra = await follow(t, h, 'monitors:infra');
+  await infra.ws.until(() => infra.ws.events('monitors:infra').some((e) => e.data.id === 'dns'), 10_000, 'dns on its new channel');
+  await old.ws.until(() => old.statuses('web').length >= 1, 10_000, 'old channel snapshot');
+  await old.ws.barrier();
+  assert.equal(old.statuses('dns').length, 0, 'no ghost of the moved monitor on its old channel');
+
   // Prometheus metrics in Uptime Kuma's names.
   const metrics = (await request(h.url, '/metrics')).text;
   assert.match(metrics, /monitor_status\{monitor_id="web",monitor_name="Web",monitor_type="keyword",monitor_url="http:\/\/127\.0\.0\.1:\d+\/health"[^}]*\} 1/);
