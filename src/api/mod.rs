@@ -88,7 +88,7 @@ pub fn router(state: ApiState) -> Router {
     let public = if state.status_page {
         public
             .route("/status", get(monitors::status_page))
-            .route("/status/monitors", get(monitors::status_list))
+            .route("/status/monitors", get(monitors::list))
             .route("/status/monitors/{id}/log", get(monitors::log))
             .route("/status/config", get(monitors::status_config))
             .route("/badge/{id}", get(monitors::badge))
@@ -104,13 +104,7 @@ async fn disconnect(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    if !caller.is_admin() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this API key has no admin scope",
-        ));
-    }
+    caller.require_admin()?;
     if state.connections.close_transport(&id) {
         Ok(axum::Json(json!({"ok": true})))
     } else {
@@ -139,6 +133,19 @@ impl Caller {
     /// Whether the caller may use admin endpoints.
     pub fn is_admin(&self) -> bool {
         self.0.as_ref().is_none_or(ApiKey::is_admin)
+    }
+
+    /// Refuses (403) a caller without admin scope.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this API key has no admin scope",
+            ))
+        }
     }
 
     /// The rate-limit key: the API key itself (empty without keys).

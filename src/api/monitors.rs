@@ -38,18 +38,6 @@ impl From<MonitorError> for ApiError {
     }
 }
 
-fn admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "managing monitors needs an API key with admin scope",
-        ))
-    }
-}
-
 async fn spec_from(state: &ApiState, body: Body) -> Result<MonitorSpec, ApiError> {
     let bytes = super::read_body(body, state.max_body_bytes).await?;
     let value: Value = serde_json::from_slice(&bytes)
@@ -57,7 +45,7 @@ async fn spec_from(state: &ApiState, body: Body) -> Result<MonitorSpec, ApiError
     MonitorSpec::from_json(value).map_err(|f| ApiError::field(f.field, f.message))
 }
 
-/// `GET /api/monitors`.
+/// `GET /api/monitors` (and `GET /status/monitors`, the status page's copy that needs no key).
 pub async fn list(State(state): State<ApiState>) -> Json<Value> {
     Json(json!({ "monitors": state.monitors.list() }))
 }
@@ -68,7 +56,7 @@ pub async fn create(
     Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let spec = spec_from(&state, body).await?;
     Ok((
         StatusCode::CREATED,
@@ -93,7 +81,7 @@ pub async fn update(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let spec = spec_from(&state, body).await?;
     Ok(Json(state.monitors.update(&id, spec).await?))
 }
@@ -104,7 +92,7 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     state.monitors.delete(&id).await?;
     Ok(Json(json!({"ok": true})))
 }
@@ -115,7 +103,7 @@ pub async fn pause(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     Ok(Json(state.monitors.set_paused(&id, true).await?))
 }
 
@@ -125,7 +113,7 @@ pub async fn resume(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     Ok(Json(state.monitors.set_paused(&id, false).await?))
 }
 
@@ -135,7 +123,7 @@ pub async fn check(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&caller)?;
+    caller.require_admin()?;
     let outcome = state.monitors.check_now(&id).await?;
     Ok(Json(
         json!({"outcome": outcome, "monitor": state.monitors.get(&id)?}),
@@ -177,11 +165,6 @@ pub async fn status_page() -> Response {
         include_str!("../monitor/status.html"),
     )
         .into_response()
-}
-
-/// `GET /status/monitors`: the page's read-only copy of the list (no API key needed).
-pub async fn status_list(State(state): State<ApiState>) -> Json<Value> {
-    list(State(state)).await
 }
 
 /// `GET /status/config`: what the page listens to (the preset decides names and shapes).

@@ -146,10 +146,10 @@ impl Hub {
 
     /// The current values of a state channel (without subscribing to it).
     pub fn state_of(&self, channel: &ChannelName) -> Option<Values> {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
         st.channels
-            .get(channel)
-            .and_then(|ch| ch.state.as_ref())
+            .get_mut(channel)
+            .and_then(|ch| ch.state.as_mut())
             .map(Table::values)
     }
 
@@ -217,9 +217,9 @@ impl Hub {
                 // A declared channel has a (possibly empty) snapshot; an undeclared one that carries state
                 // sends each value as the event that set it.
                 let style = state.declarations.style(name.as_str()).cloned();
-                let state = match (&ch.state, style) {
+                let state = match (&mut ch.state, style) {
                     (Some(t), style) => Some((t.values(), style.unwrap_or(Snapshot::Each))),
-                    (None, Some(style)) => Some((Values::new(), style)),
+                    (None, Some(style)) => Some((Values::default(), style)),
                     (None, None) => None,
                 };
                 Position {

@@ -8,7 +8,7 @@
 //! once, with [`StateChange`] set, and never have to answer new subscribers themselves.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::value::RawValue;
 
@@ -63,18 +63,62 @@ pub struct Entry {
     pub value: Box<RawValue>,
 }
 
-/// A channel's state at one position, ordered by key; shared, never copied per value.
-pub type Values = Vec<Arc<Entry>>;
+/// A channel's values at one position, ordered by key. Built once per change and shared by every subscriber
+/// registered before the next change, with the JSON array of a bulk snapshot rendered at most once.
+#[derive(Debug, Default)]
+pub struct Frozen {
+    entries: Vec<Arc<Entry>>,
+    array: OnceLock<Box<RawValue>>,
+}
+
+impl std::ops::Deref for Frozen {
+    type Target = [Arc<Entry>];
+    fn deref(&self) -> &Self::Target {
+        &self.entries
+    }
+}
+
+impl Frozen {
+    /// Every value as one JSON array.
+    fn array(&self) -> Box<RawValue> {
+        self.array
+            .get_or_init(|| {
+                let len = self
+                    .entries
+                    .iter()
+                    .map(|e| e.value.get().len() + 1)
+                    .sum::<usize>();
+                let mut json = String::with_capacity(2 + len);
+                json.push('[');
+                for (i, e) in self.entries.iter().enumerate() {
+                    if i > 0 {
+                        json.push(',');
+                    }
+                    json.push_str(e.value.get());
+                }
+                json.push(']');
+                // Joining valid JSON values with commas inside brackets is valid JSON.
+                RawValue::from_string(json).unwrap_or_else(|_| empty_array())
+            })
+            .clone()
+    }
+}
+
+/// A channel's values at one position; cloning it is a reference count.
+pub type Values = Arc<Frozen>;
 
 /// The latest value per key of one channel.
 #[derive(Debug, Default)]
 pub struct Table {
     entries: BTreeMap<String, Arc<Entry>>,
+    /// The values as of the last change, built on the first subscription after it.
+    frozen: Option<Values>,
 }
 
 impl Table {
     /// Applies a committed event's change.
     pub fn apply(&mut self, name: &str, change: &StateChange) {
+        self.frozen = None;
         match change {
             StateChange::Set { key, value } => {
                 let entry = Entry {
@@ -92,12 +136,20 @@ impl Table {
 
     /// Loads one stored value (at start-up).
     pub fn load(&mut self, entry: Entry) {
+        self.frozen = None;
         self.entries.insert(entry.key.clone(), Arc::new(entry));
     }
 
-    /// The current values, ordered by key.
-    pub fn values(&self) -> Values {
-        self.entries.values().cloned().collect()
+    /// The current values, ordered by key (built once per change).
+    pub fn values(&mut self) -> Values {
+        self.frozen
+            .get_or_insert_with(|| {
+                Arc::new(Frozen {
+                    entries: self.entries.values().cloned().collect(),
+                    array: OnceLock::new(),
+                })
+            })
+            .clone()
     }
 }
 
@@ -133,25 +185,7 @@ pub fn render(values: &Values, style: &Snapshot) -> Vec<(String, Box<RawValue>)>
             .iter()
             .map(|e| (e.name.clone(), e.value.clone()))
             .collect(),
-        Snapshot::Bulk { event } => {
-            let mut json = String::with_capacity(
-                2 + values
-                    .iter()
-                    .map(|e| e.value.get().len() + 1)
-                    .sum::<usize>(),
-            );
-            json.push('[');
-            for (i, e) in values.iter().enumerate() {
-                if i > 0 {
-                    json.push(',');
-                }
-                json.push_str(e.value.get());
-            }
-            json.push(']');
-            // Joining valid JSON values with commas inside brackets is valid JSON.
-            let data = RawValue::from_string(json).unwrap_or_else(|_| empty_array());
-            vec![(event.clone(), data)]
-        }
+        Snapshot::Bulk { event } => vec![(event.clone(), values.array())],
     }
 }
 
@@ -189,12 +223,14 @@ mod tests {
         assert_eq!(bulk.len(), 1);
         assert_eq!(bulk[0].0, "all");
         assert_eq!(bulk[0].1.get(), r#"[{"id":"a","v":2},{"id":"b"}]"#);
+        // Built once per change: subscribers between two changes share one copy.
+        assert!(Arc::ptr_eq(&values, &t.values()));
         let each = render(&values, &Snapshot::Each);
         let names: Vec<&str> = each.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["changed", "up"]);
         assert_eq!(
             render(
-                &Vec::new(),
+                &Values::default(),
                 &Snapshot::Bulk {
                     event: "all".into()
                 }

@@ -163,7 +163,7 @@ impl Monitors {
             }
         }
         this.declare();
-        let entries: Vec<Arc<Entry>> = this.entries.lock().values().cloned().collect();
+        let entries = this.all();
         for e in &entries {
             let interval = e.spec.lock().interval();
             // Spread the first checks so monitors loaded together do not fire in lockstep.
@@ -229,7 +229,7 @@ impl Monitors {
     /// Every monitor's full object, ordered by id.
     pub fn list(&self) -> Vec<Value> {
         let now = now_ms();
-        let entries: Vec<Arc<Entry>> = self.entries.lock().values().cloned().collect();
+        let entries = self.all();
         entries.iter().map(|e| view(e, now)).collect()
     }
 
@@ -316,31 +316,33 @@ impl Monitors {
             self.entries.lock().remove(id);
         }
         self.db.delete(id);
-        let event = NewEvent {
-            channel: e.channel(&self.channel),
-            name: self.events.removed.clone(),
-            data: raw(&json!({"id": id, "serviceId": id})),
-            id: None,
-            state: Some(StateChange::Remove { key: id.to_owned() }),
-        };
-        self.publish(vec![event]).await;
+        self.publish(vec![self.removal(&e, e.channel(&self.channel))])
+            .await;
         self.publish_stats().await;
         Ok(())
     }
 
     /// Removes `e` from the state of `before` if it moved to another channel (else it would stay there for good).
     async fn left_channel(&self, e: &Entry, before: ChannelName) {
-        if e.channel(&self.channel) == before {
-            return;
+        if e.channel(&self.channel) != before {
+            self.publish(vec![self.removal(e, before)]).await;
         }
-        let event = NewEvent {
-            channel: before,
+    }
+
+    /// The event that removes `e` from `channel`'s state (deleted, or moved elsewhere).
+    fn removal(&self, e: &Entry, channel: ChannelName) -> NewEvent {
+        NewEvent {
+            channel,
             name: self.events.removed.clone(),
             data: raw(&json!({"id": e.id, "serviceId": e.id})),
             id: None,
             state: Some(StateChange::Remove { key: e.id.clone() }),
-        };
-        self.publish(vec![event]).await;
+        }
+    }
+
+    /// Every monitor, ordered by id (a copy: no lock is held while they are used).
+    fn all(&self) -> Vec<Arc<Entry>> {
+        self.entries.lock().values().cloned().collect()
     }
 
     /// Pauses or resumes a monitor.
@@ -413,7 +415,7 @@ impl Monitors {
 
     /// Stores every runtime state (at shutdown).
     pub async fn flush(&self) {
-        let entries: Vec<Arc<Entry>> = self.entries.lock().values().cloned().collect();
+        let entries = self.all();
         for e in entries {
             let rt = serde_json::to_string(&*e.rt.lock()).unwrap_or_default();
             self.db.put_runtime(&e.id, rt);
@@ -646,7 +648,7 @@ impl Monitors {
                 .into_iter()
                 .map(|s| (s, 0))
                 .collect();
-        let entries: Vec<Arc<Entry>> = self.entries.lock().values().cloned().collect();
+        let entries = self.all();
         for e in &entries {
             *counts.entry(e.rt.lock().status.as_str()).or_default() += 1;
         }
@@ -671,7 +673,7 @@ impl Monitors {
 
     /// Monitors with their runtime, for metrics: `(id, spec, runtime)`.
     pub fn snapshot(&self) -> Vec<(String, MonitorSpec, Runtime)> {
-        let entries: Vec<Arc<Entry>> = self.entries.lock().values().cloned().collect();
+        let entries = self.all();
         entries
             .iter()
             .map(|e| (e.id.clone(), e.spec.lock().clone(), e.rt.lock().clone()))

@@ -148,25 +148,31 @@ for (const kind of ['postgres', 'mysql', 'sqlite']) {
   });
 }
 
-test('postgres: column types become faithful JSON (timestamptz, numeric, uuid, jsonb, arrays, NULL)', async (t) => {
-  const pg = await startPostgres(t);
-  pg.exec(`create table typed (k text primary key, at timestamptz, d date, n numeric(20,6), big bigint, f float8,
-    u uuid, j jsonb, arr int[], b boolean, bin bytea, note text)`);
-  pg.exec(`insert into typed values ('a', '2026-11-23 08:00:00.123+00', '2026-11-23', 12345678901234.000001,
-    9007199254740993, 1.5, '6f1c2a3e-8a8b-4c47-9a51-0a7d6c9e2b11', '{"x": [1, "two"]}', '{1,2}', true, '\\x0102', null)`);
+/** Serves row `a` of table `typed` at `url` over a direct WebSocket; resolves once the result arrived (raw and parsed). */
+async function typedRow(t, url) {
   const h = await startHerald(t, { config: `
 [[websocket.direct]]
 pattern = "*"
 payload = "data"
 [[sources.sql]]
 id = "typed"
-url = "${pg.url}"
+url = "${url}"
 sql = "select * from typed where k = {k}"
 channel = "typed:{k}"
 interval = "200ms"
 ` });
   const ws = await openWs(t, `${wsBase(h)}${directPath('/ws', 'typed:a')}`);
   await ws.until((c) => c.raw.length === 1, 10_000, 'typed row');
+  return ws;
+}
+
+test('postgres: column types become faithful JSON (timestamptz, numeric, uuid, jsonb, arrays, NULL)', async (t) => {
+  const pg = await startPostgres(t);
+  pg.exec(`create table typed (k text primary key, at timestamptz, d date, n numeric(20,6), big bigint, f float8,
+    u uuid, j jsonb, arr int[], b boolean, bin bytea, note text)`);
+  pg.exec(`insert into typed values ('a', '2026-11-23 08:00:00.123+00', '2026-11-23', 12345678901234.000001,
+    9007199254740993, 1.5, '6f1c2a3e-8a8b-4c47-9a51-0a7d6c9e2b11', '{"x": [1, "two"]}', '{1,2}', true, '\\x0102', null)`);
+  const ws = await typedRow(t, pg.url);
   // The raw text keeps exact digits that JSON.parse would round.
   assert.match(ws.raw[0], /"n":12345678901234\.000001/);
   assert.match(ws.raw[0], /"big":9007199254740993/);
@@ -189,19 +195,7 @@ test('mariadb: column types become faithful JSON (datetime, timestamp, decimal, 
     n decimal(20,6), big bigint unsigned, f double, j json, b tinyint(1), bin varbinary(4), note text)`);
   my.exec(`insert into typed values ('a', '2026-11-23 08:00:00.123', '2026-11-23 08:00:00', '2026-11-23', '12:34:56',
     12345678901234.000001, 18446744073709551615, 1.5, '{"x": [1, "two"]}', 1, x'0102', null)`);
-  const h = await startHerald(t, { config: `
-[[websocket.direct]]
-pattern = "*"
-payload = "data"
-[[sources.sql]]
-id = "typed"
-url = "${my.url}"
-sql = "select * from typed where k = {k}"
-channel = "typed:{k}"
-interval = "200ms"
-` });
-  const ws = await openWs(t, `${wsBase(h)}${directPath('/ws', 'typed:a')}`);
-  await ws.until((c) => c.raw.length === 1, 10_000, 'typed row');
+  const ws = await typedRow(t, my.url);
   assert.match(ws.raw[0], /"n":12345678901234\.000001/);
   assert.match(ws.raw[0], /"big":18446744073709551615/);
   const [row] = ws.messages[0];
