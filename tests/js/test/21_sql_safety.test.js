@@ -71,17 +71,19 @@ interval = "100ms"
   await Promise.all(clients.map((c) => c.until((x) => x.messages.length >= 1, 20_000, `snapshot of ${c.unit}`)));
   for (const c of clients) assert.deepEqual(c.messages[0], [{ unit: c.unit, n: Number(c.unit.slice(1)) }]);
 
-  const before = await sourceInfo(h, 'mux');
-  assert.equal(before.channels.length, 10, 'one poller per parameter set');
+  // Reset the statistics first, then read Herald's counters: every query Herald counts from here on ran after the
+  // reset, except at most one in flight per channel whose execution ended just before it.
   pg.exec('select pg_stat_statements_reset()');
   const t0 = Date.now();
+  const before = await sourceInfo(h, 'mux');
+  assert.equal(before.channels.length, 10, 'one poller per parameter set');
   const start = Object.fromEntries(before.channels.map((c) => [c.channel, c.queries]));
   await sourceUntil(h, 'mux', (info) => info.channels.every((c) => c.queries >= start[c.channel] + 5), '5 polls per channel');
   const elapsed = Date.now() - t0;
   const calls = countsCalls(pg);
   const intervals = elapsed / INTERVAL;
   console.log(`# multiplexing: ${calls} queries in ${elapsed} ms (${intervals.toFixed(1)} intervals) for 1000 subscribers on 10 channels`);
-  assert.ok(calls >= 50, `at least 5 queries per channel: ${calls}`);
+  assert.ok(calls >= 40, `at least 4 queries per channel recorded by PostgreSQL: ${calls}`);
   assert.ok(calls <= 10 * (intervals + 2), `${calls} queries in ${intervals.toFixed(1)} intervals: more than 10 per interval`);
 
   // A change reaches the 100 subscribers of its unit, and no one else.
