@@ -87,17 +87,14 @@ impl Core {
         after: u64,
         limit: usize,
     ) -> Result<Option<HistoryPage>, StoreError> {
-        let Some(info) = self.store.channel(channel).await? else {
-            return Ok(None);
-        };
-        let events = self
+        let page = self
             .store
-            .events(&info, after, info.last_offset, limit.min(MAX_PAGE))
+            .range(channel, after, None, limit.min(MAX_PAGE))
             .await?;
-        Ok(Some(HistoryPage { info, events }))
+        Ok(page.map(|(info, events)| HistoryPage { info, events }))
     }
 
-    /// Every event of `channel` in `(after, upto]` still in history, read page by page.
+    /// Every event of `channel` in `(after, upto]` still in history.
     pub async fn replay(
         &self,
         channel: &ChannelName,
@@ -111,22 +108,16 @@ impl Core {
         if upto <= after {
             return Ok(out);
         }
-        let Some(info) = self.store.channel(channel).await? else {
-            return Ok(out);
-        };
-        out.first_offset = info.first_offset;
-        let mut from = after;
-        loop {
-            let page = self.store.events(&info, from, upto, MAX_PAGE).await?;
-            let done = page.len() < MAX_PAGE;
-            if let Some(last) = page.last() {
-                from = last.offset;
-            }
-            out.events.extend(page);
-            if done || from >= upto {
-                return Ok(out);
-            }
+        // One read: a retention sweep between the position and the events would hide a gap.
+        if let Some((info, events)) = self
+            .store
+            .range(channel, after, Some(upto), usize::MAX)
+            .await?
+        {
+            out.first_offset = info.first_offset;
+            out.events = events;
         }
+        Ok(out)
     }
 
     /// Flushes and stops the store.

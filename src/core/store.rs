@@ -227,45 +227,25 @@ impl Store {
         self.read(load_channels).await
     }
 
-    /// Events of `channel` with offset in `(after, upto]`, oldest first, at most `limit`.
-    pub async fn events(
+    /// The committed position of `channel` and its events with offset in `(after, upto]` (`upto` `None`: up
+    /// to the position), oldest first, at most `limit`; `None` if the channel does not exist. Read in one
+    /// transaction, so the position and the events agree even while retention trims the channel.
+    pub async fn range(
         &self,
-        channel: &ChannelInfo,
+        channel: &ChannelName,
         after: u64,
-        upto: u64,
+        upto: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        let ch = channel.clone();
+    ) -> Result<Option<(ChannelInfo, Vec<Event>)>, StoreError> {
+        let name = channel.clone();
         self.read(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT seq, offset, event_id, name, data, time FROM events
-                 WHERE channel_id = ?1 AND offset > ?2 AND offset <= ?3 ORDER BY offset LIMIT ?4",
-            )?;
-            let rows = st.query_map(
-                params![ch.id as i64, clamp(after), clamp(upto), limit as i64],
-                |r| {
-                    let data: String = r.get(4)?;
-                    Ok(Event {
-                        channel: ch.channel.clone(),
-                        offset: r.get::<_, i64>(1)? as u64,
-                        epoch: ch.epoch.clone(),
-                        id: r.get(2)?,
-                        name: r.get(3)?,
-                        data: RawValue::from_string(data).map_err(|e| {
-                            rusqlite::Error::FromSqlConversionFailure(
-                                4,
-                                rusqlite::types::Type::Text,
-                                Box::new(e),
-                            )
-                        })?,
-                        time: r.get(5)?,
-                        seq: r.get::<_, i64>(0)? as u64,
-                        channel_id: ch.id,
-                        state: None,
-                    })
-                },
-            )?;
-            rows.collect()
+            let tx = c.unchecked_transaction()?;
+            let Some(info) = channel_info(&tx, &name)? else {
+                return Ok(None);
+            };
+            let upto = upto.unwrap_or(info.last_offset);
+            let events = events_in(&tx, &info, after, upto, limit)?;
+            Ok(Some((info, events)))
         })
         .await
     }
@@ -401,6 +381,50 @@ fn row_to_channel(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ChannelInfo>
 }
 
 /// An offset or sequence as SQLite's signed integer (larger values than any stored one stay larger).
+/// Events of `ch` with offset in `(after, upto]`, oldest first, at most `limit`.
+fn events_in(
+    c: &Connection,
+    ch: &ChannelInfo,
+    after: u64,
+    upto: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Event>> {
+    let mut st = c.prepare_cached(
+        "SELECT seq, offset, event_id, name, data, time FROM events
+         WHERE channel_id = ?1 AND offset > ?2 AND offset <= ?3 ORDER BY offset LIMIT ?4",
+    )?;
+    let rows = st.query_map(
+        params![
+            ch.id as i64,
+            clamp(after),
+            clamp(upto),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ],
+        |r| {
+            let data: String = r.get(4)?;
+            Ok(Event {
+                channel: ch.channel.clone(),
+                offset: r.get::<_, i64>(1)? as u64,
+                epoch: ch.epoch.clone(),
+                id: r.get(2)?,
+                name: r.get(3)?,
+                data: RawValue::from_string(data).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        4,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?,
+                time: r.get(5)?,
+                seq: r.get::<_, i64>(0)? as u64,
+                channel_id: ch.id,
+                state: None,
+            })
+        },
+    )?;
+    rows.collect()
+}
+
 fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
