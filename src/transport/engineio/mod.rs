@@ -10,6 +10,7 @@
 mod packet;
 mod polling;
 mod session;
+mod timers;
 mod websocket;
 
 use std::collections::HashMap;
@@ -158,7 +159,7 @@ pub trait SessionHandler: Send + Sync + 'static {
     /// Called by the transport reader in arrival order. Synchronous work (decoding) happens
     /// here; returned work runs after all earlier work of this session has finished.
     fn on_message(self: Arc<Self>, message: Message) -> Option<Work>;
-    /// The session closed (called once, from the session's heartbeat task).
+    /// The session closed (called once, from the engine's timer task).
     fn on_close(&self, reason: CloseReason);
 }
 
@@ -233,6 +234,7 @@ pub struct EngineIo {
     handler: Arc<dyn EngineHandler>,
     sessions: RwLock<HashMap<Arc<str>, Arc<Session>>>,
     accepting: AtomicBool,
+    timers: timers::Timers,
 }
 
 impl std::fmt::Debug for EngineIo {
@@ -251,6 +253,7 @@ impl EngineIo {
             handler,
             sessions: RwLock::new(HashMap::new()),
             accepting: AtomicBool::new(true),
+            timers: timers::Timers::new(),
         })
     }
 
@@ -310,7 +313,7 @@ impl EngineIo {
         format!("0{json}")
     }
 
-    /// Registers a new session and starts its heartbeat.
+    /// Registers a new session and schedules its heartbeat.
     fn open_session(
         self: &Arc<Self>,
         request: Arc<RequestInfo>,
@@ -320,7 +323,7 @@ impl EngineIo {
         let session = Session::new(sid.clone(), request, self.clone(), transport);
         self.sessions.write().insert(sid, session.clone());
         session.set_handler(self.handler.on_open(&session));
-        tokio::spawn(session.clone().heartbeat());
+        session.start_heartbeat();
         session
     }
 

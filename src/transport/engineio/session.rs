@@ -1,17 +1,18 @@
 //! One Engine.IO session: the byte-bounded outbound queue with a priority ping slot, the
 //! ordered inbound "lane" that runs the upper layer's work one item at a time, and the
-//! heartbeat task (pings, pong timeout, connect timeout, close notification).
+//! heartbeat (pings, pong timeout, connect timeout, close notification), run by the engine's
+//! shared [timer](super::timers) through [`Session::tick`].
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Waker};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use super::packet::{Frame, Packet};
 use super::{EngineIo, RequestInfo, SessionHandler};
@@ -95,12 +96,17 @@ pub(crate) struct State {
     ping_due: bool,
     /// Set while a ping is unanswered: the instant the session times out.
     pong_deadline: Option<Instant>,
+    /// When the next ping is due (while no pong is awaited).
+    ping_at: Instant,
+    /// The session's newest timer entry: when it fires and its generation (older entries are stale).
+    timer_at: Instant,
+    timer_generation: u64,
     pub get_active: bool,
     pub post_active: bool,
     /// A WebSocket is attached or being attached (a second one is refused).
     pub ws_attached: bool,
     closed: Option<CloseReason>,
-    /// The close has been reported to the handler (by the heartbeat task).
+    /// The close has been reported to the handler (by the timer task).
     close_reported: bool,
 }
 
@@ -130,15 +136,16 @@ pub(crate) enum WsBatch {
     Close(Vec<Frame>, Option<(u16, &'static str)>),
 }
 
-/// One Engine.IO session, shared by its transports, its heartbeat task and the upper layer.
+/// One Engine.IO session, shared by its transports, the engine's timer and the upper layer.
 pub struct Session {
+    /// This session, for the timer's entries.
+    me: Weak<Session>,
     sid: Arc<str>,
     request: Arc<RequestInfo>,
     engine: Arc<EngineIo>,
     pub(crate) state: Mutex<State>,
     pub(crate) poll_wake: Notify,
     pub(crate) ws_wake: Notify,
-    heartbeat_wake: Notify,
     lane_room: Notify,
     closed_signal: Notify,
     /// Signalled whenever queued bytes are taken by a transport.
@@ -164,7 +171,10 @@ impl Session {
         engine: Arc<EngineIo>,
         transport: TransportKind,
     ) -> Arc<Session> {
-        Arc::new(Session {
+        let created = Instant::now();
+        let ping_at = created + engine.config.ping_interval;
+        Arc::new_cyclic(|me| Session {
+            me: me.clone(),
             sid,
             request,
             engine,
@@ -174,6 +184,9 @@ impl Session {
                 queued_bytes: 0,
                 ping_due: false,
                 pong_deadline: None,
+                ping_at,
+                timer_at: ping_at,
+                timer_generation: 0,
                 get_active: false,
                 post_active: false,
                 ws_attached: transport == TransportKind::WebSocket,
@@ -182,7 +195,6 @@ impl Session {
             }),
             poll_wake: Notify::new(),
             ws_wake: Notify::new(),
-            heartbeat_wake: Notify::new(),
             lane_room: Notify::new(),
             closed_signal: Notify::new(),
             drained: Notify::new(),
@@ -193,7 +205,7 @@ impl Session {
                 running: false,
             }),
             ready: AtomicBool::new(false),
-            created: Instant::now(),
+            created,
         })
     }
 
@@ -294,8 +306,8 @@ impl Session {
         }
     }
 
-    /// Closes the session. Idempotent; the handler's `on_close` runs later on the heartbeat
-    /// task, so callers holding their own locks cannot deadlock through it.
+    /// Closes the session. Idempotent; the handler's `on_close` runs later on the timer task, so
+    /// callers holding their own locks cannot deadlock through it.
     pub fn close(&self, reason: CloseReason) {
         let linger = {
             let mut st = self.state.lock();
@@ -303,6 +315,7 @@ impl Session {
                 return;
             }
             st.closed = Some(reason);
+            self.schedule(&mut st, Instant::now());
             // A client `1` may race the GET it sent alongside; keep the session until that
             // GET got its noop (or for a grace period), like a pending GET would have.
             reason == CloseReason::ClientClose
@@ -315,7 +328,6 @@ impl Session {
         }
         self.poll_wake.notify_one();
         self.ws_wake.notify_one();
-        self.heartbeat_wake.notify_one();
         self.lane_room.notify_waiters();
         self.closed_signal.notify_waiters();
         self.drained.notify_waiters();
@@ -342,8 +354,8 @@ impl Session {
             Packet::Pong(_) => {
                 let mut st = self.state.lock();
                 if st.pong_deadline.take().is_some() {
-                    drop(st);
-                    self.heartbeat_wake.notify_one();
+                    st.ping_at = Instant::now() + self.engine.config.ping_interval;
+                    self.schedule_next(&mut st);
                 }
             }
             Packet::Message(message) => {
@@ -493,30 +505,6 @@ impl Session {
         WsBatch::Frames(frames)
     }
 
-    fn ready_due(&self, deadline: Option<Instant>) -> Option<Instant> {
-        deadline.filter(|_| !self.ready.load(Ordering::Relaxed))
-    }
-
-    /// Waits until `until`, the connect deadline, or a wake-up. Returns false if the
-    /// session closed (including by connect timeout).
-    async fn wait(&self, until: Instant, connect_deadline: &mut Option<Instant>) -> bool {
-        *connect_deadline = self.ready_due(*connect_deadline);
-        let wake_at = connect_deadline.map_or(until, |d| d.min(until));
-        tokio::select! {
-            _ = sleep_until(wake_at) => {}
-            _ = self.heartbeat_wake.notified() => {}
-        }
-        if self.is_closed() {
-            return false;
-        }
-        *connect_deadline = self.ready_due(*connect_deadline);
-        if connect_deadline.is_some_and(|d| Instant::now() >= d) {
-            self.close(CloseReason::ConnectTimeout);
-            return false;
-        }
-        true
-    }
-
     /// Closes the session if its pong deadline has passed, even if the timer has not fired
     /// yet; requests call this so a late timer never lets a dead session answer.
     pub(crate) fn check_expired(&self) -> bool {
@@ -531,50 +519,94 @@ impl Session {
         expired
     }
 
-    /// The heartbeat task: first ping one interval after open, the next one an interval
-    /// after each pong; closes on a missing pong. It also reports the close to the handler.
-    pub(crate) async fn heartbeat(self: Arc<Self>) {
-        let config = &self.engine.config;
-        let mut connect_deadline = config.connect_timeout.map(|d| self.created + d);
-        // Deadlines follow the schedule, not the (possibly late) wake-ups.
-        let mut ping_at = self.created + config.ping_interval;
-        'outer: loop {
-            while Instant::now() < ping_at {
-                if !self.wait(ping_at, &mut connect_deadline).await {
-                    break 'outer;
-                }
+    /// Starts the heartbeat: the first ping is due one interval after open.
+    pub(crate) fn start_heartbeat(&self) {
+        let mut st = self.state.lock();
+        let at = self.next_deadline(&st);
+        self.schedule(&mut st, at);
+    }
+
+    /// The connect deadline, while the upper layer has not marked the session ready.
+    fn connect_deadline(&self) -> Option<Instant> {
+        if self.ready.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.engine.config.connect_timeout.map(|d| self.created + d)
+    }
+
+    /// The earliest instant something may be due: the pong deadline or the next ping, or the connect deadline.
+    fn next_deadline(&self, st: &State) -> Instant {
+        let beat = st.pong_deadline.unwrap_or(st.ping_at);
+        self.connect_deadline().map_or(beat, |d| d.min(beat))
+    }
+
+    /// Makes the timer tick the session at `at`; its earlier entries become stale.
+    fn schedule(&self, st: &mut State, at: Instant) {
+        st.timer_generation += 1;
+        st.timer_at = at;
+        self.engine
+            .timers
+            .schedule(at, st.timer_generation, self.me.clone());
+    }
+
+    /// Moves the timer earlier if the next deadline now comes before its entry; a later one is handled
+    /// when the entry fires (no new entry per pong).
+    fn schedule_next(&self, st: &mut State) {
+        let at = self.next_deadline(st);
+        if at < st.timer_at {
+            self.schedule(st, at);
+        }
+    }
+
+    /// Runs what is due now, for the timer's entry of `generation`: report a close (then end its linger),
+    /// a connect or pong timeout, or the next ping. Reschedules itself while the session lives.
+    pub(crate) fn tick(&self, generation: u64) {
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        if generation != st.timer_generation {
+            return;
+        }
+        if st.closed.is_some() {
+            if st.close_reported {
+                // The linger of a client close ends now if no GET ended it (see `close`).
+                drop(st);
+                self.engine.remove(&self.sid);
+                return;
             }
-            let pong_deadline = ping_at + config.ping_timeout;
-            let transport = {
+            drop(st);
+            self.report_close();
+            if self.engine.session(&self.sid).is_some() {
                 let mut st = self.state.lock();
-                if st.closed.is_some() {
-                    break;
-                }
-                st.ping_due = true;
-                st.pong_deadline = Some(pong_deadline);
-                st.transport
-            };
-            self.wake_drainer(transport);
-            loop {
-                if self.state.lock().pong_deadline.is_none() {
-                    break;
-                }
-                if Instant::now() >= pong_deadline {
-                    self.close(CloseReason::PingTimeout);
-                    break 'outer;
-                }
-                if !self.wait(pong_deadline, &mut connect_deadline).await {
-                    break 'outer;
-                }
+                self.schedule(&mut st, now + CLOSE_LINGER);
             }
-            ping_at = Instant::now() + config.ping_interval;
+            return;
         }
-        self.report_close();
-        // End a client-close linger (see `close`) if no GET did.
-        if self.engine.session(&self.sid).is_some() {
-            tokio::time::sleep(CLOSE_LINGER).await;
-            self.engine.remove(&self.sid);
+        if self.connect_deadline().is_some_and(|d| now >= d) {
+            drop(st);
+            self.close(CloseReason::ConnectTimeout);
+            return;
         }
+        match st.pong_deadline {
+            Some(deadline) if now >= deadline => {
+                drop(st);
+                self.close(CloseReason::PingTimeout);
+                return;
+            }
+            None if now >= st.ping_at => {
+                // Deadlines follow the schedule, not the (possibly late) tick.
+                st.pong_deadline = Some(st.ping_at + self.engine.config.ping_timeout);
+                st.ping_due = true;
+                let transport = st.transport;
+                let at = self.next_deadline(&st);
+                self.schedule(&mut st, at);
+                drop(st);
+                self.wake_drainer(transport);
+                return;
+            }
+            _ => {}
+        }
+        let at = self.next_deadline(&st);
+        self.schedule(&mut st, at);
     }
 
     fn report_close(&self) {
