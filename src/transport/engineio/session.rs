@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::packet::{Frame, Packet};
+use super::timers::Target;
 use super::{EngineIo, RequestInfo, SessionHandler};
 
 /// A boxed, sendable unit of work queued on a session's inbound lane.
@@ -315,7 +316,7 @@ impl Session {
                 return;
             }
             st.closed = Some(reason);
-            self.schedule(&mut st, Instant::now());
+            self.schedule_close(&mut st);
             // A client `1` may race the GET it sent alongside; keep the session until that
             // GET got its noop (or for a grace period), like a pending GET would have.
             reason == CloseReason::ClientClose
@@ -542,11 +543,21 @@ impl Session {
 
     /// Makes the timer tick the session at `at`; its earlier entries become stale.
     fn schedule(&self, st: &mut State, at: Instant) {
+        self.set_timer(st, at, Target::Weak(self.me.clone()));
+    }
+
+    /// Makes the timer report the close now; its entry holds the session until then.
+    fn schedule_close(&self, st: &mut State) {
+        // Always alive: a session being closed is borrowed by its caller.
+        if let Some(session) = self.me.upgrade() {
+            self.set_timer(st, Instant::now(), Target::Held(session));
+        }
+    }
+
+    fn set_timer(&self, st: &mut State, at: Instant, target: Target) {
         st.timer_generation += 1;
         st.timer_at = at;
-        self.engine
-            .timers
-            .schedule(at, st.timer_generation, self.me.clone());
+        self.engine.timers.schedule(at, st.timer_generation, target);
     }
 
     /// Moves the timer earlier if the next deadline now comes before its entry; a later one is handled

@@ -39,7 +39,15 @@ struct Heap {
 struct Entry {
     at: Instant,
     generation: u64,
-    session: Weak<Session>,
+    session: Target,
+}
+
+/// The session an entry ticks.
+pub(crate) enum Target {
+    /// A heartbeat deadline: a session dropped meanwhile needs no tick.
+    Weak(Weak<Session>),
+    /// A close to report: the entry keeps the session until its handler has heard of the close.
+    Held(Arc<Session>),
 }
 
 // `BinaryHeap` is a max-heap: the earliest entry must compare greatest.
@@ -78,7 +86,7 @@ impl Timers {
     }
 
     /// Ticks `session` at `at` with `generation` (see [`Session::tick`]). Must run inside a Tokio runtime.
-    pub(crate) fn schedule(&self, at: Instant, generation: u64, session: Weak<Session>) {
+    pub(crate) fn schedule(&self, at: Instant, generation: u64, session: Target) {
         let mut heap = self.shared.heap.lock();
         if heap.stopped {
             return;
@@ -125,7 +133,11 @@ async fn run(shared: Arc<Shared>) {
         if !due.is_empty() {
             // Ticks take no lock of the heap, so sessions may schedule (and the loop sees it next round).
             for entry in due.drain(..) {
-                if let Some(session) = entry.session.upgrade() {
+                let session = match entry.session {
+                    Target::Weak(weak) => weak.upgrade(),
+                    Target::Held(session) => Some(session),
+                };
+                if let Some(session) = session {
                     session.tick(entry.generation);
                 }
             }

@@ -416,6 +416,8 @@ impl Session {
 mod tests {
     use std::sync::Weak;
 
+    use tokio::sync::mpsc;
+
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message as Ws;
     use tokio_tungstenite::tungstenite::protocol::frame::Frame as RawFrame;
@@ -426,13 +428,14 @@ mod tests {
         EngineHandler, EngineIo, EngineIoConfig, SessionHandler, Work, message_frame,
     };
 
-    /// Echoes every message back, like the protocol suites' reference server.
-    struct Echo;
-    struct EchoSession(Weak<Session>);
+    /// Echoes every message back, like the protocol suites' reference server, and reports each close.
+    struct Echo(mpsc::UnboundedSender<CloseReason>);
+    /// Holds its session weakly, as the Socket.IO layer does: only the engine keeps a session alive.
+    struct EchoSession(Weak<Session>, mpsc::UnboundedSender<CloseReason>);
 
     impl EngineHandler for Echo {
         fn on_open(&self, session: &Arc<Session>) -> Arc<dyn SessionHandler> {
-            Arc::new(EchoSession(Arc::downgrade(session)))
+            Arc::new(EchoSession(Arc::downgrade(session), self.0.clone()))
         }
     }
 
@@ -445,7 +448,9 @@ mod tests {
             });
             None
         }
-        fn on_close(&self, _reason: CloseReason) {}
+        fn on_close(&self, reason: CloseReason) {
+            let _ = self.1.send(reason);
+        }
     }
 
     type Client = tokio_tungstenite::WebSocketStream<
@@ -453,12 +458,20 @@ mod tests {
     >;
 
     async fn connect() -> Client {
+        connect_with(EngineIoConfig::default()).await.0
+    }
+
+    /// A client of a fresh echo server with `config` (`max_payload` 64), and the server's close reports.
+    async fn connect_with(
+        config: EngineIoConfig,
+    ) -> (Client, mpsc::UnboundedReceiver<CloseReason>) {
+        let (closes, closed) = mpsc::unbounded_channel();
         let engine = EngineIo::new(
             EngineIoConfig {
                 max_payload: 64,
-                ..EngineIoConfig::default()
+                ..config
             },
-            Arc::new(Echo),
+            Arc::new(Echo(closes)),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -467,7 +480,45 @@ mod tests {
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         let open = ws.next().await.unwrap().unwrap();
         assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
-        ws
+        (ws, closed)
+    }
+
+    /// The next close the server reports; a server that never reports one fails the test.
+    async fn next_close(closed: &mut mpsc::UnboundedReceiver<CloseReason>) -> CloseReason {
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("no close reported within 5 s")
+            .expect("server gone")
+    }
+
+    fn fast_heartbeat() -> EngineIoConfig {
+        EngineIoConfig {
+            ping_interval: Duration::from_millis(40),
+            ping_timeout: Duration::from_millis(60),
+            ..EngineIoConfig::default()
+        }
+    }
+
+    /// Heartbeats run on the engine's shared timer: a client answering pings stays open over many intervals,
+    /// a silent one is closed for ping timeout, and each close reaches the handler exactly once, although only
+    /// the engine held the session.
+    #[tokio::test]
+    async fn heartbeat_on_the_shared_timer() {
+        let (mut ws, mut closed) = connect_with(fast_heartbeat()).await;
+        for _ in 0..5 {
+            assert_eq!(next(&mut ws).await, Some(Ws::text("2")));
+            ws.send(Ws::text("3")).await.unwrap();
+        }
+        assert!(closed.try_recv().is_err(), "closed while answering pings");
+
+        let (mut silent, mut closed) = connect_with(fast_heartbeat()).await;
+        assert_eq!(next(&mut silent).await, Some(Ws::text("2")));
+        assert_eq!(next_close(&mut closed).await, CloseReason::PingTimeout);
+
+        let (gone, mut closed) = connect_with(EngineIoConfig::default()).await;
+        drop(gone);
+        assert_eq!(next_close(&mut closed).await, CloseReason::TransportClose);
+        assert!(closed.try_recv().is_err(), "one report per close");
     }
 
     /// The next message; `None` once the stream ended. A server that never answers fails the test.
