@@ -164,6 +164,7 @@ impl Monitors {
         }
         this.declare();
         let entries = this.all();
+        this.resume_published(&entries).await;
         for e in &entries {
             let interval = e.spec.lock().interval();
             // Spread the first checks so monitors loaded together do not fire in lockstep.
@@ -175,6 +176,24 @@ impl Monitors {
         }
         this.publish_stats().await;
         Ok(this)
+    }
+
+    /// Takes what subscribers already have (the durable state of the monitor channels) as what was last sent, so
+    /// a restart publishes only the monitors (and stats) that changed meanwhile, and seed 002's changed-field
+    /// deltas are relative to what clients hold.
+    async fn resume_published(&self, entries: &[Arc<Entry>]) {
+        let stored = |channel: &ChannelName, key: &str| -> Option<Value> {
+            let values = self.core.hub.state_of(channel)?;
+            let entry = values.iter().find(|v| v.key == key)?;
+            serde_json::from_str(entry.value.get()).ok()
+        };
+        for e in entries {
+            let last = stored(&e.channel(&self.channel), &e.id);
+            e.emit.lock().last_full = last;
+        }
+        if let Ok(channel) = ChannelName::new(&self.events.stats_channel) {
+            *self.stats.lock().await = stored(&channel, "stats");
+        }
     }
 
     /// Declares the monitor channels state channels with the preset's snapshot.
