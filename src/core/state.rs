@@ -79,6 +79,15 @@ impl std::ops::Deref for Frozen {
 }
 
 impl Frozen {
+    /// The entry of `key`, if set (entries are ordered by key).
+    pub fn get(&self, key: &str) -> Option<&Arc<Entry>> {
+        let i = self
+            .entries
+            .binary_search_by(|e| e.key.as_str().cmp(key))
+            .ok()?;
+        self.entries.get(i)
+    }
+
     /// Every value as one JSON array.
     fn array(&self) -> Box<RawValue> {
         self.array

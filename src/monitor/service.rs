@@ -184,8 +184,7 @@ impl Monitors {
     async fn resume_published(&self, entries: &[Arc<Entry>]) {
         let stored = |channel: &ChannelName, key: &str| -> Option<Value> {
             let values = self.core.hub.state_of(channel)?;
-            let entry = values.iter().find(|v| v.key == key)?;
-            serde_json::from_str(entry.value.get()).ok()
+            serde_json::from_str(values.get(key)?.value.get()).ok()
         };
         for e in entries {
             let last = stored(&e.channel(&self.channel), &e.id);

@@ -212,8 +212,7 @@ impl Poller {
     }
 }
 
-/// The channel's current state in the core, as a last result: read by registering a subscriber that drops
-/// everything and removing it at once (the hub hands out state only with a registration).
+/// The channel's current state in the core, as a last result (what a restarted poller diffs against).
 pub(super) fn stored_state(
     core: &Core,
     channel: &ChannelName,
@@ -230,7 +229,7 @@ pub(super) fn stored_state(
     };
     match mode {
         SqlMode::Full => {
-            let entry = values.iter().find(|e| e.key.is_empty())?;
+            let entry = values.get("")?;
             let rows: Vec<&RawValue> = serde_json::from_str(entry.value.get()).ok()?;
             Some(LastResult {
                 rows: rows.into_iter().filter_map(row).collect(),
