@@ -100,7 +100,7 @@ pub struct Feed<O: Outlet> {
     id: SubscriberId,
     max_held_bytes: usize,
     state: Mutex<State>,
-    op: tokio::sync::Mutex<()>,
+    op: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<O: Outlet> Subscriber for Feed<O> {
@@ -132,7 +132,7 @@ impl<O: Outlet> Feed<O> {
             id: SubscriberId::next(),
             max_held_bytes,
             state: Mutex::new(State::default()),
-            op: tokio::sync::Mutex::new(()),
+            op: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -142,9 +142,10 @@ impl<O: Outlet> Feed<O> {
         st.next_k = st.next_k.max(k);
     }
 
-    /// Serialises subscription changes of this feed; hold the guard across `begin`…`complete`.
-    pub async fn serialize(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.op.lock().await
+    /// Serialises subscription changes of this feed; hold the guard across `begin`…`complete` (it may be moved
+    /// to the task that completes).
+    pub async fn serialize(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.op.clone().lock_owned().await
     }
 
     /// Phase 1: holds live delivery, registers every want at one hub position, and decides where each replay starts.
@@ -228,41 +229,63 @@ impl<O: Outlet> Feed<O> {
                 }
                 continue;
             }
-            let replay = self
-                .core
-                .replay(&reg.channel, reg.after, reg.position.last_offset)
-                .await?;
-            let events = replay.events;
-            // History may hold none of the range (trimmed by age, or between registration and now).
-            let start = events.first().map_or(replay.first_offset, |e| e.offset);
-            let trimmed =
-                (reg.after < reg.position.last_offset && start > reg.after + 1).then(|| Gap {
+            if !self.replay_one(reg).await? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Replays `reg`'s range page by page, each page read only once the connection has room for it, so a
+    /// subscriber far behind holds one page of history, not its whole backlog. Returns false when the connection
+    /// is gone.
+    async fn replay_one(&self, reg: &Registered) -> Result<bool, StoreError> {
+        let upto = reg.position.last_offset;
+        let mut after = reg.after;
+        let mut gap = reg.gap.clone();
+        loop {
+            let page = if after < upto {
+                self.outlet.room().await;
+                Some(self.core.replay(&reg.channel, after, upto).await?)
+            } else {
+                None
+            };
+            let (events, first_offset) =
+                page.map_or((Vec::new(), after + 1), |p| (p.events, p.first_offset));
+            // History may hold none of the range, or lose part of it while a slow subscriber replays (trimmed by
+            // count or age): each hole is announced where it is.
+            let start = events.first().map_or(first_offset, |e| e.offset);
+            if after < upto && start > after + 1 && gap.is_none() {
+                gap = Some(Gap {
                     channel: reg.channel.clone(),
                     reason: GapReason::HistoryTrimmed,
                     epoch: reg.position.epoch.clone(),
-                    from: Some(reg.after + 1),
-                    to: Some((start - 1).min(reg.position.last_offset)),
+                    from: Some(after + 1),
+                    to: Some((start - 1).min(upto)),
                 });
-            let gap = reg.gap.as_ref().or(trimmed.as_ref());
-            if gap.is_some() && reg.position.state.is_some() {
-                if !self.send_snapshot(reg, gap).await {
-                    return Ok(());
+            }
+            if let Some(g) = gap.take() {
+                // A state channel's snapshot stands for everything through the position.
+                if reg.position.state.is_some() {
+                    return Ok(self.send_snapshot(reg, Some(&g)).await);
                 }
-                continue;
+                if self.outlet.gap(&g).is_err() {
+                    self.state.lock().closed = true;
+                    return Ok(false);
+                }
             }
-            if gap.is_some_and(|g| self.outlet.gap(g).is_err()) {
-                self.state.lock().closed = true;
-                return Ok(());
-            }
+            let Some(last) = events.last().map(|e| e.offset) else {
+                return Ok(true);
+            };
             for e in &events {
                 self.outlet.room().await;
                 if self.outlet.replayed(e, reg).is_err() {
                     self.state.lock().closed = true;
-                    return Ok(());
+                    return Ok(false);
                 }
             }
+            after = last;
         }
-        Ok(())
     }
 
     /// Sends a state channel's snapshot (after the gap notice, if any) as replayed events at the registration's

@@ -60,6 +60,17 @@ struct Conn {
     expiry: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pid: String,
     record: Mutex<SessionRecord>,
+    /// Set by CONNECT, taken once its reply is queued.
+    pending: Mutex<Option<Pending>>,
+}
+
+/// What a CONNECT leaves for after its reply, so that the reply is the first packet of the connection: the
+/// registrations' replays (and a notice that an asked-for session was unknown), under the feed's op guard taken
+/// before registering.
+struct Pending {
+    regs: Vec<Registered>,
+    session_unknown: bool,
+    _op: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// Puts channel events on a Socket.IO socket.
@@ -236,7 +247,7 @@ impl ChannelsNamespace {
         };
         // Another user's session id is as good as unknown.
         let record = record.filter(|r| r.user == identity.user);
-        let (pid, sid, wants, next_k) = match (asked, record) {
+        let (pid, sid, wants, next_k, session_unknown) = match (asked, record) {
             (Some(pid), Some(record)) => {
                 // A socket still attached to this session is a stale transport: retire it first.
                 let stale = self.conns.lock().remove(&record.sid);
@@ -267,20 +278,16 @@ impl ChannelsNamespace {
                     self.core.store.delete_session(pid);
                     new_id()
                 };
-                (pid, record.sid, wants, record.next_k)
+                (pid, record.sid, wants, record.next_k, false)
             }
             (asked, _) => {
-                if asked.is_some() {
-                    let notice = json!({"reason": GapReason::SessionUnknown});
-                    let _ = socket.emit(GAP_EVENT, Payload::new(vec![notice]));
-                }
                 let wants = self
                     .access
                     .initial_channels(&identity)
                     .into_iter()
                     .map(Want::new_events)
                     .collect();
-                (new_id(), socket.id().to_string(), wants, 0)
+                (new_id(), socket.id().to_string(), wants, 0, asked.is_some())
             }
         };
         let expires_in = self.access.expires_in(&identity);
@@ -301,14 +308,24 @@ impl ChannelsNamespace {
             _slot: slot,
             messages: Mutex::new(self.access.message_bucket()),
             expiry: Mutex::new(None),
+            pending: Mutex::new(None),
         });
-        if let Err(r) = self.subscribe_all(&conn, wants, None).await {
-            conn.feed.detach();
-            return Err(ConnectError {
-                message: r.message,
-                data: Some(json!({"code": r.code})),
-            });
-        }
+        let op = conn.feed.serialize().await;
+        let regs = match self.register(&conn, wants).await {
+            Ok(regs) => regs,
+            Err(r) => {
+                conn.feed.detach();
+                return Err(ConnectError {
+                    message: r.message,
+                    data: Some(json!({"code": r.code})),
+                });
+            }
+        };
+        *conn.pending.lock() = Some(Pending {
+            regs,
+            session_unknown,
+            _op: op,
+        });
         if let Some(left) = expires_in {
             *conn.expiry.lock() = Some(tokio::spawn(expire(conn.feed.outlet.0.clone(), left)));
         }
@@ -344,6 +361,30 @@ impl ChannelsNamespace {
         ack: Option<AckResponder>,
     ) -> Result<(), Refusal> {
         let _op = conn.feed.serialize().await;
+        let regs = match self.register(conn, wants).await {
+            Ok(regs) => regs,
+            Err(refusal) => {
+                reply(ack, refusal.to_json());
+                return Err(refusal);
+            }
+        };
+        if let Some(r) = regs.first() {
+            let p = &r.position;
+            reply(
+                ack,
+                json!({"ok": true, "channel": r.channel, "offset": p.last_offset, "epoch": p.epoch}),
+            );
+        }
+        conn.feed.complete(&regs).await.map_err(Refusal::from)
+    }
+
+    /// Registers `wants` in the feed (holding live delivery) and stores the session record naming them; the
+    /// caller holds the feed's op guard and completes the registrations.
+    async fn register(
+        &self,
+        conn: &Arc<Conn>,
+        wants: Vec<Want>,
+    ) -> Result<Vec<Registered>, Refusal> {
         let regs = conn.feed.begin(wants);
         let record = {
             let mut record = conn.record.lock();
@@ -363,18 +404,37 @@ impl ChannelsNamespace {
         // Stored before any cursor naming this registration can reach the client.
         if let Err(e) = self.store_record(&conn.pid, &record).await {
             conn.feed.abort(&regs);
-            let refusal = Refusal::from(e);
-            reply(ack, refusal.to_json());
-            return Err(refusal);
+            return Err(Refusal::from(e));
         }
-        if let Some(r) = regs.first() {
-            let p = &r.position;
-            reply(
-                ack,
-                json!({"ok": true, "channel": r.channel, "offset": p.last_offset, "epoch": p.epoch}),
-            );
-        }
-        conn.feed.complete(&regs).await.map_err(Refusal::from)
+        Ok(regs)
+    }
+
+    /// The CONNECT reply is queued: now the replays (and the unknown-session notice) follow it, on a task of their
+    /// own so the connection's later packets are read meanwhile.
+    fn connected(&self, socket: &Arc<Socket>) {
+        let conn = self.conns.lock().get(&*socket.id()).cloned();
+        let Some(conn) = conn.filter(|c| Arc::ptr_eq(&c.feed.outlet.0, socket)) else {
+            return;
+        };
+        let Some(pending) = conn.pending.lock().take() else {
+            return;
+        };
+        tokio::spawn(async move {
+            if pending.session_unknown {
+                let notice = json!({"reason": GapReason::SessionUnknown});
+                let _ = conn
+                    .feed
+                    .outlet
+                    .0
+                    .emit(GAP_EVENT, Payload::new(vec![notice]));
+            }
+            // A failed replay closes the transport; the client resumes on reconnecting.
+            let _ = conn
+                .feed
+                .complete(&pending.regs)
+                .await
+                .map_err(Refusal::from);
+        });
     }
 
     async fn store_record(&self, pid: &str, record: &SessionRecord) -> Result<(), StoreError> {
@@ -612,6 +672,10 @@ impl NamespaceHandler for Handler {
                 }
             }
         })
+    }
+
+    fn on_connected(&self, socket: Arc<Socket>) {
+        self.0.connected(&socket);
     }
 
     fn on_disconnect(&self, socket: Arc<Socket>, reason: DisconnectReason) {

@@ -19,10 +19,17 @@ use channel::Pattern;
 use event::{Event, NewEvent, PublishResult};
 use hub::{Demand, Hub};
 use state::Snapshot;
-use store::{ChannelInfo, Store, StoreError, StoreOptions};
+use store::{ChannelInfo, ReadLimit, Store, StoreError, StoreOptions};
 
 /// Most events read from history per query.
 pub const MAX_PAGE: usize = 1000;
+
+/// One page of a replay: a catching-up subscriber holds at most this much history in memory at a time
+/// (thousands of subscribers may be replaying at once).
+pub const REPLAY_PAGE: ReadLimit = ReadLimit {
+    events: 256,
+    bytes: 256 << 10,
+};
 
 /// The core: a store for history and a hub for live fan-out.
 pub struct Core {
@@ -89,12 +96,21 @@ impl Core {
     ) -> Result<Option<HistoryPage>, StoreError> {
         let page = self
             .store
-            .range(channel, after, None, limit.min(MAX_PAGE))
+            .range(
+                channel,
+                after,
+                None,
+                ReadLimit {
+                    events: limit.min(MAX_PAGE),
+                    bytes: usize::MAX,
+                },
+            )
             .await?;
         Ok(page.map(|(info, events)| HistoryPage { info, events }))
     }
 
-    /// Every event of `channel` in `(after, upto]` still in history.
+    /// The first events of `channel` in `(after, upto]` still in history, at most one [`REPLAY_PAGE`]; the caller
+    /// continues after the last one it got.
     pub async fn replay(
         &self,
         channel: &ChannelName,
@@ -111,7 +127,7 @@ impl Core {
         // One read: a retention sweep between the position and the events would hide a gap.
         if let Some((info, events)) = self
             .store
-            .range(channel, after, Some(upto), usize::MAX)
+            .range(channel, after, Some(upto), REPLAY_PAGE)
             .await?
         {
             out.first_offset = info.first_offset;

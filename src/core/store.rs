@@ -170,6 +170,7 @@ impl Store {
             readers: Arc::new(Readers {
                 path,
                 idle: Mutex::new(Vec::new()),
+                permits: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             }),
         };
         Ok(Opened {
@@ -235,7 +236,7 @@ impl Store {
         channel: &ChannelName,
         after: u64,
         upto: Option<u64>,
-        limit: usize,
+        limit: ReadLimit,
     ) -> Result<Option<(ChannelInfo, Vec<Event>)>, StoreError> {
         let name = channel.clone();
         self.read(move |c| {
@@ -284,7 +285,14 @@ impl Store {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let readers = self.readers.clone();
+        let permit = readers
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = readers.take()?;
             let out = f(&conn);
             readers.idle.lock().push(conn);
@@ -295,9 +303,25 @@ impl Store {
     }
 }
 
+/// Read-only connections, at most [`MAX_READERS`] in use at once: every replaying subscriber reads history, and an
+/// unbounded pool would open a connection (with its page cache) and a blocking thread per subscriber.
 struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// Most history reads running at once.
+const MAX_READERS: usize = 8;
+
+/// A bound on one read of events: at most `events` of them, and no more once `bytes` of payload were read
+/// (the first event always counts, so a read makes progress).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimit {
+    /// Most events.
+    pub events: usize,
+    /// Payload bytes after which no further event is read.
+    pub bytes: usize,
 }
 
 impl Readers {
@@ -387,7 +411,7 @@ fn events_in(
     ch: &ChannelInfo,
     after: u64,
     upto: u64,
-    limit: usize,
+    limit: ReadLimit,
 ) -> rusqlite::Result<Vec<Event>> {
     let mut st = c.prepare_cached(
         "SELECT seq, offset, event_id, name, data, time FROM events
@@ -398,7 +422,7 @@ fn events_in(
             ch.id as i64,
             clamp(after),
             clamp(upto),
-            i64::try_from(limit).unwrap_or(i64::MAX)
+            i64::try_from(limit.events).unwrap_or(i64::MAX)
         ],
         |r| {
             let data: String = r.get(4)?;
@@ -422,7 +446,17 @@ fn events_in(
             })
         },
     )?;
-    rows.collect()
+    let mut events = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        let event = row?;
+        bytes += event.data.get().len();
+        events.push(event);
+        if bytes >= limit.bytes {
+            break;
+        }
+    }
+    Ok(events)
 }
 
 fn clamp(n: u64) -> i64 {
