@@ -70,7 +70,7 @@ struct Conn {
 struct Pending {
     regs: Vec<Registered>,
     session_unknown: bool,
-    _op: tokio::sync::OwnedMutexGuard<()>,
+    op: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// Puts channel events on a Socket.IO socket.
@@ -324,7 +324,7 @@ impl ChannelsNamespace {
         *conn.pending.lock() = Some(Pending {
             regs,
             session_unknown,
-            _op: op,
+            op,
         });
         if let Some(left) = expires_in {
             *conn.expiry.lock() = Some(tokio::spawn(expire(conn.feed.outlet.0.clone(), left)));
@@ -416,11 +416,16 @@ impl ChannelsNamespace {
         let Some(conn) = conn.filter(|c| Arc::ptr_eq(&c.feed.outlet.0, socket)) else {
             return;
         };
-        let Some(pending) = conn.pending.lock().take() else {
+        let Some(Pending {
+            regs,
+            session_unknown,
+            op,
+        }) = conn.pending.lock().take()
+        else {
             return;
         };
         tokio::spawn(async move {
-            if pending.session_unknown {
+            if session_unknown {
                 let notice = json!({"reason": GapReason::SessionUnknown});
                 let _ = conn
                     .feed
@@ -429,11 +434,9 @@ impl ChannelsNamespace {
                     .emit(GAP_EVENT, Payload::new(vec![notice]));
             }
             // A failed replay closes the transport; the client resumes on reconnecting.
-            let _ = conn
-                .feed
-                .complete(&pending.regs)
-                .await
-                .map_err(Refusal::from);
+            let _ = conn.feed.complete(&regs).await.map_err(Refusal::from);
+            // Held to here: the client's next subscription change waits for these replays.
+            drop(op);
         });
     }
 

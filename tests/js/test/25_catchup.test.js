@@ -184,3 +184,61 @@ max_queue_bytes = ${MAX_QUEUE_BYTES}
   assert.ok(peak <= bound, `peak RSS ${peak} kB ≤ ${CLIENTS} × max_queue_bytes + ${CONSTANT_KB} kB = ${bound} kB`);
   await h.assertHealthy();
 });
+
+test('history trimmed while a slow subscriber replays: a herald:gap where the hole is, then everything after it', async (t) => {
+  const h = await startHerald(t, { config: '[history]\nmax_events = 1000\n[socketio]\nmax_queue_bytes = 262144\n' });
+  const channel = 'trimmed';
+  const big = 'x'.repeat(10_000);
+  // ~10 MB of history: more than the kernel buffers for a client that stopped reading, so the replay waits.
+  for (let from = 1; from <= 1000; from += 5) await publishBatch(h.url, channel, from, from + 4, big);
+
+  const ws = new WebSocket(`${h.url.replace(/^http/, 'ws')}/socket.io/?EIO=4&transport=websocket`);
+  t.after(() => ws.terminate());
+  const rec = new Waitable();
+  rec.frames = [];
+  rec.summary = () => `${rec.frames.length} frames, last ${rec.frames.at(-1)?.slice(0, 80)}`;
+  ws.on('message', (data) => {
+    const s = data.toString();
+    if (s.startsWith('0')) ws.send('40');
+    else if (s.startsWith('40')) ws.send(`420${JSON.stringify(['subscribe', { channel, since: 0 }])}`);
+    else if (s === '2') ws.send('3');
+    rec.frames.push(s);
+    rec._check();
+  });
+  await rec.until((r) => r.frames.some((f) => f.startsWith('430')), 10_000, 'the subscribe ack');
+  ws._socket.pause();
+  // Small live events (held behind the replay without overflowing it) push offsets 1..1500 out of history.
+  for (let from = 1001; from <= 2500; from += 100) await publishBatch(h.url, channel, from, from + 99);
+  ws._socket.resume();
+  await rec.until((r) => r.frames.some((f) => f.startsWith('42') && JSON.parse(f.slice(2))[1]?.n === 2500), 30_000, 'event 2500');
+
+  const events = rec.frames.filter((f) => f.startsWith('42')).map((f) => JSON.parse(f.slice(2)));
+  // Pages are read as the client makes room, so each hole retention made meanwhile is announced where it is:
+  // events and notices together account for every offset exactly once, in order.
+  let next = 1;
+  const gaps = [];
+  const ranges = [];
+  for (const e of events) {
+    const [name, data] = e;
+    const n = name === 'herald:gap' ? `gap ${data.from}..${data.to}` : data.n;
+    const r = ranges.at(-1);
+    if (typeof n === 'number' && r && typeof r[1] === 'number' && r[1] + 1 === n) r[1] = n; else ranges.push([n, n, e.at(-1)]);
+  }
+  t.diagnostic(`received: ${ranges.map(([a, b, c]) => (a === b ? `${a}` : `${a}-${b} (${c})`)).join(', ')}`);
+  for (const [name, data] of events) {
+    if (name === 'herald:gap') {
+      assert.deepEqual(data, { channel, reason: 'history_trimmed', epoch: data.epoch, from: next, to: data.to },
+        `a notice names the hole at ${next}: ${JSON.stringify(data)}`);
+      assert.ok(data.to >= data.from && data.to <= 1000, `the hole lies in the replayed range: ${JSON.stringify(data)}`);
+      gaps.push(data);
+      next = data.to + 1;
+    } else {
+      assert.equal(data.n, next, `event ${data.n} where ${next} was due (gaps so far ${JSON.stringify(gaps)})`);
+      next++;
+    }
+  }
+  assert.equal(next, 2501, 'everything through 2500 accounted for');
+  assert.ok(gaps.length >= 1, 'retention made at least one hole during the replay');
+  t.diagnostic(`holes announced: ${gaps.map((g) => `${g.from}..${g.to}`).join(', ')}`);
+  await h.assertHealthy();
+});
