@@ -14,7 +14,7 @@ use crate::auth::{
 };
 use crate::config::Config;
 use crate::core::channel::ChannelName;
-use crate::policy::rate::{Bucket, Slot};
+use crate::policy::rate::{Bucket, MessageLimit, Slot};
 use crate::policy::{Policy, Refused};
 
 /// Authentication and permissions for the bindings.
@@ -134,6 +134,11 @@ impl Access {
     pub fn message_bucket(&self) -> Bucket {
         let rate = self.policy.per_connection.messages_per_second;
         Bucket::new(rate, rate.saturating_mul(2))
+    }
+
+    /// The allowance of one connection's messages, its refusals counted and logged at most once per interval.
+    pub fn message_limit(&self) -> MessageLimit {
+        MessageLimit::new(self.message_bucket())
     }
 }
 

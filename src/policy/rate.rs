@@ -2,10 +2,12 @@
 //! concurrent connections per IP address.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -53,6 +55,101 @@ impl Bucket {
     fn is_full(&self) -> bool {
         self.tokens + Instant::now().duration_since(self.last).as_secs_f64() * self.rate
             >= self.burst
+    }
+}
+
+/// Client messages refused by a per-connection rate limit since start-up, over every transport (served on
+/// `/metrics` as `herald_client_messages_refused_total`).
+pub static MESSAGES_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Least time between two reports about one connection's refused messages: a log line, and the `error` notice
+/// sent to a client that asked for no reply.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One connection's message allowance: a token bucket whose refusals are counted and reported at most once per
+/// [`REPORT_INTERVAL`], plus once when the connection ends, so a flooding client cannot flood the log.
+pub struct MessageLimit {
+    bucket: Bucket,
+    /// Names the connection in log lines; set at its first refusal.
+    who: String,
+    /// Refusals on this connection.
+    refused: u64,
+    /// Refusals not in a log line yet.
+    unreported: u64,
+    reported_at: Option<Instant>,
+}
+
+/// What [`MessageLimit::take`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowance {
+    /// The message may be handled.
+    Granted,
+    /// The message is refused; `report` is true for the first refusal of a reporting interval, the one a client that
+    /// asked for no reply is told about.
+    Refused {
+        /// Whether this refusal is reported (logged, and told to a client that asked for no reply).
+        report: bool,
+    },
+}
+
+impl MessageLimit {
+    /// Refusals of `bucket` counted and reported.
+    pub fn new(bucket: Bucket) -> Self {
+        Self {
+            bucket,
+            who: String::new(),
+            refused: 0,
+            unreported: 0,
+            reported_at: None,
+        }
+    }
+
+    /// Takes one message; `who` names the connection in the log.
+    pub fn take(&mut self, who: &dyn Display) -> Allowance {
+        if self.bucket.take() {
+            return Allowance::Granted;
+        }
+        MESSAGES_REFUSED.fetch_add(1, Ordering::Relaxed);
+        self.refused += 1;
+        self.unreported += 1;
+        let now = Instant::now();
+        if self
+            .reported_at
+            .is_some_and(|t| now.duration_since(t) < REPORT_INTERVAL)
+        {
+            return Allowance::Refused { report: false };
+        }
+        if self.reported_at.is_none() {
+            self.who = who.to_string();
+            tracing::warn!(
+                connection = %self.who,
+                "client message rate limit hit; further refusals on this connection are counted and logged every {}s",
+                REPORT_INTERVAL.as_secs()
+            );
+        } else {
+            tracing::warn!(
+                connection = %self.who,
+                refused = self.unreported,
+                total = self.refused,
+                "client messages refused by the rate limit since the last report"
+            );
+        }
+        self.unreported = 0;
+        self.reported_at = Some(now);
+        Allowance::Refused { report: true }
+    }
+}
+
+impl Drop for MessageLimit {
+    fn drop(&mut self) {
+        if self.unreported > 0 {
+            tracing::warn!(
+                connection = %self.who,
+                refused = self.unreported,
+                total = self.refused,
+                "client messages refused by the rate limit since the last report (connection closed)"
+            );
+        }
     }
 }
 
@@ -148,6 +245,23 @@ mod tests {
         assert!((0..3).all(|_| b.take(&k)));
         assert!(!b.take(&k));
         assert!(Buckets::new(0, 0).take(&k), "zero means unlimited");
+    }
+
+    #[test]
+    fn message_refusals_are_counted_and_reported_once_per_interval() {
+        let mut limit = MessageLimit::new(Bucket::new(1, 1));
+        let before = MESSAGES_REFUSED.load(Ordering::Relaxed);
+        assert_eq!(limit.take(&"c"), Allowance::Granted);
+        assert_eq!(limit.take(&"c"), Allowance::Refused { report: true });
+        for _ in 0..100 {
+            assert_eq!(limit.take(&"c"), Allowance::Refused { report: false });
+        }
+        assert_eq!((limit.refused, limit.unreported), (101, 100));
+        assert!(MESSAGES_REFUSED.load(Ordering::Relaxed) - before >= 101);
+        // A new interval reports again, with the count since the last report.
+        limit.reported_at = Some(Instant::now() - REPORT_INTERVAL);
+        assert_eq!(limit.take(&"c"), Allowance::Refused { report: true });
+        assert_eq!(limit.unreported, 0);
     }
 
     #[test]
