@@ -24,7 +24,7 @@ use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::session::{self, Cursor, Entry, Gap, GapReason, SessionRecord};
 use crate::core::store::StoreError;
-use crate::policy::rate::{Allowance, MessageLimit, REPORT_INTERVAL, Slot};
+use crate::policy::rate::{MessageLimit, REPORT_INTERVAL, Slot};
 use crate::transport::socketio::{
     Accept, AckResponder, BoxFuture, ConnectError, DisconnectReason, EncodedPacket,
     NamespaceHandler, Payload, Socket, encode_event_raw,
@@ -645,10 +645,10 @@ impl NamespaceHandler for Handler {
             let Some(conn) = ns.conns.lock().get(&*socket.id()).cloned() else {
                 return;
             };
-            let allowance = conn.messages.lock().take(&socket.id());
-            if let Allowance::Refused { report } = allowance {
+            let granted = conn.messages.lock().take(&socket.id());
+            if !granted {
                 // Without an ack, one notice per interval: one per refused message would itself be a flood.
-                if ack.is_some() || report {
+                if ack.is_some() || conn.messages.lock().notice() {
                     let message = match ack {
                         Some(_) => "too many messages; slow down".to_owned(),
                         None => format!(

@@ -102,19 +102,21 @@ pub fn fill(template: &str, first: Option<&Value>) -> Result<String, FillError> 
                     problem,
                 };
                 let mut value = first;
+                let mut walked = "";
                 for part in path.split('.') {
                     value = match value {
                         Some(Value::Object(fields)) => match fields.get(part) {
                             Some(v) => Some(v),
                             None => return Err(problem(format!("the field `{part}` is missing"))),
                         },
+                        other if walked.is_empty() => {
+                            return Err(problem(format!("got {}", kind(other))));
+                        }
                         other => {
-                            return Err(problem(format!(
-                                "got {} where `{part}` was expected",
-                                kind(other)
-                            )));
+                            return Err(problem(format!("`{walked}` is {}", kind(other))));
                         }
                     };
+                    walked = &path[..walked.len() + usize::from(!walked.is_empty()) + part.len()];
                 }
                 match value {
                     Some(Value::String(s)) => out.push_str(s),
@@ -172,6 +174,8 @@ mod tests {
         assert!(e.to_string().contains("got a string"), "{e}");
         let e = fill("{arg.room}", Some(&json!({"room": true}))).unwrap_err();
         assert!(e.to_string().contains("`room` is a boolean"), "{e}");
+        let e = fill("{arg.a.b}", Some(&json!({"a": 1}))).unwrap_err();
+        assert!(e.to_string().contains("`a` is a number"), "{e}");
         // An absent argument is not an empty string: `status:` would be a valid, wrong channel.
         assert_eq!(
             fill("status:{arg}", None).unwrap_err(),

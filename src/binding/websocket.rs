@@ -32,7 +32,7 @@ use crate::core::Core;
 use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::session::Gap;
-use crate::policy::rate::{Allowance, REPORT_INTERVAL, Slot};
+use crate::policy::rate::{REPORT_INTERVAL, Slot};
 use crate::transport::websocket::{self as ws, Incoming, Reader, Writer, deflate};
 
 /// Slots of the shared message of a live event: envelope, bare data, and their compressed forms.
@@ -350,14 +350,14 @@ async fn pump(
         tokio::select! {
             incoming = reader.next() => match incoming {
                 Ok(Some(message @ (Incoming::Text(_) | Incoming::Binary(_)))) => {
-                    if let Allowance::Refused { report } = allowance.take(&who) {
+                    if !allowance.take(&who) {
                         // Echo the request id so a client matching replies by id is not left waiting; a message
                         // without one gets at most one error per interval, or the errors would be a flood too.
                         let id = match &message {
                             Incoming::Text(text) => request_id(text),
                             _ => None,
                         };
-                        if id.is_some() || report {
+                        if id.is_some() || allowance.notice() {
                             let text = match id {
                                 Some(_) => "too many messages; slow down".to_owned(),
                                 None => format!(

@@ -77,19 +77,8 @@ pub struct MessageLimit {
     /// Refusals not in a log line yet.
     unreported: u64,
     reported_at: Option<Instant>,
-}
-
-/// What [`MessageLimit::take`] decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Allowance {
-    /// The message may be handled.
-    Granted,
-    /// The message is refused; `report` is true for the first refusal of a reporting interval, the one a client that
-    /// asked for no reply is told about.
-    Refused {
-        /// Whether this refusal is reported (logged, and told to a client that asked for no reply).
-        report: bool,
-    },
+    /// When a client that asked for no reply was last told about a refusal.
+    noticed_at: Option<Instant>,
 }
 
 impl MessageLimit {
@@ -101,13 +90,14 @@ impl MessageLimit {
             refused: 0,
             unreported: 0,
             reported_at: None,
+            noticed_at: None,
         }
     }
 
-    /// Takes one message; `who` names the connection in the log.
-    pub fn take(&mut self, who: &dyn Display) -> Allowance {
+    /// Takes one message (true: it may be handled); `who` names the connection in the log.
+    pub fn take(&mut self, who: &dyn Display) -> bool {
         if self.bucket.take() {
-            return Allowance::Granted;
+            return true;
         }
         MESSAGES_REFUSED.fetch_add(1, Ordering::Relaxed);
         self.refused += 1;
@@ -117,7 +107,7 @@ impl MessageLimit {
             .reported_at
             .is_some_and(|t| now.duration_since(t) < REPORT_INTERVAL)
         {
-            return Allowance::Refused { report: false };
+            return false;
         }
         if self.reported_at.is_none() {
             self.who = who.to_string();
@@ -136,7 +126,20 @@ impl MessageLimit {
         }
         self.unreported = 0;
         self.reported_at = Some(now);
-        Allowance::Refused { report: true }
+        false
+    }
+
+    /// Whether a refused message whose sender asked for no reply (no ack, no id) gets an error notice: the first of
+    /// each [`REPORT_INTERVAL`] does, since one per refused message would itself be a flood.
+    pub fn notice(&mut self) -> bool {
+        let now = Instant::now();
+        let due = self
+            .noticed_at
+            .is_none_or(|t| now.duration_since(t) >= REPORT_INTERVAL);
+        if due {
+            self.noticed_at = Some(now);
+        }
+        due
     }
 }
 
@@ -251,17 +254,27 @@ mod tests {
     fn message_refusals_are_counted_and_reported_once_per_interval() {
         let mut limit = MessageLimit::new(Bucket::new(1, 1));
         let before = MESSAGES_REFUSED.load(Ordering::Relaxed);
-        assert_eq!(limit.take(&"c"), Allowance::Granted);
-        assert_eq!(limit.take(&"c"), Allowance::Refused { report: true });
+        assert!(limit.take(&"c"));
+        assert!(!limit.take(&"c"));
+        assert_eq!(
+            (limit.refused, limit.unreported),
+            (1, 0),
+            "the first refusal is logged at once"
+        );
         for _ in 0..100 {
-            assert_eq!(limit.take(&"c"), Allowance::Refused { report: false });
+            assert!(!limit.take(&"c"));
         }
         assert_eq!((limit.refused, limit.unreported), (101, 100));
         assert!(MESSAGES_REFUSED.load(Ordering::Relaxed) - before >= 101);
         // A new interval reports again, with the count since the last report.
-        limit.reported_at = Some(Instant::now() - REPORT_INTERVAL);
-        assert_eq!(limit.take(&"c"), Allowance::Refused { report: true });
+        limit.reported_at = limit.reported_at.map(|t| t - REPORT_INTERVAL);
+        assert!(!limit.take(&"c"));
         assert_eq!(limit.unreported, 0);
+        // Senders that asked for no reply hear of one refusal per interval.
+        assert!(limit.notice());
+        assert!(!limit.notice());
+        limit.noticed_at = limit.noticed_at.map(|t| t - REPORT_INTERVAL);
+        assert!(limit.notice());
     }
 
     #[test]
