@@ -117,6 +117,11 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 }
 
 impl Access {
+    /// The allowance of one connection's messages, its refusals counted and logged at most once per interval.
+    pub fn message_limit(&self) -> MessageLimit {
+        MessageLimit::new(self.message_bucket())
+    }
+
     /// Admits a new connection from `ip`: the per-address connection rate, then a concurrency slot to hold
     /// for the connection's lifetime.
     pub fn admit(&self, ip: Option<std::net::IpAddr>) -> Result<Option<Slot>, Refused> {
@@ -134,11 +139,6 @@ impl Access {
     pub fn message_bucket(&self) -> Bucket {
         let rate = self.policy.per_connection.messages_per_second;
         Bucket::new(rate, rate.saturating_mul(2))
-    }
-
-    /// The allowance of one connection's messages, its refusals counted and logged at most once per interval.
-    pub fn message_limit(&self) -> MessageLimit {
-        MessageLimit::new(self.message_bucket())
     }
 }
 

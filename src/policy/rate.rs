@@ -251,6 +251,17 @@ mod tests {
     }
 
     #[test]
+    fn slots_are_released_on_drop() {
+        let c = Concurrent::new(2);
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let a = c.acquire(ip).unwrap();
+        let _b = c.acquire(ip).unwrap();
+        assert!(c.acquire(ip).is_none());
+        drop(a);
+        assert!(c.acquire(ip).is_some());
+    }
+
+    #[test]
     fn message_refusals_are_counted_and_reported_once_per_interval() {
         let mut limit = MessageLimit::new(Bucket::new(1, 1));
         let before = MESSAGES_REFUSED.load(Ordering::Relaxed);
@@ -275,16 +286,5 @@ mod tests {
         assert!(!limit.notice());
         limit.noticed_at = limit.noticed_at.map(|t| t - REPORT_INTERVAL);
         assert!(limit.notice());
-    }
-
-    #[test]
-    fn slots_are_released_on_drop() {
-        let c = Concurrent::new(2);
-        let ip: IpAddr = [127, 0, 0, 1].into();
-        let a = c.acquire(ip).unwrap();
-        let _b = c.acquire(ip).unwrap();
-        assert!(c.acquire(ip).is_none());
-        drop(a);
-        assert!(c.acquire(ip).is_some());
     }
 }
