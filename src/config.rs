@@ -888,6 +888,13 @@ mod tests {
     }
 
     #[test]
+    fn rejects_unknown_keys_and_bad_channels() {
+        assert!(toml::from_str::<Config>("lisen = 1").is_err());
+        let c: Config = toml::from_str("[socketio]\nserver_side_channels = [\"a/b\"]").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
     fn client_event_templates_are_checked_at_start_up() {
         let with = |t: &str| {
             let text =
@@ -901,12 +908,5 @@ mod tests {
             e.contains("\"join_room\"") && e.contains("unknown placeholder {room}"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn rejects_unknown_keys_and_bad_channels() {
-        assert!(toml::from_str::<Config>("lisen = 1").is_err());
-        let c: Config = toml::from_str("[socketio]\nserver_side_channels = [\"a/b\"]").unwrap();
-        assert!(c.validate().is_err());
     }
 }

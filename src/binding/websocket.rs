@@ -32,7 +32,7 @@ use crate::core::Core;
 use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::session::Gap;
-use crate::policy::rate::{REPORT_INTERVAL, Slot};
+use crate::policy::rate::Slot;
 use crate::transport::websocket::{self as ws, Incoming, Reader, Writer, deflate};
 
 /// Slots of the shared message of a live event: envelope, bare data, and their compressed forms.
@@ -362,7 +362,7 @@ async fn pump(
                                 Some(_) => "too many messages; slow down".to_owned(),
                                 None => format!(
                                     "too many messages; slow down (refusals of messages without an id are reported at most every {} s)",
-                                    REPORT_INTERVAL.as_secs()
+                                    crate::policy::rate::REPORT_INTERVAL.as_secs()
                                 ),
                             };
                             let error = error_message(id, "rate_limited", &text);
