@@ -273,7 +273,8 @@ pub struct SocketIoConfig {
     pub client_events: std::collections::HashMap<String, ClientEvent>,
 }
 
-/// What a mapped client event does. `{arg}` in a channel is the event's first argument.
+/// What a mapped client event does. In a channel, `{arg}` is the event's first argument and `{arg.FIELD}` a field
+/// of it (see [`crate::binding::template`]).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum ClientEvent {
@@ -660,9 +661,9 @@ impl Config {
             }
             match mapping {
                 ClientEvent::Subscribe(t) | ClientEvent::Unsubscribe(t) => {
-                    // `{arg}` is filled in per event; the rest must already be a valid channel name.
-                    if let Err(e) = ChannelName::new(&t.replace("{arg}", "x")) {
-                        return bad(&e.to_string());
+                    // Placeholders are filled in per event; the rest must already be a valid channel name.
+                    if let Err(e) = crate::binding::template::check(t) {
+                        return bad(&format!("channel {t:?}: {e}"));
                     }
                 }
                 ClientEvent::Action(a) if a != "monitor.refresh" => {
@@ -891,5 +892,21 @@ mod tests {
         assert!(toml::from_str::<Config>("lisen = 1").is_err());
         let c: Config = toml::from_str("[socketio]\nserver_side_channels = [\"a/b\"]").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn client_event_templates_are_checked_at_start_up() {
+        let with = |t: &str| {
+            let text =
+                format!("[socketio.client_events]\n\"join_room\" = {{ subscribe = \"{t}\" }}\n");
+            toml::from_str::<Config>(&text).unwrap().validate()
+        };
+        assert!(with("{arg.room}").is_ok());
+        assert!(with("scan_{arg}").is_ok());
+        let e = with("{room}").unwrap_err().to_string();
+        assert!(
+            e.contains("\"join_room\"") && e.contains("unknown placeholder {room}"),
+            "{e}"
+        );
     }
 }

@@ -146,13 +146,16 @@ pub async fn log(
     Ok(Json(json!({"log": state.monitors.log(&id, limit).await?})))
 }
 
-/// `GET /metrics`.
+/// `GET /metrics`: the monitors' metrics, then the server's own counters.
 pub async fn prometheus(State(state): State<ApiState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(&state.monitors),
-    )
-        .into_response()
+    let mut text = metrics::render(&state.monitors);
+    let refused = crate::policy::rate::MESSAGES_REFUSED.load(std::sync::atomic::Ordering::Relaxed);
+    text.push_str(&format!(
+        "# HELP herald_client_messages_refused_total Client messages refused by messages_per_second, all transports.\n\
+         # TYPE herald_client_messages_refused_total counter\n\
+         herald_client_messages_refused_total {refused}\n"
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// `GET /status`: the status page.

@@ -14,7 +14,7 @@ use crate::auth::{
 };
 use crate::config::Config;
 use crate::core::channel::ChannelName;
-use crate::policy::rate::{Bucket, Slot};
+use crate::policy::rate::{Bucket, MessageLimit, Slot};
 use crate::policy::{Policy, Refused};
 
 /// Authentication and permissions for the bindings.
@@ -117,6 +117,11 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 }
 
 impl Access {
+    /// The allowance of one connection's messages, its refusals counted and logged at most once per interval.
+    pub fn message_limit(&self) -> MessageLimit {
+        MessageLimit::new(self.message_bucket())
+    }
+
     /// Admits a new connection from `ip`: the per-address connection rate, then a concurrency slot to hold
     /// for the connection's lifetime.
     pub fn admit(&self, ip: Option<std::net::IpAddr>) -> Result<Option<Slot>, Refused> {

@@ -7,5 +7,6 @@ pub mod feed;
 pub mod outbox;
 pub mod socketio;
 pub mod sse;
+pub mod template;
 pub mod websocket;
 pub mod wire;

@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::access::Access;
 use super::feed::{Feed, Gone, Outlet, Registered, Want};
+use super::template;
 use crate::auth::Identity;
 use crate::config::ClientEvent;
 use crate::core::Core;
@@ -23,7 +24,7 @@ use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::session::{self, Cursor, Entry, Gap, GapReason, SessionRecord};
 use crate::core::store::StoreError;
-use crate::policy::rate::{Bucket, Slot};
+use crate::policy::rate::{MessageLimit, REPORT_INTERVAL, Slot};
 use crate::transport::socketio::{
     Accept, AckResponder, BoxFuture, ConnectError, DisconnectReason, EncodedPacket,
     NamespaceHandler, Payload, Socket, encode_event_raw,
@@ -55,7 +56,7 @@ struct Conn {
     /// This connection's share of its address's connection limit.
     _slot: Option<Slot>,
     /// Messages the client may still send.
-    messages: Mutex<Bucket>,
+    messages: Mutex<MessageLimit>,
     /// Ends the connection when its token expires.
     expiry: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pid: String,
@@ -132,7 +133,8 @@ struct SubscribeArgs {
     epoch: Option<String>,
 }
 
-/// An error acknowledged to the client as `{ok:false, error:{code, message}}`.
+/// An error told to the client: acknowledged as `{ok:false, error:{code, message}}`, or, when the client asked
+/// for no ack, emitted as an `error` event.
 struct Refusal {
     code: &'static str,
     message: String,
@@ -148,6 +150,18 @@ impl Refusal {
 
     fn to_json(&self) -> Value {
         json!({"ok": false, "error": {"code": self.code, "message": self.message}})
+    }
+
+    /// Tells the client: as the ack when it asked for one, else as an `error` event `{code, message, event}`
+    /// naming the client event refused — without an ack a refusal would go unheard.
+    fn send(self, socket: &Socket, event: &str, ack: Option<AckResponder>) {
+        match ack {
+            Some(ack) => reply(Some(ack), self.to_json()),
+            None => {
+                let notice = json!({"code": self.code, "message": self.message, "event": event});
+                let _ = socket.emit("error", Payload::new(vec![notice]));
+            }
+        }
     }
 }
 
@@ -306,7 +320,7 @@ impl ChannelsNamespace {
             }),
             identity,
             _slot: slot,
-            messages: Mutex::new(self.access.message_bucket()),
+            messages: Mutex::new(self.access.message_limit()),
             expiry: Mutex::new(None),
             pending: Mutex::new(None),
         });
@@ -445,70 +459,88 @@ impl ChannelsNamespace {
         self.core.store.put_session(pid, text).await
     }
 
-    async fn subscribe(&self, conn: &Arc<Conn>, args: &Payload, ack: Option<AckResponder>) {
-        let checked = parse_subscribe(args).and_then(|want| {
-            match self.access.subscribe(&conn.identity, &want.channel) {
-                Ok(()) if !self.access.room_for(&conn.feed.channels(), &want.channel) => {
-                    Err(Refusal::new(
-                        "too_many_subscriptions",
-                        "this connection holds the most subscriptions allowed",
-                    ))
-                }
-                Ok(()) => Ok(want),
-                Err(e) => Err(Refusal::new(
-                    e.code(),
-                    format!("not allowed to subscribe to {}", want.channel),
-                )),
-            }
-        });
-        match checked {
-            // Refusals are acknowledged inside `subscribe_all`.
-            Ok(want) => drop(self.subscribe_all(conn, vec![want], ack).await),
-            Err(r) => reply(ack, r.to_json()),
-        }
-    }
-
-    /// A client event mapped in the config: a subscription change or an action. `{arg}` in a channel template is
-    /// the event's first argument (a string). Without an ack, a refusal is emitted as an `error` event.
-    async fn mapped(
+    /// The built-in `subscribe` event.
+    async fn subscribe(
         &self,
         conn: &Arc<Conn>,
-        socket: &Socket,
         event: &str,
         args: &Payload,
         ack: Option<AckResponder>,
     ) {
-        let Some(mapping) = self.client_events.get(event) else {
-            return;
-        };
-        let first = args.args.first().and_then(Value::as_str).unwrap_or("");
-        let target = |t: &str| t.replace("{arg}", first);
-        // Without an ack a refusal would go unheard: it is emitted as an `error` event instead.
-        let refuse = |ack: Option<AckResponder>, r: Refusal| match ack {
-            Some(ack) => reply(Some(ack), r.to_json()),
-            None => {
-                let _ = socket.emit(
-                    "error",
-                    Payload::new(vec![json!({"code": r.code, "message": r.message})]),
-                );
+        match parse_subscribe(args) {
+            Ok(want) => self.subscribe_want(conn, event, want, ack).await,
+            Err(r) => r.send(&conn.feed.outlet.0, event, ack),
+        }
+    }
+
+    /// Subscribes to `want` if permitted, answering the client event `event`.
+    async fn subscribe_want(
+        &self,
+        conn: &Arc<Conn>,
+        event: &str,
+        want: Want,
+        ack: Option<AckResponder>,
+    ) {
+        let checked = match self.access.subscribe(&conn.identity, &want.channel) {
+            Ok(()) if !self.access.room_for(&conn.feed.channels(), &want.channel) => {
+                Err(Refusal::new(
+                    "too_many_subscriptions",
+                    "this connection holds the most subscriptions allowed",
+                ))
             }
+            Ok(()) => Ok(want),
+            Err(e) => Err(Refusal::new(
+                e.code(),
+                format!("not allowed to subscribe to {}", want.channel),
+            )),
         };
+        match checked {
+            Ok(want) => {
+                let unacked = ack.is_none();
+                // With an ack, `subscribe_all` has answered already.
+                if let Err(r) = self.subscribe_all(conn, vec![want], ack).await
+                    && unacked
+                {
+                    r.send(&conn.feed.outlet.0, event, None);
+                }
+            }
+            Err(r) => r.send(&conn.feed.outlet.0, event, ack),
+        }
+    }
+
+    /// A client event mapped in the config: a subscription change or an action. A channel template's `{arg}` and
+    /// `{arg.FIELD}` come from the event's first argument ([`template`]).
+    async fn mapped(
+        &self,
+        conn: &Arc<Conn>,
+        mapping: &ClientEvent,
+        event: &str,
+        args: &Payload,
+        ack: Option<AckResponder>,
+    ) {
+        let socket = &conn.feed.outlet.0;
         match mapping {
             ClientEvent::Subscribe(t) | ClientEvent::Unsubscribe(t) => {
-                let name = target(t);
+                let name = match template::fill(t, args.args.first()) {
+                    Ok(name) => name,
+                    Err(e) => {
+                        let message = format!("{event}: {e}");
+                        return Refusal::new("invalid_request", message).send(socket, event, ack);
+                    }
+                };
                 let channel = match ChannelName::new(&name) {
                     Ok(c) => c,
-                    Err(e) => return refuse(ack, Refusal::new("invalid_channel", e.to_string())),
+                    Err(e) => {
+                        let message = format!("{event}: {name:?}: {e}");
+                        return Refusal::new("invalid_channel", message).send(socket, event, ack);
+                    }
                 };
-                let payload = Payload::new(vec![json!({"channel": channel})]);
                 if matches!(mapping, ClientEvent::Unsubscribe(_)) {
-                    return self.unsubscribe(conn, &payload, ack).await;
+                    self.unsubscribe_channel(conn, event, channel, ack).await;
+                } else {
+                    self.subscribe_want(conn, event, Want::new_events(channel), ack)
+                        .await;
                 }
-                if ack.is_none() && self.access.subscribe(&conn.identity, &channel).is_err() {
-                    let msg = format!("not allowed to subscribe to {channel}");
-                    return refuse(None, Refusal::new("forbidden", msg));
-                }
-                self.subscribe(conn, &payload, ack).await;
             }
             ClientEvent::Action(action) => {
                 let may = |c: &ChannelName| self.access.subscribe(&conn.identity, c).is_ok();
@@ -523,36 +555,55 @@ impl ChannelsNamespace {
                 };
                 match result {
                     Ok(v) => reply(ack, json!({"ok": true, "result": v})),
-                    Err(r) => refuse(ack, r),
+                    Err(r) => r.send(socket, event, ack),
                 }
             }
         }
     }
 
-    async fn unsubscribe(&self, conn: &Arc<Conn>, args: &Payload, ack: Option<AckResponder>) {
+    /// The built-in `unsubscribe` event.
+    async fn unsubscribe(
+        &self,
+        conn: &Arc<Conn>,
+        event: &str,
+        args: &Payload,
+        ack: Option<AckResponder>,
+    ) {
         let name = args
             .args
             .first()
             .and_then(|a| a.get("channel"))
             .and_then(Value::as_str);
-        let value = match name.map(ChannelName::new) {
-            None => Refusal::new("invalid_request", "expected {channel}").to_json(),
-            Some(Err(e)) => Refusal::new("invalid_channel", e.to_string()).to_json(),
-            Some(Ok(channel)) => {
-                let _op = conn.feed.serialize().await;
-                conn.feed.unsubscribe(&channel);
-                let record = {
-                    let mut record = conn.record.lock();
-                    record.channels.retain(|e| e.channel != channel.as_str());
-                    record.clone()
-                };
-                match self.store_record(&conn.pid, &record).await {
-                    Ok(()) => json!({"ok": true, "channel": channel}),
-                    Err(e) => Refusal::from(e).to_json(),
-                }
-            }
+        let refusal = match name.map(ChannelName::new) {
+            Some(Ok(channel)) => return self.unsubscribe_channel(conn, event, channel, ack).await,
+            None => Refusal::new("invalid_request", "expected {channel}"),
+            Some(Err(e)) => Refusal::new("invalid_channel", e.to_string()),
         };
-        reply(ack, value);
+        refusal.send(&conn.feed.outlet.0, event, ack);
+    }
+
+    /// Unsubscribes from `channel`, answering the client event `event`.
+    async fn unsubscribe_channel(
+        &self,
+        conn: &Arc<Conn>,
+        event: &str,
+        channel: ChannelName,
+        ack: Option<AckResponder>,
+    ) {
+        let stored = {
+            let _op = conn.feed.serialize().await;
+            conn.feed.unsubscribe(&channel);
+            let record = {
+                let mut record = conn.record.lock();
+                record.channels.retain(|e| e.channel != channel.as_str());
+                record.clone()
+            };
+            self.store_record(&conn.pid, &record).await
+        };
+        match stored {
+            Ok(()) => reply(ack, json!({"ok": true, "channel": channel})),
+            Err(e) => Refusal::from(e).send(&conn.feed.outlet.0, event, ack),
+        }
     }
 
     fn disconnected(&self, socket: Arc<Socket>, reason: DisconnectReason) {
@@ -657,22 +708,31 @@ impl NamespaceHandler for Handler {
             let Some(conn) = ns.conns.lock().get(&*socket.id()).cloned() else {
                 return;
             };
-            if !conn.messages.lock().take() {
-                tracing::warn!(socket = %socket.id(), "client message rate limit hit");
-                let r = Refusal::new("rate_limited", "too many messages; slow down");
-                return reply(ack, r.to_json());
+            let granted = conn.messages.lock().take(&socket.id());
+            if !granted {
+                // Without an ack, one notice per interval: one per refused message would itself be a flood.
+                if ack.is_some() || conn.messages.lock().notice() {
+                    let message = match ack {
+                        Some(_) => "too many messages; slow down".to_owned(),
+                        None => format!(
+                            "too many messages; slow down (refusals without an ack are reported at most every {} s)",
+                            REPORT_INTERVAL.as_secs()
+                        ),
+                    };
+                    Refusal::new("rate_limited", message).send(&socket, &event, ack);
+                }
+                return;
             }
             match event.as_str() {
-                "subscribe" => ns.subscribe(&conn, &args, ack).await,
-                "unsubscribe" => ns.unsubscribe(&conn, &args, ack).await,
-                other if ns.client_events.contains_key(other) => {
-                    ns.mapped(&conn, &socket, other, &args, ack).await;
-                }
-                other => {
-                    let r =
-                        Refusal::new("unknown_event", format!("Herald does not handle {other:?}"));
-                    reply(ack, r.to_json());
-                }
+                "subscribe" => ns.subscribe(&conn, &event, &args, ack).await,
+                "unsubscribe" => ns.unsubscribe(&conn, &event, &args, ack).await,
+                other => match ns.client_events.get(other) {
+                    Some(mapping) => ns.mapped(&conn, mapping, other, &args, ack).await,
+                    None => {
+                        let message = format!("Herald does not handle {other:?}");
+                        Refusal::new("unknown_event", message).send(&socket, other, ack);
+                    }
+                },
             }
         })
     }

@@ -269,13 +269,18 @@ fn upgrade(
         deflate: upgrade.deflate(),
     };
     let feed = Feed::new(b.core.clone(), outlet, b.config.max_queue_bytes);
+    // Names the connection in log lines.
+    let who = match peer(&req) {
+        Some(ip) => format!("websocket from {ip}"),
+        None => "websocket".to_owned(),
+    };
     // A direct URL's channel is registered before the 101 goes out: an event published the moment the
     // client sees the upgrade is already this connection's (held until the connection is up).
     let initial = initial.map(|want| feed.begin(vec![want]));
     tokio::spawn(async move {
         match upgrade.connect(b.config.max_message_bytes).await {
             Ok((reader, writer)) => {
-                run(b, identity, feed, reader, writer, initial).await;
+                run(b, identity, feed, reader, writer, initial, who).await;
                 drop(slot);
             }
             Err(e) => {
@@ -295,6 +300,7 @@ async fn run(
     reader: Reader,
     writer: Writer,
     initial: Option<Vec<Registered>>,
+    who: String,
 ) {
     let outbox = feed.outlet.outbox.clone();
     let (requests, pending) = mpsc::channel(PENDING_REQUESTS);
@@ -310,7 +316,7 @@ async fn run(
     if let Some(regs) = initial {
         let _ = requests.send(Work::Complete(regs)).await;
     }
-    let ending = pump(&b, reader, writer, &outbox, &requests, expires).await;
+    let ending = pump(&b, reader, writer, &outbox, &requests, expires, &who).await;
     tracing::debug!(?ending, "websocket closed");
     drop(requests);
     worker.abort();
@@ -329,6 +335,7 @@ async fn pump(
     outbox: &Outbox<Message>,
     requests: &mpsc::Sender<Work>,
     expires: Option<Instant>,
+    who: &str,
 ) -> Option<Ending> {
     let config = &b.config;
     let mut shutdown = b.shutdown.clone();
@@ -338,21 +345,31 @@ async fn pump(
     let far = Duration::from_secs(86_400);
     let mut next_heartbeat = Instant::now() + heartbeat.unwrap_or(far);
     let mut batch = Vec::new();
-    let mut allowance = b.access.message_bucket();
+    let mut allowance = b.access.message_limit();
     let ending = loop {
         tokio::select! {
             incoming = reader.next() => match incoming {
-                Ok(Some(ref message @ (Incoming::Text(_) | Incoming::Binary(_)))) if !allowance.take() => {
-                    tracing::warn!("client message rate limit hit");
-                    // Echo the request id so a client matching replies by id is not left waiting.
-                    let id = match message {
-                        Incoming::Text(text) => request_id(text),
-                        _ => None,
-                    };
-                    let error = error_message(id, "rate_limited", "too many messages; slow down");
-                    let _ = outbox.push(Message::plain(error));
-                }
                 Ok(Some(message @ (Incoming::Text(_) | Incoming::Binary(_)))) => {
+                    if !allowance.take(&who) {
+                        // Echo the request id so a client matching replies by id is not left waiting; a message
+                        // without one gets at most one error per interval, or the errors would be a flood too.
+                        let id = match &message {
+                            Incoming::Text(text) => request_id(text),
+                            _ => None,
+                        };
+                        if id.is_some() || allowance.notice() {
+                            let text = match id {
+                                Some(_) => "too many messages; slow down".to_owned(),
+                                None => format!(
+                                    "too many messages; slow down (refusals of messages without an id are reported at most every {} s)",
+                                    crate::policy::rate::REPORT_INTERVAL.as_secs()
+                                ),
+                            };
+                            let error = error_message(id, "rate_limited", &text);
+                            let _ = outbox.push(Message::plain(error));
+                        }
+                        continue;
+                    }
                     // Never wait for the request task here: it may itself be waiting for this loop to drain the
                     // outbox (a replay), so a full queue is answered with an error instead. Binary messages go
                     // through the task too, so replies keep the order of the requests.

@@ -2,10 +2,12 @@
 //! concurrent connections per IP address.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -53,6 +55,104 @@ impl Bucket {
     fn is_full(&self) -> bool {
         self.tokens + Instant::now().duration_since(self.last).as_secs_f64() * self.rate
             >= self.burst
+    }
+}
+
+/// Client messages refused by a per-connection rate limit since start-up, over every transport (served on
+/// `/metrics` as `herald_client_messages_refused_total`).
+pub static MESSAGES_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Least time between two reports about one connection's refused messages: a log line, and the `error` notice
+/// sent to a client that asked for no reply.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One connection's message allowance: a token bucket whose refusals are counted and reported at most once per
+/// [`REPORT_INTERVAL`], plus once when the connection ends, so a flooding client cannot flood the log.
+pub struct MessageLimit {
+    bucket: Bucket,
+    /// Names the connection in log lines; set at its first refusal.
+    who: String,
+    /// Refusals on this connection.
+    refused: u64,
+    /// Refusals not in a log line yet.
+    unreported: u64,
+    reported_at: Option<Instant>,
+    /// When a client that asked for no reply was last told about a refusal.
+    noticed_at: Option<Instant>,
+}
+
+impl MessageLimit {
+    /// Refusals of `bucket` counted and reported.
+    pub fn new(bucket: Bucket) -> Self {
+        Self {
+            bucket,
+            who: String::new(),
+            refused: 0,
+            unreported: 0,
+            reported_at: None,
+            noticed_at: None,
+        }
+    }
+
+    /// Takes one message (true: it may be handled); `who` names the connection in the log.
+    pub fn take(&mut self, who: &dyn Display) -> bool {
+        if self.bucket.take() {
+            return true;
+        }
+        MESSAGES_REFUSED.fetch_add(1, Ordering::Relaxed);
+        self.refused += 1;
+        self.unreported += 1;
+        let now = Instant::now();
+        if self
+            .reported_at
+            .is_some_and(|t| now.duration_since(t) < REPORT_INTERVAL)
+        {
+            return false;
+        }
+        if self.reported_at.is_none() {
+            self.who = who.to_string();
+            tracing::warn!(
+                connection = %self.who,
+                "client message rate limit hit; further refusals on this connection are counted and logged every {}s",
+                REPORT_INTERVAL.as_secs()
+            );
+        } else {
+            tracing::warn!(
+                connection = %self.who,
+                refused = self.unreported,
+                total = self.refused,
+                "client messages refused by the rate limit since the last report"
+            );
+        }
+        self.unreported = 0;
+        self.reported_at = Some(now);
+        false
+    }
+
+    /// Whether a refused message whose sender asked for no reply (no ack, no id) gets an error notice: the first of
+    /// each [`REPORT_INTERVAL`] does, since one per refused message would itself be a flood.
+    pub fn notice(&mut self) -> bool {
+        let now = Instant::now();
+        let due = self
+            .noticed_at
+            .is_none_or(|t| now.duration_since(t) >= REPORT_INTERVAL);
+        if due {
+            self.noticed_at = Some(now);
+        }
+        due
+    }
+}
+
+impl Drop for MessageLimit {
+    fn drop(&mut self) {
+        if self.unreported > 0 {
+            tracing::warn!(
+                connection = %self.who,
+                refused = self.unreported,
+                total = self.refused,
+                "client messages refused by the rate limit since the last report (connection closed)"
+            );
+        }
     }
 }
 
@@ -159,5 +259,32 @@ mod tests {
         assert!(c.acquire(ip).is_none());
         drop(a);
         assert!(c.acquire(ip).is_some());
+    }
+
+    #[test]
+    fn message_refusals_are_counted_and_reported_once_per_interval() {
+        let mut limit = MessageLimit::new(Bucket::new(1, 1));
+        let before = MESSAGES_REFUSED.load(Ordering::Relaxed);
+        assert!(limit.take(&"c"));
+        assert!(!limit.take(&"c"));
+        assert_eq!(
+            (limit.refused, limit.unreported),
+            (1, 0),
+            "the first refusal is logged at once"
+        );
+        for _ in 0..100 {
+            assert!(!limit.take(&"c"));
+        }
+        assert_eq!((limit.refused, limit.unreported), (101, 100));
+        assert!(MESSAGES_REFUSED.load(Ordering::Relaxed) - before >= 101);
+        // A new interval reports again, with the count since the last report.
+        limit.reported_at = limit.reported_at.map(|t| t - REPORT_INTERVAL);
+        assert!(!limit.take(&"c"));
+        assert_eq!(limit.unreported, 0);
+        // Senders that asked for no reply hear of one refusal per interval.
+        assert!(limit.notice());
+        assert!(!limit.notice());
+        limit.noticed_at = limit.noticed_at.map(|t| t - REPORT_INTERVAL);
+        assert!(limit.notice());
     }
 }
