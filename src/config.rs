@@ -191,7 +191,7 @@ pub struct LimitsConfig {
     /// Open connections from one IP address.
     pub connections_per_ip: usize,
     /// Open TCP sockets from one IP address, whatever they carry (idle keep-alive, requests, upgraded
-    /// WebSockets, HTTP/2); unset: twice `connections_per_ip`.
+    /// WebSockets, HTTP/2); unset: twice `connections_per_ip` plus 100.
     pub sockets_per_ip: Option<usize>,
     /// How long a new socket may take to deliver its first complete request head (TLS handshake included), and
     /// an idle HTTP/1.1 keep-alive socket to start its next one; `0s` turns it off.
@@ -226,6 +226,9 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Sockets per address beyond twice `connections_per_ip` when `sockets_per_ip` is unset.
+pub const SOCKET_HEADROOM: usize = 100;
+
 impl LimitsConfig {
     /// The connection bucket's size.
     pub fn connections_burst(&self) -> u32 {
@@ -245,12 +248,16 @@ impl LimitsConfig {
             .unwrap_or(self.publishes_per_second_per_key)
     }
 
-    /// Open sockets allowed per address (0: no limit). Twice the connections by default: a long-polling
-    /// Socket.IO client holds two sockets (its pending GET and its POST), and a WebSocket or SSE connection holds
-    /// a socket as well as its connection slot.
+    /// Open sockets allowed per address (0: no limit). Unset: twice the connections plus [`SOCKET_HEADROOM`] — a
+    /// long-polling Socket.IO client holds two sockets (its pending GET and its POST), a WebSocket or SSE connection
+    /// a socket as well as its connection slot, and the headroom is for API calls (a loopback publisher shares its
+    /// address with local clients) and for attempts the connection limits refuse with a readable 429.
     pub fn sockets_per_ip(&self) -> usize {
         self.sockets_per_ip
-            .unwrap_or(self.connections_per_ip.saturating_mul(2))
+            .unwrap_or(match self.connections_per_ip {
+                0 => 0,
+                n => n.saturating_mul(2).saturating_add(SOCKET_HEADROOM),
+            })
     }
 
     /// The request-head deadline, if on.
@@ -974,7 +981,7 @@ mod tests {
             ),
             (40, 200, 5000)
         );
-        assert_eq!(l.sockets_per_ip(), 60);
+        assert_eq!(l.sockets_per_ip(), 160);
         assert_eq!(l.request_head_timeout(), Some(Duration::from_secs(5)));
         let c: Config = toml::from_str(
             "[limits]\nconnections_burst = 3\nmessages_burst = 4\npublishes_burst = 5\nsockets_per_ip = 7\nrequest_head_timeout = \"0s\"\n",
