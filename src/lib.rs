@@ -1,5 +1,6 @@
 //! Herald: a real-time update server. Durable ordered channels delivered over Socket.IO, WebSocket and SSE.
 
+pub mod accept;
 pub mod api;
 pub mod auth;
 pub mod binding;

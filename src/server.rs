@@ -1,12 +1,12 @@
 //! The server: wires config, core, HTTP API and transports into one router, and shuts them down in order.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::accept::{self, Edge};
 use crate::api::{self, ApiState, Connections};
 use crate::binding::access::Access;
 use crate::binding::socketio::{Actions, ChannelsNamespace};
@@ -17,7 +17,7 @@ use crate::core::Core;
 use crate::core::channel::Pattern;
 use crate::core::store::{StoreError, StoreOptions};
 use crate::monitor::Monitors;
-use crate::policy::Origins;
+use crate::policy::{Origins, Policy};
 use crate::source::sql::SqlSources;
 use crate::tls::Tls;
 use crate::transport::socketio::{SocketIo, SocketIoConfig};
@@ -57,6 +57,8 @@ pub struct Server {
     router: Router,
     tls: Option<Arc<Tls>>,
     sources: Arc<SqlSources>,
+    policy: Arc<Policy>,
+    head_timeout: Option<std::time::Duration>,
 }
 
 struct SocketIoConnections(Arc<ChannelsNamespace>);
@@ -190,6 +192,8 @@ impl Server {
             router,
             tls,
             sources,
+            policy: access.policy.clone(),
+            head_timeout: config.limits.request_head_timeout(),
         })
     }
 
@@ -217,25 +221,29 @@ impl Server {
             let _ = stopping.wait_for(|s| *s).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         };
-        let served = match self.tls.clone() {
-            None => {
-                let app = self
-                    .router
-                    .clone()
-                    .into_make_service_with_connect_info::<SocketAddr>();
-                let serve = axum::serve(listener, app).with_graceful_shutdown(begin_shutdown);
-                tokio::select! {
-                    served = serve => served.map_err(ServerError::from),
-                    () = grace => Ok(()),
+        // Refusals are counted as they happen and logged once per interval.
+        let flusher = {
+            let policy = self.policy.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::policy::refusals::INTERVAL);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    policy.refusals.flush();
                 }
-            }
-            Some(tls) => {
-                tokio::select! {
-                    served = serve_tls(listener, tls, self.router.clone(), begin_shutdown) => served,
-                    () = grace => Ok(()),
-                }
-            }
+            })
         };
+        let edge = Edge {
+            policy: self.policy.clone(),
+            head_timeout: self.head_timeout,
+            tls: self.tls.clone(),
+        };
+        let served = tokio::select! {
+            served = accept::serve(edge, listener, self.router.clone(), begin_shutdown) => served.map_err(ServerError::from),
+            () = grace => Ok(()),
+        };
+        flusher.abort();
+        self.policy.refusals.flush();
         served?;
         self.sources.shutdown().await;
         self.monitors.flush().await;
@@ -244,63 +252,3 @@ impl Server {
         Ok(())
     }
 }
-
-/// Accepts TLS connections and serves HTTP/1.1 (with upgrades) and HTTP/2 on them until `shutdown` resolves,
-/// then waits for open connections; SIGHUP reloads the certificate.
-async fn serve_tls(
-    listener: TcpListener,
-    tls: Arc<Tls>,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::service::TowerToHyperService;
-    use tower::ServiceExt as _;
-
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                let acceptor = tls.acceptor();
-                let service = router.clone().map_request(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                    req
-                });
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = hangup.recv() => match tls.reload() {
-                Ok(()) => tracing::info!("TLS certificate reloaded"),
-                Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate"),
-            },
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
-}
-
-/// How long a client gets to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -137,8 +137,8 @@ impl Access {
 
     /// A bucket for the messages one connection may send.
     pub fn message_bucket(&self) -> Bucket {
-        let rate = self.policy.per_connection.messages_per_second;
-        Bucket::new(rate, rate.saturating_mul(2))
+        let limits = &self.policy.per_connection;
+        Bucket::new(limits.messages_per_second, limits.messages_burst())
     }
 }
 

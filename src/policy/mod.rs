@@ -1,8 +1,9 @@
 //! Admission policy at the edge, shared by every transport and the HTTP API: allowed origins, and rate and
-//! concurrency limits. Each refusal is answered with a clear error and logged.
+//! concurrency limits. Each refusal is answered with a clear error and logged (aggregated, see `refusals`).
 
 pub mod origin;
 pub mod rate;
+pub mod refusals;
 
 use std::net::IpAddr;
 
@@ -10,6 +11,7 @@ pub use origin::Origins;
 use rate::{Buckets, Concurrent, Slot};
 
 use crate::config::LimitsConfig;
+use refusals::RefusalLog;
 
 /// The limits of a running server.
 pub struct Policy {
@@ -20,8 +22,22 @@ pub struct Policy {
     concurrent: Concurrent,
     sessions: Concurrent,
     publishes: Buckets<String>,
+    sockets: Concurrent,
+    refusing: Concurrent,
     /// Per-connection limits, applied by the bindings.
     pub per_connection: LimitsConfig,
+    /// Refusals, logged aggregated; the server flushes it every [`refusals::INTERVAL`].
+    pub refusals: RefusalLog,
+}
+
+/// What becomes of a newly accepted TCP socket.
+pub enum Accept {
+    /// Served; the slot is held as long as the socket is open.
+    Serve(Slot),
+    /// Over the address's socket budget: answered 429 and closed, within the request-head deadline.
+    Refuse(Slot),
+    /// Over that twice: closed at once.
+    Close,
 }
 
 /// Why a connection was not admitted.
@@ -42,13 +58,13 @@ impl Policy {
             origins: Origins::new(origins, same_origin),
             connects: Buckets::new(
                 limits.connections_per_second_per_ip,
-                limits.connections_per_second_per_ip.saturating_mul(2),
+                limits.connections_burst(),
             ),
             // Raw Engine.IO handshakes get twice the room: each Socket.IO connection is a handshake and a
             // CONNECT, and it is the CONNECT that answers with a code the client can read.
             handshakes: Buckets::new(
                 limits.connections_per_second_per_ip.saturating_mul(2),
-                limits.connections_per_second_per_ip.saturating_mul(4),
+                limits.connections_burst().saturating_mul(2),
             ),
             concurrent: Concurrent::new(limits.connections_per_ip),
             // Engine.IO sessions, joined or not: twice the room, since each Socket.IO connection holds one of these
@@ -56,9 +72,30 @@ impl Policy {
             sessions: Concurrent::new(limits.connections_per_ip.saturating_mul(2)),
             publishes: Buckets::new(
                 limits.publishes_per_second_per_key,
-                limits.publishes_per_second_per_key,
+                limits.publishes_burst(),
             ),
+            // A budget of its own rather than the connection slots: those are refused with a code the client can
+            // read (HTTP 429 JSON, a Socket.IO connect_error), which needs a request; this one bounds the sockets
+            // that never become a connection (silent, slow heads, idle keep-alive) and is larger, so that a client
+            // meets the readable refusal first.
+            sockets: Concurrent::new(limits.sockets_per_ip()),
+            // Refused sockets are answered while they last (at most the request-head deadline); as many again.
+            refusing: Concurrent::new(limits.sockets_per_ip()),
             per_connection: limits.clone(),
+            refusals: RefusalLog::default(),
+        }
+    }
+
+    /// Admits a newly accepted socket from `ip` against the address's socket budget (`sockets_per_ip`).
+    pub fn accept_socket(&self, ip: IpAddr) -> Accept {
+        if let Some(slot) = self.sockets.acquire(ip) {
+            return Accept::Serve(slot);
+        }
+        self.refusals
+            .record("open socket limit (sockets_per_ip) hit", Some(ip));
+        match self.refusing.acquire(ip) {
+            Some(slot) => Accept::Refuse(slot),
+            None => Accept::Close,
         }
     }
 
@@ -66,7 +103,7 @@ impl Policy {
     pub fn connect_rate(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
         match ip {
             Some(ip) if !self.connects.take(&ip) => {
-                tracing::warn!(%ip, "connection rate limit hit");
+                self.refusals.record("connection rate limit hit", Some(ip));
                 Err(Refused::ConnectRate)
             }
             _ => Ok(()),
@@ -77,7 +114,7 @@ impl Policy {
     pub fn handshake(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
         match ip {
             Some(ip) if !self.handshakes.take(&ip) => {
-                tracing::warn!(%ip, "handshake rate limit hit");
+                self.refusals.record("handshake rate limit hit", Some(ip));
                 Err(Refused::ConnectRate)
             }
             _ => Ok(()),
@@ -90,7 +127,8 @@ impl Policy {
         match self.concurrent.acquire(ip) {
             Some(slot) => Ok(Some(slot)),
             None => {
-                tracing::warn!(%ip, "concurrent connection limit hit");
+                self.refusals
+                    .record("concurrent connection limit hit", Some(ip));
                 Err(Refused::Concurrent)
             }
         }
@@ -103,7 +141,8 @@ impl Policy {
         match self.sessions.acquire(ip) {
             Some(slot) => Ok(Some(slot)),
             None => {
-                tracing::warn!(%ip, "Engine.IO session limit hit");
+                self.refusals
+                    .record("Engine.IO session limit hit", Some(ip));
                 Err(Refused::Concurrent)
             }
         }
@@ -113,8 +152,36 @@ impl Policy {
     pub fn publish(&self, key: &str) -> bool {
         let ok = self.publishes.take(&key.to_owned());
         if !ok {
-            tracing::warn!("publish rate limit hit for an API key");
+            self.refusals
+                .record("publish rate limit hit for an API key", None);
         }
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_beyond_the_budget_are_refused_then_closed_and_slots_come_back() {
+        let limits = LimitsConfig {
+            sockets_per_ip: Some(2),
+            ..LimitsConfig::default()
+        };
+        let p = Policy::new(&[], false, &limits);
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let served: Vec<_> = (0..2).map(|_| p.accept_socket(ip)).collect();
+        assert!(served.iter().all(|a| matches!(a, Accept::Serve(_))));
+        let refused: Vec<_> = (0..2).map(|_| p.accept_socket(ip)).collect();
+        assert!(refused.iter().all(|a| matches!(a, Accept::Refuse(_))));
+        assert!(matches!(p.accept_socket(ip), Accept::Close));
+        let other: IpAddr = [127, 0, 0, 2].into();
+        assert!(
+            matches!(p.accept_socket(other), Accept::Serve(_)),
+            "budgets are per address"
+        );
+        drop(served);
+        assert!(matches!(p.accept_socket(ip), Accept::Serve(_)));
     }
 }

@@ -24,9 +24,10 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    /// A full bucket. A rate of zero means unlimited.
+    /// A full bucket of `burst` tokens (at least one; it may be smaller than the rate, for a smooth limit).
+    /// A rate of zero means unlimited.
     pub fn new(rate: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(rate).max(1));
+        let burst = f64::from(burst.max(1));
         Self {
             rate: f64::from(rate),
             burst,
@@ -248,6 +249,13 @@ mod tests {
         assert!((0..3).all(|_| b.take(&k)));
         assert!(!b.take(&k));
         assert!(Buckets::new(0, 0).take(&k), "zero means unlimited");
+        // A burst smaller than the rate is kept as configured.
+        let mut smooth = Bucket::new(100, 2);
+        assert!(smooth.take() && smooth.take());
+        assert!(
+            !smooth.take(),
+            "a burst of 2 admits 2 at once, whatever the rate"
+        );
     }
 
     #[test]
