@@ -132,6 +132,33 @@ test('HTTP: history parameters, unknown channel, unknown connection, unknown rou
   await assertServes(t, h);
 });
 
+test('HTTP history: limit=0 and wait beyond 60 s are refused naming the parameter; limit above 1000 is a full page', async (t) => {
+  const h = await startHerald(t, { config: CONFIG });
+  for (let n = 1; n <= 3; n++) await publish(h.url, 'lim', 'x', { n });
+  const get = (qs) => request(h.url, `/api/channels/lim/history?${qs}`, { timeout: 5_000 });
+  // limit=0 used to be served as one event.
+  const zero = await get('limit=0');
+  assertApiError(zero, 400, 'invalid_request', 'limit=0');
+  assert.equal(zero.json.error.field, 'limit', zero.text);
+  const huge = await get('limit=5000');
+  assert.equal(huge.status, 200, huge.text);
+  assert.deepEqual(huge.json.events.map((e) => e.offset), [1, 2, 3], 'limit above the page size: served as 1000');
+  // wait above the 60 s cap: refused at once (it used to be held for 60 s).
+  for (const wait of ['61', '3600', '18446744073709551615']) {
+    const r = await get(`since=3&wait=${wait}`);
+    assertApiError(r, 400, 'invalid_request', `wait=${wait}`);
+    assert.equal(r.json.error.field, 'wait', r.text);
+  }
+  const notNumber = await get('wait=soon');
+  assertApiError(notNumber, 400, 'invalid_request', 'wait=soon');
+  assert.equal(notNumber.json.error.field, 'wait', notNumber.text);
+  // The cap itself is accepted: with events already there it answers at once.
+  const atCap = await get('since=1&wait=60');
+  assert.equal(atCap.status, 200, atCap.text);
+  assert.deepEqual(atCap.json.events.map((e) => e.offset), [2, 3]);
+  await assertServes(t, h);
+});
+
 test('HTTP auth: with api_keys, /api/* needs a key; /healthz does not', async (t) => {
   const h = await startHerald(t, { config: 'api_keys = ["k1", "k2"]\n' });
   const body = { channel: 'auth', event: 'x', data: 1 };
