@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -40,6 +40,7 @@ struct Body1 {
 pub async fn publish(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     if !state.policy.publish(caller.rate_key()) {
@@ -49,7 +50,7 @@ pub async fn publish(
             "publish rate limit exceeded; retry shortly",
         ));
     }
-    let bytes = super::read_body(body, state.max_body_bytes).await?;
+    let bytes = super::read_json_body(&headers, body, state.max_body_bytes).await?;
     let parsed: Body1 = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::invalid(e.to_string()),
         _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),

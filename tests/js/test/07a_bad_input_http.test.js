@@ -159,6 +159,40 @@ test('HTTP history: limit=0 and wait beyond 60 s are refused naming the paramete
   await assertServes(t, h);
 });
 
+test('HTTP bodies must be declared JSON: text/plain, form types and no Content-Type → 415, even from a foreign origin without keys', async (t) => {
+  const h = await startHerald(t, { config: CONFIG });
+  const body = JSON.stringify({ channel: 'ctype', event: 'x', data: 1 });
+  const refused = [
+    // The CORS "simple" types a web page on any origin can send without a preflight.
+    ['text/plain', { 'content-type': 'text/plain' }, body],
+    ['text/plain;charset=UTF-8 from a foreign page', { 'content-type': 'text/plain;charset=UTF-8', origin: 'http://evil.example' }, body],
+    ['application/x-www-form-urlencoded', { 'content-type': 'application/x-www-form-urlencoded' }, body],
+    ['multipart/form-data', { 'content-type': 'multipart/form-data; boundary=x' }, body],
+    // A Buffer body makes fetch send no Content-Type at all.
+    ['no Content-Type', {}, Buffer.from(body)],
+    ['application/jsonp', { 'content-type': 'application/jsonp' }, body],
+  ];
+  for (const [what, headers, rawBody] of refused) {
+    const r = await request(h.url, '/api/publish', { method: 'POST', rawBody, headers });
+    assertApiError(r, 415, 'unsupported_media_type', `publish with ${what}`);
+  }
+  assertApiError(await history(h.url, 'ctype'), 404, 'channel_not_found', 'a refused content type wrote nothing');
+  // The monitor API's bodies too.
+  const monitor = JSON.stringify({ name: 'm', check: { kind: 'tcp', host: '127.0.0.1', port: 9 } });
+  assertApiError(await request(h.url, '/api/monitors', { method: 'POST', rawBody: monitor, headers: { 'content-type': 'text/plain' } }),
+    415, 'unsupported_media_type', 'POST /api/monitors with text/plain');
+  assertApiError(await request(h.url, '/api/monitors/m', { method: 'PUT', rawBody: Buffer.from(monitor) }),
+    415, 'unsupported_media_type', 'PUT /api/monitors/m without Content-Type');
+  // JSON in its accepted spellings.
+  let n = 0;
+  for (const type of ['application/json', 'application/json; charset=utf-8', 'Application/JSON;charset=UTF-8', 'application/vnd.herald+json']) {
+    const r = await request(h.url, '/api/publish', { method: 'POST', rawBody: body, headers: { 'content-type': type } });
+    assert.equal(r.status, 200, `publish with ${type}: ${r.text}`);
+    assert.equal(r.json.results[0].offset, ++n);
+  }
+  await assertServes(t, h);
+});
+
 test('HTTP auth: with api_keys, /api/* needs a key; /healthz does not', async (t) => {
   const h = await startHerald(t, { config: 'api_keys = ["k1", "k2"]\n' });
   const body = { channel: 'auth', event: 'x', data: 1 };
