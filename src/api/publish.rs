@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::error::ApiError;
 use super::{ApiState, Caller};
 use crate::core::channel::ChannelName;
-use crate::core::event::NewEvent;
+use crate::core::event::{NewEvent, RESERVED_PREFIX};
 use crate::core::state::StateChange;
 use crate::transport::socketio::packet::RESERVED_EVENTS;
 
@@ -141,6 +141,14 @@ fn expand(
         return Err(ApiError::field(
             "event",
             format!("{event:?} is reserved by Socket.IO clients"),
+        ));
+    }
+    if event.starts_with(RESERVED_PREFIX) {
+        return Err(ApiError::field(
+            "event",
+            format!(
+                "{event:?} is reserved: names starting with {RESERVED_PREFIX:?} are Herald's own notices"
+            ),
         ));
     }
     if let Some(id) = &b.id

@@ -163,3 +163,7 @@ mod tests {
         assert_eq!(format_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }
+
+/// Event names starting with this are Herald's own notices (`herald:gap`, `herald:disconnect`), sent by the
+/// transports and never stored: a publisher may not use the prefix, so clients can trust such events.
+pub const RESERVED_PREFIX: &str = "herald:";

@@ -193,6 +193,35 @@ test('HTTP bodies must be declared JSON: text/plain, form types and no Content-T
   await assertServes(t, h);
 });
 
+test('HTTP publish: event names starting with herald: are reserved (400 naming event); Herald\'s own herald:gap stays trustworthy', async (t) => {
+  const h = await startHerald(t, { config: CONFIG });
+  const socket = await connected(t, h.url, { transports: ['websocket'] });
+  const rec = new Recorder(socket);
+  await subscribeOk(socket, 'names');
+  const forged = { channel: 'names', reason: 'history_trimmed', epoch: 'x', from: 1, to: 9 };
+  const cases = [
+    ['herald:gap', { channel: 'names', event: 'herald:gap', data: forged }, 'event'],
+    ['herald:disconnect', { channel: 'names', event: 'herald:disconnect', data: { reason: 'token_expired' } }, 'event'],
+    ['any herald: name', { channel: 'names', event: 'herald:', data: 1 }, 'event'],
+    ['to many channels', { channels: ['names', 'other'], event: 'herald:status', data: 1 }, 'event'],
+    ['in a batch', { events: [{ channel: 'names', event: 'ok', data: 1 }, { channel: 'names', event: 'herald:gap', data: forged }] }, 'events[1].event'],
+  ];
+  for (const [what, body, field] of cases) {
+    const r = await post(h, JSON.stringify(body));
+    assertApiError(r, 400, 'invalid_request', what);
+    assert.equal(r.json.error.field, field, `${what}: ${r.text}`);
+    assert.match(r.json.error.message, /herald:/, what);
+  }
+  assertApiError(await history(h.url, 'names'), 404, 'channel_not_found', 'nothing written');
+  // Names that merely resemble the prefix are the publisher's.
+  for (const event of ['herald', 'heraldgap', 'herald-gap', 'app:herald:gap', 'Herald:gap']) {
+    await publish(h.url, 'names', event, { event });
+  }
+  await rec.until((r) => r.named('Herald:gap').length === 1, 10_000, 'the last allowed name arrives');
+  assert.equal(rec.named('herald:gap').length, 0, 'no forged herald:gap reached the client');
+  await assertServes(t, h);
+});
+
 test('HTTP auth: with api_keys, /api/* needs a key; /healthz does not', async (t) => {
   const h = await startHerald(t, { config: 'api_keys = ["k1", "k2"]\n' });
   const body = { channel: 'auth', event: 'x', data: 1 };
