@@ -185,6 +185,54 @@ async fn alg_none_is_refused() {
     }
 }
 
+/// An HS256 token with a hand-written header (so `crit` can take any shape).
+fn hs_raw_header(header: &str) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims(json!({})).to_string())
+    );
+    let sig = jsonwebtoken::crypto::sign(
+        input.as_bytes(),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    format!("{input}.{sig}")
+}
+
+#[tokio::test]
+async fn critical_header_extensions_are_refused() {
+    let config = hs_config("");
+    // Control: the same construction without `crit` verifies.
+    let plain = hs_raw_header(r#"{"alg":"HS256","typ":"JWT"}"#);
+    assert_eq!(
+        verify(&config, &plain).await.unwrap().user.as_deref(),
+        Some("alice")
+    );
+    // RFC 7515 §4.1.11: extensions Herald does not understand (it understands none), and malformed `crit`.
+    for header in [
+        r#"{"alg":"HS256","crit":["x-herald-unknown"],"x-herald-unknown":true}"#,
+        r#"{"alg":"HS256","crit":["exp"]}"#,
+        r#"{"alg":"HS256","crit":["b64"],"b64":false}"#,
+        r#"{"alg":"HS256","crit":[]}"#,
+        r#"{"alg":"HS256","crit":null}"#,
+        r#"{"alg":"HS256","crit":"x"}"#,
+        r#"{"alg":"HS256","crit":[1]}"#,
+        r#"{"alg":"HS256","crit":{}}"#,
+    ] {
+        let e = verify(&config, &hs_raw_header(header)).await.unwrap_err();
+        assert_eq!(e.code(), "unauthorized", "{header}: {e:?}");
+    }
+    let e = verify(
+        &config,
+        &hs_raw_header(r#"{"alg":"HS256","crit":["x"],"x":1}"#),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e, AuthError::Critical);
+}
+
 #[tokio::test]
 async fn hmac_with_public_key_bytes_is_refused() {
     // The classic confusion: an HS256 token keyed with the RSA public key's PEM bytes.

@@ -17,8 +17,9 @@ use crate::core::channel::ChannelName;
 use crate::core::event::SharedEvent;
 use crate::core::hub::{Subscriber, SubscriberId};
 
-/// Longest `wait` accepted.
-const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Longest `wait` accepted, in seconds: a longer hold is refused rather than silently shortened, so a client never
+/// mistakes an early empty answer for "nothing happened in the time I asked for".
+const MAX_WAIT_SECS: u64 = 60;
 
 /// `GET /api/channels`.
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
@@ -35,8 +36,25 @@ pub async fn history(
     let Path(name) = path.map_err(|e| ApiError::invalid(e.body_text()))?;
     let channel = ChannelName::new(&name)?;
     let since = number(&query, "since", 0)?;
-    let limit = number(&query, "limit", 100)?.clamp(1, crate::core::MAX_PAGE as u64) as usize;
-    let wait = Duration::from_secs(number(&query, "wait", 0)?).min(MAX_WAIT);
+    // 0 would be a page that can never hold an event; above the page size the page is simply full.
+    let limit = match number(&query, "limit", 100)? {
+        0 => {
+            return Err(ApiError::field(
+                "limit",
+                format!("must be 1 to {} (events per page)", crate::core::MAX_PAGE),
+            ));
+        }
+        n => n.min(crate::core::MAX_PAGE as u64) as usize,
+    };
+    let wait = match number(&query, "wait", 0)? {
+        n if n > MAX_WAIT_SECS => {
+            return Err(ApiError::field(
+                "wait",
+                format!("must be 0 to {MAX_WAIT_SECS} seconds, got {n}"),
+            ));
+        }
+        n => Duration::from_secs(n),
+    };
 
     // Register interest before reading so an event committed in between still wakes us. The guard unregisters
     // however the request ends, including a client that goes away mid-wait.
@@ -92,9 +110,8 @@ fn not_found(channel: &ChannelName) -> ApiError {
 
 fn number(query: &HashMap<String, String>, key: &str, default: u64) -> Result<u64, ApiError> {
     query.get(key).map_or(Ok(default), |v| {
-        v.parse().map_err(|_| {
-            ApiError::invalid(format!("`{key}` must be a non-negative integer, got {v:?}"))
-        })
+        v.parse()
+            .map_err(|_| ApiError::field(key, format!("must be a non-negative integer, got {v:?}")))
     })
 }
 

@@ -187,9 +187,46 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 /// having its connection reset mid-upload.
 const DRAIN_LIMIT: usize = 32 << 20;
 
-/// Reads a request body, refusing more than `limit` bytes with 413.
-async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Whether `headers` declare a JSON body: `application/json` or an `application/…+json` type, any parameters
+/// (`; charset=utf-8`). None of these is a CORS "simple" content type, so a cross-origin page can only send such
+/// a request after a preflight the origin policy answers; `text/plain` or no type at all would need none.
+fn declares_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Reads the JSON body of an API request: 415 `unsupported_media_type` unless the request declares JSON
+/// (checked before a byte is read), 413 beyond `limit` bytes. Every API route taking a body reads it here.
+async fn read_json_body(
+    headers: &HeaderMap,
+    mut body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt as _;
+    if !declares_json(headers) {
+        let got = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .map_or_else(|| "none".to_owned(), |v| format!("{v:?}"));
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "the request body must be JSON sent with `Content-Type: application/json` (got {got})"
+            ),
+        ));
+    }
     let too_large = || ApiError::too_large(format!("request body is larger than {limit} bytes"));
     let mut buf = bytes::BytesMut::new();
     let mut total = 0usize;

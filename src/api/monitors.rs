@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -38,8 +38,12 @@ impl From<MonitorError> for ApiError {
     }
 }
 
-async fn spec_from(state: &ApiState, body: Body) -> Result<MonitorSpec, ApiError> {
-    let bytes = super::read_body(body, state.max_body_bytes).await?;
+async fn spec_from(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<MonitorSpec, ApiError> {
+    let bytes = super::read_json_body(headers, body, state.max_body_bytes).await?;
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
     MonitorSpec::from_json(value).map_err(|f| ApiError::field(f.field, f.message))
@@ -54,10 +58,11 @@ pub async fn list(State(state): State<ApiState>) -> Json<Value> {
 pub async fn create(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin()?;
-    let spec = spec_from(&state, body).await?;
+    let spec = spec_from(&state, &headers, body).await?;
     Ok((
         StatusCode::CREATED,
         Json(state.monitors.create(spec).await?),
@@ -79,10 +84,11 @@ pub async fn update(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let spec = spec_from(&state, body).await?;
+    let spec = spec_from(&state, &headers, body).await?;
     Ok(Json(state.monitors.update(&id, spec).await?))
 }
 

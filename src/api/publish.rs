@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::error::ApiError;
 use super::{ApiState, Caller};
 use crate::core::channel::ChannelName;
-use crate::core::event::NewEvent;
+use crate::core::event::{NewEvent, RESERVED_PREFIX};
 use crate::core::state::StateChange;
 use crate::transport::socketio::packet::RESERVED_EVENTS;
 
@@ -40,6 +40,7 @@ struct Body1 {
 pub async fn publish(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     if !state.policy.publish(caller.rate_key()) {
@@ -49,12 +50,13 @@ pub async fn publish(
             "publish rate limit exceeded; retry shortly",
         ));
     }
-    let bytes = super::read_body(body, state.max_body_bytes).await?;
+    let bytes = super::read_json_body(&headers, body, state.max_body_bytes).await?;
     let parsed: Body1 = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::invalid(e.to_string()),
         _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
     })?;
-    let events = to_events(parsed, state.max_event_bytes)?;
+    let hub = &state.core.hub;
+    let events = to_events(parsed, state.max_event_bytes, &|c| hub.is_state_channel(c))?;
     if let Some(e) = events
         .iter()
         .find(|e| !caller.may_publish(e.channel.as_str()))
@@ -69,7 +71,14 @@ pub async fn publish(
     Ok(Json(serde_json::json!({ "results": results })))
 }
 
-fn to_events(body: Body1, max_event_bytes: usize) -> Result<Vec<NewEvent>, ApiError> {
+/// Whether a channel is a declared state channel (the only channels a `key` may address).
+type IsState<'a> = &'a dyn Fn(&ChannelName) -> bool;
+
+fn to_events(
+    body: Body1,
+    max_event_bytes: usize,
+    is_state: IsState<'_>,
+) -> Result<Vec<NewEvent>, ApiError> {
     let mut out = Vec::new();
     match body.events {
         Some(batch) => {
@@ -87,13 +96,14 @@ fn to_events(body: Body1, max_event_bytes: usize) -> Result<Vec<NewEvent>, ApiEr
                         "events[{i}]: batches do not nest"
                     )));
                 }
-                expand(item, max_event_bytes, &mut out).map_err(|e| ApiError {
+                expand(item, max_event_bytes, is_state, &mut out).map_err(|e| ApiError {
                     message: format!("events[{i}]: {}", e.message),
+                    field: e.field.map(|f| format!("events[{i}].{f}")),
                     ..e
                 })?;
             }
         }
-        None => expand(body, max_event_bytes, &mut out)?,
+        None => expand(body, max_event_bytes, is_state, &mut out)?,
     }
     if out.len() > MAX_BATCH {
         return Err(ApiError::invalid(format!(
@@ -104,7 +114,12 @@ fn to_events(body: Body1, max_event_bytes: usize) -> Result<Vec<NewEvent>, ApiEr
 }
 
 /// One event body → one `NewEvent` per target channel.
-fn expand(b: Body1, max_event_bytes: usize, out: &mut Vec<NewEvent>) -> Result<(), ApiError> {
+fn expand(
+    b: Body1,
+    max_event_bytes: usize,
+    is_state: IsState<'_>,
+    out: &mut Vec<NewEvent>,
+) -> Result<(), ApiError> {
     let names = match (b.channel, b.channels) {
         (Some(c), None) => vec![c],
         (None, Some(cs)) if !cs.is_empty() => cs,
@@ -123,9 +138,18 @@ fn expand(b: Body1, max_event_bytes: usize, out: &mut Vec<NewEvent>) -> Result<(
         )));
     }
     if RESERVED_EVENTS.contains(&event.as_str()) {
-        return Err(ApiError::invalid(format!(
-            "`event` {event:?} is reserved by Socket.IO clients"
-        )));
+        return Err(ApiError::field(
+            "event",
+            format!("{event:?} is reserved by Socket.IO clients"),
+        ));
+    }
+    if event.starts_with(RESERVED_PREFIX) {
+        return Err(ApiError::field(
+            "event",
+            format!(
+                "{event:?} is reserved: names starting with {RESERVED_PREFIX:?} are Herald's own notices"
+            ),
+        ));
     }
     if let Some(id) = &b.id
         && (id.is_empty() || id.len() > MAX_NAME)
@@ -161,8 +185,19 @@ fn expand(b: Body1, max_event_bytes: usize, out: &mut Vec<NewEvent>) -> Result<(
         (None, false) => None,
     };
     for name in names {
+        let channel = ChannelName::new(&name)?;
+        // A key on any other channel would silently make it one (later subscribers would get a snapshot
+        // instead of its history), which nobody declared.
+        if state.is_some() && !is_state(&channel) {
+            return Err(ApiError::field(
+                "key",
+                format!(
+                    "channel {name:?} is not a state channel; declare it in [[state]] to publish with a key"
+                ),
+            ));
+        }
         out.push(NewEvent {
-            channel: ChannelName::new(&name)?,
+            channel,
             name: event.clone(),
             data: data.clone(),
             id: b.id.clone(),

@@ -11,6 +11,9 @@ pub enum AuthError {
     /// The token is not a well-formed JWT (or is too long).
     #[error("malformed token")]
     Malformed,
+    /// The token has a `crit` header: it names extensions Herald does not implement (RFC 7515 §4.1.11).
+    #[error("token header lists critical extensions (crit) that are not supported")]
+    Critical,
     /// The token's `alg` is not the algorithm of any configured key (this includes `none`).
     #[error("token algorithm not accepted")]
     Algorithm,

@@ -186,6 +186,7 @@ impl Authenticator {
             return Err(AuthError::Malformed);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        refuse_critical(token)?;
         for source in &self.inner.remote {
             source.ensure_fresh().await;
         }
@@ -279,6 +280,24 @@ impl std::fmt::Debug for Authenticator {
             .field("anonymous", &self.inner.anonymous)
             .finish()
     }
+}
+
+/// RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` header lists an extension it does not
+/// understand. Herald implements none, so any `crit` — a list of names, an empty list, `null` or another value
+/// (all invalid or unsupported) — refuses the token. The raw header is read because the JWT library's typed
+/// header treats `"crit": null` as absent and does not act on `crit` at all.
+fn refuse_critical(token: &str) -> Result<(), AuthError> {
+    use base64::Engine as _;
+    let segment = token.split('.').next().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| AuthError::Malformed)?;
+    let header: Map<String, Value> =
+        serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)?;
+    if header.contains_key("crit") {
+        return Err(AuthError::Critical);
+    }
+    Ok(())
 }
 
 fn read(index: usize, path: &std::path::Path) -> Result<Vec<u8>, AuthConfigError> {

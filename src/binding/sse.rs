@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -233,14 +233,15 @@ async fn by_query(
 async fn by_path(
     State(b): State<Arc<SseBinding>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    path: Result<Path<String>, PathRejection>,
+    uri: axum::http::Uri,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let channel = match path.map(|Path(p)| channel_from_path(&p)) {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return bad("invalid_channel", e.to_string()),
-        Err(e) => return bad("invalid_channel", e.body_text()),
+    // The raw path, not the router's decoded capture: `%2F` must stay inside its segment.
+    let raw = uri.path().strip_prefix("/sse/").unwrap_or_default();
+    let channel = match channel_from_path(raw) {
+        Ok(c) => c,
+        Err(e) => return bad("invalid_channel", e.to_string()),
     };
     let Ok(Query(pairs)) = query else {
         return bad("invalid_request", "malformed query string");

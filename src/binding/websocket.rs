@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -202,14 +202,14 @@ struct DirectQuery {
 
 async fn direct(
     State(b): State<Arc<WebSocketBinding>>,
-    path: Result<Path<String>, PathRejection>,
     query: Result<Query<DirectQuery>, QueryRejection>,
     req: axum::extract::Request,
 ) -> Response {
-    let channel = match path.map(|Path(p)| channel_from_path(&p)) {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return bad_request("invalid_channel", e.to_string()),
-        Err(e) => return bad_request("invalid_channel", e.body_text()),
+    // The raw path, not the router's decoded capture: `%2F` must stay inside its segment.
+    let raw = req.uri().path().strip_prefix("/ws/").unwrap_or_default();
+    let channel = match channel_from_path(raw) {
+        Ok(c) => c,
+        Err(e) => return bad_request("invalid_channel", e.to_string()),
     };
     let Query(q) = match query {
         Ok(q) => q,

@@ -29,11 +29,44 @@ pub fn gap_message(gap: &Gap) -> String {
     v.to_string()
 }
 
-/// The channel a URL path names: segments (already percent-decoded by the router) joined with `:`,
-/// so `/ws/hourly/Final 1A` is channel `hourly:Final 1A`.
-pub fn channel_from_path(path: &str) -> Result<ChannelName, ChannelNameError> {
-    let joined: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    ChannelName::new(&joined.join(":"))
+/// The channel a URL path names — the one mapping every direct URL (`/ws/…`, `/sse/…`) uses: `raw` (the part
+/// after the prefix, still percent-encoded) is split at its literal `/`s, each segment is percent-decoded, empty
+/// segments are skipped, and the rest are joined with `:` (`hourly/Final%201A` → `hourly:Final 1A`). An encoded
+/// slash (`%2F`) stays inside its segment and decodes to `/`, which no channel name contains, so it is refused —
+/// as by the HTTP API, whose `{channel}` segment is decoded the same way.
+pub fn channel_from_path(raw: &str) -> Result<ChannelName, ChannelNameError> {
+    let segments: Vec<String> = raw
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect();
+    ChannelName::new(&segments.join(":"))
+}
+
+/// Decodes `%XX` escapes; an escape that is not two hex digits stays as typed (and its `%` then fails channel
+/// validation), and bytes that do not form UTF-8 become U+FFFD (which fails it too).
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 #[cfg(test)]
@@ -42,11 +75,27 @@ mod tests {
 
     #[test]
     fn paths_map_to_channels() {
-        assert_eq!(channel_from_path("Final 1A").unwrap().as_str(), "Final 1A");
+        let ok = |raw: &str| channel_from_path(raw).map(|c| c.as_str().to_owned());
+        assert_eq!(ok("Final%201A").unwrap(), "Final 1A");
+        assert_eq!(ok("hourly/Final%201A").unwrap(), "hourly:Final 1A");
+        assert_eq!(ok("a%3Ab").unwrap(), "a:b");
+        assert_eq!(ok("a/b/").unwrap(), "a:b");
+        assert_eq!(ok("%E6%9D%B1%E4%BA%AC").unwrap(), "東京");
+        // An encoded slash is part of its segment: `/` is not a channel character.
         assert_eq!(
-            channel_from_path("hourly/Final 1A").unwrap().as_str(),
-            "hourly:Final 1A"
+            channel_from_path("a%2Fb"),
+            Err(ChannelNameError::BadChar('/'))
         );
+        assert_eq!(
+            channel_from_path("a%2fb"),
+            Err(ChannelNameError::BadChar('/'))
+        );
+        assert_eq!(
+            channel_from_path("a%zz"),
+            Err(ChannelNameError::BadChar('%'))
+        );
+        assert_eq!(channel_from_path("a%"), Err(ChannelNameError::BadChar('%')));
+        assert!(channel_from_path("%FF").is_err());
         assert!(channel_from_path("").is_err());
         assert!(channel_from_path("a*b").is_err());
     }

@@ -87,6 +87,10 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Event names starting with this are Herald's own notices (`herald:gap`, `herald:disconnect`), sent by the
+/// transports and never stored: a publisher may not use the prefix, so clients can trust such events.
+pub const RESERVED_PREFIX: &str = "herald:";
+
 /// Number of per-transport encodings an event can cache.
 const ENCODING_SLOTS: usize = 10;
 

@@ -144,6 +144,15 @@ impl Hub {
         self.state.lock().declarations.declare(pattern, snapshot);
     }
 
+    /// Whether `channel` is declared a state channel (`[[state]]`, or the channels of a built-in source).
+    pub fn is_state_channel(&self, channel: &ChannelName) -> bool {
+        self.state
+            .lock()
+            .declarations
+            .style(channel.as_str())
+            .is_some()
+    }
+
     /// The current values of a state channel (without subscribing to it).
     pub fn state_of(&self, channel: &ChannelName) -> Option<Values> {
         let mut st = self.state.lock();

@@ -132,6 +132,96 @@ test('HTTP: history parameters, unknown channel, unknown connection, unknown rou
   await assertServes(t, h);
 });
 
+test('HTTP history: limit=0 and wait beyond 60 s are refused naming the parameter; limit above 1000 is a full page', async (t) => {
+  const h = await startHerald(t, { config: CONFIG });
+  for (let n = 1; n <= 3; n++) await publish(h.url, 'lim', 'x', { n });
+  const get = (qs) => request(h.url, `/api/channels/lim/history?${qs}`, { timeout: 5_000 });
+  // limit=0 used to be served as one event.
+  const zero = await get('limit=0');
+  assertApiError(zero, 400, 'invalid_request', 'limit=0');
+  assert.equal(zero.json.error.field, 'limit', zero.text);
+  const huge = await get('limit=5000');
+  assert.equal(huge.status, 200, huge.text);
+  assert.deepEqual(huge.json.events.map((e) => e.offset), [1, 2, 3], 'limit above the page size: served as 1000');
+  // wait above the 60 s cap: refused at once (it used to be held for 60 s).
+  for (const wait of ['61', '3600', '18446744073709551615']) {
+    const r = await get(`since=3&wait=${wait}`);
+    assertApiError(r, 400, 'invalid_request', `wait=${wait}`);
+    assert.equal(r.json.error.field, 'wait', r.text);
+  }
+  const notNumber = await get('wait=soon');
+  assertApiError(notNumber, 400, 'invalid_request', 'wait=soon');
+  assert.equal(notNumber.json.error.field, 'wait', notNumber.text);
+  // The cap itself is accepted: with events already there it answers at once.
+  const atCap = await get('since=1&wait=60');
+  assert.equal(atCap.status, 200, atCap.text);
+  assert.deepEqual(atCap.json.events.map((e) => e.offset), [2, 3]);
+  await assertServes(t, h);
+});
+
+test('HTTP bodies must be declared JSON: text/plain, form types and no Content-Type → 415, even from a foreign origin without keys', async (t) => {
+  const h = await startHerald(t, { config: CONFIG });
+  const body = JSON.stringify({ channel: 'ctype', event: 'x', data: 1 });
+  const refused = [
+    // The CORS "simple" types a web page on any origin can send without a preflight.
+    ['text/plain', { 'content-type': 'text/plain' }, body],
+    ['text/plain;charset=UTF-8 from a foreign page', { 'content-type': 'text/plain;charset=UTF-8', origin: 'http://evil.example' }, body],
+    ['application/x-www-form-urlencoded', { 'content-type': 'application/x-www-form-urlencoded' }, body],
+    ['multipart/form-data', { 'content-type': 'multipart/form-data; boundary=x' }, body],
+    // A Buffer body makes fetch send no Content-Type at all.
+    ['no Content-Type', {}, Buffer.from(body)],
+    ['application/jsonp', { 'content-type': 'application/jsonp' }, body],
+  ];
+  for (const [what, headers, rawBody] of refused) {
+    const r = await request(h.url, '/api/publish', { method: 'POST', rawBody, headers });
+    assertApiError(r, 415, 'unsupported_media_type', `publish with ${what}`);
+  }
+  assertApiError(await history(h.url, 'ctype'), 404, 'channel_not_found', 'a refused content type wrote nothing');
+  // The monitor API's bodies too.
+  const monitor = JSON.stringify({ name: 'm', check: { kind: 'tcp', host: '127.0.0.1', port: 9 } });
+  assertApiError(await request(h.url, '/api/monitors', { method: 'POST', rawBody: monitor, headers: { 'content-type': 'text/plain' } }),
+    415, 'unsupported_media_type', 'POST /api/monitors with text/plain');
+  assertApiError(await request(h.url, '/api/monitors/m', { method: 'PUT', rawBody: Buffer.from(monitor) }),
+    415, 'unsupported_media_type', 'PUT /api/monitors/m without Content-Type');
+  // JSON in its accepted spellings.
+  let n = 0;
+  for (const type of ['application/json', 'application/json; charset=utf-8', 'Application/JSON;charset=UTF-8', 'application/vnd.herald+json']) {
+    const r = await request(h.url, '/api/publish', { method: 'POST', rawBody: body, headers: { 'content-type': type } });
+    assert.equal(r.status, 200, `publish with ${type}: ${r.text}`);
+    assert.equal(r.json.results[0].offset, ++n);
+  }
+  await assertServes(t, h);
+});
+
+test('HTTP publish: event names starting with herald: are reserved (400 naming event); Herald\'s own herald:gap stays trustworthy', async (t) => {
+  const h = await startHerald(t, { config: CONFIG });
+  const socket = await connected(t, h.url, { transports: ['websocket'] });
+  const rec = new Recorder(socket);
+  await subscribeOk(socket, 'names');
+  const forged = { channel: 'names', reason: 'history_trimmed', epoch: 'x', from: 1, to: 9 };
+  const cases = [
+    ['herald:gap', { channel: 'names', event: 'herald:gap', data: forged }, 'event'],
+    ['herald:disconnect', { channel: 'names', event: 'herald:disconnect', data: { reason: 'token_expired' } }, 'event'],
+    ['any herald: name', { channel: 'names', event: 'herald:', data: 1 }, 'event'],
+    ['to many channels', { channels: ['names', 'other'], event: 'herald:status', data: 1 }, 'event'],
+    ['in a batch', { events: [{ channel: 'names', event: 'ok', data: 1 }, { channel: 'names', event: 'herald:gap', data: forged }] }, 'events[1].event'],
+  ];
+  for (const [what, body, field] of cases) {
+    const r = await post(h, JSON.stringify(body));
+    assertApiError(r, 400, 'invalid_request', what);
+    assert.equal(r.json.error.field, field, `${what}: ${r.text}`);
+    assert.match(r.json.error.message, /herald:/, what);
+  }
+  assertApiError(await history(h.url, 'names'), 404, 'channel_not_found', 'nothing written');
+  // Names that merely resemble the prefix are the publisher's.
+  for (const event of ['herald', 'heraldgap', 'herald-gap', 'app:herald:gap', 'Herald:gap']) {
+    await publish(h.url, 'names', event, { event });
+  }
+  await rec.until((r) => r.named('Herald:gap').length === 1, 10_000, 'the last allowed name arrives');
+  assert.equal(rec.named('herald:gap').length, 0, 'no forged herald:gap reached the client');
+  await assertServes(t, h);
+});
+
 test('HTTP auth: with api_keys, /api/* needs a key; /healthz does not', async (t) => {
   const h = await startHerald(t, { config: 'api_keys = ["k1", "k2"]\n' });
   const body = { channel: 'auth', event: 'x', data: 1 };

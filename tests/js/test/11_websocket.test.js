@@ -286,6 +286,36 @@ test('channel names with a space and non-ASCII letters work on Socket.IO, /ws/{c
   await h.assertHealthy();
 });
 
+test('one URL → channel mapping: an encoded slash (%2F) is refused by /ws/, /sse/ and the HTTP API alike; %3A and / both mean :', async (t) => {
+  const h = await startHerald(t);
+  const r = await publish(h.url, 'a:b', 'x', { n: 1 });
+  // `/` is not a channel character, encoded or not: each transport says invalid_channel, before any upgrade.
+  for (const raw of ['a%2Fb', 'a%2fb', 'x/a%2Fb']) {
+    assertApiError(await refusedUpgrade(t, `${wsBase(h)}/ws/${raw}`), 400, 'invalid_channel', `/ws/${raw}`);
+    const sse = await openSse(t, `${h.url}/sse/${raw}`);
+    assert.equal(sse.status, 400, `/sse/${raw} → ${sse.status}`);
+    assert.equal(sse.json?.error?.code, 'invalid_channel', `/sse/${raw}: ${sse.text}`);
+    assertApiError(await request(h.url, `/api/channels/${raw}/history`), raw.startsWith('x/') ? 404 : 400,
+      raw.startsWith('x/') ? 'not_found' : 'invalid_channel', `/api/channels/${raw}/history`);
+  }
+  // The same channel through every spelling the mapping allows, with the event from history.
+  for (const raw of ['a/b', 'a%3Ab', 'a%3ab', 'a/b/', '%61/%62']) {
+    const c = await openWs(t, `${wsBase(h)}/ws/${raw}?since=0`);
+    await c.until((x) => x.events().length === 1, 10_000, `/ws/${raw}`);
+    assert.deepEqual([c.events()[0].channel, c.events()[0].offset], ['a:b', r.offset], `/ws/${raw}`);
+    c.ws.close();
+    const sse = await openSse(t, `${h.url}/sse/${raw}?since=${r.epoch}:0`);
+    assert.equal(sse.status, 200, `/sse/${raw} → ${sse.status} ${sse.text}`);
+    await sse.until((x) => x.named('x').length === 1, 10_000, `/sse/${raw}`);
+  }
+  for (const raw of ['a%3Ab', 'a:b']) {
+    const hist = await request(h.url, `/api/channels/${raw}/history`);
+    assert.equal(hist.status, 200, `/api/channels/${raw}/history → ${hist.text}`);
+    assert.deepEqual(hist.json.events.map((e) => [e.channel, e.offset]), [['a:b', r.offset]]);
+  }
+  await h.assertHealthy();
+});
+
 test('[[websocket.direct]] payload = "data": /ws/unit/7 gets bare payloads; gap and heartbeat keep their type', async (t) => {
   const h = await startHerald(t, {
     config: `

@@ -47,7 +47,7 @@ async function refusedEverywhere(t, h, token, status, code, label) {
   assert.equal(es.code, status, `${label} (EventSource /sse/news?token=): error ${JSON.stringify(es)}`);
 }
 
-test('refused tokens: none, tampered signature, alg none, forged claims, expired, wrong/missing aud — every transport', async (t) => {
+test('refused tokens: none, tampered signature, alg none, forged claims, expired, wrong/missing aud, crit — every transport', async (t) => {
   const h = await startHerald(t, { config: MAIN });
   const good = sign(base({ sub: 'alice' }));
   const cases = [
@@ -65,6 +65,13 @@ test('refused tokens: none, tampered signature, alg none, forged claims, expired
     ['wrong aud', sign({ sub: 'alice', aud: 'someone-else' }), 401, 'unauthorized'],
     ['no aud while audience is configured', sign({ sub: 'alice' }), 401, 'unauthorized'],
     ['not a JWT', 'not-a-jwt', 401, 'unauthorized'],
+    // RFC 7515 §4.1.11: a `crit` extension Herald does not understand (it understands none) refuses the token,
+    // as does a malformed `crit`; the signatures are valid.
+    ['crit: an unknown extension', sign(base({ sub: 'alice' }), { header: { crit: ['x-ext'], 'x-ext': true } }), 401, 'unauthorized'],
+    ['crit: a registered claim name', sign(base({ sub: 'alice' }), { header: { crit: ['exp'] } }), 401, 'unauthorized'],
+    ['crit: empty list', sign(base({ sub: 'alice' }), { alg: 'ES256', header: { crit: [] } }), 401, 'unauthorized'],
+    ['crit: null', sign(base({ sub: 'alice' }), { alg: 'HS256', header: { crit: null } }), 401, 'unauthorized'],
+    ['crit: not an array', sign(base({ sub: 'alice' }), { alg: 'EdDSA', header: { crit: 'x-ext' } }), 401, 'unauthorized'],
   ];
   for (const [label, token, status, code] of cases) {
     await t.test(label, () => refusedEverywhere(t, h, token, status, code, label));

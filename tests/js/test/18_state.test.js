@@ -56,7 +56,7 @@ test('a declared state channel with no values yet sends an empty snapshot', asyn
 });
 
 test('each-value snapshot over /ws and SSE; a resuming client gets deltas, not the snapshot again', async (t) => {
-  const h = await startHerald(t);
+  const h = await startHerald(t, { config: `${CONFIG}\n[[state]]\nchannels = "rows"\n` });
   for (let i = 0; i < 5; i++) await put(h, 'rows', 'row', { id: i, v: 0 }, String(i));
   await put(h, 'rows', 'row', { id: 2, v: 1 }, '2');
 
@@ -89,6 +89,37 @@ test('bad state fields get a 400 naming them', async (t) => {
   const r2 = await request(h.url, '/api/publish', { method: 'POST', body: { channel: 'x', event: 'e', data: 1, key: '' } });
   assertApiError(r2, 400, 'invalid_request', 'empty key');
   assert.match(r2.json.error.message, /key/);
+});
+
+test('a key on a channel no [[state]] rule declares is refused (400 naming key); the channel keeps serving history', async (t) => {
+  const h = await startHerald(t, { config: CONFIG });
+  const plain = (body) => request(h.url, '/api/publish', { method: 'POST', body });
+  const first = await plain({ channel: 'plain', event: 'e', data: { n: 1 } });
+  assert.equal(first.status, 200, first.text);
+  const cases = [
+    ['set', { channel: 'plain', event: 'e', data: { n: 2 }, key: 'a' }, 'key'],
+    ['remove', { channel: 'plain', event: 'e', key: 'a', remove: true }, 'key'],
+    ['one of many channels', { channels: ['services', 'plain'], event: 'e', data: 1, key: 'a' }, 'key'],
+    ['in a batch', { events: [{ channel: 'services', event: 'e', data: 1, key: 'a' }, { channel: 'plain', event: 'e', data: 1, key: 'a' }] }, 'events[1].key'],
+  ];
+  for (const [what, body, field] of cases) {
+    const r = await plain(body);
+    assertApiError(r, 400, 'invalid_request', what);
+    assert.equal(r.json.error.field, field, `${what}: ${r.text}`);
+    assert.match(r.json.error.message, /"plain" is not a state channel; declare it in \[\[state\]\]/, what);
+  }
+  // Nothing was written (the batch and the multi-channel publish are all or nothing)…
+  const hist = await request(h.url, '/api/channels/plain/history');
+  assert.deepEqual(hist.json.events.map((e) => e.data), [{ n: 1 }]);
+  assert.equal((await request(h.url, '/api/channels/services/history')).status, 404, 'services untouched');
+  // …and the channel is still a plain one: a subscriber from the start gets its history, no snapshot.
+  const ws = await openWs(t, `${wsBase(h)}/ws`);
+  await ws.subscribeOk('plain', { since: 0 });
+  await ws.until((c) => c.events('plain').length === 1, 10_000, 'the one event from history');
+  await ws.barrier();
+  assert.deepEqual(ws.events('plain').map((e) => [e.offset, e.data]), [[1, { n: 1 }]]);
+  // A declared channel still takes keys.
+  await put(h, 'services', 'service:status', { id: 'a' }, 'a');
 });
 
 test('Socket.IO recovery on a state channel: the missed deltas, not the snapshot again', async (t) => {
