@@ -7,6 +7,7 @@ pub mod binding;
 pub mod config;
 pub mod core;
 pub mod monitor;
+pub mod number;
 pub mod policy;
 pub mod server;
 pub mod source;

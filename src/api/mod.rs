@@ -5,6 +5,7 @@ mod error;
 mod monitors;
 mod publish;
 mod sources;
+mod targets;
 
 use std::sync::Arc;
 
@@ -72,7 +73,33 @@ pub fn router(state: ApiState) -> Router {
         .route("/monitors/{id}/pause", post(monitors::pause))
         .route("/monitors/{id}/resume", post(monitors::resume))
         .route("/monitors/{id}/check", post(monitors::check))
-        .route("/monitors/{id}/log", get(monitors::log))
+        .route("/monitors/{id}/log", get(monitors::log));
+    // Seed 000's routes exist with its preset only: elsewhere `/api/targets` stays an unknown endpoint.
+    let api = if state.monitors.serves_targets() {
+        api.route("/targets", get(targets::list).post(targets::create))
+            .route(
+                "/targets/{id}",
+                get(targets::get)
+                    .put(targets::update)
+                    .patch(targets::update)
+                    .delete(targets::delete),
+            )
+            .route(
+                "/targets/{id}/pause",
+                post(targets::pause)
+                    .put(targets::pause)
+                    .patch(targets::pause),
+            )
+            .route(
+                "/targets/{id}/resume",
+                post(targets::resume)
+                    .put(targets::resume)
+                    .patch(targets::resume),
+            )
+    } else {
+        api
+    };
+    let api = api
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
         .with_state(state.clone());

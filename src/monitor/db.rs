@@ -33,6 +33,7 @@ pub struct LogEntry {
     /// Status after the check.
     pub status: String,
     /// Response time in milliseconds.
+    #[serde(serialize_with = "crate::number::serialize")]
     pub response_time: f64,
     /// What the check found.
     pub message: String,

@@ -1,7 +1,7 @@
 //! The service monitor: periodic HTTP/TCP/UDP/DNS checks whose results become live channel events.
 //!
 //! `check` probes a target; `spec` is a monitor's definition; `runtime` its status machine and uptime; `db` its
-//! persistence; `events` the names and shapes subscribers see; `service` runs it all and publishes through the
+//! persistence; `events` the names and shapes subscribers see; `target` seed 000's flat targets; `service` runs it all and publishes through the
 //! core like any producer, as state channels (a new subscriber gets every monitor first, then changes).
 
 pub mod check;
@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod service;
 pub mod spec;
+pub mod target;
 
 use std::time::Duration;
 

@@ -20,6 +20,7 @@ use super::db::{Db, DbError, LogEntry};
 use super::events::{self, Events};
 use super::runtime::{Runtime, Status};
 use super::spec::MonitorSpec;
+use super::target;
 use crate::core::Core;
 use crate::core::channel::{ChannelName, Pattern};
 use crate::core::event::NewEvent;
@@ -112,6 +113,13 @@ impl Monitors {
         let events = Events::resolve(cfg.preset, &cfg.events, &cfg.channel, cfg.throttle);
         ChannelName::new(&events.stats_channel)
             .map_err(|e| FieldError::new("monitor.events.stats_channel", e.to_string()))?;
+        if events.stats_channel == cfg.channel && matches!(events.snapshot, Snapshot::Bulk { .. }) {
+            return Err(FieldError::new(
+                "monitor.events.stats_channel",
+                "cannot be the monitor channel when its snapshot is a bulk event (the stats would be in the array)",
+            )
+            .into());
+        }
         let (db, stored) = Db::open(data_dir, cfg.log_keep, cfg.log_max_age)?;
         let this = Arc::new(Self {
             core,
@@ -191,7 +199,7 @@ impl Monitors {
             e.emit.lock().last_full = last;
         }
         if let Ok(channel) = ChannelName::new(&self.events.stats_channel) {
-            *self.stats.lock().await = stored(&channel, "stats");
+            *self.stats.lock().await = stored(&channel, self.events.stats_key);
         }
     }
 
@@ -204,12 +212,18 @@ impl Monitors {
                 channels.push(c);
             }
         }
+        let stats_apart = !channels
+            .iter()
+            .any(|c| c.as_str() == self.events.stats_channel);
         for c in channels {
             self.core
                 .declare_state(Pattern::new(c.as_str()), self.events.snapshot.clone());
         }
-        self.core
-            .declare_state(Pattern::new(&self.events.stats_channel), Snapshot::Each);
+        // Stats sharing a monitor channel are one more key of its state.
+        if stats_apart {
+            self.core
+                .declare_state(Pattern::new(&self.events.stats_channel), Snapshot::Each);
+        }
     }
 
     fn insert(&self, id: String, spec: MonitorSpec, mut rt: Runtime) -> Arc<Entry> {
@@ -248,12 +262,12 @@ impl Monitors {
     pub fn list(&self) -> Vec<Value> {
         let now = now_ms();
         let entries = self.all();
-        entries.iter().map(|e| view(e, now)).collect()
+        entries.iter().map(|e| self.view(e, now)).collect()
     }
 
     /// One monitor's full object.
     pub fn get(&self, id: &str) -> Result<Value, MonitorError> {
-        Ok(view(&*self.entry(id)?, now_ms()))
+        Ok(self.view(&*self.entry(id)?, now_ms()))
     }
 
     /// The definition of one monitor.
@@ -278,10 +292,16 @@ impl Monitors {
         self.db.put_monitor(&id, to_json(&spec));
         let e = self.insert(id, spec, Runtime::default());
         self.declare();
-        self.publish_status(&e, true).await;
-        self.publish_stats().await;
-        self.schedule(&e, Duration::ZERO);
-        Ok(view(&e, now_ms()))
+        // The creation's events follow the answer, as with seed 000's backend (which emits after its first
+        // check): its frontend pushes the answer onto its list, then applies `target:updated` to it by id.
+        let this = self.clone();
+        let entry = e.clone();
+        tokio::spawn(async move {
+            this.publish_status(&entry, true).await;
+            this.publish_stats().await;
+            this.schedule(&entry, Duration::ZERO);
+        });
+        Ok(self.view(&e, now_ms()))
     }
 
     /// Replaces a monitor's definition (its id stays) and checks it at once.
@@ -318,7 +338,7 @@ impl Monitors {
         self.publish_status(&e, true).await;
         self.publish_stats().await;
         self.schedule(&e, Duration::ZERO);
-        Ok(view(&e, now_ms()))
+        Ok(self.view(&e, now_ms()))
     }
 
     /// Deletes a monitor; subscribers get its removal.
@@ -391,7 +411,7 @@ impl Monitors {
         self.publish_status(&e, true).await;
         self.publish_stats().await;
         self.schedule(&e, Duration::ZERO);
-        Ok(view(&e, now_ms()))
+        Ok(self.view(&e, now_ms()))
     }
 
     /// Runs a check now and returns what it found.
@@ -589,15 +609,26 @@ impl Monitors {
             return;
         }
         let now = now_ms();
-        let full = view(e, now);
+        let full = self.view(e, now);
         let data = {
             let mut em = e.emit.lock();
             if em.last_full.as_ref() == Some(&full) {
                 return;
             }
+            // Seed 002: a check that found what clients already hold sends nothing (each update animates a card).
+            let rt = self.events.response_time_is_change;
+            if self.events.service_fields
+                && em.last_full.as_ref().is_some_and(|last| {
+                    events::significant(last, rt) == events::significant(&full, rt)
+                })
+            {
+                return;
+            }
             em.last_sent = Some(at);
             let data = if self.events.changed_only {
                 events::changed_fields(em.last_full.as_ref(), &full, now)
+            } else if self.events.service_fields {
+                events::with_service_fields(&full, now)
             } else {
                 full.clone()
             };
@@ -636,7 +667,7 @@ impl Monitors {
             data: raw(&stats),
             id: None,
             state: Some(StateChange::Set {
-                key: "stats".into(),
+                key: self.events.stats_key.into(),
                 value: raw(&stats),
             }),
         };
@@ -656,7 +687,29 @@ impl Monitors {
             "bulkEvent": bulk,
             "removedEvent": self.events.removed,
             "logEvent": self.events.log,
+            // Stats sharing the monitor channel arrive in its stream (the page only needs to know the name).
+            "statsEvent": self.events.stats.as_ref().filter(|_| self.events.stats_channel == self.channel.as_str()),
         })
+    }
+
+    /// Whether the `targets` preset is on (seed 000's `/api/targets` routes are served).
+    pub fn serves_targets(&self) -> bool {
+        self.events.flat_targets
+    }
+
+    /// A monitor's full object, with seed 000's flat fields when the preset wants them.
+    fn view(&self, e: &Entry, now: i64) -> Value {
+        let spec = e.spec.lock().clone();
+        let mut v = {
+            let rt = e.rt.lock();
+            events::full(&e.id, &spec, &rt, now)
+        };
+        if self.events.flat_targets
+            && let Value::Object(m) = &mut v
+        {
+            m.extend(target::flat_fields(&spec, true));
+        }
+        v
     }
 
     /// Counts of monitors per status.
@@ -697,12 +750,6 @@ impl Monitors {
             .map(|e| (e.id.clone(), e.spec.lock().clone(), e.rt.lock().clone()))
             .collect()
     }
-}
-
-fn view(e: &Entry, now: i64) -> Value {
-    let spec = e.spec.lock().clone();
-    let rt = e.rt.lock();
-    events::full(&e.id, &spec, &rt, now)
 }
 
 fn to_json(spec: &MonitorSpec) -> String {

@@ -24,16 +24,19 @@ pub struct MonitorSpec {
     /// The check itself.
     pub check: Check,
     /// Seconds between checks.
-    #[serde(default = "default_interval")]
+    #[serde(
+        default = "default_interval",
+        serialize_with = "crate::number::serialize"
+    )]
     pub interval: f64,
     /// Seconds a check may take before it is cut off; at most the interval.
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::number::serialize_opt")]
     pub timeout: Option<f64>,
     /// Failed checks in a row reported as PENDING before the monitor is DOWN.
     #[serde(default)]
     pub retries: u32,
     /// A successful check slower than this many milliseconds is DEGRADED.
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::number::serialize_opt")]
     pub degraded_ms: Option<f64>,
     /// Channel its events go to (default: the monitor section's channel).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -128,6 +128,7 @@ pub struct Outcome {
     /// The target answered as expected.
     pub ok: bool,
     /// Time to the verdict (connect + request + read), in milliseconds.
+    #[serde(serialize_with = "crate::number::serialize")]
     pub response_ms: f64,
     /// Human readable verdict: "200 OK", "connection refused", "timed out after 5s", ...
     pub message: String,

@@ -376,7 +376,7 @@ fn mysql_value(
 
 fn float(f: f64) -> String {
     if f.is_finite() {
-        serde_json::to_string(&f).unwrap_or_else(|_| "null".into())
+        crate::number::text(f)
     } else {
         json_str(&f.to_string())
     }

@@ -14,8 +14,13 @@ import { sign } from '../lib/jwt.js';
 
 /** An HTTP target whose status, delay and body the test sets. */
 async function httpTarget(t) {
-  const state = { status: 200, body: 'all good', hang: false };
+  // `hits` counts the requests (the checks) it got; `hit(n)` resolves once it has had n.
+  const state = { status: 200, body: 'all good', hang: false, hits: 0, waiters: [] };
+  state.hit = (n) => new Promise((resolve) => { state.waiters.push({ n, resolve }); state.onHit(); });
+  state.onHit = () => { state.waiters = state.waiters.filter((w) => (state.hits >= w.n ? (w.resolve(), false) : true)); };
   const server = http.createServer((req, res) => {
+    state.hits++;
+    state.onHit();
     if (state.hang) return; // never answers
     if (req.url === '/huge') {
       // 1 GB, generated as it is read; stops when the client goes away.
@@ -253,7 +258,8 @@ check = { kind = "http", url = "${web.url}/site" }
 
 test('seed 000 frontend (io(url), target:updated + log:new) works by configuration alone', async (t) => {
   const web = await httpTarget(t);
-  const h = await startHerald(t, { config: `[monitor]\npreset = "targets"\nthrottle = "0s"\n[socketio]\nserver_side_channels = ["monitors", "monitors:stats"]\n${MONITORS(web)}` });
+  // `dashboardStats` comes with the monitors channel: nothing else to list.
+  const h = await startHerald(t, { config: `[monitor]\npreset = "targets"\nthrottle = "0s"\n[socketio]\nserver_side_channels = ["monitors"]\n${MONITORS(web)}` });
   // services/socket.js of the seed: connect, listen; no subscribe.
   const socket = io(h.url, { forceNew: true });
   t.after(() => socket.disconnect());
@@ -297,9 +303,11 @@ check = { kind = "http", url = "${web.url}/slow" }
   t.after(() => socket.disconnect());
   const rec = new Recorder(socket);
   let services = null;
-  socket.on('service:bulk-update', (all) => { services = all; });
+  // The recorder sees an event before these handlers run: each re-checks what the test awaits once it has applied it.
+  socket.on('service:bulk-update', (all) => { services = all; rec._check(); });
   socket.on('service:status', (u) => {
     services = services?.map((s) => (s.id === u.serviceId ? { ...s, ...u, details: u.details ? { ...s.details, ...u.details } : s.details } : s));
+    rec._check();
   });
   await waitFor(socket, 'connect');
   socket.emit('subscribe:status');
@@ -316,15 +324,16 @@ check = { kind = "http", url = "${web.url}/slow" }
     assert.equal(typeof u.timestamp, 'string');
     assert.ok(Object.keys(u).every((k) => ['serviceId', 'status', 'responseTime', 'timestamp', 'details'].includes(k)), JSON.stringify(u));
   }
-  // Only changed fields: an update after which the status stayed the same carries no `status`.
-  assert.ok(updates.some((u) => !('status' in u)), 'some updates carry only what changed');
+  // Seed 002's contract: every update carries the id, the status, the response time and the timestamp (its handler
+  // copies them all); `details` only when they changed.
+  assert.ok(updates.length > 0 && updates.every((u) => 'status' in u && 'responseTime' in u), JSON.stringify(updates));
   // At most one update per second per service (seed 002's debounce), the final state always arrives.
   const times = rec.named('service:status').filter((e) => e.args[0].serviceId === 'api').map((e) => Date.parse(e.args[0].timestamp));
   for (let i = 1; i < times.length; i++) assert.ok(times[i] - times[i - 1] >= 900, `updates ${times[i] - times[i - 1]} ms apart`);
 
   // request:refresh runs the check now (rate-limited); unknown ids get the seed's `error` event.
   const errors = [];
-  socket.on('error', (e) => errors.push(e));
+  socket.on('error', (e) => { errors.push(e); rec._check(); });
   // `slow` is checked hourly: only the refresh can notice that it is down now.
   assert.equal(checked('slow')[0], 'up');
   socket.emit('request:refresh', 'slow');
@@ -338,4 +347,434 @@ check = { kind = "http", url = "${web.url}/slow" }
   t.after(() => anon.disconnect());
   const err = await withTimeout(new Promise((r) => anon.once('connect_error', r)), 10_000, 'refusal');
   assert.match(err.message, /authentication required/i);
+});
+
+test('seed 002 useRealtimeStatus, replayed verbatim: its React Query cache stays right across checks, a status change and a restart', async (t) => {
+  const web = await httpTarget(t);
+  const config = `[auth]\n${KEY_BLOCKS.RS256}
+[monitor]
+preset = "services"
+channel = "status"
+[socketio.client_events]
+"subscribe:status" = { subscribe = "status" }
+"unsubscribe:status" = { unsubscribe = "status" }
+"request:refresh" = { action = "monitor.refresh" }
+${MONITORS(web)}
+[[monitor.monitors]]
+id = "slow"
+name = "Checked hourly"
+interval = 3600
+check = { kind = "http", url = "${web.url}/slow" }
+`;
+  const h = await startHerald(t, { config });
+  const token = sign({ sub: 'alice' });
+
+  // Stand-ins for what the seed imports: a mounted component runs each effect once; React Query's client keeps
+  // the cache by key and runs the updater functions given to setQueryData on the current value, as it does.
+  // It also notifies what observes the cache: here, the test's awaited conditions.
+  const cache = new Map();
+  let rec = null;
+  const queryClient = {
+    setQueryData(key, updater) {
+      const k = JSON.stringify(key);
+      cache.set(k, typeof updater === 'function' ? updater(cache.get(k)) : updater);
+      rec?._check();
+    },
+    getQueryData: (key) => cache.get(JSON.stringify(key)),
+  };
+  const useQueryClient = () => queryClient;
+  const useEffect = (effect) => { effect(); };
+  const useState = (initial) => [initial, () => {}];
+  const useCallback = (fn) => fn;
+  const process = { env: { NEXT_PUBLIC_SOCKET_URL: h.url } };
+  const getAuthToken = () => token;
+
+  // ---- The seed's code, verbatim but for its TypeScript annotations. ----
+  // frontend/src/lib/socket.ts
+  class SocketManager {
+    socket = null;
+    listeners = new Map();
+
+    connect() {
+      if (this.socket?.connected) {
+        return this.socket;
+      }
+
+      const token = getAuthToken();
+
+      this.socket = io(process.env.NEXT_PUBLIC_SOCKET_URL, {
+        auth: { token },
+        transports: ['websocket'],
+        reconnection: true,
+        reconnectionDelay: 1000,
+        reconnectionDelayMax: 5000,
+        reconnectionAttempts: 5,
+        timeout: 10000,
+      });
+
+      this.setupEventHandlers();
+      return this.socket;
+    }
+
+    setupEventHandlers() {
+      this.socket.on('connect', () => {
+        console.log('WebSocket connected');
+        this.emit('connection:status', { connected: true });
+      });
+
+      this.socket.on('disconnect', (reason) => {
+        console.log('WebSocket disconnected:', reason);
+        this.emit('connection:status', { connected: false });
+      });
+
+      this.socket.on('connect_error', (error) => {
+        console.error('WebSocket connection error:', error);
+      });
+    }
+
+    on(event, callback) {
+      if (!this.listeners.has(event)) {
+        this.listeners.set(event, new Set());
+      }
+      this.listeners.get(event).add(callback);
+      this.socket?.on(event, callback);
+    }
+
+    off(event, callback) {
+      this.listeners.get(event)?.delete(callback);
+      this.socket?.off(event, callback);
+    }
+
+    emit(event, data) {
+      this.socket?.emit(event, data);
+    }
+
+    disconnect() {
+      this.socket?.disconnect();
+      this.socket = null;
+    }
+  }
+
+  const socketManager = new SocketManager();
+
+  // frontend/src/hooks/useWebSocket.ts
+  function useWebSocket() {
+    const [isConnected, setIsConnected] = useState(false);
+    const [connectionError, setConnectionError] = useState(null);
+
+    useEffect(() => {
+      const socket = socketManager.connect();
+
+      const handleConnectionStatus = (status) => {
+        setIsConnected(status.connected);
+        if (status.connected) {
+          setConnectionError(null);
+        }
+      };
+
+      const handleError = (error) => {
+        setConnectionError(error.message);
+      };
+
+      socketManager.on('connection:status', handleConnectionStatus);
+      socketManager.on('error', handleError);
+
+      // Subscribe to status updates
+      socket.emit('subscribe:status');
+
+      return () => {
+        socket.emit('unsubscribe:status');
+        socketManager.off('connection:status', handleConnectionStatus);
+        socketManager.off('error', handleError);
+      };
+    }, []);
+
+    const refreshService = useCallback((serviceId) => {
+      socketManager.emit('request:refresh', serviceId);
+    }, []);
+
+    return { isConnected, connectionError, refreshService };
+  }
+
+  // frontend/src/hooks/useRealtimeStatus.ts
+  function useRealtimeStatus() {
+    const queryClient = useQueryClient();
+
+    useEffect(() => {
+      const handleStatusUpdate = (update) => {
+        // Update single service
+        queryClient.setQueryData(['services', 'status'], (old) => {
+          if (!old) return old;
+
+          return old.map((service) =>
+            service.id === update.serviceId
+              ? {
+                  ...service,
+                  status: update.status,
+                  responseTime: update.responseTime,
+                  lastCheckAt: new Date(update.timestamp),
+                  details: update.details
+                    ? { ...service.details, ...update.details }
+                    : service.details,
+                }
+              : service,
+          );
+        });
+
+        // Trigger update animation
+        queryClient.setQueryData(['service-update', update.serviceId], update);
+      };
+
+      const handleBulkUpdate = (services) => {
+        // Update all services at once
+        queryClient.setQueryData(['services', 'status'], services);
+      };
+
+      socketManager.on('service:status', handleStatusUpdate);
+      socketManager.on('service:bulk-update', handleBulkUpdate);
+
+      return () => {
+        socketManager.off('service:status', handleStatusUpdate);
+        socketManager.off('service:bulk-update', handleBulkUpdate);
+      };
+    }, [queryClient]);
+  }
+  // ---- End of the seed's code. ----
+
+  // The dashboard page: React runs the child's effect (ConnectionStatus → useWebSocket, which connects) before
+  // the page's own (useRealtimeStatus, which attaches its handlers to the connected socket).
+  useWebSocket();
+  useRealtimeStatus();
+  t.after(() => socketManager.disconnect());
+  rec = new Recorder(socketManager.socket);
+  const cached = () => queryClient.getQueryData(['services', 'status']);
+  const status = (id) => cached()?.find((s) => s.id === id)?.status;
+  const ids = ['api', 'site', 'slow'];
+
+  /** What a client that subscribes now gets (the bulk snapshot), and what REST says now. */
+  async function fresh() {
+    const s = io(h.url, { auth: { token }, transports: ['websocket'], forceNew: true, reconnection: false });
+    try {
+      const bulk = new Promise((r) => s.once('service:bulk-update', r));
+      s.emit('subscribe:status');
+      return await withTimeout(bulk, 10_000, 'bulk snapshot of a new client');
+    } finally {
+      s.disconnect();
+    }
+  }
+  /** The cache holds, for every service, what a fresh snapshot holds (the fields the seed's handler maintains). */
+  async function assertCacheRight(label) {
+    const snapshot = await fresh();
+    const rest = (await request(h.url, '/api/monitors')).json.monitors;
+    assert.deepEqual(cached().map((s) => s.id), ids, label);
+    for (const s of snapshot) {
+      const c = cached().find((x) => x.id === s.id);
+      assert.equal(c.status, s.status, `${label}: ${s.id} status`);
+      assert.equal(c.status, rest.find((r) => r.id === s.id).status, `${label}: ${s.id} status is the current one`);
+      assert.equal(c.responseTime, s.responseTime, `${label}: ${s.id} responseTime`);
+      assert.ok(Number.isFinite(c.responseTime), `${label}: ${s.id} responseTime ${c.responseTime}`);
+      const at = c.lastCheckAt instanceof Date ? c.lastCheckAt.getTime() : Date.parse(c.lastCheckAt);
+      assert.equal(at, Date.parse(s.lastCheckAt), `${label}: ${s.id} lastCheckAt`);
+      assert.deepEqual(c.details, s.details, `${label}: ${s.id} details`);
+    }
+  }
+
+  await rec.until(() => cached() !== undefined, 10_000, 'bulk update');
+  await rec.until(() => ids.every((id) => status(id) === 'up'), 10_000, 'all up');
+  // Several checks of api and site that find them as they were: nothing to send, and the cache stays right.
+  const quiet = rec.named('service:status').length;
+  await web.state.hit(web.state.hits + 6);
+  await assertCacheRight('after unchanged checks');
+  assert.equal(rec.named('service:status').length, quiet, 'an unchanged check sends nothing');
+
+  // A status change reaches the cache; later checks that find the same change nothing.
+  web.state.status = 500;
+  await rec.until(() => status('api') === 'down' && status('site') === 'down', 10_000, 'both down');
+  await web.state.hit(web.state.hits + 4);
+  await assertCacheRight('after the status change');
+
+  // Herald restarts; the target recovers meanwhile. The seed's socket reconnects by itself.
+  await h.stop('SIGTERM');
+  web.state.status = 200;
+  await h.restart();
+  await rec.until(() => status('api') === 'up' && status('site') === 'up', 20_000, 'up again after the restart');
+  await web.state.hit(web.state.hits + 4);
+  await assertCacheRight('after the restart');
+
+  // Every update carried seed 002's fields and a change: none repeats what the previous one of its service said.
+  const updates = rec.named('service:status').map((e) => e.args[0]);
+  const last = new Map();
+  for (const u of updates) {
+    for (const k of ['serviceId', 'status', 'responseTime', 'timestamp']) assert.ok(k in u, `${k} in ${JSON.stringify(u)}`);
+    assert.ok(!Number.isNaN(Date.parse(u.timestamp)), u.timestamp);
+    const prev = last.get(u.serviceId);
+    assert.ok(!prev || prev.status !== u.status || 'details' in u, `a repeated update: ${JSON.stringify(prev)} → ${JSON.stringify(u)}`);
+    last.set(u.serviceId, u);
+  }
+});
+
+test('seed 000 REST, replayed: POST /api/targets with a flat target, pause and delete; answers are the objects target:updated carries; dashboardStats with the monitors channel alone', async (t) => {
+  const web = await httpTarget(t);
+  const tcp = await tcpTarget(t);
+  const udp = await udpTarget(t);
+  const h = await startHerald(t, { config: `api_keys = ["admin-key", { key = "publisher", publish = ["x"] }]\n[monitor]\npreset = "targets"\nthrottle = "0s"\n[socketio]\nserver_side_channels = ["monitors"]\n` });
+  const auth = { Authorization: 'Bearer admin-key' };
+
+  // The seed's frontend as its diagram describes it: services/socket.js dispatches target:updated and log:new into
+  // a Redux store; the addTarget thunk POSTs /api/targets, waits, and pushes the answer onto targets.items.
+  function tab() {
+    const state = { targets: { items: [] }, logs: { items: [] }, dashboard: { stats: null } };
+    const reducers = {
+      'targets/addTarget/fulfilled': (s, newTarget) => { s.targets.items.push(newTarget); },
+      'targets/targetUpdated': (s, data) => {
+        const i = s.targets.items.findIndex((x) => x.id === data.id);
+        if (i >= 0) s.targets.items[i] = data; else s.targets.items.push(data); // "appears instantly" in other tabs
+      },
+      'targets/deleteTarget/fulfilled': (s, id) => { s.targets.items = s.targets.items.filter((x) => x.id !== id); },
+      'logs/logAdded': (s, log) => { s.logs.items.unshift(log); },
+      'dashboard/statsUpdated': (s, stats) => { s.dashboard.stats = stats; },
+    };
+    const store = {
+      state,
+      dispatch(action) {
+        if (typeof action === 'function') return action(store.dispatch);
+        reducers[action.type](state, action.payload);
+        waiter._check();
+        return action;
+      },
+    };
+    const targetUpdated = (payload) => ({ type: 'targets/targetUpdated', payload });
+    const logAdded = (payload) => ({ type: 'logs/logAdded', payload });
+    const socket = io(h.url, { forceNew: true });
+    t.after(() => socket.disconnect());
+    const waiter = new Recorder(socket);
+    socket.on('target:updated', (data) => { store.dispatch(targetUpdated(data)); });
+    socket.on('log:new', (data) => { store.dispatch(logAdded(data)); });
+    socket.on('dashboardStats', (data) => { store.dispatch({ type: 'dashboard/statsUpdated', payload: data }); });
+    return { store, socket, waiter, until: (pred, label) => waiter.until(() => pred(state), 10_000, label) };
+  }
+  const api = async (path, init = {}) => {
+    const res = await fetch(h.url + path, { ...init, headers: { 'Content-Type': 'application/json', ...auth, ...init.headers } });
+    const text = await res.text();
+    if (!res.ok) throw Object.assign(new Error(`${path}: ${res.status} ${text}`), { status: res.status, body: JSON.parse(text) });
+    return { body: JSON.parse(text), text, status: res.status };
+  };
+  const answers = [];
+  const addTarget = (data) => async (dispatch) => {
+    const r = await api('/api/targets', { method: 'POST', body: JSON.stringify(data) });
+    answers.push(r);
+    dispatch({ type: 'targets/addTarget/fulfilled', payload: r.body });
+    return r.body;
+  };
+  const pauseTarget = (id) => async (dispatch) => {
+    const r = await api(`/api/targets/${id}/pause`, { method: 'PATCH' });
+    dispatch({ type: 'targets/targetUpdated', payload: r.body });
+    return r.body;
+  };
+  const deleteTarget = (id) => async (dispatch) => {
+    await api(`/api/targets/${id}`, { method: 'DELETE' });
+    dispatch({ type: 'targets/deleteTarget/fulfilled', payload: id });
+    return id;
+  };
+
+  const one = tab();
+  const two = tab();
+  await Promise.all([waitFor(one.socket, 'connect'), waitFor(two.socket, 'connect')]);
+  const added = [];
+  for (const data of [
+    { name: 'API', type: 'http', url: `${web.url}/health`, interval: 5 },
+    { name: 'Shop', type: 'keyword', url: `${web.url}/shop`, keyword: 'good', interval: 5 },
+    { name: 'DB', type: 'tcp', host: '127.0.0.1', port: tcp.port, interval: 5 },
+    { name: 'Game server', type: 'udp', host: '127.0.0.1', port: String(udp.port), interval: '5' },
+  ]) added.push(await one.store.dispatch(addTarget(data)));
+
+  for (const x of [one, two]) {
+    await x.until((s) => s.targets.items.length === 4 && s.targets.items.every((i) => i.status === 'up'), 'four targets up in each tab');
+    await x.until((s) => s.dashboard.stats?.total === 4 && s.dashboard.stats?.up === 4, 'dashboard stats from the monitors channel');
+    assert.deepEqual(new Set(x.store.state.targets.items.map((i) => i.id)).size, 4, 'each target once');
+  }
+  // The answers are the target objects the events carry, with the flat fields the frontend sent; 5 stays 5.
+  const [a, , db, game] = added;
+  assert.equal(answers[0].status, 201);
+  assert.match(answers[0].text, /"interval":5[,}]/);
+  assert.deepEqual([a.type, a.url, a.interval, a.name], ['http', `${web.url}/health`, 5, 'API']);
+  assert.deepEqual([added[1].type, added[1].keyword], ['keyword', 'good']);
+  assert.deepEqual([db.type, db.host, db.port], ['tcp', '127.0.0.1', tcp.port]);
+  assert.deepEqual([game.type, game.port, game.interval], ['udp', udp.port, 5]);
+  const event = one.waiter.named('target:updated').map((e) => e.args[0]).find((d) => d.id === a.id);
+  assert.deepEqual(Object.keys(a).sort(), Object.keys(event).sort(), 'the answer has the shape of target:updated');
+  assert.ok(one.store.state.logs.items.some((l) => l.monitorId === a.id), 'log:new');
+  const listed = (await api('/api/targets')).body;
+  assert.deepEqual(listed.map((x) => x.id).sort(), added.map((x) => x.id).sort());
+
+  // Pause: the answer and every tab show it paused.
+  const paused = await one.store.dispatch(pauseTarget(db.id));
+  assert.equal(paused.status, 'paused');
+  assert.equal(paused.paused, true);
+  await two.until((s) => s.targets.items.find((i) => i.id === db.id)?.paused === true, 'pause seen in the other tab');
+  await two.until((s) => s.dashboard.stats?.paused === 1, 'stats of the pause');
+  const resumed = await api(`/api/targets/${db.id}/resume`, { method: 'POST' });
+  assert.equal(resumed.body.paused, false);
+  // An edit with the flat fields (a form may send the object back as it got it).
+  const edited = await api(`/api/targets/${a.id}`, { method: 'PUT', body: JSON.stringify({ ...a, name: 'Public API', interval: 10 }) });
+  assert.deepEqual([edited.body.name, edited.body.interval, edited.body.url], ['Public API', 10, `${web.url}/health`]);
+
+  // Delete: gone from the list; stats updated everywhere.
+  await one.store.dispatch(deleteTarget(game.id));
+  assert.equal(one.store.state.targets.items.length, 3);
+  await two.until((s) => s.dashboard.stats?.total === 3, 'stats after the delete');
+  assert.equal((await request(h.url, `/api/targets/${game.id}`, { headers: auth })).status, 404);
+
+  // Bad input names the flat field; same keys and scope as /api/monitors.
+  const bad = async (body) => (await request(h.url, '/api/targets', { method: 'POST', body, headers: auth }));
+  for (const [body, field] of [
+    [{ name: 'x', type: 'http' }, 'url'],
+    [{ name: 'x', type: 'smtp', url: 'http://127.0.0.1/' }, 'type'],
+    [{ name: 'x', type: 'keyword', url: `${web.url}/` }, 'keyword'],
+    [{ name: 'x', type: 'tcp', host: '127.0.0.1' }, 'port'],
+    [{ name: 'x', type: 'http', url: 'http://nonexistent.invalid/' }, 'url'],
+    [{ name: 'x', type: 'http', url: `${web.url}/`, colour: 'red' }, 'colour'],
+  ]) {
+    const r = await bad(body);
+    assert.equal(r.status, 400, `${JSON.stringify(body)} → ${r.status} ${r.text}`);
+    assert.equal(r.json.error.code, 'invalid_request');
+    assert.equal(r.json.error.field, field, r.text);
+  }
+  assert.equal((await request(h.url, '/api/targets', { method: 'POST', body: { name: 'x', url: `${web.url}/` } })).status, 401);
+  const scoped = await request(h.url, '/api/targets', { method: 'POST', body: { name: 'x', url: `${web.url}/` }, headers: { Authorization: 'Bearer publisher' } });
+  assert.equal(scoped.status, 403, scoped.text);
+  assert.equal((await api('/api/targets')).body.length, 3, 'nothing was created by refused requests');
+});
+
+test('whole numbers stay integers on the wire and in REST (interval = 5 is 5, not 5.0); fractions stay fractions', async (t) => {
+  const tcp = await tcpTarget(t);
+  const h = await startHerald(t, { config: `[monitor]\nthrottle = "0s"\n[[monitor.monitors]]\nid = "cfg"\nname = "From config"\ninterval = 5\ntimeout = 2\ncheck = { kind = "tcp", host = "127.0.0.1", port = ${tcp.port} }\n` });
+  const ws = await openWs(t, `${wsBase(h)}/ws`);
+  await ws.subscribeOk('monitors');
+  const created = await request(h.url, '/api/monitors', { method: 'POST', body: { id: 'api', name: 'API', check: { kind: 'tcp', host: '127.0.0.1', port: tcp.port }, interval: 5, timeout: 1.5, degraded_ms: 800 } });
+  assert.equal(created.status, 201, created.text);
+  await ws.until(() => ws.events('monitors').some((e) => e.data.id === 'api' && e.data.status === 'up'), 10_000, 'api up');
+  await ws.until(() => ws.events('monitors').some((e) => e.data.id === 'cfg' && e.data.status === 'up'), 10_000, 'cfg up');
+  const floatZero = /":-?\d+\.0[,}\]]|,-?\d+\.0[,\]]/; // `5.0` as a value or an array element
+  const texts = {
+    created: created.text,
+    api: (await request(h.url, '/api/monitors/api')).text,
+    cfg: (await request(h.url, '/api/monitors/cfg')).text,
+    list: (await request(h.url, '/api/monitors')).text,
+    log: (await request(h.url, '/api/monitors/api/log')).text,
+    check: (await request(h.url, '/api/monitors/api/check', { method: 'POST' })).text,
+    wire: ws.raw.filter((r) => r.includes('"monitor:')).join('\n'),
+  };
+  for (const [where, text] of Object.entries(texts)) assert.doesNotMatch(text, floatZero, `${where}: ${text.slice(0, 400)}`);
+  const api = JSON.parse(texts.api);
+  assert.deepEqual([api.interval, api.definition.interval, api.definition.timeout, api.definition.degraded_ms], [5, 5, 1.5, 800]);
+  assert.match(texts.created, /"interval":5[,}]/);
+  assert.match(texts.api, /"interval":5[,}][^]*"interval":5[,}]/, 'the object and its definition');
+  assert.match(texts.api, /"degraded_ms":800[,}]/);
+  assert.match(texts.api, /"timeout":1\.5[,}]/);
+  assert.match(texts.cfg, /"interval":5[,}][^]*"timeout":2[,}]/);
+  assert.match(texts.wire, /"id":"cfg"[^\n]*"interval":5[,}]/);
+  assert.match(texts.wire, /"id":"api"[^\n]*"interval":5[,}]/);
+  // Without the targets preset, seed 000's routes do not exist.
+  assert.equal((await request(h.url, '/api/targets')).status, 404);
 });

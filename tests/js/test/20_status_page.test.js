@@ -115,7 +115,7 @@ test('status page: a monitor going down turns red without a reload, within one c
   assert.equal(cfg.status, 200, cfg.text);
   assert.deepEqual(cfg.json, {
     channel: 'monitors', statusEvent: 'monitor:status', changedOnly: false, bulkEvent: null,
-    removedEvent: 'monitor:removed', logEvent: 'monitor:log',
+    removedEvent: 'monitor:removed', logEvent: 'monitor:log', statsEvent: null,
   });
   const id = await createMonitor(h, {
     name: NASTY, check: { kind: 'http', url: target.url }, interval: INTERVAL_S, timeout: 1, tags: ['shop'],
