@@ -32,6 +32,7 @@ use crate::core::Core;
 use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::session::Gap;
+use crate::source::sql::STATUS_EVENT;
 use crate::policy::rate::Slot;
 use crate::transport::websocket::{self as ws, Incoming, Reader, Writer, deflate};
 
@@ -102,6 +103,20 @@ struct WsOutlet {
     outbox: Arc<Outbox<Message>>,
     shape: PayloadShape,
     deflate: bool,
+    /// On a data-shape connection: what its frontend holds, for a source's recovery.
+    view: parking_lot::Mutex<DataView>,
+}
+
+/// What a data-shape connection last sent, so a source status never reaches the frontend as data: an error goes
+/// out typed (`{"type":"error","code":"source_error",…}`, which a data-only frontend ignores like any error), and
+/// a recovery re-sends the last data if an error notice followed it (a changed result needs no re-send: it
+/// is published before the recovery, and is itself the news).
+#[derive(Default)]
+struct DataView {
+    /// The last data message sent, uncompressed.
+    last: Option<Bytes>,
+    /// A source error notice went out after `last`.
+    failing: bool,
 }
 
 fn text_of(e: &Event, shape: PayloadShape) -> Bytes {
@@ -112,6 +127,44 @@ fn text_of(e: &Event, shape: PayloadShape) -> Bytes {
 }
 
 impl WsOutlet {
+    /// Sends data `text` (a data-shape connection remembers it); `deflated` gives its compressed form.
+    fn data(&self, text: Bytes, deflated: impl FnOnce(&Bytes) -> Bytes) -> Result<(), Gone> {
+        // Held across the push: the view and the queue stay in the same order.
+        let _view = (self.shape == PayloadShape::Data).then(|| {
+            let mut view = self.view.lock();
+            *view = DataView {
+                last: Some(text.clone()),
+                failing: false,
+            };
+            view
+        });
+        self.outbox.push(self.message(text, deflated))
+    }
+
+    /// A `source:status` event on a data-shape connection, translated (see [`DataView`]); `None` if it is not a
+    /// status notice Herald wrote (then it is sent as data like any event).
+    fn source_status(&self, e: &Event) -> Option<Result<(), Gone>> {
+        if self.shape != PayloadShape::Data || e.name != STATUS_EVENT {
+            return None;
+        }
+        let mut notice: serde_json::Map<String, Value> = serde_json::from_str(e.data.get()).ok()?;
+        let mut view = self.view.lock();
+        if notice.get("status")?.as_str()? == "ok" {
+            if !std::mem::take(&mut view.failing) {
+                return Some(Ok(()));
+            }
+            let last = view.last.clone()?;
+            return Some(self.outbox.push(self.message(last, |t| deflate::compress(t))));
+        }
+        view.failing = true;
+        notice.insert("type".into(), Value::from("error"));
+        notice.insert("code".into(), Value::from("source_error"));
+        Some(
+            self.outbox
+                .push(Message::plain(Value::Object(notice).to_string())),
+        )
+    }
+
     fn message(&self, text: Bytes, deflated: impl FnOnce(&Bytes) -> Bytes) -> Message {
         if self.deflate && text.len() >= COMPRESS_FROM {
             Message {
@@ -133,14 +186,18 @@ impl Outlet for WsOutlet {
             PayloadShape::Envelope => (ENVELOPE, ENVELOPE_DEFLATED),
             PayloadShape::Data => (DATA, DATA_DEFLATED),
         };
+        if let Some(sent) = self.source_status(&event.event) {
+            return sent;
+        }
         let text = event.encoded(slot, |e| text_of(e, self.shape));
-        let msg = self.message(text, |t| event.encoded(zslot, |_| deflate::compress(t)));
-        self.outbox.push(msg)
+        self.data(text, |t| event.encoded(zslot, |_| deflate::compress(t)))
     }
 
     fn replayed(&self, event: &Event, _: &Registered) -> Result<(), Gone> {
-        let msg = self.message(text_of(event, self.shape), |t| deflate::compress(t));
-        self.outbox.push(msg)
+        if let Some(sent) = self.source_status(event) {
+            return sent;
+        }
+        self.data(text_of(event, self.shape), |t| deflate::compress(t))
     }
 
     fn gap(&self, gap: &Gap) -> Result<(), Gone> {
@@ -267,6 +324,7 @@ fn upgrade(
         outbox,
         shape,
         deflate: upgrade.deflate(),
+        view: parking_lot::Mutex::new(DataView::default()),
     };
     let feed = Feed::new(b.core.clone(), outlet, b.config.max_queue_bytes);
     // A direct URL's channel is registered before the 101 goes out: an event published the moment the
