@@ -89,11 +89,9 @@ pub fn router(state: ApiState) -> Router {
     for (path, id, body) in state.sources.history_routes() {
         history = history.route(
             &path,
-            get(
-                move |State(s): State<ApiState>, query| async move {
-                    sources::at_path(s, id, body, query).await
-                },
-            ),
+            get(move |State(s): State<ApiState>, query| async move {
+                sources::at_path(s, id, body, query).await
+            }),
         );
     }
     let history = history.layer(middleware::from_fn_with_state(state.clone(), require_key));

@@ -32,8 +32,8 @@ use crate::core::Core;
 use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::session::Gap;
-use crate::source::sql::STATUS_EVENT;
 use crate::policy::rate::Slot;
+use crate::source::sql::STATUS_EVENT;
 use crate::transport::websocket::{self as ws, Incoming, Reader, Writer, deflate};
 
 /// Slots of the shared message of a live event: envelope, bare data, and their compressed forms.
@@ -154,7 +154,10 @@ impl WsOutlet {
                 return Some(Ok(()));
             }
             let last = view.last.clone()?;
-            return Some(self.outbox.push(self.message(last, |t| deflate::compress(t))));
+            return Some(
+                self.outbox
+                    .push(self.message(last, |t| deflate::compress(t))),
+            );
         }
         view.failing = true;
         notice.insert("type".into(), Value::from("error"));

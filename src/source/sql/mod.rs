@@ -245,11 +245,10 @@ impl Source {
         );
         // Across restarts the last result is the channel's durable state, so nothing already published is
         // published again and rows deleted meanwhile are still noticed.
-        let last = self
-            .retained
-            .lock()
-            .remove(&channel)
-            .or_else(|| poller::stored_state(core, &channel, self.config.mode, self.config.result));
+        let last =
+            self.retained.lock().remove(&channel).or_else(|| {
+                poller::stored_state(core, &channel, self.config.mode, self.config.result)
+            });
         tracing::debug!(source = %self.config.id, %channel, "poller started");
         tokio::spawn(poller::run(poller::Poller {
             source: self.clone(),
@@ -643,12 +642,16 @@ pub fn check_config(sources: &[SqlSourceConfig], socketio_path: &str) -> Result<
         if s.result == ResultShape::Object && s.mode == SqlMode::Rows {
             return bad(
                 "result",
-                "\"object\" shapes a `full` result; rows mode sends one row per event already".into(),
+                "\"object\" shapes a `full` result; rows mode sends one row per event already"
+                    .into(),
             );
         }
         if let Some(path) = &s.history_path {
             if s.history_sql.is_none() {
-                return bad("history_path", "needs history_sql, the query it serves".into());
+                return bad(
+                    "history_path",
+                    "needs history_sql, the query it serves".into(),
+                );
             }
             if let Err(m) = check_history_path(path, socketio_path) {
                 return bad("history_path", m);
@@ -733,9 +736,18 @@ mod tests {
 
     #[test]
     fn config_errors_name_source_and_field() {
-        assert!(check_config(&[source("select * from t where u = {unit}", "unit:{unit}")], SIO).is_ok());
-        let e =
-            check_config(&[source("select * from t where u = {unti}", "unit:{unit}")], SIO).unwrap_err();
+        assert!(
+            check_config(
+                &[source("select * from t where u = {unit}", "unit:{unit}")],
+                SIO
+            )
+            .is_ok()
+        );
+        let e = check_config(
+            &[source("select * from t where u = {unti}", "unit:{unit}")],
+            SIO,
+        )
+        .unwrap_err();
         assert!(
             e.contains("(id \"s\") field `sql`: unknown parameter {unti}"),
             "{e}"
@@ -750,7 +762,11 @@ mod tests {
         assert!(check_config(&[s], SIO).unwrap_err().contains("field `key`"));
         let mut s = source("select 1", "one");
         s.listen = Some("x".into());
-        assert!(check_config(&[s], SIO).unwrap_err().contains("field `listen`"));
+        assert!(
+            check_config(&[s], SIO)
+                .unwrap_err()
+                .contains("field `listen`")
+        );
     }
 
     #[test]
@@ -761,7 +777,13 @@ mod tests {
             s.history_path = Some(path.into());
             s
         };
-        for ok in ["/historical-data/", "/report-data", "/x/y.json", "/apiary", "/socket.iox"] {
+        for ok in [
+            "/historical-data/",
+            "/report-data",
+            "/x/y.json",
+            "/apiary",
+            "/socket.iox",
+        ] {
             assert!(check_config(&[with_path(ok)], SIO).is_ok(), "{ok}");
         }
         for (bad, why) in [
@@ -780,7 +802,10 @@ mod tests {
             ("/a/../b", "'..'"),
         ] {
             let e = check_config(&[with_path(bad)], SIO).unwrap_err();
-            assert!(e.contains("field `history_path`") && e.contains(why), "{bad}: {e}");
+            assert!(
+                e.contains("field `history_path`") && e.contains(why),
+                "{bad}: {e}"
+            );
         }
         let e = check_config(&[with_path("/engine/")], "/engine").unwrap_err();
         assert!(e.contains("/engine"), "{e}");
@@ -790,7 +815,11 @@ mod tests {
         assert!(e.contains("already serves"), "{e}");
         let mut no_sql = source("select 1", "one");
         no_sql.history_path = Some("/h".into());
-        assert!(check_config(&[no_sql], SIO).unwrap_err().contains("needs history_sql"));
+        assert!(
+            check_config(&[no_sql], SIO)
+                .unwrap_err()
+                .contains("needs history_sql")
+        );
     }
 
     #[test]
@@ -798,16 +827,25 @@ mod tests {
         let row = |s: &str| -> db::Row { Arc::from(RawValue::from_string(s.to_owned()).unwrap()) };
         assert_eq!(shaped(&[], ResultShape::Object).unwrap().get(), "null");
         assert_eq!(
-            shaped(&[row(r#"{"a":1}"#)], ResultShape::Object).unwrap().get(),
+            shaped(&[row(r#"{"a":1}"#)], ResultShape::Object)
+                .unwrap()
+                .get(),
             r#"{"a":1}"#
         );
         let e = shaped(&[row("{}"), row("{}")], ResultShape::Object).unwrap_err();
         assert!(e.contains("at most one row") && e.contains('2'), "{e}");
-        assert_eq!(shaped(&[row("{}")], ResultShape::Array).unwrap().get(), "[{}]");
+        assert_eq!(
+            shaped(&[row("{}")], ResultShape::Array).unwrap().get(),
+            "[{}]"
+        );
         let mut s = source("select 1", "one");
         s.mode = SqlMode::Rows;
         s.key = vec!["a".into()];
         s.result = ResultShape::Object;
-        assert!(check_config(&[s], SIO).unwrap_err().contains("field `result`"));
+        assert!(
+            check_config(&[s], SIO)
+                .unwrap_err()
+                .contains("field `result`")
+        );
     }
 }
