@@ -793,7 +793,8 @@ impl Config {
         }
         self.limits.validate()?;
         self.auth.validate()?;
-        crate::source::sql::check_config(&self.sources.sql).map_err(ConfigError::Invalid)?;
+        crate::source::sql::check_config(&self.sources.sql, &self.socketio.path)
+            .map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -882,6 +883,15 @@ pub struct SqlSourceConfig {
     /// One-shot query served by `GET /api/sources/{id}/query`; its parameters come from the query string.
     #[serde(default)]
     pub history_sql: Option<String>,
+    /// A further path serving `history_sql` (a frontend's own REST path, e.g. `/historical-data/`).
+    #[serde(default)]
+    pub history_path: Option<String>,
+    /// Body shape of `history_path` answers.
+    #[serde(default)]
+    pub history_body: HistoryBody,
+    /// Shape of a `full` result: the rows as an array, or the one row as an object.
+    #[serde(default)]
+    pub result: ResultShape,
     /// Most channels (parameter sets) polled at once: subscribers to further channels get no poller, so clients
     /// cannot make the database run arbitrarily many queries.
     #[serde(default = "default_sql_max_channels")]
@@ -901,6 +911,30 @@ pub enum SqlMode {
     Full,
     /// `insert`/`update`/`delete` events, one per changed row.
     Rows,
+}
+
+/// How a `full` source's result (and a `history_body = "object"` answer) is shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultShape {
+    /// The rows as a JSON array.
+    #[default]
+    Array,
+    /// The only row as a JSON object; no row is `null`, more than one is an error.
+    Object,
+}
+
+/// Body of the answers served at a source's `history_path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryBody {
+    /// `{"source":…,"rows":[…]}`, as `/api/sources/{id}/query` answers.
+    #[default]
+    Wrapped,
+    /// The bare array of rows.
+    Rows,
+    /// The only row as an object (`null` when there is none; more than one is an error).
+    Object,
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

@@ -111,7 +111,18 @@ pub fn router(state: ApiState) -> Router {
     let metrics = Router::new()
         .route("/metrics", get(monitors::prometheus))
         .layer(middleware::from_fn_with_state(state.clone(), require_key));
-    let public = Router::new().merge(metrics);
+    // A source's history query at its frontend's own path: behind the same key check as `/api/sources/{id}/query`.
+    let mut history = Router::new();
+    for (path, id, body) in state.sources.history_routes() {
+        history = history.route(
+            &path,
+            get(move |State(s): State<ApiState>, query| async move {
+                sources::at_path(s, id, body, query).await
+            }),
+        );
+    }
+    let history = history.layer(middleware::from_fn_with_state(state.clone(), require_key));
+    let public = Router::new().merge(metrics).merge(history);
     let public = if state.status_page {
         public
             .route("/status", get(monitors::status_page))

@@ -1,5 +1,6 @@
 //! Live SQL sources: `GET /api/sources` (list and status), `GET /api/sources/{id}`, and
-//! `GET /api/sources/{id}/query?param=…`, which runs a source's one-shot `history_sql` with bound parameters.
+//! `GET /api/sources/{id}/query?param=…`, which runs a source's one-shot `history_sql` with bound parameters;
+//! the same query at a source's own `history_path`, in the body shape its frontend reads.
 
 use std::collections::HashMap;
 
@@ -12,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::ApiState;
 use super::error::ApiError;
+use crate::config::{HistoryBody, ResultShape};
 use crate::source::sql::QueryError;
 use crate::source::sql::template::Params;
 
@@ -35,40 +37,72 @@ pub async fn query(
     Path(id): Path<String>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    answer(&state, &id, query, HistoryBody::Wrapped).await
+}
+
+/// `GET <history_path>?name=value…`: source `id`'s one-shot query, answered in `body`'s shape.
+pub async fn at_path(
+    state: ApiState,
+    id: String,
+    body: HistoryBody,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    answer(&state, &id, query, body).await
+}
+
+async fn answer(
+    state: &ApiState,
+    id: &str,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    body: HistoryBody,
+) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let params: Params = query.into_iter().collect();
+    let shape = match body {
+        HistoryBody::Object => ResultShape::Object,
+        HistoryBody::Wrapped | HistoryBody::Rows => ResultShape::Array,
+    };
     let rows = state
         .sources
-        .query(&id, &params)
+        .query_as(id, &params, shape)
         .await
-        .map_err(|e| match e {
-            QueryError::UnknownSource(_) => unknown(&id),
-            QueryError::NoHistory(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "no_history_query", e.to_string())
-            }
-            QueryError::MissingParam(_) => ApiError::invalid(e.to_string()),
-            QueryError::TooManyRows(_) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "too_many_rows",
-                e.to_string(),
-            ),
-            QueryError::Db(d) => {
-                tracing::warn!(source = %id, error = %d, "one-shot query failed");
-                let status = match d {
-                    crate::source::sql::db::DbError::Query(_) => StatusCode::BAD_REQUEST,
-                    _ => StatusCode::SERVICE_UNAVAILABLE,
-                };
-                ApiError::new(status, "query_failed", d.to_string())
-            }
-        })?;
+        .map_err(|e| refused(id, e))?;
     // The rows are spliced in as stored JSON text: no re-parse, exact decimals.
-    let id_json = serde_json::to_string(&id).unwrap_or_else(|_| "\"\"".into());
-    let body = format!("{{\"source\":{id_json},\"rows\":{}}}", rows.get());
+    let text = match body {
+        HistoryBody::Wrapped => {
+            let id_json = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
+            format!("{{\"source\":{id_json},\"rows\":{}}}", rows.get())
+        }
+        HistoryBody::Rows | HistoryBody::Object => rows.get().to_owned(),
+    };
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body,
+        text,
     )
         .into_response())
+}
+
+fn refused(id: &str, e: QueryError) -> ApiError {
+    match e {
+        QueryError::UnknownSource(_) => unknown(id),
+        QueryError::NoHistory(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "no_history_query", e.to_string())
+        }
+        QueryError::MissingParam(_) => ApiError::invalid(e.to_string()),
+        QueryError::TooManyRows(_) | QueryError::NotOneRow(_) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_rows",
+            e.to_string(),
+        ),
+        QueryError::Db(d) => {
+            tracing::warn!(source = %id, error = %d, "one-shot query failed");
+            let status = match d {
+                crate::source::sql::db::DbError::Query(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            ApiError::new(status, "query_failed", d.to_string())
+        }
+    }
 }
 
 fn unknown(id: &str) -> ApiError {

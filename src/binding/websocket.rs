@@ -33,6 +33,7 @@ use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::session::Gap;
 use crate::policy::rate::Slot;
+use crate::source::sql::STATUS_EVENT;
 use crate::transport::websocket::{self as ws, Incoming, Reader, Writer, deflate};
 
 /// Slots of the shared message of a live event: envelope, bare data, and their compressed forms.
@@ -42,6 +43,9 @@ const ENVELOPE_DEFLATED: EncodingSlot = EncodingSlot(5);
 const DATA_DEFLATED: EncodingSlot = EncodingSlot(6);
 /// Messages shorter than this are sent uncompressed: deflate would not pay for itself.
 const COMPRESS_FROM: usize = 128;
+/// Largest data message a data-shape connection keeps for a source's recovery (see [`DataView`]): a live event's
+/// message is shared with every connection, but a replayed one is this connection's own copy.
+const RESEND_MAX_BYTES: usize = 64 * 1024;
 /// Close code for an expired token (4000–4999 are the application's; 4401 mirrors HTTP 401).
 const TOKEN_EXPIRED: u16 = 4401;
 /// Client requests waiting for the request task before reading pauses.
@@ -102,6 +106,20 @@ struct WsOutlet {
     outbox: Arc<Outbox<Message>>,
     shape: PayloadShape,
     deflate: bool,
+    /// On a data-shape connection: what its frontend holds, for a source's recovery.
+    view: parking_lot::Mutex<DataView>,
+}
+
+/// What a data-shape connection last sent, so a source status never reaches the frontend as data: an error goes
+/// out typed (`{"type":"error","code":"source_error",…}`, which a data-only frontend ignores like any error), and
+/// a recovery re-sends the last data if an error notice followed it (a changed result needs no re-send: it
+/// is published before the recovery, and is itself the news).
+#[derive(Default)]
+struct DataView {
+    /// The last data message sent, uncompressed, if at most `RESEND_MAX_BYTES`.
+    last: Option<Bytes>,
+    /// A source error notice went out after `last`.
+    failing: bool,
 }
 
 fn text_of(e: &Event, shape: PayloadShape) -> Bytes {
@@ -112,6 +130,49 @@ fn text_of(e: &Event, shape: PayloadShape) -> Bytes {
 }
 
 impl WsOutlet {
+    /// Sends data `text` (a data-shape connection remembers it); `deflated` gives its compressed form.
+    fn data(&self, text: Bytes, deflated: impl FnOnce(&Bytes) -> Bytes) -> Result<(), Gone> {
+        // Held across the push: the view and the queue stay in the same order.
+        let _view = (self.shape == PayloadShape::Data).then(|| {
+            let mut view = self.view.lock();
+            *view = DataView {
+                last: (text.len() <= RESEND_MAX_BYTES).then(|| text.clone()),
+                failing: false,
+            };
+            view
+        });
+        self.outbox.push(self.message(text, deflated))
+    }
+
+    /// A `source:status` event on a data-shape connection, translated (see [`DataView`]); `None` if it is not a
+    /// status notice Herald wrote (then it is sent as data like any event).
+    fn source_status(&self, e: &Event) -> Option<Result<(), Gone>> {
+        if self.shape != PayloadShape::Data || e.name != STATUS_EVENT {
+            return None;
+        }
+        let mut notice: serde_json::Map<String, Value> = serde_json::from_str(e.data.get()).ok()?;
+        let mut view = self.view.lock();
+        if notice.get("status")?.as_str()? == "ok" {
+            if !std::mem::take(&mut view.failing) {
+                return Some(Ok(()));
+            }
+            // Nothing kept (no data yet, or too large to keep): the recovery sends nothing.
+            return Some(match view.last.clone() {
+                Some(last) => self
+                    .outbox
+                    .push(self.message(last, |t| deflate::compress(t))),
+                None => Ok(()),
+            });
+        }
+        view.failing = true;
+        notice.insert("type".into(), Value::from("error"));
+        notice.insert("code".into(), Value::from("source_error"));
+        Some(
+            self.outbox
+                .push(Message::plain(Value::Object(notice).to_string())),
+        )
+    }
+
     fn message(&self, text: Bytes, deflated: impl FnOnce(&Bytes) -> Bytes) -> Message {
         if self.deflate && text.len() >= COMPRESS_FROM {
             Message {
@@ -133,14 +194,18 @@ impl Outlet for WsOutlet {
             PayloadShape::Envelope => (ENVELOPE, ENVELOPE_DEFLATED),
             PayloadShape::Data => (DATA, DATA_DEFLATED),
         };
+        if let Some(sent) = self.source_status(&event.event) {
+            return sent;
+        }
         let text = event.encoded(slot, |e| text_of(e, self.shape));
-        let msg = self.message(text, |t| event.encoded(zslot, |_| deflate::compress(t)));
-        self.outbox.push(msg)
+        self.data(text, |t| event.encoded(zslot, |_| deflate::compress(t)))
     }
 
     fn replayed(&self, event: &Event, _: &Registered) -> Result<(), Gone> {
-        let msg = self.message(text_of(event, self.shape), |t| deflate::compress(t));
-        self.outbox.push(msg)
+        if let Some(sent) = self.source_status(event) {
+            return sent;
+        }
+        self.data(text_of(event, self.shape), |t| deflate::compress(t))
     }
 
     fn gap(&self, gap: &Gap) -> Result<(), Gone> {
@@ -267,6 +332,7 @@ fn upgrade(
         outbox,
         shape,
         deflate: upgrade.deflate(),
+        view: parking_lot::Mutex::new(DataView::default()),
     };
     let feed = Feed::new(b.core.clone(), outlet, b.config.max_queue_bytes);
     // Names the connection in log lines.
@@ -613,4 +679,99 @@ fn error_message(id: Option<Value>, code: &str, message: &str) -> String {
         v["id"] = id;
     }
     v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn event(name: &str, data: &str) -> Arc<SharedEvent> {
+        SharedEvent::new(Event {
+            channel: ChannelName::new("Final 1A").unwrap(),
+            offset: 1,
+            epoch: Arc::from("e"),
+            id: "i".into(),
+            name: name.into(),
+            data: RawValue::from_string(data.into()).unwrap(),
+            time: 0,
+            seq: 1,
+            channel_id: 1,
+            state: None,
+        })
+    }
+
+    fn outlet(shape: PayloadShape) -> WsOutlet {
+        WsOutlet {
+            outbox: Arc::new(Outbox::new(1 << 20)),
+            shape,
+            deflate: false,
+            view: parking_lot::Mutex::new(DataView::default()),
+        }
+    }
+
+    async fn sent(o: &WsOutlet) -> Vec<Value> {
+        let mut batch = Vec::new();
+        o.outbox.next_batch(&mut batch).await;
+        batch
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect()
+    }
+
+    const ERROR: &str = r#"{"source":"s","channel":"Final 1A","status":"error","message":"down"}"#;
+    const OK: &str = r#"{"source":"s","channel":"Final 1A","status":"ok","message":null}"#;
+
+    #[tokio::test]
+    async fn data_urls_never_send_a_status_as_data() {
+        let o = outlet(PayloadShape::Data);
+        o.live(&event("result", r#"{"models":[1]}"#)).unwrap();
+        o.live(&event(STATUS_EVENT, ERROR)).unwrap();
+        o.live(&event(STATUS_EVENT, OK)).unwrap();
+        // A second recovery notice with no error before it re-sends nothing.
+        o.live(&event(STATUS_EVENT, OK)).unwrap();
+        let got = sent(&o).await;
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0], json!({"models": [1]}));
+        assert_eq!(got[1]["type"], "error");
+        assert_eq!(got[1]["code"], "source_error");
+        assert_eq!(got[1]["message"], "down");
+        assert_eq!(
+            got[2],
+            json!({"models": [1]}),
+            "the recovery re-sends the data"
+        );
+
+        // A changed result before the recovery is the only data message.
+        o.live(&event(STATUS_EVENT, ERROR)).unwrap();
+        o.live(&event("result", r#"{"models":[2]}"#)).unwrap();
+        o.live(&event(STATUS_EVENT, OK)).unwrap();
+        let got = sent(&o).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[1], json!({"models": [2]}));
+
+        // Data too large to keep, or none yet: the recovery sends nothing at all.
+        let big = format!(r#"{{"x":"{}"}}"#, "a".repeat(RESEND_MAX_BYTES));
+        o.live(&event("result", &big)).unwrap();
+        o.live(&event(STATUS_EVENT, ERROR)).unwrap();
+        o.live(&event(STATUS_EVENT, OK)).unwrap();
+        assert_eq!(sent(&o).await.len(), 2);
+        let fresh = outlet(PayloadShape::Data);
+        fresh.live(&event(STATUS_EVENT, ERROR)).unwrap();
+        fresh.live(&event(STATUS_EVENT, OK)).unwrap();
+        assert_eq!(sent(&fresh).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn envelopes_and_foreign_status_events_pass_unchanged() {
+        let o = outlet(PayloadShape::Envelope);
+        o.live(&event(STATUS_EVENT, OK)).unwrap();
+        let got = sent(&o).await;
+        assert_eq!(got[0]["type"], "event");
+        assert_eq!(got[0]["event"], STATUS_EVENT);
+        // Not a status notice Herald wrote (no `status`): data like any event.
+        let d = outlet(PayloadShape::Data);
+        d.live(&event(STATUS_EVENT, r#"{"note":1}"#)).unwrap();
+        assert_eq!(sent(&d).await, vec![json!({"note": 1})]);
+    }
 }

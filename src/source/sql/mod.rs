@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::config::{SqlMode, SqlSourceConfig};
+use crate::config::{HistoryBody, ResultShape, SqlMode, SqlSourceConfig};
 use crate::core::Core;
 use crate::core::channel::{ChannelName, Pattern};
 use crate::core::state::Snapshot;
@@ -62,6 +62,9 @@ pub enum QueryError {
     /// The result has more rows than `max_rows`.
     #[error("the result has more than {0} rows (max_rows)")]
     TooManyRows(usize),
+    /// An answer shaped as one object found more than one row.
+    #[error("{0}")]
+    NotOneRow(String),
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -168,9 +171,14 @@ pub struct SourceInfo {
     /// PostgreSQL `LISTEN` channel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// Shape of a `full` result: `array` or `object`.
+    pub result: ResultShape,
     /// Parameters of the one-shot query (`/api/sources/{id}/query`), if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history_params: Option<Vec<String>>,
+    /// The further path serving the one-shot query, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_path: Option<String>,
     /// Queries run since start.
     pub queries: u64,
     /// Channels being polled now.
@@ -195,7 +203,9 @@ impl Source {
             interval_ms: self.config.interval.as_millis(),
             max_rows: self.config.max_rows,
             listen: self.config.listen.clone(),
+            result: self.config.result,
             history_params: self.history.as_ref().map(|_| self.history_params.clone()),
+            history_path: self.config.history_path.clone(),
             queries: self.queries.load(Ordering::Relaxed),
             channels,
         }
@@ -235,11 +245,10 @@ impl Source {
         );
         // Across restarts the last result is the channel's durable state, so nothing already published is
         // published again and rows deleted meanwhile are still noticed.
-        let last = self
-            .retained
-            .lock()
-            .remove(&channel)
-            .or_else(|| poller::stored_state(core, &channel, self.config.mode));
+        let last =
+            self.retained.lock().remove(&channel).or_else(|| {
+                poller::stored_state(core, &channel, self.config.mode, self.config.result)
+            });
         tracing::debug!(source = %self.config.id, %channel, "poller started");
         tokio::spawn(poller::run(poller::Poller {
             source: self.clone(),
@@ -348,8 +357,34 @@ impl SqlSources {
         self.sources.iter().find(|s| s.config.id == id)
     }
 
+    /// The `history_path` of every source that has one: `(path, source id, body shape)`.
+    pub fn history_routes(&self) -> Vec<(String, String, HistoryBody)> {
+        self.sources
+            .iter()
+            .filter_map(|s| {
+                let path = s.config.history_path.clone()?;
+                Some((path, s.config.id.clone(), s.config.history_body))
+            })
+            .collect()
+    }
+
+    /// Runs source `id`'s one-shot `history_sql` with `params` bound; the rows, shaped as `shape`.
+    pub async fn query_as(
+        &self,
+        id: &str,
+        params: &Params,
+        shape: ResultShape,
+    ) -> Result<Box<RawValue>, QueryError> {
+        let rows = self.query_rows(id, params).await?;
+        shaped(&rows, shape).map_err(QueryError::NotOneRow)
+    }
+
     /// Runs source `id`'s one-shot `history_sql` with `params` bound; the rows as a JSON array.
     pub async fn query(&self, id: &str, params: &Params) -> Result<Box<RawValue>, QueryError> {
+        self.query_as(id, params, ResultShape::Array).await
+    }
+
+    async fn query_rows(&self, id: &str, params: &Params) -> Result<Vec<db::Row>, QueryError> {
         let source = self
             .find(id)
             .ok_or_else(|| QueryError::UnknownSource(id.to_owned()))?;
@@ -367,7 +402,7 @@ impl SqlSources {
         if fetched.over_limit {
             return Err(QueryError::TooManyRows(max));
         }
-        Ok(json_array(&fetched.rows))
+        Ok(fetched.rows)
     }
 
     /// Stops every poller and closes the pools.
@@ -408,6 +443,22 @@ fn json_array(rows: &[db::Row]) -> Box<RawValue> {
     s.push(']');
     // Each row is valid JSON, so the array is too.
     RawValue::from_string(s).unwrap_or_else(|_| empty_array())
+}
+
+/// The rows as `shape` says: the array, or the only row as an object (`null` for none). More than one row for
+/// an object is an error, the message saying so.
+pub(crate) fn shaped(rows: &[db::Row], shape: ResultShape) -> Result<Box<RawValue>, String> {
+    match (shape, rows) {
+        (ResultShape::Array, _) => Ok(json_array(rows)),
+        (ResultShape::Object, []) => Ok(RawValue::from_string("null".into()).unwrap_or_default()),
+        (ResultShape::Object, [one]) => {
+            Ok(RawValue::from_string(one.get().to_owned()).unwrap_or_else(|_| empty_array()))
+        }
+        (ResultShape::Object, many) => Err(format!(
+            "result = \"object\" needs at most one row, and the query returned {}",
+            many.len()
+        )),
+    }
 }
 
 fn empty_array() -> Box<RawValue> {
@@ -491,8 +542,9 @@ async fn open_source(cfg: &SqlSourceConfig) -> Result<Source, SourceError> {
 }
 
 /// Checks every `[[sources.sql]]` entry without contacting a database; the message names the source and field.
-pub fn check_config(sources: &[SqlSourceConfig]) -> Result<(), String> {
+pub fn check_config(sources: &[SqlSourceConfig], socketio_path: &str) -> Result<(), String> {
     let mut seen = std::collections::HashSet::new();
+    let mut paths = std::collections::HashMap::new();
     for (i, s) in sources.iter().enumerate() {
         let bad = |field: &str, m: String| {
             Err(format!(
@@ -587,6 +639,30 @@ pub fn check_config(sources: &[SqlSourceConfig]) -> Result<(), String> {
         if s.pool_size == 0 {
             return bad("pool_size", "must be at least 1".into());
         }
+        if s.result == ResultShape::Object && s.mode == SqlMode::Rows {
+            return bad(
+                "result",
+                "\"object\" shapes a `full` result; rows mode sends one row per event already"
+                    .into(),
+            );
+        }
+        if let Some(path) = &s.history_path {
+            if s.history_sql.is_none() {
+                return bad(
+                    "history_path",
+                    "needs history_sql, the query it serves".into(),
+                );
+            }
+            if let Err(m) = check_history_path(path, socketio_path) {
+                return bad("history_path", m);
+            }
+            if let Some(other) = paths.insert(path.as_str(), s.id.as_str()) {
+                return bad(
+                    "history_path",
+                    format!("source {other:?} already serves {path:?}"),
+                );
+            }
+        }
         if let Some(l) = &s.listen {
             if !(s.url.starts_with("postgres://") || s.url.starts_with("postgresql://")) {
                 return bad("listen", "LISTEN exists on PostgreSQL only".into());
@@ -599,9 +675,57 @@ pub fn check_config(sources: &[SqlSourceConfig]) -> Result<(), String> {
     Ok(())
 }
 
+/// Path prefixes Herald serves itself; a `history_path` may be none of them nor lie below one.
+const OWN_PATHS: [&str; 7] = [
+    "/api", "/ws", "/sse", "/healthz", "/metrics", "/status", "/badge",
+];
+
+/// A `history_path` is a literal path (no route patterns) that takes none of Herald's own routes.
+fn check_history_path(path: &str, socketio_path: &str) -> Result<(), String> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err("must start with '/'".into());
+    };
+    if path.len() > 200 {
+        return Err("must be at most 200 characters".into());
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    for (i, seg) in segments.iter().enumerate() {
+        // A trailing slash (`/historical-data/`) is kept: the route is exactly the configured path.
+        if seg.is_empty() && i == last {
+            continue;
+        }
+        if seg.is_empty() || *seg == "." || *seg == ".." {
+            return Err("has an empty, '.' or '..' segment".into());
+        }
+        if !seg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+        {
+            return Err("may contain only letters, digits, '-', '.', '_', '~' and '/'".into());
+        }
+    }
+    let socketio = socketio_path.trim_end_matches('/');
+    let own = OWN_PATHS
+        .iter()
+        .copied()
+        .chain((!socketio.is_empty()).then_some(socketio));
+    for prefix in own {
+        let under = path
+            .strip_prefix(prefix)
+            .is_some_and(|r| r.is_empty() || r.starts_with('/'));
+        if under {
+            return Err(format!("collides with Herald's own route {prefix}"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SIO: &str = "/socket.io";
 
     fn source(sql: &str, channel: &str) -> SqlSourceConfig {
         toml::from_str(&format!(
@@ -612,23 +736,116 @@ mod tests {
 
     #[test]
     fn config_errors_name_source_and_field() {
-        assert!(check_config(&[source("select * from t where u = {unit}", "unit:{unit}")]).is_ok());
-        let e =
-            check_config(&[source("select * from t where u = {unti}", "unit:{unit}")]).unwrap_err();
+        assert!(
+            check_config(
+                &[source("select * from t where u = {unit}", "unit:{unit}")],
+                SIO
+            )
+            .is_ok()
+        );
+        let e = check_config(
+            &[source("select * from t where u = {unti}", "unit:{unit}")],
+            SIO,
+        )
+        .unwrap_err();
         assert!(
             e.contains("(id \"s\") field `sql`: unknown parameter {unti}"),
             "{e}"
         );
-        let e = check_config(&[source("select 1", "unit:{unit}")]).unwrap_err();
+        let e = check_config(&[source("select 1", "unit:{unit}")], SIO).unwrap_err();
         assert!(e.contains("field `channel`"), "{e}");
         let mut s = source("select 1", "one");
         s.url = "oracle://x".into();
-        assert!(check_config(&[s]).unwrap_err().contains("field `url`"));
+        assert!(check_config(&[s], SIO).unwrap_err().contains("field `url`"));
         let mut s = source("select 1", "one");
         s.mode = SqlMode::Rows;
-        assert!(check_config(&[s]).unwrap_err().contains("field `key`"));
+        assert!(check_config(&[s], SIO).unwrap_err().contains("field `key`"));
         let mut s = source("select 1", "one");
         s.listen = Some("x".into());
-        assert!(check_config(&[s]).unwrap_err().contains("field `listen`"));
+        assert!(
+            check_config(&[s], SIO)
+                .unwrap_err()
+                .contains("field `listen`")
+        );
+    }
+
+    #[test]
+    fn history_paths_are_literal_and_never_herald_routes() {
+        let with_path = |path: &str| {
+            let mut s = source("select 1", "one");
+            s.history_sql = Some("select 2".into());
+            s.history_path = Some(path.into());
+            s
+        };
+        for ok in [
+            "/historical-data/",
+            "/report-data",
+            "/x/y.json",
+            "/apiary",
+            "/socket.iox",
+        ] {
+            assert!(check_config(&[with_path(ok)], SIO).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("/api", "/api"),
+            ("/api/sources/s/query", "/api"),
+            ("/ws/x", "/ws"),
+            ("/sse", "/sse"),
+            ("/socket.io/", "/socket.io"),
+            ("/healthz", "/healthz"),
+            ("/metrics", "/metrics"),
+            ("/status/x", "/status"),
+            ("/badge/1", "/badge"),
+            ("historical", "start with '/'"),
+            ("/a/{b}", "may contain only"),
+            ("/a//b", "empty"),
+            ("/a/../b", "'..'"),
+        ] {
+            let e = check_config(&[with_path(bad)], SIO).unwrap_err();
+            assert!(
+                e.contains("field `history_path`") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
+        let e = check_config(&[with_path("/engine/")], "/engine").unwrap_err();
+        assert!(e.contains("/engine"), "{e}");
+        let mut other = with_path("/report-data");
+        other.id = "t".into();
+        let e = check_config(&[with_path("/report-data"), other], SIO).unwrap_err();
+        assert!(e.contains("already serves"), "{e}");
+        let mut no_sql = source("select 1", "one");
+        no_sql.history_path = Some("/h".into());
+        assert!(
+            check_config(&[no_sql], SIO)
+                .unwrap_err()
+                .contains("needs history_sql")
+        );
+    }
+
+    #[test]
+    fn object_results_are_one_row() {
+        let row = |s: &str| -> db::Row { Arc::from(RawValue::from_string(s.to_owned()).unwrap()) };
+        assert_eq!(shaped(&[], ResultShape::Object).unwrap().get(), "null");
+        assert_eq!(
+            shaped(&[row(r#"{"a":1}"#)], ResultShape::Object)
+                .unwrap()
+                .get(),
+            r#"{"a":1}"#
+        );
+        let e = shaped(&[row("{}"), row("{}")], ResultShape::Object).unwrap_err();
+        assert!(e.contains("at most one row") && e.contains('2'), "{e}");
+        assert_eq!(
+            shaped(&[row("{}")], ResultShape::Array).unwrap().get(),
+            "[{}]"
+        );
+        let mut s = source("select 1", "one");
+        s.mode = SqlMode::Rows;
+        s.key = vec!["a".into()];
+        s.result = ResultShape::Object;
+        assert!(
+            check_config(&[s], SIO)
+                .unwrap_err()
+                .contains("field `result`")
+        );
     }
 }

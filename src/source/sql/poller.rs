@@ -11,8 +11,8 @@ use serde_json::value::RawValue;
 
 use super::db::{DbError, Row};
 use super::template::Params;
-use super::{ChannelStatus, LastResult, STATUS_EVENT, Source, json_array, with_deadline};
-use crate::config::SqlMode;
+use super::{ChannelStatus, LastResult, STATUS_EVENT, Source, shaped, with_deadline};
+use crate::config::{ResultShape, SqlMode};
 use crate::core::Core;
 use crate::core::channel::ChannelName;
 use crate::core::event::NewEvent;
@@ -142,10 +142,14 @@ impl Poller {
             SqlMode::Rows => keyed(&rows, &cfg.key)?,
             SqlMode::Full => BTreeMap::new(),
         };
+        // A result that cannot take its configured shape is an error before any diff: the last good result stays.
+        if cfg.result == ResultShape::Object && rows.len() > 1 {
+            shaped(&rows, cfg.result)?;
+        }
         let events = match (&self.last, cfg.mode) {
             (Some(last), SqlMode::Full) if same(&last.rows, &rows) => Vec::new(),
             (_, SqlMode::Full) => {
-                let data = json_array(&rows);
+                let data = shaped(&rows, cfg.result)?;
                 vec![NewEvent {
                     channel: self.channel.clone(),
                     name: cfg.event.clone(),
@@ -217,6 +221,7 @@ pub(super) fn stored_state(
     core: &Core,
     channel: &ChannelName,
     mode: SqlMode,
+    shape: ResultShape,
 ) -> Option<LastResult> {
     let values = core.hub.state_of(channel)?;
     if values.is_empty() {
@@ -230,7 +235,11 @@ pub(super) fn stored_state(
     match mode {
         SqlMode::Full => {
             let entry = values.get("")?;
-            let rows: Vec<&RawValue> = serde_json::from_str(entry.value.get()).ok()?;
+            let rows: Vec<&RawValue> = match shape {
+                ResultShape::Array => serde_json::from_str(entry.value.get()).ok()?,
+                ResultShape::Object if entry.value.get() == "null" => Vec::new(),
+                ResultShape::Object => vec![&*entry.value],
+            };
             Some(LastResult {
                 rows: rows.into_iter().filter_map(row).collect(),
                 keyed: BTreeMap::new(),

@@ -133,8 +133,13 @@ channel = "later:{u}"
 interval = "100ms"
 statement_timeout = "1s"
 ` });
+  // A data-only client on the direct URL (errors arrive typed), and the JSON protocol (status events as events).
   const ws = await openWs(t, `${wsBase(h)}${directPath('/ws', 'later:A')}`);
+  const env = await openWs(t, `${wsBase(h)}/ws`);
+  await env.subscribeOk('later:A');
   const status = await ws.next((m) => m?.status === 'error', 20_000, 'error status');
+  assert.equal(status.type, 'error');
+  assert.equal(status.code, 'source_error');
   assert.equal(status.source, 'later');
   assert.equal(status.channel, 'later:A');
   assert.match(status.message, /unavailable|refused/i);
@@ -144,10 +149,12 @@ statement_timeout = "1s"
   await publish(h.url, 'other', 'e', { ok: 1 });
 
   await startPostgres(t, { port });
-  const ok = await ws.next((m) => m?.status === 'ok', 60_000, 'ok status after the database came up');
-  assert.equal(ok.source, 'later');
+  const ok = await env.next((m) => m?.event === 'source:status' && m.data.status === 'ok', 60_000, 'ok status after the database came up');
+  assert.equal(ok.data.source, 'later');
   await ws.until((c) => c.messages.some((m) => Array.isArray(m)), 20_000, 'the result');
   assert.deepEqual(ws.messages.find((m) => Array.isArray(m)), [{ unit: 'A', n: 42 }]);
+  // The data-only client got the error typed and then the result: nothing untyped but data.
+  assert.ok(ws.messages.every((m) => Array.isArray(m) || m?.type !== undefined), JSON.stringify(ws.messages));
 });
 
 test('a slow query hits the statement timeout and is reported; the row limit keeps the last good result', async (t) => {
@@ -187,10 +194,11 @@ max_rows = 3
   const late = await openWs(t, `${wsBase(h)}${directPath('/ws', 'limited:A')}`);
   await late.until((c) => c.messages.length >= 1, 10_000, 'last good result');
   assert.deepEqual(late.messages[0], [{ i: 1 }, { i: 2 }]);
+  assert.equal(over.type, 'error', 'typed on a data URL');
   pg.exec("delete from many where i > 1");
-  await lim.next((m) => m?.status === 'ok', 10_000, 'ok status');
   await lim.until((c) => c.messages.filter((m) => Array.isArray(m)).length === 2, 10_000, 'new result');
   assert.deepEqual(lim.messages.filter((m) => Array.isArray(m))[1], [{ i: 1 }]);
+  await sourceUntil(h, 'limited', (i) => i.channels[0]?.status === 'ok', 'limited recovered');
   await h.assertHealthy();
 });
 
