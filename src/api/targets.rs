@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use super::{ApiError, ApiState, Caller};
@@ -28,8 +28,8 @@ fn flat_error(e: MonitorError) -> ApiError {
     }
 }
 
-async fn body_json(state: &ApiState, body: Body) -> Result<Value, ApiError> {
-    let bytes = super::read_body(body, state.max_body_bytes).await?;
+async fn body_json(state: &ApiState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let bytes = super::read_json_body(headers, body, state.max_body_bytes).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
 }
@@ -64,10 +64,11 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError
 pub async fn create(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin()?;
-    let body = body_json(&state, body).await?;
+    let body = body_json(&state, &headers, body).await?;
     let spec = spec_from_flat(None, &body).map_err(|f| ApiError::field(f.field, f.message))?;
     let created = state.monitors.create(spec).await.map_err(flat_error)?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
@@ -87,11 +88,12 @@ pub async fn update(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let current = state.monitors.spec(&id)?;
-    let body = body_json(&state, body).await?;
+    let body = body_json(&state, &headers, body).await?;
     let spec =
         spec_from_flat(Some(&current), &body).map_err(|f| ApiError::field(f.field, f.message))?;
     state.monitors.update(&id, spec).await.map_err(flat_error)?;
