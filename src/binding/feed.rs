@@ -18,6 +18,10 @@ use crate::core::session::{Gap, GapReason};
 use crate::core::state;
 use crate::core::store::StoreError;
 
+/// Most bytes a replay keeps queued ahead of a connection's socket: thousands of connections may be catching up
+/// at once, and each holds its own encoding of what it replays (unlike live events, shared by all).
+pub const REPLAY_WINDOW: usize = 256 << 10;
+
 /// The connection is gone; stop sending to it.
 #[derive(Debug, Clone, Copy)]
 pub struct Gone;
@@ -35,7 +39,7 @@ pub trait Outlet: Send + Sync + 'static {
     /// Closes the connection because a replay could not be read: the client reconnects and resumes, instead of
     /// holding a subscription whose start it never received.
     fn fail(&self);
-    /// Resolves when the connection's queue has room for more replayed events (backpressure for replays,
+    /// Resolves when the connection's queue holds at most [`REPLAY_WINDOW`] bytes (backpressure for replays,
     /// which are bounded by retention rather than by the live-traffic queue bound).
     fn room(&self) -> impl std::future::Future<Output = ()> + Send;
 }

@@ -78,13 +78,14 @@ impl<T: Weight> Outbox<T> {
         Ok(())
     }
 
-    /// Waits until at most half the bound is queued (or the outbox closed).
-    pub async fn room(&self) {
+    /// Waits until at most `below` bytes (and at most half the bound) are queued, or the outbox closed.
+    pub async fn room(&self, below: usize) {
+        let below = below.min(self.max_bytes / 2);
         loop {
             let drained = self.drained.notified();
             {
                 let st = self.state.lock();
-                if st.closed.is_some() || st.bytes <= self.max_bytes / 2 {
+                if st.closed.is_some() || st.bytes <= below {
                     return;
                 }
             }

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::access::Access;
-use super::feed::{Feed, Gone, Outlet, Registered, Want};
+use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::template;
 use crate::auth::Identity;
 use crate::config::ClientEvent;
@@ -107,7 +107,7 @@ impl Outlet for SocketOutlet {
     }
 
     async fn room(&self) {
-        self.0.session().wait_for_room().await;
+        self.0.session().wait_for_room(REPLAY_WINDOW).await;
     }
 
     fn fail(&self) {

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::access::{Access, refusal};
-use super::feed::{Feed, Gone, Outlet, Registered, Want};
+use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::wire::{channel_from_path, envelope};
 use crate::api::ApiError;
@@ -156,7 +156,7 @@ impl Outlet for SseOutlet {
     }
 
     async fn room(&self) {
-        self.outbox.room().await;
+        self.outbox.room(REPLAY_WINDOW).await;
     }
 
     fn fail(&self) {

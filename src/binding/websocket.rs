@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
 use super::access::{Access, query_pairs, refusal};
-use super::feed::{Feed, Gone, Outlet, Registered, Want};
+use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::wire::{channel_from_path, envelope, gap_message};
 use crate::api::ApiError;
@@ -217,7 +217,7 @@ impl Outlet for WsOutlet {
     }
 
     async fn room(&self) {
-        self.outbox.room().await;
+        self.outbox.room(REPLAY_WINDOW).await;
     }
 
     fn fail(&self) {

@@ -252,16 +252,17 @@ impl Session {
         *self.admission.lock() = admission;
     }
 
-    /// Waits until at most half the outbound bound is queued, or the session closed. Bulk senders (a replay
-    /// from history) use it to apply backpressure instead of tripping the slow-consumer bound.
-    pub async fn wait_for_room(&self) {
+    /// Waits until at most `below` bytes (and at most half the outbound bound) are queued, or the session closed.
+    /// Bulk senders (a replay from history) use it to apply backpressure instead of tripping the slow-consumer
+    /// bound, and to keep only a window of their data queued ahead of the socket.
+    pub async fn wait_for_room(&self, below: usize) {
+        let below = below.min(self.engine.config.max_queue_bytes / 2);
         loop {
             // `notify_waiters` reaches a `Notified` from its creation on, so create it before checking.
             let drained = self.drained.notified();
             {
                 let st = self.state.lock();
-                if st.closed.is_some() || st.queued_bytes <= self.engine.config.max_queue_bytes / 2
-                {
+                if st.closed.is_some() || st.queued_bytes <= below {
                     return;
                 }
             }
