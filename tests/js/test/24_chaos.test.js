@@ -40,6 +40,7 @@ const CHAOS_MS = Number(process.env.HERALD_CHAOS_MS || 12_000);
 const KILLS = 3;
 const CHANNELS = 4;
 const PRODUCERS = 2;
+const EPOCH = Date.now(); // timeline origin
 const SETTLE_MS = 30_000; // failure guard for the catch-up after the chaos phase
 
 // ---------------------------------------------------------------------------------------------
@@ -58,6 +59,8 @@ function mulberry32(seed) {
 const stream = (k) => mulberry32(SEED ^ Math.imul(k + 1, 0x9e3779b1));
 const int = (rng, n) => Math.floor(rng() * n);
 const pick = (rng, arr) => arr[int(rng, arr.length)];
+/** arr's element for a number r in [0, 1) drawn beforehand. */
+const pickBy = (r, arr) => arr[Math.floor(r * arr.length)];
 /** k distinct elements of arr, in arr's order. */
 function subset(rng, arr, k) {
   const idx = arr.map((_, i) => i);
@@ -126,9 +129,15 @@ class ChaosClient extends Waitable {
     this.anomalies = [];
     this.drops = {};
     this.stopped = false;
+    this.timeline = [];
   }
-  record(ch, id, offset) {
+  /** A timeline entry, shown around the first offending event when the run fails. */
+  trace(text) {
+    if (this.timeline.length < 20_000) this.timeline.push(`${String(Date.now() - EPOCH).padStart(6)} ms ${text}`);
+  }
+  record(ch, id, offset, note = '') {
     if (!(ch in this.got)) { this.anomaly(`event of a channel not subscribed: ${JSON.stringify({ ch, id })}`); return; }
+    this.trace(`event ${ch} ${id}${note}`);
     this.got[ch].push(id);
     this.uniq[ch].add(id);
     if (offset !== undefined) this.offsets[ch].push({ id, offset });
@@ -140,7 +149,17 @@ class ChaosClient extends Waitable {
     return `${this.name}: ${this.channels.map((ch) => `${ch}=${this.got[ch].length}`).join(' ')} live=${this.live} `
       + `anomalies=${JSON.stringify(this.anomalies.slice(0, 3))}`;
   }
-  countDrop(how) { this.drops[how] = (this.drops[how] ?? 0) + 1; }
+  countDrop(how) { this.drops[how] = (this.drops[how] ?? 0) + 1; this.trace(`drop: ${how}`); }
+  /** Timeline lines around the arrivals of one event id on one channel. */
+  around(ch, id, context = 6, after = context) {
+    const needle = `event ${ch} ${id}`;
+    const hits = this.timeline.map((l, i) => (l.endsWith(needle) || l.includes(`${needle} `) ? i : -1)).filter((i) => i >= 0);
+    if (hits.length === 0) return [];
+    const from = Math.max(0, hits[0] - context);
+    const to = Math.min(this.timeline.length, hits.at(-1) + after + 1);
+    const lines = this.timeline.slice(from, to);
+    return lines.length > 2 * (context + after) + 20 ? [...lines.slice(0, 2 * context + 8), '…', ...lines.slice(-2 * after - 8)] : lines;
+  }
 }
 
 /** The stock socket.io-client, connection state recovery as in 05_resume. */
@@ -161,10 +180,19 @@ class SioClient extends ChaosClient {
     this.socket.onAny((event, data, cursor) => {
       if (event !== 'tick') { this.anomaly(`${event} ${JSON.stringify(data)}`); return; }
       if (typeof cursor !== 'string') this.anomaly(`tick without a cursor argument: ${JSON.stringify(data)}`);
-      this.record(data?.ch, data?.id);
+      this.record(data?.ch, data?.id, undefined, ` cursor=${cursor}`);
+    });
+    this.socket.io.on('open', () => {
+      const engine = this.socket.io.engine;
+      this.trace(`engine open ${engine.id} (${engine.transport?.name}), resuming from ${this.socket._lastOffset}`);
+      engine.on('upgrading', (tr) => this.trace(`engine ${engine.id} upgrading to ${tr.name}`));
+      engine.on('upgrade', (tr) => this.trace(`engine ${engine.id} upgraded to ${tr.name}`));
+      engine.on('upgradeError', (e) => this.trace(`engine ${engine.id} upgrade error ${e.message}`));
+      engine.on('close', (reason) => this.trace(`engine ${engine.id} close: ${reason}`));
     });
     this.socket.on('connect', () => {
       this.connects++;
+      this.trace(`connect recovered=${this.socket.recovered} id=${this.socket.id}`);
       if (this.connects > 1 && this.socket.recovered !== true) {
         this.notRecovered++;
         this.anomaly(`reconnect #${this.connects - 1}: socket.recovered = ${this.socket.recovered}`);
@@ -172,6 +200,7 @@ class SioClient extends ChaosClient {
       this._check();
     });
     this.socket.on('disconnect', (reason) => {
+      this.trace(`disconnect: ${reason}`);
       this.disconnectReasons[reason] = (this.disconnectReasons[reason] ?? 0) + 1;
       // After a namespace DISCONNECT the stock client does not reconnect: the server must only close transports.
       if (reason === 'io server disconnect') this.anomaly('namespace DISCONNECT from the server');
@@ -182,6 +211,11 @@ class SioClient extends ChaosClient {
     });
   }
   get live() { return this.socket.connected; }
+  summary() {
+    const e = this.socket.io.engine;
+    return `${super.summary()} engine=${e?.id} ${e?.readyState} ${e?.transport?.name} upgrading=${e?.upgrading} `
+      + `writeBuffer=${e?.writeBuffer?.length}`;
+  }
   async start() {
     await this.until((c) => c.live, 10_000, `${this.name} connected`);
     for (const channel of this.channels) {
@@ -189,10 +223,10 @@ class SioClient extends ChaosClient {
       assert.equal(ack?.ok, true, `${this.name} subscribe ${channel}: ${JSON.stringify(ack)}`);
     }
   }
-  /** Drop the transport one of three ways; resolves true if something was dropped. */
-  async drop(rng, h) {
+  /** Drop the transport one of three ways (chosen by r in [0, 1)); resolves true if something was dropped. */
+  async drop(r, h) {
     if (!this.live) return false;
-    const how = pick(rng, ['engine.close', 'server disconnect', 'tcp reset']);
+    const how = pickBy(r, ['engine.close', 'server disconnect', 'tcp reset']);
     if (how === 'engine.close') {
       this.socket.io.engine.close();
     } else if (how === 'server disconnect') {
@@ -236,6 +270,7 @@ class PlainWsClient extends ChaosClient {
     this.ws = ws;
     ws.on('open', () => {
       this.opens++;
+      this.trace(`open #${gen}, resuming from ${JSON.stringify(this.cursor)}`);
       for (const channel of this.channels) {
         const cur = this.cursor[channel];
         // since 0 before any event: nothing published between subscribing and the first event can be missed.
@@ -249,7 +284,7 @@ class PlainWsClient extends ChaosClient {
       if (m.type === 'event') {
         if (m.data?.ch !== m.channel || m.data?.id !== m.id) this.anomaly(`envelope/payload mismatch ${JSON.stringify(m)}`);
         this.cursor[m.channel] = { epoch: m.epoch, offset: m.offset };
-        this.record(m.channel, m.id, m.offset);
+        this.record(m.channel, m.id, m.offset, ` @${m.offset} #${gen}`);
       } else if (m.type === 'subscribed') {
         this.subscribed++;
         this._check();
@@ -258,14 +293,15 @@ class PlainWsClient extends ChaosClient {
       }
     });
     ws.on('error', () => {}); // followed by 'close'
-    ws.on('close', () => {
+    ws.on('close', (code) => {
+      this.trace(`close #${gen} ${code}`);
       if (gen !== this.gen || this.stopped) return;
       setTimeout(() => this.connect(), 20 + int(this.rng, 80)); // reconnect backoff
     });
   }
-  async drop(rng) {
+  async drop(r) {
     if (!this.live) return false;
-    const how = pick(rng, ['close', 'terminate', 'tcp reset']);
+    const how = pickBy(r, ['close', 'terminate', 'tcp reset']);
     if (how === 'close') this.ws.close(1000);
     else if (how === 'terminate') this.ws.terminate();
     else if (this.proxy.reset() === 0) return false;
@@ -303,17 +339,18 @@ class SseChaosClient extends ChaosClient {
         const headers = { ...init.headers };
         // A new EventSource knows no id yet: resume it from the last one this client processed.
         if (!headers['Last-Event-ID'] && this.lastEventId) headers['Last-Event-ID'] = this.lastEventId;
+        this.trace(`request #${gen} Last-Event-ID ${headers['Last-Event-ID']}`);
         return fetch(input, { ...init, headers });
       },
     });
     this.es = es;
-    es.addEventListener('open', () => { if (gen === this.gen) { this.opens++; this._check(); } });
+    es.addEventListener('open', () => { this.trace(`open #${gen}`); if (gen === this.gen) { this.opens++; this._check(); } });
     es.addEventListener('tick', (e) => {
       if (gen !== this.gen) return;
       let data;
       try { data = JSON.parse(e.data); } catch { this.anomaly(`unparsable data ${e.data}`); return; }
       this.lastEventId = e.lastEventId;
-      this.record(data.ch, data.id);
+      this.record(data.ch, data.id, undefined, ` id=${e.lastEventId} #${gen}`);
     });
     for (const name of ['herald:gap', 'herald:disconnect', 'message']) {
       es.addEventListener(name, (e) => { if (gen === this.gen) this.anomaly(`${name} ${e.data}`); });
@@ -325,9 +362,9 @@ class SseChaosClient extends ChaosClient {
       setTimeout(() => this.open(), 50 + int(this.rng, 100));
     });
   }
-  async drop(rng) {
+  async drop(r) {
     if (!this.live) return false;
-    const how = pick(rng, ['close + reopen', 'tcp reset']);
+    const how = pickBy(r, ['close + reopen', 'tcp reset']);
     if (how === 'close + reopen') {
       this.es.close();
       setTimeout(() => this.open(), 20 + int(this.rng, 80));
@@ -472,15 +509,15 @@ connections_per_second_per_ip = 0
 
   // One event per channel that every client must hold before the chaos: the stock Socket.IO client can only resume
   // once it has a cursor, and an EventSource only once it has a last event id.
-  const warm = {};
-  for (const ch of channels) warm[ch] = await publishRetry(() => h.url, ch, 'tick', { ch, id: `warm-${ch}` }, `warm-${ch}`);
+  for (const ch of channels) await publishRetry(() => h.url, ch, 'tick', { ch, id: `warm-${ch}` }, `warm-${ch}`);
   await Promise.all(clients.map((c) => c.until((x) => x.channels.every((ch) => x.has(ch, `warm-${ch}`)), 10_000,
     `${c.name}: the warm-up event of each of its channels`)));
 
-  // The schedule: drops every 20–70 ms on a random client, and KILLS kill -9 + restarts spread over the phase.
+  // The schedule, drawn up front so a seed replays it: drops every 20–70 ms on a random client (a drop is skipped if
+  // that client is reconnecting), and KILLS kill -9 + restarts spread over the phase.
   const sched = stream(1);
   const schedule = [];
-  for (let at = 0; (at += 20 + int(sched, 50)) < CHAOS_MS;) schedule.push({ at, client: int(sched, clients.length) });
+  for (let at = 0; (at += 20 + int(sched, 50)) < CHAOS_MS;) schedule.push({ at, client: int(sched, clients.length), how: sched() });
   for (let k = 0; k < KILLS; k++) schedule.push({ at: Math.round((CHAOS_MS * (k + 0.35 + 0.3 * sched())) / KILLS), kill: true });
   schedule.sort((a, b) => a.at - b.at);
 
@@ -496,7 +533,6 @@ connections_per_second_per_ip = 0
   let restarting = null;
   let dropAttempts = 0;
   const dropped = [];
-  const dropRng = stream(2);
   const t0 = Date.now();
   for (const a of schedule) {
     const wait = t0 + a.at - Date.now();
@@ -504,28 +540,31 @@ connections_per_second_per_ip = 0
     if (a.kill) {
       if (restarting) continue;
       restarting = (async () => {
+        for (const c of clients) c.trace('── kill -9');
         await h.kill9();
         await h.restart();
+        for (const c of clients) c.trace('── restarted');
         kills++;
       })().finally(() => { restarting = null; });
       continue;
     }
     dropAttempts++;
-    dropped.push(clients[a.client].drop(dropRng, h));
+    dropped.push(clients[a.client].drop(a.how, h));
   }
   await restarting;
   const drops = (await Promise.all(dropped)).filter(Boolean).length;
   state.stop = true;
-  await Promise.all(producers);
+  await Promise.all(producers).catch((e) => { throw new Error(`producer failed, ${replay}: ${e.message}`); });
   const chaosEnded = Date.now();
 
   // A last event per channel: once a client holds it, everything sent to it before has arrived.
   for (const ch of channels) await publishRetry(() => h.url, ch, 'tick', { ch, id: `fin-${ch}` }, `fin-${ch}`);
   let settled = true;
+  const stuck = [];
   let slowest = '';
   await Promise.all(clients.map((c) => c.until((x) => x.channels.every((ch) => x.has(ch, `fin-${ch}`)), SETTLE_MS,
     `${c.name}: the last event of each of its channels`)
-    .then(() => { slowest = c.name; }, () => { settled = false; })));
+    .then(() => { slowest = c.name; }, () => { settled = false; stuck.push(c.summary()); })));
   const settledAt = Date.now();
   await h.assertHealthy();
 
@@ -560,6 +599,7 @@ connections_per_second_per_ip = 0
 
   // Per client per channel.
   const table = [];
+  const timelines = [];
   for (const c of clients) {
     for (const ch of c.channels) {
       const r = compare(hist[ch].events, hist[ch].offsetOf, c.got[ch]);
@@ -569,6 +609,18 @@ connections_per_second_per_ip = 0
       if (wrongOffset.length) bad.push(['wrong offset', wrongOffset.map((x) => `${x.id}@${x.offset}`)]);
       if (bad.length) {
         failures.push(`${c.name} (${c.kind}) ${ch}: ${bad.map(([k, v]) => `${k} ${v.length} (first ${firstFew(v)})`).join('; ')}`);
+        // The client's timeline around the first duplicated/reordered event, or the last event before the first missing one.
+        let first = r.duplicated[0] ?? r.reordered[0];
+        let what = 'around offset';
+        let after = 6;
+        if (first === undefined && r.missing.length) {
+          what = `first missing offset ${r.missing[0]}; after the event before it, offset`;
+          after = 30;
+          first = hist[ch].events.slice(0, r.missing[0] - 1).reverse().find((e) => c.has(ch, e.id))?.offset;
+        }
+        if (first !== undefined && timelines.length < 3) {
+          timelines.push(`${c.name} ${ch}, ${what} ${first}:\n  ${c.around(ch, hist[ch].events[first - 1].id, 6, after).join('\n  ')}`);
+        }
       }
     }
     for (const a of c.anomalies) failures.push(`${c.name} (${c.kind}): ${a}`);
@@ -581,14 +633,14 @@ connections_per_second_per_ip = 0
   const sio = clients.filter((c) => c instanceof SioClient);
   t.diagnostic(`${replay}: ${log.events} events in ${log.publishes} publishes (${log.retried} retried, `
     + `${log.committedBeforeFailure} of them committed before the failure), ${drops} drops of ${dropAttempts} attempts `
-    + `${JSON.stringify(perKind)}, ${kills} kill -9 restarts; chaos ${chaosEnded - t0} ms, caught up ${settledAt - chaosEnded} ms later (last: ${slowest}), `
+    + `${JSON.stringify(perKind)}, ${kills} kill -9 restarts; set-up ${t0 - started} ms, chaos ${chaosEnded - t0} ms, caught up ${settledAt - chaosEnded} ms later (last: ${slowest}), `
     + `total ${Date.now() - started} ms`);
   t.diagnostic(`reconnects: ${clients.map((c) => `${c.name}=${c instanceof SioClient ? c.connects - 1 : c.opens - 1}`).join(' ')}; `
     + `socket.io disconnect reasons ${JSON.stringify(sio.map((c) => c.disconnectReasons))}; `
     + `SSE gave up ${JSON.stringify(clients.filter((c) => c.gaveUp?.length).map((c) => [c.name, c.gaveUp.slice(0, 3)]))}`);
 
-  assert.deepEqual(failures, [], `chaos run, ${replay}: ${failures.length} problem(s)${settled ? '' : ' (some clients never caught up)'}:\n`
-    + `${failures.slice(0, 40).join('\n')}\nper client: ${table.join(', ')}`);
+  assert.deepEqual(failures, [], `chaos run, ${replay}: ${failures.length} problem(s)${settled ? '' : ` (never caught up: ${stuck.join('; ')})`}:\n`
+    + `${failures.slice(0, 40).join('\n')}\nper client: ${table.join(', ')}\n${timelines.join('\n')}`);
   // Preconditions: the chaos really happened.
   assert.equal(kills, KILLS, `${KILLS} kill -9 restarts happened (${replay})`);
   assert.ok(drops >= dropAttempts / 4, `at least a quarter of the ${dropAttempts} scheduled drops hit a live transport: ${drops} (${replay})`);
