@@ -640,7 +640,8 @@ connections_per_second_per_ip = 0
     + `SSE gave up ${JSON.stringify(clients.filter((c) => c.gaveUp?.length).map((c) => [c.name, c.gaveUp.slice(0, 3)]))}`);
 
   assert.deepEqual(failures, [], `chaos run, ${replay}: ${failures.length} problem(s)${settled ? '' : ` (never caught up: ${stuck.join('; ')})`}:\n`
-    + `${failures.slice(0, 40).join('\n')}\nper client: ${table.join(', ')}\n${timelines.join('\n')}`);
+    + `${failures.slice(0, 40).join('\n')}\nper client: ${table.join(', ')}\n${timelines.join('\n')}`
+    + `\nherald warnings (last 20):\n${h.stderr().split('\n').filter((l) => /WARN|ERROR/.test(l)).slice(-20).join('\n')}`);
   // Preconditions: the chaos really happened.
   assert.equal(kills, KILLS, `${KILLS} kill -9 restarts happened (${replay})`);
   assert.ok(drops >= dropAttempts / 4, `at least a quarter of the ${dropAttempts} scheduled drops hit a live transport: ${drops} (${replay})`);
