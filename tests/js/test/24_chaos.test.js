@@ -182,14 +182,30 @@ class SioClient extends ChaosClient {
       if (typeof cursor !== 'string') this.anomaly(`tick without a cursor argument: ${JSON.stringify(data)}`);
       this.record(data?.ch, data?.id, undefined, ` cursor=${cursor}`);
     });
-    this.socket.io.on('open', () => {
+    // Engine-level timeline: attached as soon as the Manager has created an engine, before its handshake completes,
+    // so the CONNECT it sends is seen too.
+    const watched = new WeakSet();
+    const watch = () => {
       const engine = this.socket.io.engine;
-      this.trace(`engine open ${engine.id} (${engine.transport?.name}), resuming from ${this.socket._lastOffset}`);
-      engine.on('upgrading', (tr) => this.trace(`engine ${engine.id} upgrading to ${tr.name}`));
-      engine.on('upgrade', (tr) => this.trace(`engine ${engine.id} upgraded to ${tr.name}`));
-      engine.on('upgradeError', (e) => this.trace(`engine ${engine.id} upgrade error ${e.message}`));
-      engine.on('close', (reason) => this.trace(`engine ${engine.id} close: ${reason}`));
-    });
+      if (!engine || watched.has(engine)) return;
+      watched.add(engine);
+      const name = () => engine.id ?? '(handshaking)';
+      engine.on('open', () => this.trace(`engine open ${name()} (${engine.transport?.name}), resuming from ${this.socket._lastOffset}`));
+      engine.on('upgrading', (tr) => this.trace(`engine ${name()} upgrading to ${tr.name}`));
+      engine.on('upgrade', (tr) => this.trace(`engine ${name()} upgraded to ${tr.name}`));
+      engine.on('upgradeError', (e) => this.trace(`engine ${name()} upgrade error ${e.message}`));
+      engine.on('close', (reason) => this.trace(`engine ${name()} close: ${reason}`));
+      // Socket.IO CONNECT / DISCONNECT / CONNECT_ERROR packets, both ways.
+      const control = (dir) => (p) => {
+        if (p.type === 'message' && typeof p.data === 'string' && /^[014]/.test(p.data)) {
+          this.trace(`engine ${name()} ${dir} ${p.data.slice(0, 120)}`);
+        }
+      };
+      engine.on('packetCreate', control('sent'));
+      engine.on('packet', control('received'));
+    };
+    watch();
+    this.socket.io.on('reconnect_attempt', () => setImmediate(watch));
     this.socket.on('connect', () => {
       this.connects++;
       this.trace(`connect recovered=${this.socket.recovered} id=${this.socket.id}`);
