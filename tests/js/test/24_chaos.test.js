@@ -16,13 +16,13 @@
 //
 // The schedule (clients' channels and transports, drops, kill times, producers' choices) comes from a seeded PRNG:
 // the seed is printed; HERALD_CHAOS_SEED=<n> replays a run's schedule (timing still varies). HERALD_CHAOS_MS sets the
-// length of the chaos phase (default 12000).
+// length of the chaos phase (default 12000). A failure shows the offending client's timeline (connects, engine
+// handshakes and CONNECT packets, drops, kills, every event with its cursor) around the first bad event.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { randomInt } from 'node:crypto';
 import { io } from 'socket.io-client';
-
 import WebSocket from 'ws';
 import { EventSource } from 'eventsource';
 import {
@@ -158,7 +158,7 @@ class ChaosClient extends Waitable {
     const from = Math.max(0, hits[0] - context);
     const to = Math.min(this.timeline.length, hits.at(-1) + after + 1);
     const lines = this.timeline.slice(from, to);
-    return lines.length > 2 * (context + after) + 20 ? [...lines.slice(0, 2 * context + 8), '…', ...lines.slice(-2 * after - 8)] : lines;
+    return lines.length > 2 * (context + after) + 20 ? [...lines.slice(0, context + 12), '…', ...lines.slice(-after - 12)] : lines;
   }
 }
 
@@ -189,7 +189,10 @@ class SioClient extends ChaosClient {
       const engine = this.socket.io.engine;
       if (!engine || watched.has(engine)) return;
       watched.add(engine);
-      const name = () => engine.id ?? '(handshaking)';
+      // engine.id is set by the handshake and cleared before 'close': remember it.
+      let id = null;
+      engine.on('handshake', (hs) => { id = hs.sid; });
+      const name = () => engine.id ?? id ?? '(handshaking)';
       engine.on('open', () => this.trace(`engine open ${name()} (${engine.transport?.name}), resuming from ${this.socket._lastOffset}`));
       engine.on('upgrading', (tr) => this.trace(`engine ${name()} upgrading to ${tr.name}`));
       engine.on('upgrade', (tr) => this.trace(`engine ${name()} upgraded to ${tr.name}`));
@@ -487,10 +490,16 @@ test(`chaos: producers, Socket.IO/ws/SSE clients, random drops and ${KILLS} kill
   t.diagnostic(`chaos ${replay}, chaos phase ${CHAOS_MS} ms`);
   // Every client and producer shares 127.0.0.1 and all reconnect at once after a kill: the per-address connection
   // rate limit would refuse them (a refused stock Socket.IO client does not retry), which is not what this tests.
+  // A short heartbeat: when the probe WebSocket of an upgrade dies after its pong, engine.io-client 6.6.8 leaves
+  // its polling transport paused for good (`_probe`: the pause callback returns once the probe has failed, and
+  // `upgrading` stays true) and only its ping timeout (ping_interval + ping_timeout) ends that deaf connection.
   const h = await startHerald(t, {
     config: `
 [history]
 max_events = 100000
+[socketio]
+ping_interval = "1s"
+ping_timeout = "2s"
 [sse]
 retry = "100ms"
 [limits]
@@ -629,13 +638,14 @@ connections_per_second_per_ip = 0
         let first = r.duplicated[0] ?? r.reordered[0];
         let what = 'around offset';
         let after = 6;
+        const before = 20;
         if (first === undefined && r.missing.length) {
           what = `first missing offset ${r.missing[0]}; after the event before it, offset`;
           after = 30;
           first = hist[ch].events.slice(0, r.missing[0] - 1).reverse().find((e) => c.has(ch, e.id))?.offset;
         }
         if (first !== undefined && timelines.length < 3) {
-          timelines.push(`${c.name} ${ch}, ${what} ${first}:\n  ${c.around(ch, hist[ch].events[first - 1].id, 6, after).join('\n  ')}`);
+          timelines.push(`${c.name} ${ch}, ${what} ${first}:\n  ${c.around(ch, hist[ch].events[first - 1].id, before, after).join('\n  ')}`);
         }
       }
     }
