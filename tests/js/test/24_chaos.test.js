@@ -250,9 +250,9 @@ class SioClient extends ChaosClient {
       this.socket.io.engine.close();
     } else if (how === 'server disconnect') {
       try {
-        const r = await request(h.url, `/api/connections/${encodeURIComponent(this.socket.id)}/disconnect`,
+        const res = await request(h.url, `/api/connections/${encodeURIComponent(this.socket.id)}/disconnect`,
           { method: 'POST', timeout: 3000 });
-        if (r.status !== 200) return false; // e.g. 404: the client was reconnecting meanwhile
+        if (res.status !== 200) return false; // e.g. 404: the client was reconnecting meanwhile
       } catch { return false; } // Herald is being restarted
     } else if (this.proxy.reset() === 0) {
       return false;
