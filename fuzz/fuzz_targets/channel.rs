@@ -5,7 +5,7 @@
 //! 1..=MAX_CHANNEL_LEN bytes, contains no `/`, `*`, `?`, `%`, control or non-space whitespace characters and no
 //! outer space, and `as_str` gives it back; `Pattern::matches` agrees with a reference (quadratic DP) glob over
 //! characters, a pattern without `*` matches only itself, and `*` matches everything; a path's channel is its
-//! non-empty segments joined by `:`.
+//! non-empty segments, each percent-decoded, joined by `:`.
 #![no_main]
 
 use herald::binding::wire::channel_from_path;
@@ -89,7 +89,12 @@ fuzz_target!(|data: &[u8]| {
     assert!(Pattern::new(&format!("{pattern}*")).matches(&format!("{pattern}{name}")));
 
     if let Ok(channel) = channel_from_path(s) {
-        let joined: Vec<&str> = s.split('/').filter(|p| !p.is_empty()).collect();
+        // Each segment is percent-decoded (`%2F` decodes to `/`, which no channel holds).
+        let joined: Vec<String> = s
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
+            .collect();
         assert_eq!(channel.as_str(), joined.join(":"));
         assert!(!channel.as_str().contains('/'));
     }
