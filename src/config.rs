@@ -751,6 +751,35 @@ impl Config {
                 ClientEvent::Action(_) => {}
             }
         }
+        // Herald's own notices (`herald:gap`, `herald:disconnect`) must stay recognisable: no configured
+        // producer may use their prefix either (the HTTP API refuses it at publish).
+        let m = &self.monitor.events;
+        let named = self
+            .state
+            .iter()
+            .map(|s| ("state bulk_event", s.bulk_event.as_deref()))
+            .chain(
+                self.sources
+                    .sql
+                    .iter()
+                    .map(|s| ("sources.sql event", Some(s.event.as_str()))),
+            )
+            .chain([
+                ("monitor.events status_event", m.status_event.as_deref()),
+                ("monitor.events bulk_event", m.bulk_event.as_deref()),
+                ("monitor.events removed_event", m.removed_event.as_deref()),
+                ("monitor.events log_event", m.log_event.as_deref()),
+                ("monitor.events stats_event", m.stats_event.as_deref()),
+            ]);
+        for (field, name) in named {
+            if let Some(name) = name.filter(|n| n.starts_with(crate::core::event::RESERVED_PREFIX))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{field} {name:?}: names starting with {:?} are reserved for Herald's own notices",
+                    crate::core::event::RESERVED_PREFIX
+                )));
+            }
+        }
         for name in &self.socketio.server_side_channels {
             ChannelName::new(name)
                 .map_err(|e| ConfigError::Invalid(format!("server_side_channels {name:?}: {e}")))?;
@@ -999,6 +1028,22 @@ mod tests {
         assert_eq!(r.limits("short:x").max_age, Duration::from_secs(3600));
         assert_eq!(r.limits("other").max_events, 10);
         assert_eq!(c.socketio.ping_interval, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn configured_event_names_may_not_take_herald_s_prefix() {
+        for text in [
+            "[[state]]\nchannels = \"s\"\nbulk_event = \"herald:gap\"\n",
+            "[monitor.events]\nstatus_event = \"herald:status\"\n",
+            "[monitor.events]\nstats_event = \"herald:stats\"\n",
+            "[[sources.sql]]\nid = \"q\"\nurl = \"sqlite::memory:\"\nsql = \"SELECT 1\"\nchannel = \"q\"\nevent = \"herald:gap\"\n",
+        ] {
+            let c: Config = toml::from_str(text).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("reserved"), "{text}: {e}");
+        }
+        let c: Config = toml::from_str("[monitor.events]\nstatus_event = \"heraldic\"\n").unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

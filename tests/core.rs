@@ -247,3 +247,72 @@ async fn resume_reports_a_gap_when_history_was_trimmed() {
     );
     assert_eq!(r[0].after, 7);
 }
+
+/// Records what a feed sends: gap notices as `gap from..to`, replayed events as their offsets.
+struct Wire(Mutex<Vec<String>>);
+impl herald::binding::feed::Outlet for Wire {
+    fn live(&self, e: &Arc<SharedEvent>) -> Result<(), herald::binding::feed::Gone> {
+        self.0.lock().push(format!("live {}", e.event.offset));
+        Ok(())
+    }
+    fn replayed(
+        &self,
+        e: &herald::core::event::Event,
+        _: &herald::binding::feed::Registered,
+    ) -> Result<(), herald::binding::feed::Gone> {
+        self.0.lock().push(format!("{}", e.offset));
+        Ok(())
+    }
+    fn gap(&self, g: &session::Gap) -> Result<(), herald::binding::feed::Gone> {
+        self.0.lock().push(format!("gap {:?}..{:?}", g.from, g.to));
+        Ok(())
+    }
+    fn overflow(&self) {}
+    fn fail(&self) {}
+    async fn room(&self) {}
+}
+
+#[tokio::test]
+async fn a_hole_after_a_known_loss_is_announced_too() {
+    use herald::binding::feed::{Feed, Want};
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = store_options(dir.path().into());
+    opts.retention = Retention {
+        defaults: Limits {
+            max_events: 4,
+            max_age: std::time::Duration::from_secs(3600),
+        },
+        rules: vec![],
+    };
+    let core = Core::open(opts).unwrap();
+    for n in 1..=9 {
+        core.publish(vec![ev("a", n, None)]).await.unwrap();
+    }
+    // A resume that knew offsets 1..2 were lost, while retention has since trimmed through 5.
+    let feed = Feed::new(core.clone(), Wire(Mutex::new(vec![])), 1 << 20);
+    let known = session::Gap {
+        channel: ch("a"),
+        reason: GapReason::HistoryTrimmed,
+        epoch: "e".into(),
+        from: Some(1),
+        to: Some(2),
+    };
+    let regs = feed.begin(vec![Want {
+        channel: ch("a"),
+        after: Some(2),
+        epoch: None,
+        gap: Some(known),
+    }]);
+    feed.complete(&regs).await.unwrap();
+    assert_eq!(
+        *feed.outlet.0.lock(),
+        [
+            "gap Some(1)..Some(2)",
+            "gap Some(3)..Some(5)",
+            "6",
+            "7",
+            "8",
+            "9"
+        ]
+    );
+}

@@ -248,6 +248,9 @@ impl<O: Outlet> Feed<O> {
         let mut after = reg.after;
         let mut gap = reg.gap.clone();
         loop {
+            if self.state.lock().closed {
+                return Ok(false);
+            }
             let page = if after < upto {
                 self.outlet.room().await;
                 Some(self.core.replay(&reg.channel, after, upto).await?)
@@ -259,16 +262,18 @@ impl<O: Outlet> Feed<O> {
             // History may hold none of the range, or lose part of it while a slow subscriber replays (trimmed by
             // count or age): each hole is announced where it is.
             let start = events.first().map_or(first_offset, |e| e.offset);
-            if after < upto && start > after + 1 && gap.is_none() {
-                gap = Some(Gap {
-                    channel: reg.channel.clone(),
-                    reason: GapReason::HistoryTrimmed,
-                    epoch: reg.position.epoch.clone(),
-                    from: Some(after + 1),
-                    to: Some((start - 1).min(upto)),
-                });
-            }
-            if let Some(g) = gap.take() {
+            // A hole is announced even right after a known loss with a range (a resume whose history was trimmed
+            // further before its first page): each notice names its own range. A loss without a range (the epoch
+            // changed) already stands for everything before what follows.
+            let covered = gap.as_ref().is_some_and(|g| g.to.is_none());
+            let hole = (!covered && after < upto && start > after + 1).then(|| Gap {
+                channel: reg.channel.clone(),
+                reason: GapReason::HistoryTrimmed,
+                epoch: reg.position.epoch.clone(),
+                from: Some(after + 1),
+                to: Some((start - 1).min(upto)),
+            });
+            for g in [gap.take(), hole].into_iter().flatten() {
                 // A state channel's snapshot stands for everything through the position.
                 if reg.position.state.is_some() {
                     return Ok(self.send_snapshot(reg, Some(&g)).await);

@@ -127,7 +127,7 @@ impl Core {
         // One read: a retention sweep between the position and the events would hide a gap.
         if let Some((info, events)) = self
             .store
-            .range(channel, after, Some(upto), REPLAY_PAGE)
+            .replay_range(channel, after, upto, REPLAY_PAGE)
             .await?
         {
             out.first_offset = info.first_offset;

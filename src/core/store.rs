@@ -170,7 +170,8 @@ impl Store {
             readers: Arc::new(Readers {
                 path,
                 idle: Mutex::new(Vec::new()),
-                permits: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
+                replays: Arc::new(tokio::sync::Semaphore::new(READS_PER_LANE)),
+                others: Arc::new(tokio::sync::Semaphore::new(READS_PER_LANE)),
             }),
         };
         Ok(Opened {
@@ -238,8 +239,33 @@ impl Store {
         upto: Option<u64>,
         limit: ReadLimit,
     ) -> Result<Option<(ChannelInfo, Vec<Event>)>, StoreError> {
+        self.range_on(Lane::Other, channel, after, upto, limit)
+            .await
+    }
+
+    /// [`Store::range`] on the replay lane: subscribers catching up queue behind each other, not in front of
+    /// session loads, history requests and the other short reads.
+    pub async fn replay_range(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        upto: u64,
+        limit: ReadLimit,
+    ) -> Result<Option<(ChannelInfo, Vec<Event>)>, StoreError> {
+        self.range_on(Lane::Replay, channel, after, Some(upto), limit)
+            .await
+    }
+
+    async fn range_on(
+        &self,
+        lane: Lane,
+        channel: &ChannelName,
+        after: u64,
+        upto: Option<u64>,
+        limit: ReadLimit,
+    ) -> Result<Option<(ChannelInfo, Vec<Event>)>, StoreError> {
         let name = channel.clone();
-        self.read(move |c| {
+        self.read_on(lane, move |c| {
             let tx = c.unchecked_transaction()?;
             let Some(info) = channel_info(&tx, &name)? else {
                 return Ok(None);
@@ -284,9 +310,20 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.read_on(Lane::Other, f).await
+    }
+
+    async fn read_on<T: Send + 'static>(
+        &self,
+        lane: Lane,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let readers = self.readers.clone();
-        let permit = readers
-            .permits
+        let permits = match lane {
+            Lane::Replay => &readers.replays,
+            Lane::Other => &readers.others,
+        };
+        let permit = permits
             .clone()
             .acquire_owned()
             .await
@@ -303,16 +340,26 @@ impl Store {
     }
 }
 
-/// Read-only connections, at most [`MAX_READERS`] in use at once: every replaying subscriber reads history, and an
-/// unbounded pool would open a connection (with its page cache) and a blocking thread per subscriber.
+/// Read-only connections, at most [`READS_PER_LANE`] in use at once on each lane: every replaying subscriber reads
+/// history, and an unbounded pool would open a connection (with its page cache) and a blocking thread per subscriber.
 struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
-    permits: Arc<tokio::sync::Semaphore>,
+    /// Replay pages.
+    replays: Arc<tokio::sync::Semaphore>,
+    /// Everything else (sessions, history requests, positions).
+    others: Arc<tokio::sync::Semaphore>,
 }
 
-/// Most history reads running at once.
-const MAX_READERS: usize = 8;
+/// Which reads queue together.
+#[derive(Clone, Copy)]
+enum Lane {
+    Replay,
+    Other,
+}
+
+/// Most reads running at once on one lane.
+const READS_PER_LANE: usize = 4;
 
 /// A bound on one read of events: at most `events` of them, and no more once `bytes` of payload were read
 /// (the first event always counts, so a read makes progress).
