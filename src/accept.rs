@@ -1,6 +1,7 @@
 //! Accepting TCP sockets, plain or TLS: each holds a slot of its address's socket budget for as long as it is
 //! open (an upgraded WebSocket included), must deliver its first request head within `request_head_timeout`
-//! (an idle HTTP/1.1 keep-alive socket its next one), and is served HTTP/1.1 with upgrades or HTTP/2.
+//! (an idle HTTP/1.1 keep-alive socket its next one within `keep_alive_timeout`), and is served HTTP/1.1 with
+//! upgrades or HTTP/2.
 
 use std::future::Future;
 use std::io;
@@ -37,8 +38,11 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(250);
 pub struct Edge {
     /// The socket budget and the refusal log.
     pub policy: Arc<Policy>,
-    /// `request_head_timeout`, if on.
+    /// `request_head_timeout`, if on: the first request head (the socket's own deadline).
     pub head_timeout: Option<Duration>,
+    /// `keep_alive_timeout`, if on: every later request head (hyper's header read timeout, which restarts when a
+    /// keep-alive connection goes idle).
+    pub keep_alive_timeout: Option<Duration>,
     /// TLS, if configured.
     pub tls: Option<Arc<Tls>>,
 }
@@ -56,7 +60,7 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(edge.head_timeout);
+        .header_read_timeout(edge.keep_alive_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())

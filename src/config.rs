@@ -193,10 +193,15 @@ pub struct LimitsConfig {
     /// Open TCP sockets from one IP address, whatever they carry (idle keep-alive, requests, upgraded
     /// WebSockets, HTTP/2); unset: twice `connections_per_ip` plus 100.
     pub sockets_per_ip: Option<usize>,
-    /// How long a new socket may take to deliver its first complete request head (TLS handshake included), and
-    /// an idle HTTP/1.1 keep-alive socket to start its next one; `0s` turns it off.
+    /// How long a new socket may take to deliver its first complete request head (TLS handshake included);
+    /// `0s` turns it off.
     #[serde(with = "humantime_serde")]
     pub request_head_timeout: Duration,
+    /// How long an idle HTTP/1.1 keep-alive socket may take to deliver its next request head. Longer than
+    /// `request_head_timeout`: a client reusing a connection the server is closing at that moment gets an
+    /// error, and clients keep idle connections for a few seconds (Node's fetch 4 s). `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
     /// Messages per second a client connection may send.
     pub messages_per_second: u32,
     /// Messages a connection may send at once before the rate applies; unset: twice `messages_per_second`.
@@ -217,6 +222,7 @@ impl Default for LimitsConfig {
             connections_per_ip: 2000,
             sockets_per_ip: None,
             request_head_timeout: Duration::from_secs(5),
+            keep_alive_timeout: Duration::from_secs(60),
             messages_per_second: 100,
             messages_burst: None,
             subscriptions_per_connection: 500,
@@ -265,6 +271,11 @@ impl LimitsConfig {
         (!self.request_head_timeout.is_zero()).then_some(self.request_head_timeout)
     }
 
+    /// The idle keep-alive deadline, if on.
+    pub fn keep_alive_timeout(&self) -> Option<Duration> {
+        (!self.keep_alive_timeout.is_zero()).then_some(self.keep_alive_timeout)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         // A burst of zero would refuse everything while the rate says otherwise; `0` turns the rate off instead.
         let bursts = [
@@ -277,9 +288,11 @@ impl LimitsConfig {
                 "limits.{name} must be at least 1 (set the rate to 0 to turn the limit off)"
             )));
         }
-        if self.request_head_timeout > Duration::from_secs(3600) {
+        if self.request_head_timeout > Duration::from_secs(3600)
+            || self.keep_alive_timeout > Duration::from_secs(3600)
+        {
             return Err(ConfigError::Invalid(
-                "limits.request_head_timeout must be at most 1h".into(),
+                "limits.request_head_timeout and keep_alive_timeout must be at most 1h".into(),
             ));
         }
         Ok(())

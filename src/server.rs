@@ -59,6 +59,7 @@ pub struct Server {
     sources: Arc<SqlSources>,
     policy: Arc<Policy>,
     head_timeout: Option<std::time::Duration>,
+    keep_alive_timeout: Option<std::time::Duration>,
 }
 
 struct SocketIoConnections(Arc<ChannelsNamespace>);
@@ -194,6 +195,7 @@ impl Server {
             sources,
             policy: access.policy.clone(),
             head_timeout: config.limits.request_head_timeout(),
+            keep_alive_timeout: config.limits.keep_alive_timeout(),
         })
     }
 
@@ -236,6 +238,7 @@ impl Server {
         let edge = Edge {
             policy: self.policy.clone(),
             head_timeout: self.head_timeout,
+            keep_alive_timeout: self.keep_alive_timeout,
             tls: self.tls.clone(),
         };
         let served = tokio::select! {

@@ -1,5 +1,5 @@
-// 23. The edge (src/accept.rs, src/policy): TCP sockets that never send a request are closed after
-// `request_head_timeout`, an idle keep-alive socket too; every accepted socket counts against its address's
+// 26. The edge (src/accept.rs, src/policy): TCP sockets that never send a request are closed after
+// `request_head_timeout`, an idle keep-alive socket after `keep_alive_timeout`; every accepted socket counts against its address's
 // `sockets_per_ip` budget (beyond it: 429 while the deadline lasts, then closed at once), the refusals logged
 // aggregated; and the token buckets' sizes are the named `*_burst` settings: N rapid attempts at rate R with burst
 // B let exactly B through, plus at most what refills while the test runs (R × elapsed).
@@ -47,7 +47,8 @@ async function retryUntil(attempt, ms, label) {
 
 test('request_head_timeout: silent sockets, a partial head, an HTTP/2 preface without a request and an idle keep-alive socket are closed after it; WebSocket and SSE streams stay', async (t) => {
   const TIMEOUT_MS = 1000;
-  const h = await startHerald(t, { config: '[limits]\nrequest_head_timeout = "1s"\n' });
+  const KEEP_ALIVE_MS = 2000;
+  const h = await startHerald(t, { config: '[limits]\nrequest_head_timeout = "1s"\nkeep_alive_timeout = "2s"\n' });
   const ch = chan('edge');
   const ws = await openWs(t, `${wsBase(h)}/ws`);
   await ws.subscribeOk(ch);
@@ -65,6 +66,8 @@ test('request_head_timeout: silent sockets, a partial head, an HTTP/2 preface wi
     const held = r.closedAt - r.openedAt;
     assert.ok(held >= TIMEOUT_MS - 100, `socket #${i} was closed after ${held} ms, before the 1 s deadline`);
   }
+  const idle = keepAlive.closedAt - keepAlive.openedAt;
+  assert.ok(idle >= KEEP_ALIVE_MS - 100, `the idle keep-alive socket was closed after ${idle} ms, before keep_alive_timeout`);
   for (const r of silent) assert.equal(r.data, '', 'a silent socket gets no answer');
   assert.equal(parseResponse(keepAlive.data).status, 200, `the keep-alive socket's request was answered: ${keepAlive.data}`);
 
