@@ -51,6 +51,21 @@ pub enum Refused {
     Concurrent,
 }
 
+/// The address a limit counts: IPv4 as is (an IPv4-mapped IPv6 address as its IPv4 address), IPv6 by its /64
+/// prefix — one host or site is usually given a whole /64, so counting single IPv6 addresses would let it
+/// multiply every per-address limit by choosing new source addresses.
+pub fn client(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 impl Policy {
     /// From the configuration.
     pub fn new(origins: &[String], same_origin: bool, limits: &LimitsConfig) -> Self {
@@ -88,6 +103,7 @@ impl Policy {
 
     /// Admits a newly accepted socket from `ip` against the address's socket budget (`sockets_per_ip`).
     pub fn accept_socket(&self, ip: IpAddr) -> Accept {
+        let ip = client(ip);
         if let Some(slot) = self.sockets.acquire(ip) {
             return Accept::Serve(slot);
         }
@@ -101,7 +117,7 @@ impl Policy {
 
     /// Counts a new connection from `ip` against the connection rate.
     pub fn connect_rate(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
-        match ip {
+        match ip.map(client) {
             Some(ip) if !self.connects.take(&ip) => {
                 self.refusals.record("connection rate limit hit", Some(ip));
                 Err(Refused::ConnectRate)
@@ -112,7 +128,7 @@ impl Policy {
 
     /// Counts an Engine.IO handshake from `ip` (sessions that never join a namespace still cost memory).
     pub fn handshake(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
-        match ip {
+        match ip.map(client) {
             Some(ip) if !self.handshakes.take(&ip) => {
                 self.refusals.record("handshake rate limit hit", Some(ip));
                 Err(Refused::ConnectRate)
@@ -123,7 +139,9 @@ impl Policy {
 
     /// A concurrent-connection slot for `ip` (none needed when the address is unknown).
     pub fn admit(&self, ip: Option<IpAddr>) -> Result<Option<Slot>, Refused> {
-        let Some(ip) = ip else { return Ok(None) };
+        let Some(ip) = ip.map(client) else {
+            return Ok(None);
+        };
         match self.concurrent.acquire(ip) {
             Some(slot) => Ok(Some(slot)),
             None => {
@@ -136,7 +154,9 @@ impl Policy {
 
     /// An Engine.IO session slot for `ip` (see `sessions`).
     pub fn admit_session(&self, ip: Option<IpAddr>) -> Result<Option<Slot>, Refused> {
-        let Some(ip) = ip else { return Ok(None) };
+        let Some(ip) = ip.map(client) else {
+            return Ok(None);
+        };
         self.handshake(Some(ip))?;
         match self.sessions.acquire(ip) {
             Some(slot) => Ok(Some(slot)),
@@ -162,6 +182,29 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_eq!(client(a), client(b));
+        assert_ne!(client(a), client(other));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client(mapped), IpAddr::from([192, 0, 2, 7]));
+        let limits = LimitsConfig {
+            sockets_per_ip: Some(1),
+            ..LimitsConfig::default()
+        };
+        let p = Policy::new(&[], false, &limits);
+        let _held = p.accept_socket(a);
+        assert!(
+            !matches!(p.accept_socket(b), Accept::Serve(_)),
+            "another address of the same /64 shares the budget"
+        );
+        assert!(matches!(p.accept_socket(other), Accept::Serve(_)));
+    }
 
     #[test]
     fn sockets_beyond_the_budget_are_refused_then_closed_and_slots_come_back() {
