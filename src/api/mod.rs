@@ -286,3 +286,14 @@ async fn read_json_body(
     }
     Ok(buf.freeze())
 }
+
+/// [`read_json_body`] parsed into a JSON value: 400 `invalid_json` when it is not JSON.
+async fn read_json_value(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<serde_json::Value, ApiError> {
+    let bytes = read_json_body(headers, body, limit).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
+}

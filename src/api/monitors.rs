@@ -43,9 +43,7 @@ async fn spec_from(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<MonitorSpec, ApiError> {
-    let bytes = super::read_json_body(headers, body, state.max_body_bytes).await?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
+    let value = super::read_json_value(headers, body, state.max_body_bytes).await?;
     MonitorSpec::from_json(value).map_err(|f| ApiError::field(f.field, f.message))
 }
 

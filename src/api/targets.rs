@@ -28,12 +28,6 @@ fn flat_error(e: MonitorError) -> ApiError {
     }
 }
 
-async fn body_json(state: &ApiState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
-    let bytes = super::read_json_body(headers, body, state.max_body_bytes).await?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
-}
-
 /// A target object as the key-holding API shows it: the URL whole (events carry it without credentials or query).
 fn object(state: &ApiState, id: &str) -> Result<Value, ApiError> {
     let mut v = state.monitors.get(id)?;
@@ -68,7 +62,7 @@ pub async fn create(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin()?;
-    let body = body_json(&state, &headers, body).await?;
+    let body = super::read_json_value(&headers, body, state.max_body_bytes).await?;
     let spec = spec_from_flat(None, &body).map_err(|f| ApiError::field(f.field, f.message))?;
     let created = state.monitors.create(spec).await.map_err(flat_error)?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
@@ -93,7 +87,7 @@ pub async fn update(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let current = state.monitors.spec(&id)?;
-    let body = body_json(&state, &headers, body).await?;
+    let body = super::read_json_value(&headers, body, state.max_body_bytes).await?;
     let spec =
         spec_from_flat(Some(&current), &body).map_err(|f| ApiError::field(f.field, f.message))?;
     state.monitors.update(&id, spec).await.map_err(flat_error)?;
