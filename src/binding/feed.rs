@@ -39,8 +39,9 @@ pub trait Outlet: Send + Sync + 'static {
     /// Closes the connection because a replay could not be read: the client reconnects and resumes, instead of
     /// holding a subscription whose start it never received.
     fn fail(&self);
-    /// Resolves when the connection's queue holds at most [`REPLAY_WINDOW`] bytes (backpressure for replays,
-    /// which are bounded by retention rather than by the live-traffic queue bound).
+    /// Resolves when at most [`REPLAY_WINDOW`] bytes of what the connection queued up to its last replayed event
+    /// still wait for the socket (backpressure for replays, which are bounded by retention rather than by the
+    /// live-traffic queue bound; live events queued after it do not hold the replay back).
     fn room(&self) -> impl std::future::Future<Output = ()> + Send;
 }
 

@@ -32,6 +32,11 @@ pub trait Weight {
 struct State<T> {
     items: VecDeque<T>,
     bytes: usize,
+    /// Bytes ever queued and ever taken by the writer (queue positions, FIFO).
+    pushed: u64,
+    drained: u64,
+    /// Where the last bulk item ends in the queue ([`Outbox::push_bulk`]).
+    bulk_mark: u64,
     closed: Option<Closed>,
 }
 
@@ -50,6 +55,9 @@ impl<T: Weight> Outbox<T> {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 bytes: 0,
+                pushed: 0,
+                drained: 0,
+                bulk_mark: 0,
                 closed: None,
             }),
             wake_writer: Notify::new(),
@@ -60,11 +68,21 @@ impl<T: Weight> Outbox<T> {
 
     /// Queues `item`; over the bound the outbox closes as a slow consumer.
     pub fn push(&self, item: T) -> Result<(), Gone> {
+        self.queue(item, false)
+    }
+
+    /// Queues an item of a bulk sender, which paces itself with [`Outbox::room`].
+    pub fn push_bulk(&self, item: T) -> Result<(), Gone> {
+        self.queue(item, true)
+    }
+
+    fn queue(&self, item: T, bulk: bool) -> Result<(), Gone> {
         let mut st = self.state.lock();
         if st.closed.is_some() {
             return Err(Gone);
         }
-        st.bytes += item.weight();
+        let weight = item.weight();
+        st.bytes += weight;
         if st.bytes > self.max_bytes {
             st.closed = Some(Closed::SlowConsumer);
             st.items.clear();
@@ -73,19 +91,25 @@ impl<T: Weight> Outbox<T> {
             return Err(Gone);
         }
         st.items.push_back(item);
+        st.pushed += weight as u64;
+        if bulk {
+            st.bulk_mark = st.pushed;
+        }
         drop(st);
         self.wake_writer.notify_one();
         Ok(())
     }
 
-    /// Waits until at most `below` bytes (and at most half the bound) are queued, or the outbox closed.
+    /// Waits until at most `below` bytes (and at most half the bound) of what was queued up to the last bulk item
+    /// still wait for the writer, or the outbox closed: a bulk sender keeps a window of its own items queued, and
+    /// live items queued after its last one do not hold it back.
     pub async fn room(&self, below: usize) {
-        let below = below.min(self.max_bytes / 2);
+        let below = below.min(self.max_bytes / 2) as u64;
         loop {
             let drained = self.drained.notified();
             {
                 let st = self.state.lock();
-                if st.closed.is_some() || st.bytes <= below {
+                if st.closed.is_some() || st.bulk_mark.saturating_sub(st.drained) <= below {
                     return;
                 }
             }
@@ -111,6 +135,7 @@ impl<T: Weight> Outbox<T> {
                 let mut st = self.state.lock();
                 if !st.items.is_empty() {
                     out.extend(std::mem::take(&mut st.items));
+                    st.drained += st.bytes as u64;
                     st.bytes = 0;
                     drop(st);
                     self.drained.notify_waiters();
@@ -127,5 +152,51 @@ impl<T: Weight> Outbox<T> {
     fn wake_all(&self) {
         self.wake_writer.notify_one();
         self.drained.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Item(usize);
+    impl Weight for Item {
+        fn weight(&self) -> usize {
+            self.0
+        }
+    }
+
+    /// Resolves at once or not at all (room waits only on the writer).
+    fn ready(f: impl std::future::Future<Output = ()>) -> bool {
+        let mut f = std::pin::pin!(f);
+        let waker = std::task::Waker::noop();
+        f.as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+            .is_ready()
+    }
+
+    #[test]
+    fn room_counts_what_is_queued_up_to_the_last_bulk_item_only() {
+        let outbox = Outbox::new(1000);
+        outbox.push_bulk(Item(100)).unwrap();
+        assert!(
+            ready(outbox.room(100)),
+            "its own 100 bytes are within a 100-byte window"
+        );
+        outbox.push_bulk(Item(50)).unwrap();
+        assert!(!ready(outbox.room(100)), "150 of its own bytes wait");
+        // Live items queued after the last bulk item do not hold the bulk sender back…
+        let fresh = Outbox::new(1000);
+        fresh.push_bulk(Item(10)).unwrap();
+        fresh.push(Item(400)).unwrap();
+        assert!(ready(fresh.room(100)));
+        // …but those queued before it do: they go out first.
+        fresh.push_bulk(Item(10)).unwrap();
+        assert!(!ready(fresh.room(100)));
+        let mut out = Vec::new();
+        assert!(ready(async {
+            assert!(fresh.next_batch(&mut out).await.is_none());
+        }));
+        assert!(ready(fresh.room(100)), "drained");
     }
 }

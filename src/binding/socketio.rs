@@ -90,7 +90,7 @@ impl Outlet for SocketOutlet {
             offset: event.offset,
         };
         self.0
-            .send_encoded(&encode_event(event, &cursor.to_string()))
+            .send_encoded_bulk(&encode_event(event, &cursor.to_string()))
             .map_err(|_| Gone)
     }
 

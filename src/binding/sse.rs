@@ -96,12 +96,18 @@ impl SseOutlet {
         Bytes::from(format!("id: {}\n", render_cursor(&cursor)))
     }
 
-    fn push_event(&self, e: &Event, body: Bytes) -> Result<(), Gone> {
+    /// Queues one event record; `bulk` for a replay (which paces itself with `room`).
+    fn push_event(&self, e: &Event, body: Bytes, bulk: bool) -> Result<(), Gone> {
         // Both parts go in one push so the cursor and the event cannot be split by a close.
         let mut record = Vec::with_capacity(body.len() + 64);
         record.extend_from_slice(&self.id_line(e));
         record.extend_from_slice(&body);
-        self.outbox.push(Bytes::from(record))
+        let record = Bytes::from(record);
+        if bulk {
+            self.outbox.push_bulk(record)
+        } else {
+            self.outbox.push(record)
+        }
     }
 }
 
@@ -138,11 +144,11 @@ impl Outlet for SseOutlet {
         } else {
             event.encoded(BODY, |e| body_of(e, false))
         };
-        self.push_event(&event.event, body)
+        self.push_event(&event.event, body, false)
     }
 
     fn replayed(&self, event: &Event, _: &Registered) -> Result<(), Gone> {
-        self.push_event(event, body_of(event, self.envelope))
+        self.push_event(event, body_of(event, self.envelope), true)
     }
 
     fn gap(&self, gap: &Gap) -> Result<(), Gone> {

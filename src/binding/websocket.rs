@@ -130,8 +130,14 @@ fn text_of(e: &Event, shape: PayloadShape) -> Bytes {
 }
 
 impl WsOutlet {
-    /// Sends data `text` (a data-shape connection remembers it); `deflated` gives its compressed form.
-    fn data(&self, text: Bytes, deflated: impl FnOnce(&Bytes) -> Bytes) -> Result<(), Gone> {
+    /// Sends data `text` (a data-shape connection remembers it); `deflated` gives its compressed form; `bulk` for
+    /// a replay (which paces itself with `room`).
+    fn data(
+        &self,
+        text: Bytes,
+        deflated: impl FnOnce(&Bytes) -> Bytes,
+        bulk: bool,
+    ) -> Result<(), Gone> {
         // Held across the push: the view and the queue stay in the same order.
         let _view = (self.shape == PayloadShape::Data).then(|| {
             let mut view = self.view.lock();
@@ -141,7 +147,12 @@ impl WsOutlet {
             };
             view
         });
-        self.outbox.push(self.message(text, deflated))
+        let message = self.message(text, deflated);
+        if bulk {
+            self.outbox.push_bulk(message)
+        } else {
+            self.outbox.push(message)
+        }
     }
 
     /// A `source:status` event on a data-shape connection, translated (see [`DataView`]); `None` if it is not a
@@ -198,14 +209,18 @@ impl Outlet for WsOutlet {
             return sent;
         }
         let text = event.encoded(slot, |e| text_of(e, self.shape));
-        self.data(text, |t| event.encoded(zslot, |_| deflate::compress(t)))
+        self.data(
+            text,
+            |t| event.encoded(zslot, |_| deflate::compress(t)),
+            false,
+        )
     }
 
     fn replayed(&self, event: &Event, _: &Registered) -> Result<(), Gone> {
         if let Some(sent) = self.source_status(event) {
             return sent;
         }
-        self.data(text_of(event, self.shape), |t| deflate::compress(t))
+        self.data(text_of(event, self.shape), |t| deflate::compress(t), true)
     }
 
     fn gap(&self, gap: &Gap) -> Result<(), Gone> {

@@ -94,6 +94,11 @@ pub(crate) struct State {
     pub transport: TransportKind,
     queue: VecDeque<Frame>,
     queued_bytes: usize,
+    /// Bytes ever queued and ever taken by a writer (queue positions, FIFO).
+    pushed: u64,
+    drained: u64,
+    /// Where the last bulk frame ends in the queue ([`Session::send_bulk`]).
+    bulk_mark: u64,
     ping_due: bool,
     /// Set while a ping is unanswered: the instant the session times out.
     pong_deadline: Option<Instant>,
@@ -183,6 +188,9 @@ impl Session {
                 transport,
                 queue: VecDeque::new(),
                 queued_bytes: 0,
+                pushed: 0,
+                drained: 0,
+                bulk_mark: 0,
                 ping_due: false,
                 pong_deadline: None,
                 ping_at,
@@ -252,17 +260,18 @@ impl Session {
         *self.admission.lock() = admission;
     }
 
-    /// Waits until at most `below` bytes (and at most half the outbound bound) are queued, or the session closed.
-    /// Bulk senders (a replay from history) use it to apply backpressure instead of tripping the slow-consumer
-    /// bound, and to keep only a window of their data queued ahead of the socket.
+    /// Waits until at most `below` bytes (and at most half the outbound bound) of what was queued up to the last
+    /// [`Session::send_bulk`] frame still wait for the socket, or the session closed. Bulk senders (a replay from
+    /// history) use it to keep only a window of their own data queued instead of tripping the slow-consumer bound;
+    /// live frames queued after their last one do not hold them back.
     pub async fn wait_for_room(&self, below: usize) {
-        let below = below.min(self.engine.config.max_queue_bytes / 2);
+        let below = (below.min(self.engine.config.max_queue_bytes / 2)) as u64;
         loop {
             // `notify_waiters` reaches a `Notified` from its creation on, so create it before checking.
             let drained = self.drained.notified();
             {
                 let st = self.state.lock();
-                if st.closed.is_some() || st.queued_bytes <= below {
+                if st.closed.is_some() || st.bulk_mark.saturating_sub(st.drained) <= below {
                     return;
                 }
             }
@@ -277,6 +286,19 @@ impl Session {
 
     /// Queues frames atomically (e.g. a binary packet and its attachments): all or none.
     pub fn send_all(&self, frames: impl IntoIterator<Item = Frame>) -> Result<(), SendError> {
+        self.queue_frames(frames, false)
+    }
+
+    /// Queues frames of a bulk sender, which paces itself with [`Session::wait_for_room`].
+    pub fn send_bulk(&self, frames: impl IntoIterator<Item = Frame>) -> Result<(), SendError> {
+        self.queue_frames(frames, true)
+    }
+
+    fn queue_frames(
+        &self,
+        frames: impl IntoIterator<Item = Frame>,
+        bulk: bool,
+    ) -> Result<(), SendError> {
         let mut st = self.state.lock();
         if st.closed.is_some() {
             return Err(SendError::Closed);
@@ -295,6 +317,10 @@ impl Session {
             return Err(SendError::SlowConsumer);
         }
         st.queued_bytes += added;
+        st.pushed += added as u64;
+        if bulk {
+            st.bulk_mark = st.pushed;
+        }
         let transport = st.transport;
         drop(st);
         self.wake_drainer(transport);
@@ -461,6 +487,7 @@ impl Session {
         }
         // Taking the queue (not draining it) releases its buffer while the session idles.
         frames.extend(std::mem::take(&mut st.queue));
+        st.drained += st.queued_bytes as u64;
         st.queued_bytes = 0;
         self.drained.notify_waiters();
         PollBatch::Frames(frames)
@@ -499,6 +526,7 @@ impl Session {
             frames.push(frame);
         }
         st.queued_bytes -= taken;
+        st.drained += taken as u64;
         self.drained.notify_waiters();
         if st.queue.is_empty() {
             // Release the queue's buffer so idle sessions hold no large allocation.

@@ -270,6 +270,15 @@ impl Socket {
         self.send_frames(std::iter::once(Frame::Text(packet.frame.clone())))
     }
 
+    /// [`Socket::send_encoded`] for a bulk sender pacing itself with the session's `wait_for_room`.
+    pub fn send_encoded_bulk(&self, packet: &EncodedPacket) -> Result<(), SendError> {
+        if !self.connected() {
+            return Err(SendError::Closed);
+        }
+        self.session
+            .send_bulk(std::iter::once(Frame::Text(packet.frame.clone())))
+    }
+
     /// Closes the whole Engine.IO connection (close packet `1`); the client reconnects by itself.
     pub fn close_transport(&self, reason: &str) {
         tracing::debug!(socket = %self.id(), reason, "closing transport");
