@@ -112,9 +112,7 @@ pub async fn pause(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_admin()?;
-    state.monitors.set_paused(&id, true).await?;
-    Ok(Json(object(&state, &id)?))
+    set_paused(&state, &caller, &id, true).await
 }
 
 /// `POST`/`PUT`/`PATCH /api/targets/{id}/resume`.
@@ -123,7 +121,17 @@ pub async fn resume(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    set_paused(&state, &caller, &id, false).await
+}
+
+/// Pauses or resumes a target; answers with the target as it is then.
+async fn set_paused(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+    paused: bool,
+) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    state.monitors.set_paused(&id, false).await?;
-    Ok(Json(object(&state, &id)?))
+    state.monitors.set_paused(id, paused).await?;
+    Ok(Json(object(state, id)?))
 }

@@ -278,14 +278,12 @@ test('seed 000 frontend (io(url), target:updated + log:new) works by configurati
   for (const k of ['id', 'name', 'status', 'responseTime', 'lastCheckAt', 'message', 'uptime24h']) assert.ok(k in t0, `target object has ${k}`);
 });
 
-test('seed 002 frontend (JWT, subscribe:status, service:bulk-update then changed fields, request:refresh) by configuration alone', async (t) => {
-  const web = await httpTarget(t);
-  const config = `[auth]\n${KEY_BLOCKS.RS256}
+/** Seed 002's backend as configuration: the `services` preset on channel `status`, JWT, its client events. */
+const seed002Config = (web, monitorExtra = '') => `[auth]\n${KEY_BLOCKS.RS256}
 [monitor]
 preset = "services"
 channel = "status"
-refresh_interval = "0s"
-[socketio.client_events]
+${monitorExtra}[socketio.client_events]
 "subscribe:status" = { subscribe = "status" }
 "unsubscribe:status" = { unsubscribe = "status" }
 "request:refresh" = { action = "monitor.refresh" }
@@ -296,6 +294,10 @@ name = "Checked hourly"
 interval = 3600
 check = { kind = "http", url = "${web.url}/slow" }
 `;
+
+test('seed 002 frontend (JWT, subscribe:status, service:bulk-update then changed fields, request:refresh) by configuration alone', async (t) => {
+  const web = await httpTarget(t);
+  const config = seed002Config(web, 'refresh_interval = "0s"\n');
   const h = await startHerald(t, { config });
   const token = sign({ sub: 'alice' });
   // lib/socket.ts of the seed.
@@ -351,21 +353,7 @@ check = { kind = "http", url = "${web.url}/slow" }
 
 test('seed 002 useRealtimeStatus, replayed verbatim: its React Query cache stays right across checks, a status change and a restart', async (t) => {
   const web = await httpTarget(t);
-  const config = `[auth]\n${KEY_BLOCKS.RS256}
-[monitor]
-preset = "services"
-channel = "status"
-[socketio.client_events]
-"subscribe:status" = { subscribe = "status" }
-"unsubscribe:status" = { unsubscribe = "status" }
-"request:refresh" = { action = "monitor.refresh" }
-${MONITORS(web)}
-[[monitor.monitors]]
-id = "slow"
-name = "Checked hourly"
-interval = 3600
-check = { kind = "http", url = "${web.url}/slow" }
-`;
+  const config = seed002Config(web);
   const h = await startHerald(t, { config });
   const token = sign({ sub: 'alice' });
 
