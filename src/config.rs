@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::core::channel::{ChannelName, Pattern};
+use crate::core::engine::sqlite::Durability;
 use crate::core::retention::{Limits, Retention};
-use crate::core::store::Durability;
 
 /// Configuration problems, reported at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Native TLS; without it Herald speaks plain HTTP (put a proxy in front, or set this).
     pub tls: Option<TlsConfig>,
+    /// Which engine keeps history, state and sessions (`[engine] kind`).
+    pub engine: crate::core::engine::EngineConfig,
     /// Commit durability.
     pub durability: Durability,
     /// Largest HTTP request body.
@@ -107,6 +109,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             limits: LimitsConfig::default(),
             tls: None,
+            engine: Default::default(),
             durability: Durability::Full,
             max_body_bytes: 1 << 20,
             max_event_bytes: 64 << 10,
@@ -699,6 +702,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--api-key` / `HERALD_API_KEY` (comma-separated).
     pub api_keys: Vec<String>,
+    /// `--engine` / `HERALD_ENGINE`.
+    pub engine: Option<crate::core::engine::EngineChoice>,
 }
 
 impl Config {
@@ -722,6 +727,9 @@ impl Config {
         }
         if let Some(dir) = overrides.data_dir {
             config.data_dir = dir;
+        }
+        if let Some(kind) = overrides.engine {
+            config.engine.kind = kind;
         }
         if !overrides.api_keys.is_empty() {
             config.api_keys = overrides.api_keys.into_iter().map(ApiKey::Plain).collect();

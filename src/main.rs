@@ -36,6 +36,9 @@ enum Command {
         /// API key for the HTTP API (repeatable; the env var takes a comma-separated list).
         #[arg(long = "api-key", env = "HERALD_API_KEY", value_delimiter = ',')]
         api_keys: Vec<String>,
+        /// Engine: `sqlite` (durable, the default) or `memory` (nothing written to disk).
+        #[arg(long, env = "HERALD_ENGINE")]
+        engine: Option<herald::core::engine::EngineChoice>,
     },
     /// Publish one event and print the result.
     Publish {
@@ -102,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
             listen,
             data_dir,
             api_keys,
+            engine,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -114,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
                 listen,
                 data_dir,
                 api_keys,
+                engine,
             };
             let config = Config::load(config.as_ref(), overrides)?;
             serve(config).await

@@ -13,9 +13,9 @@ use crate::binding::socketio::{Actions, ChannelsNamespace};
 use crate::binding::sse::SseBinding;
 use crate::binding::websocket::WebSocketBinding;
 use crate::config::Config;
-use crate::core::Core;
+use crate::core::Engine;
 use crate::core::channel::Pattern;
-use crate::core::store::{StoreError, StoreOptions};
+use crate::core::engine::{self, EngineChoice, EngineError, EngineKind, EngineOptions};
 use crate::monitor::Monitors;
 use crate::policy::{Origins, Policy};
 use crate::source::sql::SqlSources;
@@ -25,9 +25,9 @@ use crate::transport::socketio::{SocketIo, SocketIoConfig};
 /// Start-up and run-time failures of the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The store could not be opened.
+    /// The engine could not be opened.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Engine(#[from] EngineError),
     /// The certificate or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -50,7 +50,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A started server, ready to accept connections.
 pub struct Server {
-    core: Arc<Core>,
+    core: Arc<dyn Engine>,
     monitors: Arc<Monitors>,
     socketio: Arc<SocketIo>,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -112,9 +112,15 @@ impl Actions for MonitorActions {
 impl Server {
     /// Opens the store and builds the routes.
     pub async fn start(config: Config) -> Result<Self, ServerError> {
-        let core = Core::open(StoreOptions {
-            data_dir: config.data_dir.clone(),
-            durability: config.durability,
+        let kind = match config.engine.kind {
+            EngineChoice::Sqlite => EngineKind::Sqlite {
+                data_dir: config.data_dir.clone(),
+                durability: config.durability,
+            },
+            EngineChoice::Memory => EngineKind::Memory,
+        };
+        let core = engine::open(EngineOptions {
+            kind,
             retention: config.retention(),
             session_ttl: config.socketio.session_ttl,
         })?;

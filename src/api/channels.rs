@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 use super::ApiState;
 use super::error::ApiError;
 use crate::core::channel::ChannelName;
+use crate::core::engine::{HistoryPage, MAX_PAGE, Subscriber, SubscriberId, Subscription};
 use crate::core::event::SharedEvent;
-use crate::core::hub::{Subscriber, SubscriberId};
 
 /// Longest `wait` accepted, in seconds: a longer hold is refused rather than silently shortened, so a client never
 /// mistakes an early empty answer for "nothing happened in the time I asked for".
@@ -23,7 +23,7 @@ const MAX_WAIT_SECS: u64 = 60;
 
 /// `GET /api/channels`.
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let channels = state.core.store.channels().await?;
+    let channels = state.core.channels().await?;
     Ok(Json(json!({ "channels": channels })))
 }
 
@@ -41,10 +41,10 @@ pub async fn history(
         0 => {
             return Err(ApiError::field(
                 "limit",
-                format!("must be 1 to {} (events per page)", crate::core::MAX_PAGE),
+                format!("must be 1 to {} (events per page)", MAX_PAGE),
             ));
         }
-        n => n.min(crate::core::MAX_PAGE as u64) as usize,
+        n => n.min(MAX_PAGE as u64) as usize,
     };
     let wait = match number(&query, "wait", 0)? {
         n if n > MAX_WAIT_SECS => {
@@ -59,7 +59,15 @@ pub async fn history(
     // Register interest before reading so an event committed in between still wakes us. The guard unregisters
     // however the request ends, including a client that goes away mid-wait.
     let waker = Arc::new(Wake(Notify::new()));
-    let _watch = (!wait.is_zero()).then(|| Watch::new(&state, &channel, &waker));
+    let _watch: Vec<Subscription> = if wait.is_zero() {
+        Vec::new()
+    } else {
+        let sub: Arc<dyn Subscriber> = waker.clone();
+        let regs = state
+            .core
+            .subscribe(std::slice::from_ref(&channel), SubscriberId::next(), sub);
+        regs.await?.into_iter().map(|(_, s)| s).collect()
+    };
     let deadline = tokio::time::Instant::now() + wait;
     let result = loop {
         let notified = waker.0.notified();
@@ -88,7 +96,7 @@ pub async fn history(
 #[derive(serde::Serialize)]
 pub struct HistoryResponse {
     #[serde(flatten)]
-    page: crate::core::HistoryPage,
+    page: HistoryPage,
     #[serde(skip_serializing_if = "Option::is_none")]
     gap: Option<Range>,
 }
@@ -113,35 +121,6 @@ fn number(query: &HashMap<String, String>, key: &str, default: u64) -> Result<u6
         v.parse()
             .map_err(|_| ApiError::field(key, format!("must be a non-negative integer, got {v:?}")))
     })
-}
-
-/// A waiting request's registration with the hub, removed on drop.
-struct Watch {
-    hub: Arc<crate::core::hub::Hub>,
-    channel: ChannelName,
-    id: SubscriberId,
-}
-
-impl Watch {
-    fn new(state: &ApiState, channel: &ChannelName, waker: &Arc<Wake>) -> Self {
-        let id = SubscriberId::next();
-        let sub: Arc<dyn Subscriber> = waker.clone();
-        state
-            .core
-            .hub
-            .subscribe(std::slice::from_ref(channel), id, &sub);
-        Self {
-            hub: state.core.hub.clone(),
-            channel: channel.clone(),
-            id,
-        }
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.hub.unsubscribe(&self.channel, self.id);
-    }
 }
 
 /// Wakes a waiting history request when its channel gets an event.

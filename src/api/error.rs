@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::core::channel::ChannelNameError;
-use crate::core::store::StoreError;
+use crate::core::engine::EngineError;
 
 /// An error answered as `{"error":{"code","message"}}`.
 #[derive(Debug)]
@@ -64,11 +64,11 @@ impl From<ChannelNameError> for ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
         tracing::error!(error = %e, "storage failure while serving the API");
         let status = match e {
-            StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, "storage_error", e.to_string())

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 pub use error::ApiError;
 
 use crate::config::ApiKey;
-use crate::core::Core;
+use crate::core::Engine;
 use crate::policy::Policy;
 
 /// Lets the API act on live connections without knowing their transport.
@@ -34,7 +34,7 @@ pub trait Connections: Send + Sync {
 #[derive(Clone)]
 pub struct ApiState {
     /// The core.
-    pub core: Arc<Core>,
+    pub core: Arc<dyn Engine>,
     /// Accepted API keys; empty means no authentication (loopback-only deployments).
     pub api_keys: Arc<Vec<ApiKey>>,
     /// Publish rate limits.

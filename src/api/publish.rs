@@ -55,8 +55,10 @@ pub async fn publish(
         serde_json::error::Category::Data => ApiError::invalid(e.to_string()),
         _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
     })?;
-    let hub = &state.core.hub;
-    let events = to_events(parsed, state.max_event_bytes, &|c| hub.is_state_channel(c))?;
+    let engine = &state.core;
+    let events = to_events(parsed, state.max_event_bytes, &|c| {
+        engine.is_state_channel(c)
+    })?;
     if let Some(e) = events
         .iter()
         .find(|e| !caller.may_publish(e.channel.as_str()))

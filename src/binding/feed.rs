@@ -10,13 +10,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::core::Core;
+use crate::core::Engine;
 use crate::core::channel::ChannelName;
-use crate::core::event::{Event, SharedEvent};
-use crate::core::hub::{Position, Subscriber, SubscriberId};
-use crate::core::session::{Gap, GapReason};
+use crate::core::engine::{EngineError, Position, Subscriber, SubscriberId, Subscription};
+use crate::core::event::{Event, SharedEvent, now_ms};
+use crate::core::gap::{Gap, GapReason};
 use crate::core::state;
-use crate::core::store::StoreError;
 
 /// Most bytes a replay keeps queued ahead of a connection's socket: thousands of connections may be catching up
 /// at once, and each holds its own encoding of what it replays (unlike live events, shared by all).
@@ -89,7 +88,8 @@ pub struct Registered {
 
 #[derive(Default)]
 struct State {
-    channels: Vec<ChannelName>,
+    /// Registrations, in order; dropping one ends its live delivery.
+    channels: Vec<Subscription>,
     next_k: u64,
     replaying: bool,
     held: Vec<Arc<SharedEvent>>,
@@ -99,7 +99,7 @@ struct State {
 
 /// One connection's subscriptions and delivery state.
 pub struct Feed<O: Outlet> {
-    core: Arc<Core>,
+    engine: Arc<dyn Engine>,
     /// The binding's wire.
     pub outlet: O,
     id: SubscriberId,
@@ -130,9 +130,9 @@ impl<O: Outlet> Subscriber for Feed<O> {
 
 impl<O: Outlet> Feed<O> {
     /// A feed with no subscriptions; `max_held_bytes` bounds what waits behind a replay.
-    pub fn new(core: Arc<Core>, outlet: O, max_held_bytes: usize) -> Arc<Self> {
+    pub fn new(engine: Arc<dyn Engine>, outlet: O, max_held_bytes: usize) -> Arc<Self> {
         Arc::new(Self {
-            core,
+            engine,
             outlet,
             id: SubscriberId::next(),
             max_held_bytes,
@@ -154,16 +154,23 @@ impl<O: Outlet> Feed<O> {
     }
 
     /// Phase 1: holds live delivery, registers every want at one hub position, and decides where each replay starts.
-    pub fn begin(self: &Arc<Self>, wants: Vec<Want>) -> Vec<Registered> {
+    /// On an engine error nothing stays registered and live delivery resumes.
+    pub async fn begin(self: &Arc<Self>, wants: Vec<Want>) -> Result<Vec<Registered>, EngineError> {
         let channels: Vec<ChannelName> = wants.iter().map(|w| w.channel.clone()).collect();
         self.state.lock().replaying = true;
         let sub: Arc<dyn Subscriber> = self.clone();
-        let positions = self.core.hub.subscribe(&channels, self.id, &sub);
+        let positions = match self.engine.subscribe(&channels, self.id, sub).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.release();
+                return Err(e);
+            }
+        };
         let mut st = self.state.lock();
-        wants
+        let regs = wants
             .into_iter()
             .zip(positions)
-            .map(|(want, position)| {
+            .map(|(want, (position, subscription))| {
                 let mut after = want
                     .after
                     .unwrap_or(position.last_offset)
@@ -191,8 +198,11 @@ impl<O: Outlet> Feed<O> {
                 }
                 let k = st.next_k;
                 st.next_k += 1;
-                if !st.channels.contains(&want.channel) {
-                    st.channels.push(want.channel.clone());
+                // Registering a channel again keeps its one registration (the engine dedupes by subscriber id).
+                if st.channels.iter().any(|s| s.channel() == &want.channel) {
+                    subscription.disarm();
+                } else {
+                    st.channels.push(subscription);
                 }
                 Registered {
                     channel: want.channel,
@@ -203,7 +213,8 @@ impl<O: Outlet> Feed<O> {
                     fresh,
                 }
             })
-            .collect()
+            .collect();
+        Ok(regs)
     }
 
     /// Undoes `begin` (the caller could not complete the registration).
@@ -215,7 +226,7 @@ impl<O: Outlet> Feed<O> {
     }
 
     /// Phase 2: queues gap notices and replays in registration order, then the live events held meanwhile.
-    pub async fn complete(&self, regs: &[Registered]) -> Result<(), StoreError> {
+    pub async fn complete(&self, regs: &[Registered]) -> Result<(), EngineError> {
         let result = self.replay(regs).await;
         if result.is_err() {
             self.state.lock().closed = true;
@@ -225,7 +236,7 @@ impl<O: Outlet> Feed<O> {
         result
     }
 
-    async fn replay(&self, regs: &[Registered]) -> Result<(), StoreError> {
+    async fn replay(&self, regs: &[Registered]) -> Result<(), EngineError> {
         for reg in regs {
             // A state channel catches a client up with its snapshot when it has nothing yet or lost events.
             if reg.position.state.is_some() && (reg.fresh || reg.gap.is_some()) {
@@ -244,7 +255,7 @@ impl<O: Outlet> Feed<O> {
     /// Replays `reg`'s range page by page, each page read only once the connection has room for it, so a
     /// subscriber far behind holds one page of history, not its whole backlog. Returns false when the connection
     /// is gone.
-    async fn replay_one(&self, reg: &Registered) -> Result<bool, StoreError> {
+    async fn replay_one(&self, reg: &Registered) -> Result<bool, EngineError> {
         let upto = reg.position.last_offset;
         let mut after = reg.after;
         let mut gap = reg.gap.clone();
@@ -254,7 +265,7 @@ impl<O: Outlet> Feed<O> {
             }
             let page = if after < upto {
                 self.outlet.room().await;
-                Some(self.core.replay(&reg.channel, after, upto).await?)
+                Some(self.engine.replay(&reg.channel, after, upto).await?)
             } else {
                 None
             };
@@ -311,7 +322,7 @@ impl<O: Outlet> Feed<O> {
         }
         let events = state::render(values, style);
         let count = events.len();
-        let time = crate::core::store::now_ms();
+        let time = now_ms();
         for (i, (name, data)) in events.into_iter().enumerate() {
             let offset = if i + 1 == count {
                 reg.position.last_offset
@@ -355,8 +366,17 @@ impl<O: Outlet> Feed<O> {
 
     /// Stops delivery of `channel`.
     pub fn unsubscribe(&self, channel: &ChannelName) {
-        self.core.hub.unsubscribe(channel, self.id);
-        self.state.lock().channels.retain(|c| c != channel);
+        let gone: Vec<Subscription> = {
+            let mut st = self.state.lock();
+            let (gone, kept) = std::mem::take(&mut st.channels)
+                .into_iter()
+                .partition(|s| s.channel() == channel);
+            st.channels = kept;
+            gone
+        };
+        // Dropped outside the feed's lock: ending a registration takes the engine's fan-out lock, under which
+        // `deliver` takes the feed's.
+        drop(gone);
     }
 
     /// Stops all delivery: the connection ended.
@@ -366,13 +386,16 @@ impl<O: Outlet> Feed<O> {
             st.closed = true;
             std::mem::take(&mut st.channels)
         };
-        for c in &channels {
-            self.core.hub.unsubscribe(c, self.id);
-        }
+        drop(channels);
     }
 
     /// The subscribed channels, in registration order.
     pub fn channels(&self) -> Vec<ChannelName> {
-        self.state.lock().channels.clone()
+        self.state
+            .lock()
+            .channels
+            .iter()
+            .map(|s| s.channel().clone())
+            .collect()
     }
 }

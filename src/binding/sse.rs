@@ -24,10 +24,10 @@ use super::outbox::{Closed, Outbox, Weight};
 use super::wire::{channel_from_path, envelope};
 use crate::api::ApiError;
 use crate::config::SseConfig;
-use crate::core::Core;
+use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
-use crate::core::session::Gap;
+use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
 use axum::extract::ConnectInfo;
 use std::net::SocketAddr;
@@ -44,7 +44,7 @@ const MAX_CHANNELS: usize = 64;
 
 /// The SSE binding.
 pub struct SseBinding {
-    core: Arc<Core>,
+    core: Arc<dyn Engine>,
     access: Arc<Access>,
     config: SseConfig,
     shutdown: watch::Receiver<bool>,
@@ -53,7 +53,7 @@ pub struct SseBinding {
 impl SseBinding {
     /// Routes `/sse` and `/sse/{channel}`; streams end when `shutdown` turns true.
     pub fn router(
-        core: Arc<Core>,
+        core: Arc<dyn Engine>,
         access: Arc<Access>,
         config: SseConfig,
         shutdown: watch::Receiver<bool>,
@@ -331,7 +331,19 @@ async fn open(
         })
         .collect();
     let guard = feed.serialize().await;
-    let regs = feed.begin(wants);
+    let regs = match feed.begin(wants).await {
+        Ok(regs) => regs,
+        Err(e) => {
+            tracing::error!(error = %e, "SSE subscription failed");
+            feed.detach();
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "storage is unavailable; try again",
+            )
+            .into_response();
+        }
+    };
     // The stream starts at the registered positions: a reconnect before any event still resumes from here.
     *feed.outlet.cursor.lock() = regs
         .iter()

@@ -28,10 +28,10 @@ use super::wire::{channel_from_path, envelope, gap_message};
 use crate::api::ApiError;
 use crate::auth::Identity;
 use crate::config::{PayloadShape, WebSocketConfig};
-use crate::core::Core;
+use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
-use crate::core::session::Gap;
+use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
 use crate::source::sql::STATUS_EVENT;
 use crate::transport::websocket::{self as ws, Incoming, Reader, Writer, deflate};
@@ -53,7 +53,7 @@ const PENDING_REQUESTS: usize = 64;
 
 /// The plain WebSocket binding.
 pub struct WebSocketBinding {
-    core: Arc<Core>,
+    core: Arc<dyn Engine>,
     access: Arc<Access>,
     config: WebSocketConfig,
     shutdown: watch::Receiver<bool>,
@@ -62,7 +62,7 @@ pub struct WebSocketBinding {
 impl WebSocketBinding {
     /// Routes `/ws` and `/ws/{channel}`; connections close with 1001 when `shutdown` turns true.
     pub fn router(
-        core: Arc<Core>,
+        core: Arc<dyn Engine>,
         access: Arc<Access>,
         config: WebSocketConfig,
         shutdown: watch::Receiver<bool>,
@@ -252,7 +252,7 @@ async fn multiplexed(
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };
-    upgrade(b, req, identity, slot, PayloadShape::Envelope, None)
+    upgrade(b, req, identity, slot, PayloadShape::Envelope, None).await
 }
 
 /// The client's IP address, when the server records peers.
@@ -314,10 +314,10 @@ async fn direct(
         epoch: q.epoch,
         gap: None,
     };
-    upgrade(b, req, identity, slot, shape, Some(want))
+    upgrade(b, req, identity, slot, shape, Some(want)).await
 }
 
-fn upgrade(
+async fn upgrade(
     b: Arc<WebSocketBinding>,
     mut req: axum::extract::Request,
     identity: Identity,
@@ -357,7 +357,22 @@ fn upgrade(
     };
     // A direct URL's channel is registered before the 101 goes out: an event published the moment the
     // client sees the upgrade is already this connection's (held until the connection is up).
-    let initial = initial.map(|want| feed.begin(vec![want]));
+    let initial = match initial {
+        Some(want) => match feed.begin(vec![want]).await {
+            Ok(regs) => Some(regs),
+            Err(e) => {
+                tracing::error!(error = %e, "subscription failed");
+                feed.detach();
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "storage is unavailable; try again",
+                )
+                .into_response();
+            }
+        },
+        None => None,
+    };
     tokio::spawn(async move {
         match upgrade.connect(b.config.max_message_bytes).await {
             Ok((reader, writer)) => {
@@ -517,7 +532,7 @@ async fn pump(
             }
             () = sleep_until(next_heartbeat), if heartbeat.is_some() => {
                 next_heartbeat += heartbeat.unwrap_or(far);
-                let now = crate::core::event::format_time(crate::core::store::now_ms());
+                let now = crate::core::event::format_time(crate::core::event::now_ms());
                 let _ = outbox.push(Message::plain(json!({"type": "heartbeat", "time": now}).to_string()));
             }
             _ = shutdown.changed() => break Some(Ending(1001, "server shutting down")),
@@ -655,7 +670,15 @@ async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
 /// Registers `want`, confirms, then queues the replay and live events.
 async fn subscribe(feed: &Arc<Feed<WsOutlet>>, want: Want, id: Option<Value>) {
     let _op = feed.serialize().await;
-    let regs = feed.begin(vec![want]);
+    let regs = match feed.begin(vec![want]).await {
+        Ok(regs) => regs,
+        Err(e) => {
+            tracing::error!(error = %e, "subscription failed");
+            let m = error_message(id, "unavailable", "storage is unavailable");
+            let _ = feed.outlet.outbox.push(Message::plain(m));
+            return;
+        }
+    };
     if let Some(r) = regs.first() {
         let p = &r.position;
         let reply = json!({"type": "subscribed", "id": id, "channel": r.channel, "offset": p.last_offset, "epoch": p.epoch});

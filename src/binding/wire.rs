@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::core::channel::{ChannelName, ChannelNameError};
 use crate::core::event::Event;
-use crate::core::session::Gap;
+use crate::core::gap::Gap;
 
 /// `{"type":"event","channel",…,"data",…,"time"}`: an event as plain WebSocket and SSE (`envelope=1`) send it.
 pub fn envelope(e: &Event) -> String {

@@ -1,63 +1,22 @@
 //! In-process fan-out: which subscribers are on which channel, and the position every subscriber has been fed to.
 //!
-//! The store hands committed events to [`Hub::dispatch`] in commit order. A subscription taken with
+//! The local engines hand committed events to [`Hub::dispatch`] in commit order. A subscription taken with
 //! [`Hub::subscribe`] is registered atomically with respect to dispatch, so the caller learns the exact position
 //! from which it will receive live events: everything at or before it is in history, everything after arrives live.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 use tokio::sync::mpsc;
 
 use super::channel::{ChannelName, Pattern};
+use super::engine::{
+    ChannelInfo, Demand, Position, Subscriber, SubscriberId, Subscription, Unsubscribe,
+};
 use super::event::SharedEvent;
 use super::state::{self, Declarations, Snapshot, Table, Values};
-use super::store::ChannelInfo;
-
-/// Receives live events. Called with the hub lock held: must not block, must not call back into the hub.
-pub trait Subscriber: Send + Sync {
-    /// Takes one event of a channel this subscriber is on.
-    fn deliver(&self, event: &Arc<SharedEvent>);
-}
-
-/// Identifies one subscriber registration, for unsubscribing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SubscriberId(u64);
-
-impl SubscriberId {
-    /// A fresh id, unique in this process.
-    pub fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
-/// Where a channel stood when a subscription was registered.
-#[derive(Debug, Clone)]
-pub struct Position {
-    /// Node-wide commit sequence dispatched so far: events with a higher `seq` arrive live.
-    pub seq: u64,
-    /// The channel's last dispatched offset (0 when it has none).
-    pub last_offset: u64,
-    /// The channel's epoch (empty when the channel does not exist yet).
-    pub epoch: Arc<str>,
-    /// The channel's numeric id in the store (0 when it does not exist yet).
-    pub channel_id: u64,
-    /// For a state channel: its values at this position and how to send them.
-    pub state: Option<(Values, Snapshot)>,
-}
-
-/// A channel gained its first subscriber or lost its last one (what starts and stops a source's polling).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Demand {
-    /// The channel.
-    pub channel: ChannelName,
-    /// True when it now has subscribers.
-    pub active: bool,
-}
 
 #[derive(Default)]
 struct ChannelState {
@@ -202,6 +161,21 @@ impl Hub {
         }
     }
 
+    /// [`Hub::subscribe`] with the handles that end each registration.
+    pub fn subscribe_handles(
+        self: &Arc<Self>,
+        channels: &[ChannelName],
+        id: SubscriberId,
+        sub: &Arc<dyn Subscriber>,
+    ) -> Vec<(Position, Subscription)> {
+        let owner: Arc<dyn Unsubscribe> = self.clone();
+        self.subscribe(channels, id, sub)
+            .into_iter()
+            .zip(channels)
+            .map(|(pos, ch)| (pos, Subscription::new(ch.clone(), id, owner.clone())))
+            .collect()
+    }
+
     /// Registers `sub` on every channel in `channels` at one position, returned per channel in order.
     pub fn subscribe(
         &self,
@@ -247,9 +221,10 @@ impl Hub {
         }
         positions
     }
+}
 
-    /// Removes subscription `id` from `channel`.
-    pub fn unsubscribe(&self, channel: &ChannelName, id: SubscriberId) {
+impl Unsubscribe for Hub {
+    fn unsubscribe(&self, channel: &ChannelName, id: SubscriberId) {
         let mut state = self.state.lock();
         if let Some(ch) = state.channels.get_mut(channel) {
             let before = ch.subscribers.len();
@@ -270,6 +245,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::engine::Unsubscribe;
     use crate::core::event::Event;
     use serde_json::value::RawValue;
 

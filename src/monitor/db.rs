@@ -257,7 +257,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, keep: usize, max_age:
             // Retention, amortised: every few thousand entries, trim each monitor to `keep` and by age.
             if since_trim >= 5000 {
                 since_trim = 0;
-                let cutoff = crate::core::store::now_ms() - max_age.as_millis() as i64;
+                let cutoff = crate::core::event::now_ms() - max_age.as_millis() as i64;
                 tx.execute("DELETE FROM log WHERE time < ?1", [cutoff])?;
                 tx.execute(
                     "DELETE FROM log WHERE id IN (

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::Monitors;
 use super::check::Check;
 use super::runtime::Status;
-use crate::core::store::now_ms;
+use crate::core::event::now_ms;
 
 /// Renders every monitor metric.
 pub fn render(monitors: &Monitors) -> String {

@@ -21,11 +21,11 @@ use super::events::{self, Events};
 use super::runtime::{Runtime, Status};
 use super::spec::MonitorSpec;
 use super::target;
-use crate::core::Core;
+use crate::core::Engine;
 use crate::core::channel::{ChannelName, Pattern};
 use crate::core::event::NewEvent;
+use crate::core::event::now_ms;
 use crate::core::state::{Snapshot, StateChange};
-use crate::core::store::now_ms;
 
 /// Why a monitor operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +89,7 @@ pub struct Lateness {
 
 /// The service monitor.
 pub struct Monitors {
-    core: Arc<Core>,
+    core: Arc<dyn Engine>,
     db: Db,
     events: Events,
     channel: ChannelName,
@@ -104,7 +104,7 @@ pub struct Monitors {
 impl Monitors {
     /// Opens the monitor database, applies the configured monitors and starts checking.
     pub async fn start(
-        core: Arc<Core>,
+        core: Arc<dyn Engine>,
         data_dir: &std::path::Path,
         cfg: &MonitorConfig,
     ) -> Result<Arc<Self>, MonitorError> {
@@ -190,16 +190,16 @@ impl Monitors {
     /// a restart publishes only the monitors (and stats) that changed meanwhile, and seed 002's changed-field
     /// deltas are relative to what clients hold.
     async fn resume_published(&self, entries: &[Arc<Entry>]) {
-        let stored = |channel: &ChannelName, key: &str| -> Option<Value> {
-            let values = self.core.hub.state_of(channel)?;
+        let stored = async |channel: &ChannelName, key: &str| -> Option<Value> {
+            let values = self.core.state_of(channel).await.ok()??;
             serde_json::from_str(values.get(key)?.value.get()).ok()
         };
         for e in entries {
-            let last = stored(&e.channel(&self.channel), &e.id);
+            let last = stored(&e.channel(&self.channel), &e.id).await;
             e.emit.lock().last_full = last;
         }
         if let Ok(channel) = ChannelName::new(&self.events.stats_channel) {
-            *self.stats.lock().await = stored(&channel, self.events.stats_key);
+            *self.stats.lock().await = stored(&channel, self.events.stats_key).await;
         }
     }
 

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::config::{HistoryBody, ResultShape, SqlMode, SqlSourceConfig};
-use crate::core::Core;
+use crate::core::Engine;
 use crate::core::channel::{ChannelName, Pattern};
 use crate::core::state::Snapshot;
 use db::{Database, DbError, PoolSettings};
@@ -212,7 +212,7 @@ impl Source {
     }
 
     /// Starts the channel's poller, or keeps a stopping one.
-    fn activate(self: &Arc<Self>, core: &Arc<Core>, channel: ChannelName, params: Params) {
+    fn activate(self: &Arc<Self>, core: &Arc<dyn Engine>, channel: ChannelName, params: Params) {
         let mut pollers = self.pollers.lock();
         if let Some(p) = pollers.get(&channel) {
             p.stop.send_replace(false);
@@ -245,20 +245,29 @@ impl Source {
         );
         // Across restarts the last result is the channel's durable state, so nothing already published is
         // published again and rows deleted meanwhile are still noticed.
-        let last =
-            self.retained.lock().remove(&channel).or_else(|| {
-                poller::stored_state(core, &channel, self.config.mode, self.config.result)
-            });
+        let retained = self.retained.lock().remove(&channel);
         tracing::debug!(source = %self.config.id, %channel, "poller started");
-        tokio::spawn(poller::run(poller::Poller {
-            source: self.clone(),
-            core: core.clone(),
-            channel,
-            params,
-            stopped,
-            status,
-            last,
-        }));
+        let source = self.clone();
+        let core = core.clone();
+        tokio::spawn(async move {
+            let last = match retained {
+                Some(last) => Some(last),
+                None => {
+                    let (mode, shape) = (source.config.mode, source.config.result);
+                    poller::stored_state(&*core, &channel, mode, shape).await
+                }
+            };
+            poller::run(poller::Poller {
+                source,
+                core,
+                channel,
+                params,
+                stopped,
+                status,
+                last,
+            })
+            .await
+        });
     }
 
     fn deactivate(&self, channel: &ChannelName) {
@@ -300,7 +309,7 @@ impl SqlSources {
     /// Opens every source's pool, checks its SQL against the database (when reachable), declares its channels
     /// as state channels and starts following their demand.
     pub async fn start(
-        core: &Arc<Core>,
+        core: &Arc<dyn Engine>,
         configs: &[SqlSourceConfig],
     ) -> Result<Arc<Self>, SourceError> {
         let mut sources = Vec::new();
@@ -467,8 +476,8 @@ fn empty_array() -> Box<RawValue> {
 
 async fn follow_demand(
     source: Arc<Source>,
-    core: Arc<Core>,
-    mut demand: tokio::sync::mpsc::UnboundedReceiver<crate::core::hub::Demand>,
+    core: Arc<dyn Engine>,
+    mut demand: tokio::sync::mpsc::UnboundedReceiver<crate::core::engine::Demand>,
 ) {
     while let Some(d) = demand.recv().await {
         let Some(params) = source.template.bind(d.channel.as_str()) else {

@@ -13,7 +13,7 @@ use super::db::{DbError, Row};
 use super::template::Params;
 use super::{ChannelStatus, LastResult, STATUS_EVENT, Source, shaped, with_deadline};
 use crate::config::{ResultShape, SqlMode};
-use crate::core::Core;
+use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::event::NewEvent;
 use crate::core::state::StateChange;
@@ -24,7 +24,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Everything one channel's poller needs.
 pub(super) struct Poller {
     pub source: Arc<Source>,
-    pub core: Arc<Core>,
+    pub core: Arc<dyn Engine>,
     pub channel: ChannelName,
     pub params: Params,
     pub stopped: tokio::sync::watch::Receiver<bool>,
@@ -217,13 +217,13 @@ impl Poller {
 }
 
 /// The channel's current state in the core, as a last result (what a restarted poller diffs against).
-pub(super) fn stored_state(
-    core: &Core,
+pub(super) async fn stored_state(
+    core: &dyn Engine,
     channel: &ChannelName,
     mode: SqlMode,
     shape: ResultShape,
 ) -> Option<LastResult> {
-    let values = core.hub.state_of(channel)?;
+    let values = core.state_of(channel).await.ok()??;
     if values.is_empty() {
         return None;
     }

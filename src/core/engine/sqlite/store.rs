@@ -9,17 +9,19 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::channel::ChannelName;
-use super::event::{Event, NewEvent, PublishResult, SharedEvent};
-use super::retention::Retention;
-use super::state::{self, StateChange};
+use super::{Durability, Options};
+use crate::core::channel::ChannelName;
+use crate::core::engine::{ChannelInfo, Lane, ReadLimit};
+use crate::core::event::{Event, NewEvent, PublishResult, SharedEvent, now_ms};
+use crate::core::retention::Retention;
+use crate::core::state::{self, StateChange};
 
 /// Most commands folded into one transaction.
 const MAX_GROUP: usize = 512;
@@ -28,7 +30,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(super) enum StoreError {
     /// SQLite reported an error.
     #[error("storage error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -38,36 +40,6 @@ pub enum StoreError {
     /// A background task failed.
     #[error("storage task failed: {0}")]
     Task(String),
-}
-
-/// How hard a commit is made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// fsync on every group commit: survives power loss.
-    #[default]
-    Full,
-    /// fsync at WAL checkpoints only: survives process crashes, not power loss.
-    Normal,
-}
-
-/// A channel's position and bounds, as committed.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ChannelInfo {
-    /// Channel name.
-    pub channel: ChannelName,
-    /// Current epoch.
-    pub epoch: Arc<str>,
-    /// Oldest offset still in history (`last_offset + 1` when history is empty).
-    pub first_offset: u64,
-    /// Last offset assigned.
-    pub last_offset: u64,
-    /// Numeric id in the store.
-    #[serde(skip)]
-    pub id: u64,
-    /// Highest commit sequence ever trimmed from this channel.
-    #[serde(skip)]
-    pub trimmed_seq: u64,
 }
 
 /// Called with each committed batch of new events, in commit order, from the writer thread.
@@ -90,13 +62,13 @@ enum Command {
 
 /// Handle to the store: cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub(super) struct Store {
     tx: mpsc::Sender<Command>,
     readers: Arc<Readers>,
 }
 
 /// What the store knew when it opened.
-pub struct Opened {
+pub(super) struct Opened {
     /// The store handle.
     pub store: Store,
     /// Every channel, for the fan-out hub's positions.
@@ -107,21 +79,9 @@ pub struct Opened {
     pub state: Vec<(ChannelName, state::Entry)>,
 }
 
-/// Options for [`Store::open`].
-pub struct StoreOptions {
-    /// Directory holding `herald.db`.
-    pub data_dir: PathBuf,
-    /// Fsync policy.
-    pub durability: Durability,
-    /// History bounds.
-    pub retention: Retention,
-    /// Disconnected sessions older than this are forgotten.
-    pub session_ttl: Duration,
-}
-
 impl Store {
     /// Opens (creating if needed) the database and starts the writer thread.
-    pub fn open(opts: StoreOptions, sink: CommitSink) -> Result<Opened, StoreError> {
+    pub fn open(opts: Options, sink: CommitSink) -> Result<Opened, StoreError> {
         std::fs::create_dir_all(&opts.data_dir)
             .map_err(|e| StoreError::Task(format!("cannot create data dir: {e}")))?;
         let path = opts.data_dir.join("herald.db");
@@ -230,33 +190,8 @@ impl Store {
     }
 
     /// The committed position of `channel` and its events with offset in `(after, upto]` (`upto` `None`: up
-    /// to the position), oldest first, at most `limit`; `None` if the channel does not exist. Read in one
-    /// transaction, so the position and the events agree even while retention trims the channel.
+    /// to the position), oldest first, within `limit`, read in one transaction on `lane`.
     pub async fn range(
-        &self,
-        channel: &ChannelName,
-        after: u64,
-        upto: Option<u64>,
-        limit: ReadLimit,
-    ) -> Result<Option<(ChannelInfo, Vec<Event>)>, StoreError> {
-        self.range_on(Lane::Other, channel, after, upto, limit)
-            .await
-    }
-
-    /// [`Store::range`] on the replay lane: subscribers catching up queue behind each other, not in front of
-    /// session loads, history requests and the other short reads.
-    pub async fn replay_range(
-        &self,
-        channel: &ChannelName,
-        after: u64,
-        upto: u64,
-        limit: ReadLimit,
-    ) -> Result<Option<(ChannelInfo, Vec<Event>)>, StoreError> {
-        self.range_on(Lane::Replay, channel, after, Some(upto), limit)
-            .await
-    }
-
-    async fn range_on(
         &self,
         lane: Lane,
         channel: &ChannelName,
@@ -351,25 +286,8 @@ struct Readers {
     others: Arc<tokio::sync::Semaphore>,
 }
 
-/// Which reads queue together.
-#[derive(Clone, Copy)]
-enum Lane {
-    Replay,
-    Other,
-}
-
 /// Most reads running at once on one lane.
 const READS_PER_LANE: usize = 4;
-
-/// A bound on one read of events: at most `events` of them, and no more once `bytes` of payload were read
-/// (the first event always counts, so a read makes progress).
-#[derive(Debug, Clone, Copy)]
-pub struct ReadLimit {
-    /// Most events.
-    pub events: usize,
-    /// Payload bytes after which no further event is read.
-    pub bytes: usize,
-}
 
 impl Readers {
     fn take(&self) -> Result<Connection, StoreError> {
@@ -508,13 +426,6 @@ fn events_in(
 
 fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// Milliseconds since the UNIX epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A fresh random epoch.

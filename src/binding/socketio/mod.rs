@@ -6,6 +6,8 @@
 //! subscription in the session record. The stock client echoes the last such string back as `offset` when it
 //! reconnects with its `pid`; [`session::resume_points`] turns that into a position per channel.
 
+pub mod session;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -19,16 +21,17 @@ use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::template;
 use crate::auth::Identity;
 use crate::config::ClientEvent;
-use crate::core::Core;
+use crate::core::Engine;
 use crate::core::channel::ChannelName;
+use crate::core::engine::EngineError;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
-use crate::core::session::{self, Cursor, Entry, Gap, GapReason, SessionRecord};
-use crate::core::store::StoreError;
+use crate::core::gap::{Gap, GapReason};
 use crate::policy::rate::{MessageLimit, REPORT_INTERVAL, Slot};
 use crate::transport::socketio::{
     Accept, AckResponder, BoxFuture, ConnectError, DisconnectReason, EncodedPacket,
     NamespaceHandler, Payload, Socket, encode_event_raw,
 };
+use session::{Cursor, Entry, SessionRecord};
 
 /// The event slot holding the shared Socket.IO packet of a live event.
 const SLOT: EncodingSlot = EncodingSlot(0);
@@ -39,7 +42,7 @@ pub const DISCONNECT_EVENT: &str = "herald:disconnect";
 
 /// The `/` namespace of Herald: channels for Socket.IO clients.
 pub struct ChannelsNamespace {
-    core: Arc<Core>,
+    core: Arc<dyn Engine>,
     access: Arc<Access>,
     max_held_bytes: usize,
     /// Application events mapped to subscriptions or actions (`[socketio.client_events]`).
@@ -165,8 +168,8 @@ impl Refusal {
     }
 }
 
-impl From<StoreError> for Refusal {
-    fn from(e: StoreError) -> Self {
+impl From<EngineError> for Refusal {
+    fn from(e: EngineError) -> Self {
         tracing::error!(error = %e, "storage failure during a subscription");
         Refusal::new("unavailable", "storage is unavailable; try again")
     }
@@ -193,7 +196,7 @@ fn reply(ack: Option<AckResponder>, value: Value) {
 impl ChannelsNamespace {
     /// A namespace handler over `core`.
     pub fn new(
-        core: Arc<Core>,
+        core: Arc<dyn Engine>,
         access: Arc<Access>,
         max_held_bytes: usize,
         client_events: HashMap<String, ClientEvent>,
@@ -268,7 +271,7 @@ impl ChannelsNamespace {
                 if let Some(old) = stale {
                     retire(&old, "session resumed elsewhere");
                 }
-                let resumes = session::resume_points(&self.core.store, &record, cursor)
+                let resumes = session::resume_points(&*self.core, &record, cursor)
                     .await
                     .map_err(internal)?;
                 let resumed = resumes.len();
@@ -289,7 +292,7 @@ impl ChannelsNamespace {
                 let pid = if lossless {
                     pid.to_owned()
                 } else {
-                    self.core.store.delete_session(pid);
+                    self.core.delete_session(pid);
                     new_id()
                 };
                 (pid, record.sid, wants, record.next_k, false)
@@ -356,8 +359,8 @@ impl ChannelsNamespace {
         })
     }
 
-    async fn load_session(&self, pid: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let text = self.core.store.session(pid).await?;
+    async fn load_session(&self, pid: &str) -> Result<Option<SessionRecord>, EngineError> {
+        let text = self.core.session(pid).await?;
         Ok(text.and_then(|t| match serde_json::from_str(&t) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -399,7 +402,7 @@ impl ChannelsNamespace {
         conn: &Arc<Conn>,
         wants: Vec<Want>,
     ) -> Result<Vec<Registered>, Refusal> {
-        let regs = conn.feed.begin(wants);
+        let regs = conn.feed.begin(wants).await.map_err(Refusal::from)?;
         let record = {
             let mut record = conn.record.lock();
             for r in &regs {
@@ -454,9 +457,11 @@ impl ChannelsNamespace {
         });
     }
 
-    async fn store_record(&self, pid: &str, record: &SessionRecord) -> Result<(), StoreError> {
-        let text = serde_json::to_string(record).map_err(|e| StoreError::Task(e.to_string()))?;
-        self.core.store.put_session(pid, text).await
+    async fn store_record(&self, pid: &str, record: &SessionRecord) -> Result<(), EngineError> {
+        // A record of strings and integers always serialises.
+        let text =
+            serde_json::to_string(record).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        self.core.put_session(pid, text).await
     }
 
     /// The built-in `subscribe` event.
@@ -621,9 +626,9 @@ impl ChannelsNamespace {
         }
         conn.feed.detach();
         if reason.allows_recovery() {
-            self.core.store.session_detached(&conn.pid);
+            self.core.session_detached(&conn.pid);
         } else {
-            self.core.store.delete_session(&conn.pid);
+            self.core.delete_session(&conn.pid);
         }
     }
 }
@@ -667,7 +672,7 @@ async fn expire(socket: Arc<Socket>, left: std::time::Duration) {
     socket.close_transport("token expired");
 }
 
-fn internal(e: StoreError) -> ConnectError {
+fn internal(e: EngineError) -> ConnectError {
     tracing::error!(error = %e, "storage failure during connect");
     ConnectError {
         message: "storage unavailable".into(),

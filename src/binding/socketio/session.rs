@@ -1,4 +1,4 @@
-//! Durable subscriber sessions and resume cursors.
+//! Socket.IO sessions: the durable record of a session's subscriptions and the cursor its packets carry.
 //!
 //! A session remembers, per channel, where its subscription started in the node-wide commit order. With that,
 //! the single cursor a client hands back (the last event it saw, on any channel) is enough to work out, for every
@@ -7,13 +7,13 @@
 //! never per event — and is stored before any cursor that refers to it is sent.
 
 use std::fmt;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::channel::ChannelName;
-use super::event::Event;
-use super::store::{ChannelInfo, Store, StoreError};
+use crate::core::channel::ChannelName;
+use crate::core::engine::{ChannelInfo, Engine, EngineError};
+use crate::core::event::Event;
+use crate::core::gap::{Gap, GapReason};
 
 /// One channel of a session.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -104,35 +104,6 @@ impl fmt::Display for Cursor {
     }
 }
 
-/// Why part of a channel's history could not be delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GapReason {
-    /// Retention removed events the subscriber had not received.
-    HistoryTrimmed,
-    /// The channel's history was reset; offsets from the old epoch mean nothing now.
-    EpochChanged,
-    /// The session was unknown or expired, so what was missed cannot be known.
-    SessionUnknown,
-}
-
-/// Events a subscriber missed and will never get.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Gap {
-    /// Channel concerned.
-    pub channel: ChannelName,
-    /// Why.
-    pub reason: GapReason,
-    /// The channel's current epoch.
-    pub epoch: Arc<str>,
-    /// First missing offset, when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<u64>,
-    /// Last missing offset, when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub to: Option<u64>,
-}
-
 /// Where to resume one channel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resume {
@@ -154,16 +125,16 @@ enum Has {
 
 /// Computes, for every channel of `record`, the last offset the client has, given its cursor.
 pub async fn resume_points(
-    store: &Store,
+    engine: &dyn Engine,
     record: &SessionRecord,
     cursor: Option<Cursor>,
-) -> Result<Vec<Resume>, StoreError> {
+) -> Result<Vec<Resume>, EngineError> {
     let mut out = Vec::with_capacity(record.channels.len());
     for entry in &record.channels {
         let Ok(channel) = ChannelName::new(&entry.channel) else {
             continue;
         };
-        let Some(info) = store.channel(&channel).await? else {
+        let Some(info) = engine.channel(&channel).await? else {
             out.push(Resume {
                 channel,
                 after: entry.since,
@@ -221,7 +192,7 @@ pub async fn resume_points(
             Has::UpToSeq(seq, own) => {
                 let after = match own {
                     Some(o) => o,
-                    None => store
+                    None => engine
                         .last_offset_at(info.id, seq)
                         .await?
                         .unwrap_or(0)

@@ -1,0 +1,128 @@
+//! Presence kept in this process: who is on each channel now, and join/leave notifications.
+//!
+//! The local engines (SQLite, memory) hold presence here; a distributed engine keeps its own cluster-wide table
+//! behind the same [`crate::core::engine::Engine`] methods. Entries exist only while a connection is subscribed, so
+//! they are bounded by the connections and their per-connection subscription limit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::channel::{ChannelName, Pattern};
+use super::engine::{Leave, PresenceGuard};
+
+/// One connection present on a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// Connection id (as the connection registry shows it).
+    pub conn: Arc<str>,
+    /// The authenticated user, if any.
+    pub user: Option<String>,
+    /// The user's roles.
+    pub roles: Vec<String>,
+    /// Transport name (`socketio`, `websocket`, `sse`).
+    pub transport: &'static str,
+    /// When the connection was opened, ms since the UNIX epoch.
+    pub connected_at: i64,
+}
+
+/// A connection joined or left a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// It joined.
+    Join(ChannelName, Member),
+    /// It left.
+    Leave(ChannelName, Member),
+}
+
+#[derive(Default)]
+struct Table {
+    /// Channel → connection id → (member, registrations holding it).
+    channels: HashMap<ChannelName, BTreeMap<Arc<str>, (Member, usize)>>,
+    watchers: Vec<(Pattern, mpsc::UnboundedSender<PresenceEvent>)>,
+}
+
+impl Table {
+    fn notify(&mut self, channel: &ChannelName, event: impl Fn() -> PresenceEvent) {
+        self.watchers
+            .retain(|(pattern, tx)| !pattern.matches(channel.as_str()) || tx.send(event()).is_ok());
+    }
+}
+
+/// Presence of this process's connections.
+#[derive(Default)]
+pub struct Presence {
+    table: Mutex<Table>,
+}
+
+impl Presence {
+    /// Adds `member` to `channel` until the returned guard is dropped; joining twice keeps one entry.
+    pub fn join(self: &Arc<Self>, channel: &ChannelName, member: Member) -> PresenceGuard {
+        let conn = member.conn.clone();
+        let mut t = self.table.lock();
+        let entries = t.channels.entry(channel.clone()).or_default();
+        let fresh = match entries.get_mut(&conn) {
+            Some((_, n)) => {
+                *n += 1;
+                false
+            }
+            None => {
+                entries.insert(conn.clone(), (member.clone(), 1));
+                true
+            }
+        };
+        if fresh {
+            t.notify(channel, || {
+                PresenceEvent::Join(channel.clone(), member.clone())
+            });
+        }
+        drop(t);
+        let owner: Arc<dyn Leave> = self.clone();
+        PresenceGuard::new(channel.clone(), conn, owner)
+    }
+
+    /// Who is on `channel`, by connection id.
+    pub fn members(&self, channel: &ChannelName) -> Vec<Member> {
+        self.table
+            .lock()
+            .channels
+            .get(channel)
+            .map(|m| m.values().map(|(member, _)| member.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Join and leave notifications of channels matching `pattern`, from now on.
+    pub fn events(&self, pattern: Pattern) -> mpsc::UnboundedReceiver<PresenceEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.table.lock().watchers.push((pattern, tx));
+        rx
+    }
+}
+
+impl Leave for Presence {
+    fn leave(&self, channel: &ChannelName, conn: &str) {
+        let mut t = self.table.lock();
+        let Some(entries) = t.channels.get_mut(channel) else {
+            return;
+        };
+        let gone = match entries.get_mut(conn) {
+            Some((_, n)) if *n > 1 => {
+                *n -= 1;
+                None
+            }
+            Some(_) => entries.remove(conn).map(|(m, _)| m),
+            None => None,
+        };
+        if entries.is_empty() {
+            t.channels.remove(channel);
+        }
+        if let Some(member) = gone {
+            t.notify(channel, || {
+                PresenceEvent::Leave(channel.clone(), member.clone())
+            });
+        }
+    }
+}
