@@ -16,6 +16,11 @@ export const HERALD_BIN = process.env.HERALD_BIN
   ? resolve(process.env.HERALD_BIN)
   : join(REPO_ROOT, 'target/debug/herald');
 
+/** The engine the suite runs against (`HERALD_TEST_ENGINE=memory` reruns it in memory; default SQLite). */
+export const ENGINE = process.env.HERALD_TEST_ENGINE || 'sqlite';
+/** `test()` options for a test that restarts Herald and expects its data back: skipped on the memory engine. */
+export const DURABLE_ONLY = ENGINE === 'memory' ? { skip: 'restarts: the memory engine keeps nothing across them' } : {};
+
 const LISTEN_RE = /^herald listening on (https?:\/\/127\.0\.0\.1:(\d+))\s*$/;
 const START_TIMEOUT_MS = 15_000;
 const STOP_TIMEOUT_MS = 10_000;
@@ -85,7 +90,8 @@ export async function startHerald(t, { config = '', args = [], env = {} } = {}) 
   const launch = async (listen) => {
     const proc = spawn(
       HERALD_BIN,
-      ['serve', '--listen', listen, '--data-dir', dataDir, '--config', configPath, ...args],
+      ['serve', '--listen', listen, '--data-dir', dataDir, '--config', configPath,
+        ...(ENGINE === 'sqlite' ? [] : ['--engine', ENGINE]), ...args],
       { cwd: dir, env: cleanEnv(env), stdio: ['ignore', 'pipe', 'pipe'] },
     );
     h.proc = proc;

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startHerald, connected, subscribeOk, publish, publishRetry, Recorder, waitFor, chan, request, history,
+  startHerald, DURABLE_ONLY, connected, subscribeOk, publish, publishRetry, Recorder, waitFor, chan, request, history,
 } from '../lib/herald.js';
 
 const FAST = { reconnectionDelay: 100, reconnectionDelayMax: 200 };
@@ -107,7 +107,7 @@ test('resume (b): server-side disconnect via POST /api/connections/{id}/disconne
   h.assertNoPanic();
 });
 
-test('resume (c): Herald restart (SIGTERM, same data dir and port) mid-stream', async (t) => {
+test('resume (c): Herald restart (SIGTERM, same data dir and port) mid-stream', DURABLE_ONLY, async (t) => {
   const h = await startHerald(t);
   const { disconnects } = await resumeScenario(t, h, {
     label: 'SIGTERM + restart',
@@ -203,7 +203,7 @@ test('resume (e): a subscription with no event received yet survives a reconnect
   t.diagnostic(`recovered after a reconnect with no offset: ${socket.recovered}`);
 });
 
-test('resume (f): kill -9 and restart mid-stream: nothing is lost silently', async (t) => {
+test('resume (f): kill -9 and restart mid-stream: nothing is lost silently', DURABLE_ONLY, async (t) => {
   // kill -9 skips the graceful shutdown. Every acknowledged event is durable; the session may or may not
   // be recoverable. Either the client recovers (recovered === true, every event exactly once, in order),
   // or it is told: recovered === false and a herald:gap per channel (e.g. session_unknown).

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventSource } from 'eventsource';
 import {
-  startHerald, publish, publishRetry, chan, connected, subscribeOk, Recorder, withTimeout,
+  startHerald, DURABLE_ONLY, publish, publishRetry, chan, connected, subscribeOk, Recorder, withTimeout,
 } from '../lib/herald.js';
 import {
   wsBase, openWs, openSse, parseCursor, directPath, curlHasHttp2, spawnCurl, gateProxy,
@@ -148,7 +148,7 @@ test('compound cursor: one <epoch>:<offset> per channel in URL order; ?since= an
   assert.equal(env.events[0].id, `${ea}:3`);
 });
 
-test('multi-channel /sse resumes across a Herald restart via Last-Event-ID: every event of both channels exactly once, in order', async (t) => {
+test('multi-channel /sse resumes across a Herald restart via Last-Event-ID: every event of both channels exactly once, in order', DURABLE_ONLY, async (t) => {
   const h = await startHerald(t, { config: '[sse]\nretry = "200ms"\n' });
   // The client goes through a gate that stays closed from the restart until events were published to the restarted
   // server and the client was refused once, so its resume certainly needs a replay.

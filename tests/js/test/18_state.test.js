@@ -2,7 +2,7 @@
 // snapshot (as of its exact registration position), then only later deltas — on every transport, across restarts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startHerald, request, connected, subscribeOk, Recorder, assertApiError, waitFor } from '../lib/herald.js';
+import { startHerald, DURABLE_ONLY, request, connected, subscribeOk, Recorder, assertApiError, waitFor } from '../lib/herald.js';
 import { openWs, wsBase, openSse, directPath } from '../lib/plain.js';
 
 const CONFIG = `
@@ -17,7 +17,7 @@ async function put(h, channel, event, data, key, extra = {}) {
   return r.json.results[0];
 }
 
-test('bulk snapshot then deltas over Socket.IO; removed keys leave the snapshot; state survives a restart', async (t) => {
+test('bulk snapshot then deltas over Socket.IO; removed keys leave the snapshot; state survives a restart', DURABLE_ONLY, async (t) => {
   const h = await startHerald(t, { config: CONFIG });
   await put(h, 'services', 'service:status', { id: 'a', status: 'up' }, 'a');
   await put(h, 'services', 'service:status', { id: 'b', status: 'up' }, 'b');

@@ -7,7 +7,7 @@ import net from 'node:net';
 import dgram from 'node:dgram';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { io } from 'socket.io-client';
-import { startHerald, request, connected, Recorder, waitFor, withTimeout } from '../lib/herald.js';
+import { startHerald, DURABLE_ONLY, request, connected, Recorder, waitFor, withTimeout } from '../lib/herald.js';
 import { openWs, wsBase } from '../lib/plain.js';
 import { KEY_BLOCKS } from '../lib/auth.js';
 import { sign } from '../lib/jwt.js';
@@ -83,7 +83,7 @@ async function follow(t, h, channel = 'monitors') {
   };
 }
 
-test('HTTP, TCP and UDP monitors go up → down → up: events, log entries and stored status (across a restart)', async (t) => {
+test('HTTP, TCP and UDP monitors go up → down → up: events, log entries and stored status (across a restart)', DURABLE_ONLY, async (t) => {
   const h = await startHerald(t, { config: '[monitor]\nthrottle = "0s"\n' });
   const web = await httpTarget(t);
   const tcp = await tcpTarget(t);
@@ -165,7 +165,7 @@ test('HTTP, TCP and UDP monitors go up → down → up: events, log entries and 
 });
 
 
-test('a restart republishes nothing that did not change: every channel keeps its position; a change made meanwhile is sent', async (t) => {
+test('a restart republishes nothing that did not change: every channel keeps its position; a change made meanwhile is sent', DURABLE_ONLY, async (t) => {
   const h = await startHerald(t, { config: '[monitor]\nthrottle = "0s"\n' });
   const tcp = await tcpTarget(t);
   const f = await follow(t, h);
@@ -351,7 +351,7 @@ test('seed 002 frontend (JWT, subscribe:status, service:bulk-update then changed
   assert.match(err.message, /authentication required/i);
 });
 
-test('seed 002 useRealtimeStatus, replayed verbatim: its React Query cache stays right across checks, a status change and a restart', async (t) => {
+test('seed 002 useRealtimeStatus, replayed verbatim: its React Query cache stays right across checks, a status change and a restart', DURABLE_ONLY, async (t) => {
   const web = await httpTarget(t);
   const config = seed002Config(web);
   const h = await startHerald(t, { config });
