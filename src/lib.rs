@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod binding;
 pub mod config;
+pub mod config_error;
 pub mod core;
 pub mod monitor;
 pub mod number;

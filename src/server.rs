@@ -121,14 +121,19 @@ impl Server {
         };
         let core = engine::open(EngineOptions {
             kind,
-            retention: config.retention(),
+            retention: config.history.retention(),
             session_ttl: config.socketio.session_ttl,
         })?;
         for st in &config.state {
             core.declare_state(Pattern::new(&st.channels), st.snapshot());
         }
         let s = &config.socketio;
-        let access = Access::new(&config)?;
+        let access = Access::new(
+            &config.auth,
+            &config.allowed_origins,
+            &config.limits,
+            config.socketio.server_side_channels(),
+        )?;
         let monitors = Monitors::start(core.clone(), &config.data_dir, &config.monitor).await?;
         // Last: the core takes the first state declaration matching a channel, and a template like `{unit}` is
         // broad; `[[state]]` and the monitor's channels keep theirs.

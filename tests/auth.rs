@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use herald::auth::AuthConfig;
 use herald::auth::{AuthError, Authenticator, Permissions, TokenExtractor};
-use herald::config::{AuthConfig, Config};
+use herald::config::Config;
 use herald::core::channel::ChannelName;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};

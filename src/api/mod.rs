@@ -1,6 +1,7 @@
 //! The HTTP API: thin axum handlers over the core. Every error is a 4xx/5xx with a JSON body.
 
 mod channels;
+mod config;
 mod error;
 mod monitors;
 mod publish;
@@ -18,9 +19,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+pub use config::ApiKey;
 pub use error::ApiError;
 
-use crate::config::ApiKey;
 use crate::core::Engine;
 use crate::policy::Policy;
 

@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 
 use super::ApiState;
 use super::error::ApiError;
-use crate::config::{HistoryBody, ResultShape};
 use crate::source::sql::QueryError;
 use crate::source::sql::template::Params;
+use crate::source::sql::{HistoryBody, ResultShape};
 
 /// `GET /api/sources`.
 pub async fn list(State(state): State<ApiState>) -> Json<Value> {

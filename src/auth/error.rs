@@ -57,7 +57,7 @@ impl AuthError {
 /// Why the `[auth]` configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
-    /// The configuration is inconsistent (see [`crate::config::AuthConfig::validate`]).
+    /// The configuration is inconsistent (see [`super::AuthConfig::validate`]).
     #[error("{0}")]
     Invalid(String),
     /// A key file could not be read.
@@ -108,8 +108,8 @@ pub enum AuthConfigError {
     Http(String),
 }
 
-impl From<crate::config::ConfigError> for AuthConfigError {
-    fn from(e: crate::config::ConfigError) -> Self {
+impl From<crate::config_error::InvalidConfig> for AuthConfigError {
+    fn from(e: crate::config_error::InvalidConfig) -> Self {
         AuthConfigError::Invalid(e.to_string())
     }
 }

@@ -14,7 +14,7 @@ use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 use serde_json::Value;
 
-use crate::config::AuthConfig;
+use super::AuthConfig;
 
 /// Where tokens are looked for, per `[auth]`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -64,6 +64,7 @@
 //! accepted, and an HMAC token is never checked against a public key. With keys configured every token must carry
 //! `exp`; `nbf` is checked when present. `docs/auth.md` is the full reference.
 
+mod config;
 mod error;
 mod extract;
 mod identity;
@@ -72,13 +73,12 @@ mod permissions;
 mod remote;
 mod verify;
 
+pub use config::{AuthConfig, AuthRule, KeyConfig};
 pub use error::{AuthConfigError, AuthError};
 pub use extract::{TokenExtractor, bearer_token, cookie_token, query_token, socketio_token};
 pub use identity::Identity;
 pub use permissions::Permissions;
 pub use verify::Authenticator;
-
-pub(crate) use permissions::check_pattern;
 
 /// Shortest accepted HMAC secret, in bytes (RFC 7518 §3.2: at least the hash size; 32 bytes for HS256).
 pub const MIN_HMAC_SECRET: usize = 32;

@@ -14,8 +14,8 @@
 //! a value that is not a valid channel name (it contains `*`, `/`, control characters, …) matches nothing, and a
 //! pattern whose claim is missing matches nothing.
 
+use super::AuthConfig;
 use super::{AuthConfigError, Identity};
-use crate::config::AuthConfig;
 use crate::core::channel::{ChannelName, Pattern};
 
 /// Most channel names one rule may expand to for one identity (arrays in several placeholders multiply);
@@ -169,7 +169,7 @@ impl Rule {
 }
 
 /// Validates a rule pattern (used by config validation).
-pub(crate) fn check_pattern(pattern: &str) -> Result<(), String> {
+pub(super) fn check_pattern(pattern: &str) -> Result<(), String> {
     parse(pattern).map(|_| ())
 }
 
@@ -224,7 +224,7 @@ fn push_glob(parts: &mut Vec<Part>, text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AuthRule;
+    use crate::auth::AuthRule;
     use serde_json::{Value, json};
 
     fn rule(pattern: &str, subscribe: Option<bool>) -> AuthRule {

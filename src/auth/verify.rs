@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 
 use super::keys::{VerifyKey, from_pem, parse_jwks};
 use super::remote::{RemoteJwks, http_client};
+use super::{AuthConfig, KeyConfig};
 use super::{AuthConfigError, AuthError, Identity, MAX_TOKEN_LEN, MIN_HMAC_SECRET};
-use crate::config::{AuthConfig, KeyConfig};
 
 /// Verifies tokens against the configured keys. Cheap to clone; clones share the JWKS caches.
 #[derive(Clone)]

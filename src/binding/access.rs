@@ -10,12 +10,11 @@ use serde_json::Value;
 
 use crate::api::ApiError;
 use crate::auth::{
-    AuthConfigError, AuthError, Authenticator, Identity, Permissions, TokenExtractor,
+    AuthConfig, AuthConfigError, AuthError, Authenticator, Identity, Permissions, TokenExtractor,
 };
-use crate::config::Config;
 use crate::core::channel::ChannelName;
 use crate::policy::rate::{Bucket, MessageLimit, Slot};
-use crate::policy::{Policy, Refused};
+use crate::policy::{LimitsConfig, Policy, Refused};
 
 /// Authentication and permissions for the bindings.
 pub struct Access {
@@ -29,28 +28,30 @@ pub struct Access {
 }
 
 impl Access {
-    /// Builds the checks from `[auth]` (loading key files) and the configured server-side channels.
-    pub fn new(config: &Config) -> Result<Arc<Self>, AuthConfigError> {
-        if config.auth.keys.is_empty() && config.auth.anonymous_allowed() {
+    /// Builds the checks from `[auth]` (loading key files), the origin allow-list, `[limits]` and the channels
+    /// every client gets on connect.
+    pub fn new(
+        auth: &AuthConfig,
+        allowed_origins: &[String],
+        limits: &LimitsConfig,
+        server_side: Vec<ChannelName>,
+    ) -> Result<Arc<Self>, AuthConfigError> {
+        if auth.keys.is_empty() && auth.anonymous_allowed() {
             tracing::warn!(
                 "no JWT keys configured: every client connects anonymously; set [auth] keys to require tokens"
             );
-        } else if config.auth.anonymous_allowed() {
+        } else if auth.anonymous_allowed() {
             tracing::warn!("[auth] anonymous = true: clients without a token connect anonymously");
         }
         Ok(Arc::new(Self {
             // With cookie authentication and no allow-list, only same-origin pages may connect: a cross-site page
             // could otherwise open a WebSocket carrying the visitor's cookie.
-            policy: Arc::new(Policy::new(
-                &config.allowed_origins,
-                config.auth.cookie.is_some(),
-                &config.limits,
-            )),
-            authenticator: Authenticator::new(&config.auth)?,
-            permissions: Permissions::from_config(&config.auth)?,
-            tokens: TokenExtractor::from_config(&config.auth),
-            server_side: config.server_side_channels(),
-            leeway: config.auth.leeway,
+            policy: Arc::new(Policy::new(allowed_origins, auth.cookie.is_some(), limits)),
+            authenticator: Authenticator::new(auth)?,
+            permissions: Permissions::from_config(auth)?,
+            tokens: TokenExtractor::from_config(auth),
+            server_side,
+            leeway: auth.leeway,
         }))
     }
 

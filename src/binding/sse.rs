@@ -5,6 +5,8 @@
 //! with an `id:` alone, which sets the browser's last event id without dispatching anything, so even a stream
 //! that received no event yet resumes from where it started. Losses arrive in-band as `herald:gap` events.
 
+pub mod config;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +25,13 @@ use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::wire::{channel_from_path, envelope};
 use crate::api::ApiError;
-use crate::config::SseConfig;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
 use axum::extract::ConnectInfo;
+pub use config::SseConfig;
 use std::net::SocketAddr;
 
 /// Slot of the shared `event:`/`data:` lines of a live event.

@@ -6,6 +6,8 @@
 //! client requests are handled on a second task so a long replay never stops the writer. An event's message —
 //! and, for connections that negotiated permessage-deflate, its compressed form — is encoded once and shared.
 
+pub mod config;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +29,6 @@ use super::outbox::{Closed, Outbox, Weight};
 use super::wire::{channel_from_path, envelope, gap_message};
 use crate::api::ApiError;
 use crate::auth::Identity;
-use crate::config::{PayloadShape, WebSocketConfig};
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
@@ -35,6 +36,7 @@ use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
 use crate::source::sql::STATUS_EVENT;
 use crate::transport::websocket::{self as ws, Incoming, Reader, Writer, deflate};
+pub use config::{PayloadShape, WebSocketConfig};
 
 /// Slots of the shared message of a live event: envelope, bare data, and their compressed forms.
 const ENVELOPE: EncodingSlot = EncodingSlot(1);

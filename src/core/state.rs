@@ -10,9 +10,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::channel::Pattern;
+use crate::config_error::InvalidConfig;
 
 /// A change to a channel's keyed state, carried by an event.
 #[derive(Debug, Clone)]
@@ -184,6 +186,40 @@ impl Declarations {
             .iter()
             .find(|(p, _)| p.matches(channel))
             .map(|(_, s)| s)
+    }
+}
+
+/// A state channel declaration (`[[state]]`): events published with a `key` keep a latest value per key, and a
+/// new subscriber first gets the snapshot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Channel pattern (`*` wildcards).
+    pub channels: String,
+    /// Send the snapshot as one event of this name carrying the array of values; without it, each value is
+    /// sent as the event that set it.
+    pub bulk_event: Option<String>,
+}
+
+impl StateConfig {
+    /// The snapshot style.
+    pub fn snapshot(&self) -> Snapshot {
+        match &self.bulk_event {
+            Some(event) => Snapshot::Bulk {
+                event: event.clone(),
+            },
+            None => Snapshot::Each,
+        }
+    }
+
+    /// Checks that the pattern and the bulk event name are not empty.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.channels.is_empty() || self.bulk_event.as_deref() == Some("") {
+            return Err(InvalidConfig(
+                "state: `channels` and `bulk_event` must not be empty".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

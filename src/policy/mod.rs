@@ -1,16 +1,17 @@
 //! Admission policy at the edge, shared by every transport and the HTTP API: allowed origins, and rate and
 //! concurrency limits. Each refusal is answered with a clear error and logged (aggregated, see `refusals`).
 
+pub mod config;
 pub mod origin;
 pub mod rate;
 pub mod refusals;
 
 use std::net::IpAddr;
 
+pub use config::LimitsConfig;
 pub use origin::Origins;
 use rate::{Buckets, Concurrent, Slot};
 
-use crate::config::LimitsConfig;
 use refusals::RefusalLog;
 
 /// The limits of a running server.

@@ -1,5 +1,25 @@
-//! Built-in sources: producers inside Herald that publish through [`crate::core::Core`] like the HTTP API does.
+//! Built-in sources: producers inside Herald that publish through [`crate::core::Engine`] like the HTTP API does.
 //!
 //! `sql` polls database queries per subscribed channel and pushes what changed.
 
 pub mod sql;
+
+use serde::Deserialize;
+
+use crate::config_error::InvalidConfig;
+
+/// The `[sources]` section: the built-in sources' definitions.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourcesConfig {
+    /// Live SQL queries (`[[sources.sql]]`).
+    pub sql: Vec<sql::SqlSourceConfig>,
+}
+
+impl SourcesConfig {
+    /// Checks every source without contacting a database; `socketio_path` is the Socket.IO route, which a SQL
+    /// source's `history_path` must not take.
+    pub fn validate(&self, socketio_path: &str) -> Result<(), InvalidConfig> {
+        sql::config::validate(&self.sql, socketio_path)
+    }
+}

@@ -6,6 +6,7 @@
 //! subscription in the session record. The stock client echoes the last such string back as `offset` when it
 //! reconnects with its `pid`; [`session::resume_points`] turns that into a position per channel.
 
+pub mod config;
 pub mod session;
 
 use std::collections::HashMap;
@@ -20,7 +21,6 @@ use super::access::Access;
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::template;
 use crate::auth::Identity;
-use crate::config::ClientEvent;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::engine::EngineError;
@@ -31,6 +31,7 @@ use crate::transport::socketio::{
     Accept, AckResponder, BoxFuture, ConnectError, DisconnectReason, EncodedPacket,
     NamespaceHandler, Payload, Socket, encode_event_raw,
 };
+use config::ClientEvent;
 use session::{Cursor, Entry, SessionRecord};
 
 /// The event slot holding the shared Socket.IO packet of a live event.

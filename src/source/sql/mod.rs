@@ -6,6 +6,7 @@
 //! many clients and transports watch it; the last one leaving stops it. Each change is published once, with a
 //! [`StateChange`], so the core gives every new subscriber the current result before later changes.
 
+pub mod config;
 pub mod db;
 mod poller;
 pub mod template;
@@ -18,12 +19,13 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::config::{HistoryBody, ResultShape, SqlMode, SqlSourceConfig};
 use crate::core::Engine;
 use crate::core::channel::{ChannelName, Pattern};
 use crate::core::state::Snapshot;
 use db::{Database, DbError, PoolSettings};
 use template::{ChannelTemplate, Params, SqlTemplate};
+
+pub use config::{HistoryBody, ResultShape, SqlMode, SqlSourceConfig};
 
 /// Event name of status notices published to a source's channels.
 pub const STATUS_EVENT: &str = "source:status";
@@ -550,286 +552,9 @@ async fn open_source(cfg: &SqlSourceConfig) -> Result<Source, SourceError> {
     })
 }
 
-/// Checks every `[[sources.sql]]` entry without contacting a database; the message names the source and field.
-pub fn check_config(sources: &[SqlSourceConfig], socketio_path: &str) -> Result<(), String> {
-    let mut seen = std::collections::HashSet::new();
-    let mut paths = std::collections::HashMap::new();
-    for (i, s) in sources.iter().enumerate() {
-        let bad = |field: &str, m: String| {
-            Err(format!(
-                "sources.sql[{i}] (id {:?}) field `{field}`: {m}",
-                s.id
-            ))
-        };
-        if s.id.is_empty()
-            || !s
-                .id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return bad("id", "must be letters, digits, '-', '_' or '.'".into());
-        }
-        if !seen.insert(s.id.as_str()) {
-            return bad("id", "another source has this id".into());
-        }
-        let scheme_ok = [
-            "postgres://",
-            "postgresql://",
-            "mysql://",
-            "mariadb://",
-            "sqlite:",
-        ]
-        .iter()
-        .any(|p| s.url.starts_with(p));
-        if !scheme_ok {
-            return bad(
-                "url",
-                "must start with postgres://, postgresql://, mysql://, mariadb:// or sqlite:"
-                    .into(),
-            );
-        }
-        let template = match ChannelTemplate::parse(&s.channel) {
-            Ok(t) => t,
-            Err(e) => return bad("channel", e.to_string()),
-        };
-        let sql = match SqlTemplate::parse(&s.sql) {
-            Ok(t) => t,
-            Err(e) => return bad("sql", e.to_string()),
-        };
-        if sql.params().is_empty() && s.sql.trim().is_empty() {
-            return bad("sql", "is empty".into());
-        }
-        let channel_params: Vec<&str> = template.params().collect();
-        if let Some(p) = sql
-            .params()
-            .into_iter()
-            .find(|p| !channel_params.contains(p))
-        {
-            return bad(
-                "sql",
-                format!(
-                    "unknown parameter {{{p}}}: the channel template {:?} does not bind it",
-                    s.channel
-                ),
-            );
-        }
-        if let Some(p) = channel_params.iter().find(|p| !sql.params().contains(p)) {
-            return bad(
-                "channel",
-                format!("parameter {{{p}}} is not used by the SQL"),
-            );
-        }
-        if let Some(h) = &s.history_sql
-            && let Err(e) = SqlTemplate::parse(h)
-        {
-            return bad("history_sql", e.to_string());
-        }
-        if s.mode == SqlMode::Rows && s.key.is_empty() {
-            return bad(
-                "key",
-                "rows mode needs the key column(s) identifying a row".into(),
-            );
-        }
-        if s.key.iter().any(String::is_empty) {
-            return bad("key", "column names must not be empty".into());
-        }
-        if s.event.is_empty() || s.event.len() > 200 {
-            return bad("event", "must be 1 to 200 characters".into());
-        }
-        if s.interval.is_zero() {
-            return bad("interval", "must be positive".into());
-        }
-        if s.statement_timeout.is_zero() {
-            return bad("statement_timeout", "must be positive".into());
-        }
-        if s.max_rows == 0 {
-            return bad("max_rows", "must be at least 1".into());
-        }
-        if s.pool_size == 0 {
-            return bad("pool_size", "must be at least 1".into());
-        }
-        if s.result == ResultShape::Object && s.mode == SqlMode::Rows {
-            return bad(
-                "result",
-                "\"object\" shapes a `full` result; rows mode sends one row per event already"
-                    .into(),
-            );
-        }
-        if let Some(path) = &s.history_path {
-            if s.history_sql.is_none() {
-                return bad(
-                    "history_path",
-                    "needs history_sql, the query it serves".into(),
-                );
-            }
-            if let Err(m) = check_history_path(path, socketio_path) {
-                return bad("history_path", m);
-            }
-            if let Some(other) = paths.insert(path.as_str(), s.id.as_str()) {
-                return bad(
-                    "history_path",
-                    format!("source {other:?} already serves {path:?}"),
-                );
-            }
-        }
-        if let Some(l) = &s.listen {
-            if !(s.url.starts_with("postgres://") || s.url.starts_with("postgresql://")) {
-                return bad("listen", "LISTEN exists on PostgreSQL only".into());
-            }
-            if l.is_empty() || l.len() > 63 {
-                return bad("listen", "must be 1 to 63 characters".into());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Path prefixes Herald serves itself; a `history_path` may be none of them nor lie below one.
-const OWN_PATHS: [&str; 7] = [
-    "/api", "/ws", "/sse", "/healthz", "/metrics", "/status", "/badge",
-];
-
-/// A `history_path` is a literal path (no route patterns) that takes none of Herald's own routes.
-fn check_history_path(path: &str, socketio_path: &str) -> Result<(), String> {
-    let Some(rest) = path.strip_prefix('/') else {
-        return Err("must start with '/'".into());
-    };
-    if path.len() > 200 {
-        return Err("must be at most 200 characters".into());
-    }
-    let segments: Vec<&str> = rest.split('/').collect();
-    let last = segments.len() - 1;
-    for (i, seg) in segments.iter().enumerate() {
-        // A trailing slash (`/historical-data/`) is kept: the route is exactly the configured path.
-        if seg.is_empty() && i == last {
-            continue;
-        }
-        if seg.is_empty() || *seg == "." || *seg == ".." {
-            return Err("has an empty, '.' or '..' segment".into());
-        }
-        if !seg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
-        {
-            return Err("may contain only letters, digits, '-', '.', '_', '~' and '/'".into());
-        }
-    }
-    let socketio = socketio_path.trim_end_matches('/');
-    let own = OWN_PATHS
-        .iter()
-        .copied()
-        .chain((!socketio.is_empty()).then_some(socketio));
-    for prefix in own {
-        let under = path
-            .strip_prefix(prefix)
-            .is_some_and(|r| r.is_empty() || r.starts_with('/'));
-        if under {
-            return Err(format!("collides with Herald's own route {prefix}"));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SIO: &str = "/socket.io";
-
-    fn source(sql: &str, channel: &str) -> SqlSourceConfig {
-        toml::from_str(&format!(
-            "id = \"s\"\nurl = \"sqlite:x.db\"\nsql = {sql:?}\nchannel = {channel:?}\n"
-        ))
-        .unwrap()
-    }
-
-    #[test]
-    fn config_errors_name_source_and_field() {
-        assert!(
-            check_config(
-                &[source("select * from t where u = {unit}", "unit:{unit}")],
-                SIO
-            )
-            .is_ok()
-        );
-        let e = check_config(
-            &[source("select * from t where u = {unti}", "unit:{unit}")],
-            SIO,
-        )
-        .unwrap_err();
-        assert!(
-            e.contains("(id \"s\") field `sql`: unknown parameter {unti}"),
-            "{e}"
-        );
-        let e = check_config(&[source("select 1", "unit:{unit}")], SIO).unwrap_err();
-        assert!(e.contains("field `channel`"), "{e}");
-        let mut s = source("select 1", "one");
-        s.url = "oracle://x".into();
-        assert!(check_config(&[s], SIO).unwrap_err().contains("field `url`"));
-        let mut s = source("select 1", "one");
-        s.mode = SqlMode::Rows;
-        assert!(check_config(&[s], SIO).unwrap_err().contains("field `key`"));
-        let mut s = source("select 1", "one");
-        s.listen = Some("x".into());
-        assert!(
-            check_config(&[s], SIO)
-                .unwrap_err()
-                .contains("field `listen`")
-        );
-    }
-
-    #[test]
-    fn history_paths_are_literal_and_never_herald_routes() {
-        let with_path = |path: &str| {
-            let mut s = source("select 1", "one");
-            s.history_sql = Some("select 2".into());
-            s.history_path = Some(path.into());
-            s
-        };
-        for ok in [
-            "/historical-data/",
-            "/report-data",
-            "/x/y.json",
-            "/apiary",
-            "/socket.iox",
-        ] {
-            assert!(check_config(&[with_path(ok)], SIO).is_ok(), "{ok}");
-        }
-        for (bad, why) in [
-            ("/api", "/api"),
-            ("/api/sources/s/query", "/api"),
-            ("/ws/x", "/ws"),
-            ("/sse", "/sse"),
-            ("/socket.io/", "/socket.io"),
-            ("/healthz", "/healthz"),
-            ("/metrics", "/metrics"),
-            ("/status/x", "/status"),
-            ("/badge/1", "/badge"),
-            ("historical", "start with '/'"),
-            ("/a/{b}", "may contain only"),
-            ("/a//b", "empty"),
-            ("/a/../b", "'..'"),
-        ] {
-            let e = check_config(&[with_path(bad)], SIO).unwrap_err();
-            assert!(
-                e.contains("field `history_path`") && e.contains(why),
-                "{bad}: {e}"
-            );
-        }
-        let e = check_config(&[with_path("/engine/")], "/engine").unwrap_err();
-        assert!(e.contains("/engine"), "{e}");
-        let mut other = with_path("/report-data");
-        other.id = "t".into();
-        let e = check_config(&[with_path("/report-data"), other], SIO).unwrap_err();
-        assert!(e.contains("already serves"), "{e}");
-        let mut no_sql = source("select 1", "one");
-        no_sql.history_path = Some("/h".into());
-        assert!(
-            check_config(&[no_sql], SIO)
-                .unwrap_err()
-                .contains("needs history_sql")
-        );
-    }
 
     #[test]
     fn object_results_are_one_row() {
@@ -846,15 +571,6 @@ mod tests {
         assert_eq!(
             shaped(&[row("{}")], ResultShape::Array).unwrap().get(),
             "[{}]"
-        );
-        let mut s = source("select 1", "one");
-        s.mode = SqlMode::Rows;
-        s.key = vec!["a".into()];
-        s.result = ResultShape::Object;
-        assert!(
-            check_config(&[s], SIO)
-                .unwrap_err()
-                .contains("field `result`")
         );
     }
 }

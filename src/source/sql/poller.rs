@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use super::db::{DbError, Row};
 use super::template::Params;
 use super::{ChannelStatus, LastResult, STATUS_EVENT, Source, shaped, with_deadline};
-use crate::config::{ResultShape, SqlMode};
+use super::{ResultShape, SqlMode};
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::event::NewEvent;
