@@ -7,7 +7,7 @@
 //! [`crate::source`] and `[monitor]` in [`crate::monitor`]. The imports run one way: this module names those
 //! sections and calls their `validate`, and none of them imports this module back (they share only the leaf
 //! [`InvalidConfig`]). What is left here is reading the file, applying the overrides, and the checks that span
-//! sections (see [`Config::validate`]).
+//! sections (see `Config::validate`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -328,20 +328,20 @@ mod tests {
         .unwrap()
     }
 
-    fn check_config(sources: &[SqlSourceConfig], socketio_path: &str) -> Result<(), String> {
+    fn check(sources: &[SqlSourceConfig], socketio_path: &str) -> Result<(), String> {
         validate(sources, socketio_path).map_err(|e| e.0)
     }
 
     #[test]
     fn config_errors_name_source_and_field() {
         assert!(
-            check_config(
+            check(
                 &[source("select * from t where u = {unit}", "unit:{unit}")],
                 SIO
             )
             .is_ok()
         );
-        let e = check_config(
+        let e = check(
             &[source("select * from t where u = {unti}", "unit:{unit}")],
             SIO,
         )
@@ -350,21 +350,17 @@ mod tests {
             e.contains("(id \"s\") field `sql`: unknown parameter {unti}"),
             "{e}"
         );
-        let e = check_config(&[source("select 1", "unit:{unit}")], SIO).unwrap_err();
+        let e = check(&[source("select 1", "unit:{unit}")], SIO).unwrap_err();
         assert!(e.contains("field `channel`"), "{e}");
         let mut s = source("select 1", "one");
         s.url = "oracle://x".into();
-        assert!(check_config(&[s], SIO).unwrap_err().contains("field `url`"));
+        assert!(check(&[s], SIO).unwrap_err().contains("field `url`"));
         let mut s = source("select 1", "one");
         s.mode = SqlMode::Rows;
-        assert!(check_config(&[s], SIO).unwrap_err().contains("field `key`"));
+        assert!(check(&[s], SIO).unwrap_err().contains("field `key`"));
         let mut s = source("select 1", "one");
         s.listen = Some("x".into());
-        assert!(
-            check_config(&[s], SIO)
-                .unwrap_err()
-                .contains("field `listen`")
-        );
+        assert!(check(&[s], SIO).unwrap_err().contains("field `listen`"));
     }
 
     #[test]
@@ -382,7 +378,7 @@ mod tests {
             "/apiary",
             "/socket.iox",
         ] {
-            assert!(check_config(&[with_path(ok)], SIO).is_ok(), "{ok}");
+            assert!(check(&[with_path(ok)], SIO).is_ok(), "{ok}");
         }
         for (bad, why) in [
             ("/api", "/api"),
@@ -399,22 +395,22 @@ mod tests {
             ("/a//b", "empty"),
             ("/a/../b", "'..'"),
         ] {
-            let e = check_config(&[with_path(bad)], SIO).unwrap_err();
+            let e = check(&[with_path(bad)], SIO).unwrap_err();
             assert!(
                 e.contains("field `history_path`") && e.contains(why),
                 "{bad}: {e}"
             );
         }
-        let e = check_config(&[with_path("/engine/")], "/engine").unwrap_err();
+        let e = check(&[with_path("/engine/")], "/engine").unwrap_err();
         assert!(e.contains("/engine"), "{e}");
         let mut other = with_path("/report-data");
         other.id = "t".into();
-        let e = check_config(&[with_path("/report-data"), other], SIO).unwrap_err();
+        let e = check(&[with_path("/report-data"), other], SIO).unwrap_err();
         assert!(e.contains("already serves"), "{e}");
         let mut no_sql = source("select 1", "one");
         no_sql.history_path = Some("/h".into());
         assert!(
-            check_config(&[no_sql], SIO)
+            check(&[no_sql], SIO)
                 .unwrap_err()
                 .contains("needs history_sql")
         );
@@ -426,10 +422,6 @@ mod tests {
         s.mode = SqlMode::Rows;
         s.key = vec!["a".into()];
         s.result = ResultShape::Object;
-        assert!(
-            check_config(&[s], SIO)
-                .unwrap_err()
-                .contains("field `result`")
-        );
+        assert!(check(&[s], SIO).unwrap_err().contains("field `result`"));
     }
 }
