@@ -399,3 +399,6 @@ impl<O: Outlet> Feed<O> {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;
