@@ -84,6 +84,8 @@ pub struct Registered {
     pub gap: Option<Gap>,
     /// The client has nothing of this channel yet (no offset, or offset 0): a state channel sends its snapshot.
     pub fresh: bool,
+    /// `begin` added this registration (it is not a repeat of one the feed holds): aborting it ends it.
+    added: bool,
 }
 
 #[derive(Default)]
@@ -199,10 +201,11 @@ impl<O: Outlet> Feed<O> {
                 let k = st.next_k;
                 st.next_k += 1;
                 // Registering a channel again keeps its one registration (the engine dedupes by subscriber id).
-                if st.channels.iter().any(|s| s.channel() == &want.channel) {
-                    subscription.disarm();
-                } else {
+                let added = !st.channels.iter().any(|s| s.channel() == &want.channel);
+                if added {
                     st.channels.push(subscription);
+                } else {
+                    subscription.disarm();
                 }
                 Registered {
                     channel: want.channel,
@@ -211,17 +214,22 @@ impl<O: Outlet> Feed<O> {
                     k,
                     gap,
                     fresh,
+                    added,
                 }
             })
             .collect();
         Ok(regs)
     }
 
-    /// Undoes `begin` (the caller could not complete the registration).
+    /// Undoes `begin` (the caller could not complete the registration): the registrations it added end, with the
+    /// live events held for them (the client was refused them); those it repeated stay as they were.
     pub fn abort(&self, regs: &[Registered]) {
-        for r in regs {
-            self.unsubscribe(&r.channel);
-        }
+        let added: Vec<&ChannelName> = regs
+            .iter()
+            .filter(|r| r.added)
+            .map(|r| &r.channel)
+            .collect();
+        self.end(&added);
         self.release();
     }
 
@@ -264,7 +272,9 @@ impl<O: Outlet> Feed<O> {
                 return Ok(false);
             }
             let page = if after < upto {
-                self.outlet.room().await;
+                if !self.room().await {
+                    return Ok(false);
+                }
                 Some(self.engine.replay(&reg.channel, after, upto).await?)
             } else {
                 None
@@ -299,7 +309,9 @@ impl<O: Outlet> Feed<O> {
                 return Ok(true);
             };
             for e in &events {
-                self.outlet.room().await;
+                if !self.room().await {
+                    return Ok(false);
+                }
                 if self.outlet.replayed(e, reg).is_err() {
                     self.state.lock().closed = true;
                     return Ok(false);
@@ -341,13 +353,22 @@ impl<O: Outlet> Feed<O> {
                 channel_id: reg.position.channel_id,
                 state: None,
             };
-            self.outlet.room().await;
+            if !self.room().await {
+                return false;
+            }
             if self.outlet.replayed(&event, reg).is_err() {
                 self.state.lock().closed = true;
                 return false;
             }
         }
         true
+    }
+
+    /// Waits until the connection has room for more of a replay; false if the feed closed meanwhile (detached,
+    /// or overflowed by what it held).
+    async fn room(&self) -> bool {
+        self.outlet.room().await;
+        !self.state.lock().closed
     }
 
     /// Sends the held live events and resumes direct delivery.
@@ -366,12 +387,25 @@ impl<O: Outlet> Feed<O> {
 
     /// Stops delivery of `channel`.
     pub fn unsubscribe(&self, channel: &ChannelName) {
+        self.end(&[channel]);
+    }
+
+    /// Ends the registrations of `channels`, with their live events still held.
+    fn end(&self, channels: &[&ChannelName]) {
         let gone: Vec<Subscription> = {
-            let mut st = self.state.lock();
+            let mut guard = self.state.lock();
+            let st = &mut *guard;
             let (gone, kept) = std::mem::take(&mut st.channels)
                 .into_iter()
-                .partition(|s| s.channel() == channel);
+                .partition(|s| channels.contains(&s.channel()));
             st.channels = kept;
+            st.held.retain(|e| {
+                let keep = !channels.contains(&&e.event.channel);
+                if !keep {
+                    st.held_bytes = st.held_bytes.saturating_sub(e.event.data.get().len());
+                }
+                keep
+            });
             gone
         };
         // Dropped outside the feed's lock: ending a registration takes the engine's fan-out lock, under which

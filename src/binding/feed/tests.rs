@@ -873,6 +873,23 @@ async fn too_much_held_behind_a_replay_closes_the_connection_as_a_slow_consumer(
 }
 
 #[tokio::test]
+async fn a_state_channel_overflowing_before_its_snapshot_gets_none() {
+    let engine = engine(1000);
+    engine.declare_state(Pattern::new("s:*"), Snapshot::Each);
+    fill_state(&engine, "s:x").await;
+    let feed = feed(&engine, 20);
+    let regs = feed.begin(vec![Want::new_events(ch("s:x"))]).await.unwrap();
+    // Each delta's data is 7 bytes: the third one held passes the bound.
+    for v in 6..=8 {
+        let data = format!("{{\"v\":{v}}}");
+        change(&engine, "s:x", "set", "a", Some(&data)).await;
+    }
+    feed.complete(&regs).await.unwrap();
+    assert_eq!(feed.outlet.calls(), [Call::Overflow]);
+    assert_eq!(feed.outlet.refused(), 0, "no snapshot is tried");
+}
+
+#[tokio::test]
 async fn a_slow_consumer_overflowing_mid_replay_gets_nothing_more() {
     let engine = engine(1000);
     publish(&engine, "a", 1..=5).await;
