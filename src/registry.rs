@@ -247,16 +247,6 @@ impl Registry {
         // Outside the lock: closing may end the connection, whose registration then takes the lock to leave.
         live.map(|l| l.close()).is_some()
     }
-
-    /// How many connections are live.
-    pub fn len(&self) -> usize {
-        self.table.lock().entries.len()
-    }
-
-    /// Whether no connection is live.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn render(info: &Info, live: &dyn Live) -> Connection {
@@ -277,13 +267,6 @@ pub struct Registration {
     table: Arc<Mutex<Table>>,
     id: Arc<str>,
     serial: u64,
-}
-
-impl Registration {
-    /// The connection's id.
-    pub fn id(&self) -> &Arc<str> {
-        &self.id
-    }
 }
 
 impl Drop for Registration {
@@ -373,7 +356,7 @@ mod tests {
         drop(a);
         drop(c);
         assert!(r.get("a").is_none());
-        assert_eq!(r.len(), 1);
+        assert_eq!(ids(&r.page(None, None, 10)), ["bb"]);
     }
 
     #[test]

@@ -200,3 +200,19 @@ test('POST /api/connections/{id}/disconnect closes every transport so its client
   await listedUntil(h, (cs) => cs.length === 0, 'every connection ended');
   h.assertNoPanic();
 });
+
+test('/api/connections needs an API key with admin scope: it names users and addresses', async (t) => {
+  const h = await startHerald(t, { config: 'api_keys = ["root", {key = "pub", publish = ["x:*"], admin = false}]\n' });
+  const sio = await connected(t, h.url);
+  const root = bearer('root');
+  const pub = bearer('pub');
+  for (const [path, method] of [['/api/connections', 'GET'], [`/api/connections/${sio.id}`, 'GET'],
+    [`/api/connections/${sio.id}/disconnect`, 'POST']]) {
+    assertApiError(await request(h.url, path, { method }), 401, 'unauthorized', `${method} ${path} without a key`);
+    assertApiError(await request(h.url, path, { method, headers: pub }), 403, 'forbidden', `${method} ${path} without admin scope`);
+  }
+  const r = await request(h.url, '/api/connections', { headers: root });
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(r.json.connections.map((c) => [c.id, c.transport, c.user]), [[sio.id, 'socketio', null]]);
+  assert.ok(sio.connected, 'refused requests closed nothing');
+});
