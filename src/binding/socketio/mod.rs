@@ -10,7 +10,7 @@ pub mod config;
 pub mod session;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -63,8 +63,9 @@ struct Conn {
     identity: Identity,
     /// This connection's share of its address's connection limit.
     _slot: Option<Slot>,
-    /// Its entry in the connection registry, under its socket id.
-    _registration: Registration,
+    /// Its entry in the connection registry, under its socket id: made as it joins `conns`, so the registry and
+    /// `conns` agree on which connection a socket id reaches.
+    registration: OnceLock<Registration>,
     /// Messages the client may still send.
     messages: Mutex<MessageLimit>,
     /// Ends the connection when its token expires.
@@ -336,7 +337,6 @@ impl ChannelsNamespace {
             self.max_held_bytes,
             info.member(),
         );
-        let registration = self.registry.register(info, feed.clone());
         // Registration numbers only grow within a session: cursors from earlier connections must compare
         // below every registration made now.
         feed.number_from(next_k);
@@ -351,7 +351,7 @@ impl ChannelsNamespace {
             }),
             identity,
             _slot: slot,
-            _registration: registration,
+            registration: OnceLock::new(),
             messages: Mutex::new(self.access.message_limit()),
             expiry: Mutex::new(None),
             pending: Mutex::new(None),
@@ -375,7 +375,13 @@ impl ChannelsNamespace {
         if let Some(left) = expires_in {
             *conn.expiry.lock() = Some(tokio::spawn(expire(conn.feed.outlet.0.clone(), left)));
         }
-        let replaced = self.conns.lock().insert(sid.clone(), conn);
+        let replaced = {
+            let mut conns = self.conns.lock();
+            let registration = self.registry.register(info, conn.feed.clone());
+            // Set here only, once.
+            let _ = conn.registration.set(registration);
+            conns.insert(sid.clone(), conn)
+        };
         if let Some(old) = replaced {
             // Two resumes of one session raced: the later one wins, the earlier is retired.
             retire(&old, "session resumed elsewhere");
