@@ -10,6 +10,7 @@ pub mod core;
 pub mod monitor;
 pub mod number;
 pub mod policy;
+pub mod registry;
 pub mod server;
 pub mod source;
 pub mod tls;

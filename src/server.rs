@@ -7,7 +7,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::accept::{self, Edge};
-use crate::api::{self, ApiState, Connections};
+use crate::api::{self, ApiState};
 use crate::binding::access::Access;
 use crate::binding::socketio::{Actions, ChannelsNamespace};
 use crate::binding::sse::SseBinding;
@@ -18,6 +18,7 @@ use crate::core::channel::Pattern;
 use crate::core::engine::{self, EngineChoice, EngineError, EngineKind, EngineOptions};
 use crate::monitor::Monitors;
 use crate::policy::{Origins, Policy};
+use crate::registry::Registry;
 use crate::source::sql::SqlSources;
 use crate::tls::Tls;
 use crate::transport::socketio::{SocketIo, SocketIoConfig};
@@ -60,14 +61,6 @@ pub struct Server {
     policy: Arc<Policy>,
     head_timeout: Option<std::time::Duration>,
     keep_alive_timeout: Option<std::time::Duration>,
-}
-
-struct SocketIoConnections(Arc<ChannelsNamespace>);
-
-impl Connections for SocketIoConnections {
-    fn close_transport(&self, id: &str) -> bool {
-        self.0.close_transport(id)
-    }
 }
 
 /// Client events mapped to monitor actions: `monitor.refresh` with a monitor id checks it now.
@@ -138,12 +131,15 @@ impl Server {
         // Last: the core takes the first state declaration matching a channel, and a template like `{unit}` is
         // broad; `[[state]]` and the monitor's channels keep theirs.
         let sources = SqlSources::start(&core, &config.sources.sql).await?;
+        // Every binding lists its connections here; the API reads and closes them.
+        let registry = Registry::new();
         let namespace = ChannelsNamespace::new(
             core.clone(),
             access.clone(),
             s.max_queue_bytes,
             s.client_events.clone(),
             Some(Arc::new(MonitorActions(monitors.clone()))),
+            registry.clone(),
         );
         let socketio = SocketIo::builder(SocketIoConfig {
             path: s.path.clone(),
@@ -166,7 +162,7 @@ impl Server {
             api_keys: Arc::new(config.api_keys.clone()),
             max_body_bytes: config.max_body_bytes,
             max_event_bytes: config.max_event_bytes,
-            connections: Arc::new(SocketIoConnections(namespace)),
+            connections: registry.clone(),
             policy: access.policy.clone(),
             sources: sources.clone(),
             monitors: monitors.clone(),
@@ -180,12 +176,14 @@ impl Server {
                 access.clone(),
                 config.websocket.clone(),
                 stopping.clone(),
+                registry.clone(),
             ))
             .merge(SseBinding::router(
                 core.clone(),
                 access.clone(),
                 config.sse.clone(),
                 stopping,
+                registry,
             ))
             // Origins are checked once, for every transport and the API, before anything else.
             .layer(axum::middleware::from_fn_with_state(

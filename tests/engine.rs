@@ -98,6 +98,7 @@ conformance!(
     resume_points_follow_the_cursor_across_channels,
     resume_reports_a_gap_when_history_was_trimmed,
     a_hole_after_a_known_loss_is_announced_too,
+    a_feed_is_present_on_the_channels_it_holds,
     shutdown_refuses_later_publishes,
 );
 
@@ -671,7 +672,12 @@ async fn a_hole_after_a_known_loss_is_announced_too(kind: &str) {
         core.publish(vec![ev("a", n, None)]).await.unwrap();
     }
     // A resume that knew offsets 1..2 were lost, while retention has since trimmed through 5.
-    let feed = Feed::new(core.engine.clone(), Wire(Mutex::new(vec![])), 1 << 20);
+    let feed = Feed::new(
+        core.engine.clone(),
+        Wire(Mutex::new(vec![])),
+        1 << 20,
+        feed_member("f1"),
+    );
     let known = Gap {
         channel: ch("a"),
         reason: GapReason::HistoryTrimmed,
@@ -701,6 +707,50 @@ async fn a_hole_after_a_known_loss_is_announced_too(kind: &str) {
         ]
     );
     feed.detach();
+}
+
+/// A connection's member as the bindings build it (from its registry entry).
+fn feed_member(conn: &str) -> Member {
+    Member {
+        conn: conn.into(),
+        user: Some("u1".into()),
+        roles: vec!["reader".into()],
+        transport: "sse",
+        connected_at: 7,
+    }
+}
+
+async fn a_feed_is_present_on_the_channels_it_holds(kind: &str) {
+    use herald::binding::feed::{Feed, Want};
+    let core = open(kind, Retention::default());
+    let mut events = core.presence_events(Pattern::new("*"));
+    let feed = Feed::new(
+        core.engine.clone(),
+        Wire(Mutex::new(vec![])),
+        1 << 20,
+        feed_member("f1"),
+    );
+    let wants = |names: &[&str]| names.iter().map(|n| Want::new_events(ch(n))).collect();
+    let regs = feed.begin(wants(&["a", "b"])).await.unwrap();
+    feed.complete(&regs).await.unwrap();
+    assert_eq!(core.presence(&ch("a")).await.unwrap(), [feed_member("f1")]);
+    // Subscribing again to a channel it holds keeps one presence, which leaves with the subscription.
+    let regs = feed.begin(wants(&["a"])).await.unwrap();
+    feed.complete(&regs).await.unwrap();
+    feed.unsubscribe(&ch("a"));
+    assert!(core.presence(&ch("a")).await.unwrap().is_empty());
+    assert_eq!(core.presence(&ch("b")).await.unwrap(), [feed_member("f1")]);
+    feed.detach();
+    assert!(core.presence(&ch("b")).await.unwrap().is_empty());
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(match events.recv().await.unwrap() {
+            PresenceEvent::Join(c, m) => format!("join {c} {}", m.conn),
+            PresenceEvent::Leave(c, m) => format!("leave {c} {}", m.conn),
+        });
+    }
+    assert_eq!(seen, ["join a f1", "join b f1", "leave a f1", "leave b f1"]);
+    assert!(events.try_recv().is_err(), "no other notification");
 }
 
 async fn shutdown_refuses_later_publishes(kind: &str) {

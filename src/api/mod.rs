@@ -2,6 +2,7 @@
 
 mod channels;
 mod config;
+mod connections;
 mod error;
 mod monitors;
 mod publish;
@@ -12,24 +13,19 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde_json::json;
 
 pub use config::ApiKey;
 pub use error::ApiError;
 
 use crate::core::Engine;
 use crate::policy::Policy;
-
-/// Lets the API act on live connections without knowing their transport.
-pub trait Connections: Send + Sync {
-    /// Closes the transport of connection `id` (the client reconnects and resumes); false if unknown.
-    fn close_transport(&self, id: &str) -> bool;
-}
+use crate::registry::Registry;
 
 /// Shared state of the API handlers.
 #[derive(Clone)]
@@ -44,8 +40,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Largest event payload.
     pub max_event_bytes: usize,
-    /// Live connections.
-    pub connections: Arc<dyn Connections>,
+    /// This node's live connections, of every transport.
+    pub connections: Registry,
     /// Live SQL sources.
     pub sources: Arc<crate::source::sql::SqlSources>,
     /// The service monitor.
@@ -60,7 +56,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/publish", post(publish::publish))
         .route("/channels", get(channels::list))
         .route("/channels/{channel}/history", get(channels::history))
-        .route("/connections/{id}/disconnect", post(disconnect))
+        .route("/connections", get(connections::list))
+        .route("/connections/{id}", get(connections::get))
+        .route(
+            "/connections/{id}/disconnect",
+            post(connections::disconnect),
+        )
         .route("/sources", get(sources::list))
         .route("/sources/{id}", get(sources::get))
         .route("/sources/{id}/query", get(sources::query))
@@ -136,23 +137,6 @@ pub fn router(state: ApiState) -> Router {
     };
     router = router.merge(public.with_state(state));
     router
-}
-
-async fn disconnect(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
-    caller.require_admin()?;
-    if state.connections.close_transport(&id) {
-        Ok(axum::Json(json!({"ok": true})))
-    } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "connection_not_found",
-            format!("no connection {id:?}"),
-        ))
-    }
 }
 
 async fn not_found() -> ApiError {

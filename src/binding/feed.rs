@@ -5,6 +5,9 @@
 //! Subscribing is two-phase so a binding can do its own work in between — Socket.IO stores its session record
 //! and acknowledges before anything that refers to the new registration is sent: [`Feed::begin`] registers and
 //! holds live delivery, [`Feed::complete`] queues gaps, replays and the held events.
+//!
+//! The feed is also where a connection's presence lives: every channel it holds, it holds with the connection's
+//! presence on it ([`Member`]), joined before the registration and left with it.
 
 use std::sync::Arc;
 
@@ -12,9 +15,12 @@ use parking_lot::Mutex;
 
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
-use crate::core::engine::{EngineError, Position, Subscriber, SubscriberId, Subscription};
+use crate::core::engine::{
+    EngineError, Position, PresenceGuard, Subscriber, SubscriberId, Subscription,
+};
 use crate::core::event::{Event, SharedEvent, now_ms};
 use crate::core::gap::{Gap, GapReason};
+use crate::core::presence::Member;
 use crate::core::state;
 
 /// Most bytes a replay keeps queued ahead of a connection's socket: thousands of connections may be catching up
@@ -88,10 +94,16 @@ pub struct Registered {
     added: bool,
 }
 
+/// One channel the feed holds: its registration and the connection's presence on it, ended together.
+struct Held {
+    subscription: Subscription,
+    _presence: PresenceGuard,
+}
+
 #[derive(Default)]
 struct State {
-    /// Registrations, in order; dropping one ends its live delivery.
-    channels: Vec<Subscription>,
+    /// Registrations, in order; dropping one ends its live delivery and the presence on its channel.
+    channels: Vec<Held>,
     next_k: u64,
     replaying: bool,
     held: Vec<Arc<SharedEvent>>,
@@ -105,6 +117,8 @@ pub struct Feed<O: Outlet> {
     /// The binding's wire.
     pub outlet: O,
     id: SubscriberId,
+    /// The connection as presence shows it.
+    member: Member,
     max_held_bytes: usize,
     state: Mutex<State>,
     op: Arc<tokio::sync::Mutex<()>>,
@@ -131,12 +145,19 @@ impl<O: Outlet> Subscriber for Feed<O> {
 }
 
 impl<O: Outlet> Feed<O> {
-    /// A feed with no subscriptions; `max_held_bytes` bounds what waits behind a replay.
-    pub fn new(engine: Arc<dyn Engine>, outlet: O, max_held_bytes: usize) -> Arc<Self> {
+    /// A feed with no subscriptions for the connection `member`; `max_held_bytes` bounds what waits behind a
+    /// replay.
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        outlet: O,
+        max_held_bytes: usize,
+        member: Member,
+    ) -> Arc<Self> {
         Arc::new(Self {
             engine,
             outlet,
             id: SubscriberId::next(),
+            member,
             max_held_bytes,
             state: Mutex::new(State::default()),
             op: Arc::new(tokio::sync::Mutex::new(())),
@@ -159,6 +180,12 @@ impl<O: Outlet> Feed<O> {
     /// On an engine error nothing stays registered and live delivery resumes.
     pub async fn begin(self: &Arc<Self>, wants: Vec<Want>) -> Result<Vec<Registered>, EngineError> {
         let channels: Vec<ChannelName> = wants.iter().map(|w| w.channel.clone()).collect();
+        // Present on every channel before its registration; presence counts a connection once per channel, so
+        // the extra guard of a channel already held is simply dropped below.
+        let mut presence = Vec::with_capacity(channels.len());
+        for channel in &channels {
+            presence.push(self.engine.join(channel, self.member.clone()).await?);
+        }
         self.state.lock().replaying = true;
         let sub: Arc<dyn Subscriber> = self.clone();
         let positions = match self.engine.subscribe(&channels, self.id, sub).await {
@@ -168,11 +195,13 @@ impl<O: Outlet> Feed<O> {
                 return Err(e);
             }
         };
+        let mut extra = Vec::new();
         let mut st = self.state.lock();
         let regs = wants
             .into_iter()
             .zip(positions)
-            .map(|(want, (position, subscription))| {
+            .zip(presence)
+            .map(|((want, (position, subscription)), presence)| {
                 let mut after = want
                     .after
                     .unwrap_or(position.last_offset)
@@ -201,11 +230,18 @@ impl<O: Outlet> Feed<O> {
                 let k = st.next_k;
                 st.next_k += 1;
                 // Registering a channel again keeps its one registration (the engine dedupes by subscriber id).
-                let added = !st.channels.iter().any(|s| s.channel() == &want.channel);
+                let added = !st
+                    .channels
+                    .iter()
+                    .any(|h| h.subscription.channel() == &want.channel);
                 if added {
-                    st.channels.push(subscription);
+                    st.channels.push(Held {
+                        subscription,
+                        _presence: presence,
+                    });
                 } else {
                     subscription.disarm();
+                    extra.push(presence);
                 }
                 Registered {
                     channel: want.channel,
@@ -218,6 +254,8 @@ impl<O: Outlet> Feed<O> {
                 }
             })
             .collect();
+        drop(st);
+        drop(extra);
         Ok(regs)
     }
 
@@ -392,12 +430,12 @@ impl<O: Outlet> Feed<O> {
 
     /// Ends the registrations of `channels`, with their live events still held.
     fn end(&self, channels: &[&ChannelName]) {
-        let gone: Vec<Subscription> = {
+        let gone: Vec<Held> = {
             let mut guard = self.state.lock();
             let st = &mut *guard;
             let (gone, kept) = std::mem::take(&mut st.channels)
                 .into_iter()
-                .partition(|s| channels.contains(&s.channel()));
+                .partition(|h| channels.contains(&h.subscription.channel()));
             st.channels = kept;
             st.held.retain(|e| {
                 let keep = !channels.contains(&&e.event.channel);
@@ -429,7 +467,7 @@ impl<O: Outlet> Feed<O> {
             .lock()
             .channels
             .iter()
-            .map(|s| s.channel().clone())
+            .map(|h| h.subscription.channel().clone())
             .collect()
     }
 }

@@ -21,6 +21,8 @@ pub enum Closed {
     Gone,
     /// The server could not serve the connection (a storage error); the client should reconnect.
     Failed,
+    /// An administrator closed the connection; the client may reconnect and resume.
+    Disconnected,
 }
 
 /// Something with a size in bytes.

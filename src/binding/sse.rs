@@ -30,6 +30,7 @@ use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
+use crate::registry::{Info, Live, Registration, Registry, Transport, new_id};
 use axum::extract::ConnectInfo;
 pub use config::SseConfig;
 use std::net::SocketAddr;
@@ -50,21 +51,25 @@ pub struct SseBinding {
     access: Arc<Access>,
     config: SseConfig,
     shutdown: watch::Receiver<bool>,
+    registry: Registry,
 }
 
 impl SseBinding {
-    /// Routes `/sse` and `/sse/{channel}`; streams end when `shutdown` turns true.
+    /// Routes `/sse` and `/sse/{channel}`; streams end when `shutdown` turns true, and are listed in `registry`
+    /// while open.
     pub fn router(
         core: Arc<dyn Engine>,
         access: Arc<Access>,
         config: SseConfig,
         shutdown: watch::Receiver<bool>,
+        registry: Registry,
     ) -> Router {
         let binding = Arc::new(Self {
             core,
             access,
             config,
             shutdown,
+            registry,
         });
         Router::new()
             .route("/sse", get(by_query))
@@ -122,6 +127,22 @@ fn body_of(e: &Event, envelope_data: bool) -> Bytes {
     // JSON text has no raw newlines, so one `data:` line carries it; the name is sanitised the same way.
     let name = e.name.replace(['\n', '\r'], " ");
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+impl Live for Feed<SseOutlet> {
+    fn subscriptions(&self) -> Vec<ChannelName> {
+        self.channels()
+    }
+
+    fn carrier(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Ends the stream once what is queued went out: the browser's EventSource reconnects by itself, sending the
+    /// last cursor it got as `Last-Event-ID`.
+    fn close(&self) {
+        self.outlet.outbox.close(Closed::Disconnected);
+    }
 }
 
 impl Outlet for SseOutlet {
@@ -318,7 +339,19 @@ async fn open(
         cursor: Mutex::new(Vec::new()),
         envelope,
     };
-    let feed = Feed::new(b.core.clone(), outlet, b.config.max_queue_bytes);
+    let info = Info::new(
+        new_id(Transport::Sse),
+        Transport::Sse,
+        &identity,
+        Some(peer),
+    );
+    let feed = Feed::new(
+        b.core.clone(),
+        outlet,
+        b.config.max_queue_bytes,
+        info.member(),
+    );
+    let registration = b.registry.register(info, feed.clone());
     let wants = channels
         .iter()
         .enumerate()
@@ -373,6 +406,7 @@ async fn open(
         feed,
         expiry,
         _slot: slot,
+        _registration: registration,
     };
     let body = Body::from_stream(stream(
         attached,
@@ -395,6 +429,7 @@ struct Attached {
     feed: Arc<Feed<SseOutlet>>,
     expiry: Option<tokio::task::JoinHandle<()>>,
     _slot: Option<Slot>,
+    _registration: Registration,
 }
 
 impl Drop for Attached {

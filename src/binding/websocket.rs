@@ -34,6 +34,7 @@ use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
+use crate::registry::{Info, Live, Registry, Transport, new_id};
 use crate::source::sql::STATUS_EVENT;
 use crate::transport::websocket::{self as ws, Incoming, Reader, Writer, deflate};
 pub use config::{PayloadShape, WebSocketConfig};
@@ -50,6 +51,9 @@ const COMPRESS_FROM: usize = 128;
 const RESEND_MAX_BYTES: usize = 64 * 1024;
 /// Close code for an expired token (4000–4999 are the application's; 4401 mirrors HTTP 401).
 const TOKEN_EXPIRED: u16 = 4401;
+/// Close code for a connection an administrator closed (`POST /api/connections/{id}/disconnect`): the client may
+/// reconnect at once and resume from its offsets.
+const DISCONNECTED: u16 = 4000;
 /// Client requests waiting for the request task before reading pauses.
 const PENDING_REQUESTS: usize = 64;
 
@@ -59,21 +63,25 @@ pub struct WebSocketBinding {
     access: Arc<Access>,
     config: WebSocketConfig,
     shutdown: watch::Receiver<bool>,
+    registry: Registry,
 }
 
 impl WebSocketBinding {
-    /// Routes `/ws` and `/ws/{channel}`; connections close with 1001 when `shutdown` turns true.
+    /// Routes `/ws` and `/ws/{channel}`; connections close with 1001 when `shutdown` turns true, and are listed in
+    /// `registry` while open.
     pub fn router(
         core: Arc<dyn Engine>,
         access: Arc<Access>,
         config: WebSocketConfig,
         shutdown: watch::Receiver<bool>,
+        registry: Registry,
     ) -> Router {
         let binding = Arc::new(Self {
             core,
             access,
             config,
             shutdown,
+            registry,
         });
         Router::new()
             .route("/ws", get(multiplexed))
@@ -201,6 +209,21 @@ impl WsOutlet {
     }
 }
 
+impl Live for Feed<WsOutlet> {
+    fn subscriptions(&self) -> Vec<ChannelName> {
+        self.channels()
+    }
+
+    fn carrier(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Closes with [`DISCONNECTED`] once what is queued went out.
+    fn close(&self) {
+        self.outlet.outbox.close(Closed::Disconnected);
+    }
+}
+
 impl Outlet for WsOutlet {
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
         let (slot, zslot) = match self.shape {
@@ -257,11 +280,11 @@ async fn multiplexed(
     upgrade(b, req, identity, slot, PayloadShape::Envelope, None).await
 }
 
-/// The client's IP address, when the server records peers.
-fn peer(req: &axum::extract::Request) -> Option<std::net::IpAddr> {
+/// The client's address, when the server records peers.
+fn peer(req: &axum::extract::Request) -> Option<std::net::SocketAddr> {
     req.extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
+        .map(|c| c.0)
 }
 
 /// The connection's identity and connection slot, or the HTTP refusal to answer instead of upgrading.
@@ -272,7 +295,7 @@ fn enter<'a>(
     // Copied out: a borrowed request (not `Sync`) must not live across the await.
     let headers = req.headers().clone();
     let query = query_pairs(req.uri().query());
-    let ip = peer(req);
+    let ip = peer(req).map(|a| a.ip());
     async move { b.access.enter(&headers, &query, ip).await }
 }
 
@@ -351,10 +374,22 @@ async fn upgrade(
         deflate: upgrade.deflate(),
         view: parking_lot::Mutex::new(DataView::default()),
     };
-    let feed = Feed::new(b.core.clone(), outlet, b.config.max_queue_bytes);
+    let info = Info::new(
+        new_id(Transport::WebSocket),
+        Transport::WebSocket,
+        &identity,
+        peer(&req),
+    );
+    let feed = Feed::new(
+        b.core.clone(),
+        outlet,
+        b.config.max_queue_bytes,
+        info.member(),
+    );
+    let registration = b.registry.register(info, feed.clone());
     // Names the connection in log lines.
     let who = match peer(&req) {
-        Some(ip) => format!("websocket from {ip}"),
+        Some(addr) => format!("websocket from {}", addr.ip()),
         None => "websocket".to_owned(),
     };
     // A direct URL's channel is registered before the 101 goes out: an event published the moment the
@@ -379,6 +414,7 @@ async fn upgrade(
         match upgrade.connect(b.config.max_message_bytes).await {
             Ok((reader, writer)) => {
                 run(b, identity, feed, reader, writer, initial, who).await;
+                drop(registration);
                 drop(slot);
             }
             Err(e) => {
@@ -512,6 +548,7 @@ async fn pump(
                         Closed::Shutdown => Ending(1001, "server shutting down"),
                         Closed::Gone => Ending(1000, ""),
                         Closed::Failed => Ending(1011, "internal error; reconnect to resume"),
+                        Closed::Disconnected => Ending(DISCONNECTED, "closed by an administrator"),
                     });
                 }
                 for m in batch.drain(..) {

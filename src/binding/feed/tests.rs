@@ -312,7 +312,14 @@ const ROOMY: usize = 1 << 20;
 
 fn feed(engine: &Arc<Probe>, max_held_bytes: usize) -> Arc<Feed<Fake>> {
     let engine: Arc<dyn Engine> = engine.clone();
-    Feed::new(engine, Fake::new(), max_held_bytes)
+    let member = crate::core::presence::Member {
+        conn: "c1".into(),
+        user: None,
+        roles: vec![],
+        transport: "websocket",
+        connected_at: 0,
+    };
+    Feed::new(engine, Fake::new(), max_held_bytes, member)
 }
 
 fn ch(name: &str) -> ChannelName {

@@ -10,7 +10,7 @@ pub mod config;
 pub mod session;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -27,6 +27,8 @@ use crate::core::engine::EngineError;
 use crate::core::event::{EncodingSlot, Event, SharedEvent};
 use crate::core::gap::{Gap, GapReason};
 use crate::policy::rate::{MessageLimit, REPORT_INTERVAL, Slot};
+use crate::registry::{Info, Live, Registration, Registry, Transport};
+use crate::transport::engineio::TransportKind;
 use crate::transport::socketio::{
     Accept, AckResponder, BoxFuture, ConnectError, DisconnectReason, EncodedPacket,
     NamespaceHandler, Payload, Socket, encode_event_raw,
@@ -51,6 +53,8 @@ pub struct ChannelsNamespace {
     actions: Option<Arc<dyn Actions>>,
     /// Connected sockets by socket id.
     conns: Mutex<HashMap<String, Arc<Conn>>>,
+    /// This node's connections of every transport.
+    registry: Registry,
 }
 
 /// One connected socket: its feed and its durable session.
@@ -59,6 +63,9 @@ struct Conn {
     identity: Identity,
     /// This connection's share of its address's connection limit.
     _slot: Option<Slot>,
+    /// Its entry in the connection registry, under its socket id: made as it joins `conns`, so the registry and
+    /// `conns` agree on which connection a socket id reaches.
+    registration: OnceLock<Registration>,
     /// Messages the client may still send.
     messages: Mutex<MessageLimit>,
     /// Ends the connection when its token expires.
@@ -80,6 +87,25 @@ struct Pending {
 
 /// Puts channel events on a Socket.IO socket.
 struct SocketOutlet(Arc<Socket>);
+
+impl Live for Feed<SocketOutlet> {
+    fn subscriptions(&self) -> Vec<ChannelName> {
+        self.channels()
+    }
+
+    fn carrier(&self) -> Option<&'static str> {
+        Some(match self.outlet.0.session().transport() {
+            TransportKind::WebSocket => "websocket",
+            // Until the upgrade completes, polling carries the packets.
+            TransportKind::Polling | TransportKind::Upgrading => "polling",
+        })
+    }
+
+    /// Closes the transport, not the namespace: the stock client reconnects by itself and recovers its session.
+    fn close(&self) {
+        self.outlet.0.close_transport("closed by an administrator");
+    }
+}
 
 impl Outlet for SocketOutlet {
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
@@ -202,6 +228,7 @@ impl ChannelsNamespace {
         max_held_bytes: usize,
         client_events: HashMap<String, ClientEvent>,
         actions: Option<Arc<dyn Actions>>,
+        registry: Registry,
     ) -> Arc<Self> {
         Arc::new(Self {
             core,
@@ -210,24 +237,13 @@ impl ChannelsNamespace {
             client_events,
             actions,
             conns: Mutex::new(HashMap::new()),
+            registry,
         })
     }
 
     /// The Socket.IO handler serving this namespace.
     pub fn handler(self: &Arc<Self>) -> Arc<dyn NamespaceHandler> {
         Arc::new(Handler(self.clone()))
-    }
-
-    /// Closes the transport of socket `id`; false if there is no such socket.
-    pub fn close_transport(&self, id: &str) -> bool {
-        let conn = self.conns.lock().get(id).cloned();
-        conn.map(|c| {
-            c.feed
-                .outlet
-                .0
-                .close_transport("closed by an administrator")
-        })
-        .is_some()
     }
 
     async fn connect(
@@ -309,7 +325,18 @@ impl ChannelsNamespace {
             }
         };
         let expires_in = self.access.expires_in(&identity);
-        let feed = Feed::new(self.core.clone(), SocketOutlet(socket), self.max_held_bytes);
+        let info = Info::new(
+            sid.as_str().into(),
+            Transport::SocketIo,
+            &identity,
+            socket.handshake().request.remote_addr,
+        );
+        let feed = Feed::new(
+            self.core.clone(),
+            SocketOutlet(socket),
+            self.max_held_bytes,
+            info.member(),
+        );
         // Registration numbers only grow within a session: cursors from earlier connections must compare
         // below every registration made now.
         feed.number_from(next_k);
@@ -324,6 +351,7 @@ impl ChannelsNamespace {
             }),
             identity,
             _slot: slot,
+            registration: OnceLock::new(),
             messages: Mutex::new(self.access.message_limit()),
             expiry: Mutex::new(None),
             pending: Mutex::new(None),
@@ -347,7 +375,13 @@ impl ChannelsNamespace {
         if let Some(left) = expires_in {
             *conn.expiry.lock() = Some(tokio::spawn(expire(conn.feed.outlet.0.clone(), left)));
         }
-        let replaced = self.conns.lock().insert(sid.clone(), conn);
+        let replaced = {
+            let mut conns = self.conns.lock();
+            let registration = self.registry.register(info, conn.feed.clone());
+            // Set here only, once.
+            let _ = conn.registration.set(registration);
+            conns.insert(sid.clone(), conn)
+        };
         if let Some(old) = replaced {
             // Two resumes of one session raced: the later one wins, the earlier is retired.
             retire(&old, "session resumed elsewhere");

@@ -1,0 +1,385 @@
+//! The live connections of this node, whatever their transport: what `/api/connections` lists and closes.
+//!
+//! Every binding registers a connection when it accepts it and holds the [`Registration`] for as long as it serves
+//! it; dropping the registration — however the connection ends — removes the entry. The registry therefore holds
+//! one entry per open connection: its size is bounded by the connection limits (`[limits] connections_per_ip` per
+//! address, and the sockets the process can open), and an entry keeps no data of its own that grows: its
+//! subscriptions are read from the connection when asked for, and those are bounded by
+//! `subscriptions_per_connection` (and 64 channels per SSE stream).
+//!
+//! Entries are ordered by id, so paging with `after` stays exact while connections come and go: a connection open
+//! through the whole walk is listed exactly once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::auth::Identity;
+use crate::core::channel::ChannelName;
+use crate::core::event::now_ms;
+use crate::core::presence::Member;
+
+/// The transport a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Transport {
+    /// Socket.IO (over Engine.IO polling or WebSocket).
+    #[serde(rename = "socketio")]
+    SocketIo,
+    /// The plain WebSocket protocol on `/ws`.
+    #[serde(rename = "websocket")]
+    WebSocket,
+    /// Server-Sent Events on `/sse`.
+    #[serde(rename = "sse")]
+    Sse,
+}
+
+impl Transport {
+    /// Every transport.
+    pub const ALL: [Transport; 3] = [Transport::SocketIo, Transport::WebSocket, Transport::Sse];
+
+    /// The name the API and presence show.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::SocketIo => "socketio",
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+        }
+    }
+
+    /// The transport called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+/// What the registry asks of a live connection; each binding implements it for its connection's feed.
+pub trait Live: Send + Sync + 'static {
+    /// The channels it is subscribed to now, in subscription order.
+    fn subscriptions(&self) -> Vec<ChannelName>;
+    /// What carries it now, for a transport that can change it (Socket.IO: `polling` or `websocket`).
+    fn carrier(&self) -> Option<&'static str>;
+    /// Ends it at an administrator's request, the way its client reconnects and resumes from.
+    fn close(&self);
+}
+
+/// What a connection is, fixed when it registers.
+#[derive(Debug, Clone)]
+pub struct Info {
+    /// Unique among this node's live connections (Socket.IO: its socket id).
+    pub id: Arc<str>,
+    /// The transport.
+    pub transport: Transport,
+    /// The authenticated user, if any.
+    pub user: Option<String>,
+    /// The user's roles.
+    pub roles: Vec<String>,
+    /// The peer's address, when known.
+    pub address: Option<SocketAddr>,
+    /// When it was accepted, ms since the UNIX epoch.
+    pub connected_at: i64,
+}
+
+impl Info {
+    /// A connection accepted now.
+    pub fn new(
+        id: Arc<str>,
+        transport: Transport,
+        identity: &Identity,
+        address: Option<SocketAddr>,
+    ) -> Self {
+        Self {
+            id,
+            transport,
+            user: identity.user.clone(),
+            roles: identity.roles.clone(),
+            address,
+            connected_at: now_ms(),
+        }
+    }
+
+    /// The connection as presence shows it on each channel it subscribes to.
+    pub fn member(&self) -> Member {
+        Member {
+            conn: self.id.clone(),
+            user: self.user.clone(),
+            roles: self.roles.clone(),
+            transport: self.transport.name(),
+            connected_at: self.connected_at,
+        }
+    }
+}
+
+/// A fresh id for a connection whose transport names none (`/ws`, SSE): the transport's name and a number unique in
+/// this process (`websocket-7`, `sse-8`). Socket.IO socket ids are 20 random characters: a clash would need one
+/// to spell such a name exactly.
+pub fn new_id(transport: Transport) -> Arc<str> {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{}-{}",
+        transport.name(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+    .into()
+}
+
+/// One connection as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Connection {
+    /// Its id.
+    pub id: Arc<str>,
+    /// Its transport.
+    pub transport: Transport,
+    /// What carries it now (Socket.IO only: `polling` or `websocket`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carrier: Option<&'static str>,
+    /// The authenticated user, if any.
+    pub user: Option<String>,
+    /// The user's roles.
+    pub roles: Vec<String>,
+    /// The peer's address (`ip:port`), when known.
+    pub address: Option<String>,
+    /// When it was accepted, ms since the UNIX epoch.
+    pub connected_at: i64,
+    /// Its channels now.
+    pub subscriptions: Vec<ChannelName>,
+}
+
+/// One page of the list.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    /// The connections, by id.
+    pub connections: Vec<Connection>,
+    /// Where the next page starts (`after`), or `None` when this is the last.
+    pub next: Option<Arc<str>>,
+}
+
+struct Entry {
+    info: Arc<Info>,
+    live: Arc<dyn Live>,
+    /// Tells this registration from a later one under the same id (a resumed Socket.IO session keeps its id).
+    serial: u64,
+}
+
+#[derive(Default)]
+struct Table {
+    entries: BTreeMap<Arc<str>, Entry>,
+    next_serial: u64,
+}
+
+/// The live connections of this node; cheap to clone (clones share one table).
+#[derive(Clone, Default)]
+pub struct Registry {
+    table: Arc<Mutex<Table>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a connection until the returned registration is dropped. A live entry under the same id is replaced:
+    /// the newer connection is the one the id reaches (Socket.IO retires the older one itself).
+    pub fn register(&self, info: Info, live: Arc<dyn Live>) -> Registration {
+        let mut t = self.table.lock();
+        t.next_serial += 1;
+        let serial = t.next_serial;
+        let id = info.id.clone();
+        let entry = Entry {
+            info: Arc::new(info),
+            live,
+            serial,
+        };
+        t.entries.insert(id.clone(), entry);
+        Registration {
+            table: self.table.clone(),
+            id,
+            serial,
+        }
+    }
+
+    /// Connection `id`, if it is live.
+    pub fn get(&self, id: &str) -> Option<Connection> {
+        let found = self
+            .table
+            .lock()
+            .entries
+            .get(id)
+            .map(|e| (e.info.clone(), e.live.clone()));
+        found.map(|(info, live)| render(&info, &*live))
+    }
+
+    /// Up to `limit` connections with an id after `after`, of `transport` if given, by id.
+    pub fn page(&self, after: Option<&str>, transport: Option<Transport>, limit: usize) -> Page {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        // Copied out under the lock, rendered outside it: reading subscriptions takes each connection's own lock.
+        let mut picked: Vec<(Arc<Info>, Arc<dyn Live>)> = {
+            let t = self.table.lock();
+            t.entries
+                .range::<str, _>((start, Bound::Unbounded))
+                .filter(|(_, e)| transport.is_none_or(|t| e.info.transport == t))
+                .take(limit.saturating_add(1))
+                .map(|(_, e)| (e.info.clone(), e.live.clone()))
+                .collect()
+        };
+        let more = picked.len() > limit;
+        picked.truncate(limit);
+        let next = more
+            .then(|| picked.last().map(|(info, _)| info.id.clone()))
+            .flatten();
+        Page {
+            connections: picked
+                .iter()
+                .map(|(info, live)| render(info, &**live))
+                .collect(),
+            next,
+        }
+    }
+
+    /// Closes connection `id` (it reconnects and resumes); false if it is not live.
+    pub fn close(&self, id: &str) -> bool {
+        let live = self.table.lock().entries.get(id).map(|e| e.live.clone());
+        // Outside the lock: closing may end the connection, whose registration then takes the lock to leave.
+        live.map(|l| l.close()).is_some()
+    }
+}
+
+fn render(info: &Info, live: &dyn Live) -> Connection {
+    Connection {
+        id: info.id.clone(),
+        transport: info.transport,
+        carrier: live.carrier(),
+        user: info.user.clone(),
+        roles: info.roles.clone(),
+        address: info.address.map(|a| a.to_string()),
+        connected_at: info.connected_at,
+        subscriptions: live.subscriptions(),
+    }
+}
+
+/// A connection's place in the registry: dropping it removes the entry.
+pub struct Registration {
+    table: Arc<Mutex<Table>>,
+    id: Arc<str>,
+    serial: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut t = self.table.lock();
+        // A later registration under this id stays.
+        if t.entries
+            .get(&*self.id)
+            .is_some_and(|e| e.serial == self.serial)
+        {
+            t.entries.remove(&*self.id);
+        }
+    }
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    struct Fake {
+        channels: Vec<ChannelName>,
+        closed: AtomicBool,
+    }
+
+    impl Live for Fake {
+        fn subscriptions(&self) -> Vec<ChannelName> {
+            self.channels.clone()
+        }
+        fn carrier(&self) -> Option<&'static str> {
+            None
+        }
+        fn close(&self) {
+            self.closed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn fake(channels: &[&str]) -> Arc<Fake> {
+        Arc::new(Fake {
+            channels: channels
+                .iter()
+                .map(|c| ChannelName::new(c).unwrap())
+                .collect(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn info(id: &str, transport: Transport) -> Info {
+        Info::new(id.into(), transport, &Identity::anonymous(), None)
+    }
+
+    fn ids(page: &Page) -> Vec<&str> {
+        page.connections.iter().map(|c| &*c.id).collect()
+    }
+
+    #[test]
+    fn entries_leave_with_their_registration_and_pages_stay_exact_under_churn() {
+        let r = Registry::new();
+        let a = r.register(info("a", Transport::SocketIo), fake(&["x"]));
+        let b = r.register(info("b", Transport::WebSocket), fake(&[]));
+        let c = r.register(info("c", Transport::Sse), fake(&["y", "z"]));
+        let first = r.page(None, None, 2);
+        assert_eq!(ids(&first), ["a", "b"]);
+        assert_eq!(first.next.as_deref(), Some("b"));
+        // `b` leaves and `bb` arrives between pages: the walk goes on after `b` and sees the newcomer.
+        drop(b);
+        let _bb = r.register(info("bb", Transport::WebSocket), fake(&[]));
+        let second = r.page(first.next.as_deref(), None, 2);
+        assert_eq!(ids(&second), ["bb", "c"]);
+        assert_eq!(second.next, None);
+        assert_eq!(
+            r.get("c").unwrap().subscriptions,
+            [
+                ChannelName::new("y").unwrap(),
+                ChannelName::new("z").unwrap()
+            ]
+        );
+        assert_eq!(ids(&r.page(None, Some(Transport::WebSocket), 10)), ["bb"]);
+        drop(a);
+        drop(c);
+        assert!(r.get("a").is_none());
+        assert_eq!(ids(&r.page(None, None, 10)), ["bb"]);
+    }
+
+    #[test]
+    fn a_replaced_registration_does_not_remove_its_successor() {
+        let r = Registry::new();
+        let old_live = fake(&[]);
+        let old = r.register(info("s", Transport::SocketIo), old_live.clone());
+        let new_live = fake(&["x"]);
+        let _new = r.register(info("s", Transport::SocketIo), new_live.clone());
+        drop(old);
+        assert!(r.close("s"), "the successor is still reachable");
+        assert!(new_live.closed.load(Ordering::Relaxed));
+        assert!(!old_live.closed.load(Ordering::Relaxed));
+        assert!(!r.close("nobody"));
+    }
+
+    #[test]
+    fn ids_are_unique_and_transports_named() {
+        assert_ne!(new_id(Transport::Sse), new_id(Transport::Sse));
+        assert!(new_id(Transport::WebSocket).starts_with("websocket-"));
+        for t in Transport::ALL {
+            assert_eq!(Transport::from_name(t.name()), Some(t));
+        }
+        assert_eq!(Transport::from_name("polling"), None);
+    }
+}
