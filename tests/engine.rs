@@ -95,6 +95,7 @@ conformance!(
     dropping_a_subscription_ends_live_delivery_and_reports_demand,
     sessions_are_stored_loaded_and_forgotten,
     presence_tracks_joins_and_leaves,
+    a_presence_watcher_that_falls_behind_is_dropped,
     resume_points_follow_the_cursor_across_channels,
     resume_reports_a_gap_when_history_was_trimmed,
     a_hole_after_a_known_loss_is_announced_too,
@@ -476,6 +477,39 @@ async fn sessions_are_stored_loaded_and_forgotten(kind: &str) {
     core.put_session("p3", "{}".into()).await.unwrap();
     assert_eq!(core.session("p1").await.unwrap(), None);
     assert!(core.session("p2").await.unwrap().is_some());
+}
+
+async fn a_presence_watcher_that_falls_behind_is_dropped(kind: &str) {
+    use herald::core::engine::PRESENCE_EVENTS_QUEUE;
+    let core = open(kind, Retention::default());
+    let mut events = core.presence_events(Pattern::new("*"));
+    let mut guards = Vec::new();
+    for i in 0..=PRESENCE_EVENTS_QUEUE {
+        let member = Member {
+            conn: format!("c{i}").as_str().into(),
+            user: None,
+            roles: vec![],
+            transport: "sse",
+            connected_at: 1,
+        };
+        guards.push(core.join(&ch("busy"), member).await.unwrap());
+    }
+    // The queue held what fits, then the watcher was let go instead of the engine buffering more.
+    let mut received = 0;
+    while let Some(event) = events.recv().await {
+        assert!(matches!(event, PresenceEvent::Join(..)));
+        received += 1;
+    }
+    assert_eq!(received, PRESENCE_EVENTS_QUEUE);
+    // Presence itself is whole.
+    assert_eq!(
+        core.presence(&ch("busy")).await.unwrap().len(),
+        PRESENCE_EVENTS_QUEUE + 1
+    );
+    // A new watcher gets the next notification.
+    let mut fresh = core.presence_events(Pattern::new("*"));
+    drop(guards.pop());
+    assert!(matches!(fresh.recv().await, Some(PresenceEvent::Leave(..))));
 }
 
 async fn presence_tracks_joins_and_leaves(kind: &str) {

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::channel::{ChannelName, Pattern};
-use super::engine::{Leave, PresenceGuard};
+use super::engine::{Leave, PRESENCE_EVENTS_QUEUE, PresenceGuard};
 
 /// One connection present on a channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -42,13 +42,14 @@ pub enum PresenceEvent {
 struct Table {
     /// Channel → connection id → (member, registrations holding it).
     channels: HashMap<ChannelName, BTreeMap<Arc<str>, (Member, usize)>>,
-    watchers: Vec<(Pattern, mpsc::UnboundedSender<PresenceEvent>)>,
+    watchers: Vec<(Pattern, mpsc::Sender<PresenceEvent>)>,
 }
 
 impl Table {
     fn notify(&mut self, channel: &ChannelName, event: impl Fn() -> PresenceEvent) {
-        self.watchers
-            .retain(|(pattern, tx)| !pattern.matches(channel.as_str()) || tx.send(event()).is_ok());
+        self.watchers.retain(|(pattern, tx)| {
+            !pattern.matches(channel.as_str()) || tx.try_send(event()).is_ok()
+        });
     }
 }
 
@@ -94,9 +95,10 @@ impl Presence {
             .unwrap_or_default()
     }
 
-    /// Join and leave notifications of channels matching `pattern`, from now on.
-    pub fn events(&self, pattern: Pattern) -> mpsc::UnboundedReceiver<PresenceEvent> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// Join and leave notifications of channels matching `pattern`, from now on (see
+    /// [`crate::core::engine::PRESENCE_EVENTS_QUEUE`] for a watcher that falls behind).
+    pub fn events(&self, pattern: Pattern) -> mpsc::Receiver<PresenceEvent> {
+        let (tx, rx) = mpsc::channel(PRESENCE_EVENTS_QUEUE);
         self.table.lock().watchers.push((pattern, tx));
         rx
     }

@@ -281,7 +281,7 @@ impl Engine for Probe {
         self.inner.presence(channel).await
     }
 
-    fn presence_events(&self, pattern: Pattern) -> mpsc::UnboundedReceiver<PresenceEvent> {
+    fn presence_events(&self, pattern: Pattern) -> mpsc::Receiver<PresenceEvent> {
         self.inner.presence_events(pattern)
     }
 

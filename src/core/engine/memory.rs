@@ -325,7 +325,7 @@ impl Engine for MemoryEngine {
         Ok(self.presence.members(channel))
     }
 
-    fn presence_events(&self, pattern: Pattern) -> mpsc::UnboundedReceiver<PresenceEvent> {
+    fn presence_events(&self, pattern: Pattern) -> mpsc::Receiver<PresenceEvent> {
         self.presence.events(pattern)
     }
 

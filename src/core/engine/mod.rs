@@ -37,6 +37,9 @@ use super::presence::{Member, PresenceEvent};
 use super::retention::Retention;
 use super::state::{Snapshot, Values};
 
+/// Most presence notifications queued for one watcher of [`Engine::presence_events`].
+pub const PRESENCE_EVENTS_QUEUE: usize = 1024;
+
 /// Most events read from history per query.
 pub const MAX_PAGE: usize = 1000;
 
@@ -393,8 +396,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Who is on `channel` now, by connection id.
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<Member>, EngineError>;
 
-    /// Join and leave notifications of channels matching `pattern`, from now on.
-    fn presence_events(&self, pattern: Pattern) -> mpsc::UnboundedReceiver<PresenceEvent>;
+    /// Join and leave notifications of channels matching `pattern`, from now on. A watcher more than
+    /// [`PRESENCE_EVENTS_QUEUE`] notifications behind is dropped: its receiver ends, and it re-reads
+    /// [`Engine::presence`] instead of the engine queueing without bound.
+    fn presence_events(&self, pattern: Pattern) -> mpsc::Receiver<PresenceEvent>;
 
     /// Flushes and stops; later calls fail with [`EngineError::Closed`].
     async fn shutdown(&self);

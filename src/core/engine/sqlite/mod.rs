@@ -159,7 +159,7 @@ impl Engine for SqliteEngine {
         Ok(self.presence.members(channel))
     }
 
-    fn presence_events(&self, pattern: Pattern) -> mpsc::UnboundedReceiver<PresenceEvent> {
+    fn presence_events(&self, pattern: Pattern) -> mpsc::Receiver<PresenceEvent> {
         self.presence.events(pattern)
     }
 
