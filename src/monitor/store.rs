@@ -294,3 +294,102 @@ fn log_channel(id: &str) -> Result<ChannelName, EngineError> {
 fn to_raw<T: Serialize>(v: &T) -> Box<RawValue> {
     serde_json::value::to_raw_value(v).expect("serialising plain monitor data cannot fail")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::engine::memory::MemoryEngine;
+    use crate::core::retention::Retention;
+
+    fn store(log_keep: usize) -> Store {
+        let cfg = MonitorConfig {
+            log_keep,
+            ..MonitorConfig::default()
+        };
+        let retention = Retention {
+            rules: retention(&cfg),
+            ..Retention::default()
+        };
+        Store::new(MemoryEngine::open(retention, Duration::from_secs(60))).unwrap()
+    }
+
+    fn spec(id: &str) -> MonitorSpec {
+        MonitorSpec::from_json(serde_json::json!({
+            "id": id, "name": "A", "check": {"kind": "tcp", "host": "127.0.0.1", "port": 9}
+        }))
+        .unwrap()
+    }
+
+    fn check(n: i64) -> LoggedCheck {
+        LoggedCheck {
+            status: "up".into(),
+            ms: 1.5,
+            message: format!("check {n}"),
+            time: 1_795_000_000_000 + n,
+        }
+    }
+
+    async fn log(s: &Store, id: &str, from: i64, to: i64) {
+        let events = (from..=to)
+            .map(|n| s.check(id, &check(n), None).unwrap())
+            .collect();
+        s.publish(events).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn records_round_trip_and_removal_forgets_them() {
+        let s = store(10);
+        let mut rt = Runtime::default();
+        rt.message = "stored".into();
+        s.publish(vec![
+            s.record("a", &spec("a"), &rt, 7),
+            s.record("b", &spec("b"), &rt, 0),
+        ])
+        .await
+        .unwrap();
+        let loaded = s.load().await.unwrap();
+        assert_eq!(
+            loaded.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(loaded[0].spec, spec("a"));
+        assert_eq!(loaded[0].runtime.message, "stored");
+        assert_eq!(loaded[0].log_after, 7);
+        s.publish(vec![s.removal("a")]).await.unwrap();
+        let ids: Vec<String> = s.load().await.unwrap().into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, ["b"]);
+    }
+
+    #[tokio::test]
+    async fn the_log_keeps_log_keep_entries_newest_first_and_starts_after_log_after() {
+        let s = store(3);
+        assert!(s.recent("a", 0, 50).await.unwrap().is_empty());
+        log(&s, "a", 1, 5).await;
+        log(&s, "b", 1, 1).await;
+        let got = s.recent("a", 0, 50).await.unwrap();
+        let messages: Vec<&str> = got.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(messages, ["check 5", "check 4", "check 3"]);
+        assert_eq!(got[0].id, 5);
+        assert_eq!(got[0].created_at, format_time(1_795_000_000_005));
+        assert_eq!(s.recent("a", 0, 2).await.unwrap().len(), 2);
+        // A monitor created after a deleted namesake sees none of its entries.
+        let after = s.log_end("a").await.unwrap();
+        assert_eq!(after, 5);
+        assert!(s.recent("a", after, 50).await.unwrap().is_empty());
+        log(&s, "a", 6, 6).await;
+        let fresh = s.recent("a", after, 50).await.unwrap();
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(fresh[0].message, "check 6");
+    }
+
+    #[test]
+    fn its_channels_are_internal() {
+        let s = store(1);
+        assert!(
+            s.record("a", &spec("a"), &Runtime::default(), 0)
+                .channel
+                .is_internal()
+        );
+        assert!(s.check("a", &check(1), None).unwrap().channel.is_internal());
+    }
+}
