@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  startHerald, request, publish, connected, subscribe, subscribeOk, Recorder, assertApiError,
+  startHerald, request, publish, connected, subscribe, subscribeOk, Recorder, assertApiError, ENGINE, DURABLE_ONLY,
 } from '../lib/herald.js';
 import { openWs, wsBase, openSse, refusedUpgrade, directPath } from '../lib/plain.js';
 import { sqliteDb } from '../lib/sqldb.js';
@@ -104,7 +104,7 @@ sql = "select id, name from items order by id"
 channel = "items"
 interval = "100ms"
 `;
-  const h = await startHerald(t, { config, args: ['--engine', 'memory'] });
+  const h = await startHerald(t, { config, args: ENGINE === 'memory' ? [] : ['--engine', 'memory'] });
 
   // Socket.IO follows the monitor, /ws the SQL source, SSE a channel published to over HTTP.
   const sio = await connected(t, h.url, { transports: ['websocket'] });
@@ -154,7 +154,7 @@ CREATE INDEX IF NOT EXISTS log_by_monitor ON log (monitor, id);
 
 const sqlText = (s) => `'${s.replaceAll("'", "''")}'`;
 
-test('a monitors.db left by an earlier version is imported at start-up (definitions, status, uptime, recent log) and renamed', async (t) => {
+test('a monitors.db left by an earlier version is imported at start-up (definitions, status, uptime, recent log) and renamed', DURABLE_ONLY, async (t) => {
   const port = await tcpTarget(t);
   const h = await startHerald(t);
   await h.stop('SIGTERM'); // an existing data dir (herald.db) that gets an old monitors.db beside it
