@@ -38,7 +38,7 @@ pub enum ServerError {
     /// A `[[sources.sql]]` source is invalid (e.g. its SQL does not prepare).
     #[error(transparent)]
     Source(#[from] crate::source::sql::SourceError),
-    /// The monitor could not start (its database, or a monitor declared in the config).
+    /// The monitor could not start (its storage or import, or a monitor declared in the config).
     #[error("monitor: {0}")]
     Monitor(#[from] crate::monitor::MonitorError),
     /// The listener failed.
@@ -112,9 +112,14 @@ impl Server {
             },
             EngineChoice::Memory => EngineKind::Memory,
         };
+        // The monitor's own channels keep their log bounds whatever the configured rules match.
+        let mut retention = config.history.retention();
+        retention
+            .rules
+            .splice(0..0, crate::monitor::store::retention(&config.monitor));
         let core = engine::open(EngineOptions {
             kind,
-            retention: config.history.retention(),
+            retention,
             session_ttl: config.socketio.session_ttl,
         })?;
         for st in &config.state {
@@ -127,7 +132,11 @@ impl Server {
             &config.limits,
             config.socketio.server_side_channels(),
         )?;
-        let monitors = Monitors::start(core.clone(), &config.data_dir, &config.monitor).await?;
+        // A `monitors.db` left by an earlier version is imported into a durable engine; the memory engine touches
+        // no file.
+        let legacy =
+            (config.engine.kind == EngineChoice::Sqlite).then_some(config.data_dir.as_path());
+        let monitors = Monitors::start(core.clone(), legacy, &config.monitor).await?;
         // Last: the core takes the first state declaration matching a channel, and a template like `{unit}` is
         // broad; `[[state]]` and the monitor's channels keep theirs.
         let sources = SqlSources::start(&core, &config.sources.sql).await?;

@@ -21,9 +21,10 @@ use crate::core::event::SharedEvent;
 /// mistakes an early empty answer for "nothing happened in the time I asked for".
 const MAX_WAIT_SECS: u64 = 60;
 
-/// `GET /api/channels`.
+/// `GET /api/channels`: every channel but Herald's own.
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let channels = state.core.channels().await?;
+    let mut channels = state.core.channels().await?;
+    channels.retain(|c| !c.channel.is_internal());
     Ok(Json(json!({ "channels": channels })))
 }
 

@@ -60,7 +60,7 @@ impl ApiError {
 
 impl From<ChannelNameError> for ApiError {
     fn from(e: ChannelNameError) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_channel", e.to_string())
+        Self::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
     }
 }
 

@@ -26,7 +26,7 @@ impl From<MonitorError> for ApiError {
             MonitorError::TooSoon(..) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
             }
-            MonitorError::Db(_) => {
+            MonitorError::Storage(_) | MonitorError::Migration(_) => {
                 tracing::error!(error = %e, "monitor storage failure");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

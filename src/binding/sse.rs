@@ -255,7 +255,7 @@ async fn by_query(
     });
     match channels {
         Ok(channels) => open(b, peer, channels, &pairs, &headers).await,
-        Err(e) => bad("invalid_channel", e.to_string()),
+        Err(e) => bad(e.code(), e.to_string()),
     }
 }
 
@@ -270,7 +270,7 @@ async fn by_path(
     let raw = uri.path().strip_prefix("/sse/").unwrap_or_default();
     let channel = match channel_from_path(raw) {
         Ok(c) => c,
-        Err(e) => return bad("invalid_channel", e.to_string()),
+        Err(e) => return bad(e.code(), e.to_string()),
     };
     let Ok(Query(pairs)) = query else {
         return bad("invalid_request", "malformed query string");

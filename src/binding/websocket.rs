@@ -314,7 +314,7 @@ async fn direct(
     let raw = req.uri().path().strip_prefix("/ws/").unwrap_or_default();
     let channel = match channel_from_path(raw) {
         Ok(c) => c,
-        Err(e) => return bad_request("invalid_channel", e.to_string()),
+        Err(e) => return bad_request(e.code(), e.to_string()),
     };
     let Query(q) = match query {
         Ok(q) => q,
@@ -661,7 +661,7 @@ async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
             .channel
             .as_deref()
             .ok_or(("invalid_request", "missing field `channel`".to_owned()))?;
-        ChannelName::new(name).map_err(|e| ("invalid_channel", e.to_string()))
+        ChannelName::new(name).map_err(|e| (e.code(), e.to_string()))
     };
     let reply = match msg.op.as_str() {
         "subscribe" => match channel() {

@@ -1,12 +1,17 @@
 //! Channel names and channel-name patterns.
 //!
-//! A channel name is validated once, at the edge, and then carried as a cheap shared string.
+//! A channel name is validated once, at the edge, and then carried as a cheap shared string. Names starting with
+//! [`INTERNAL_PREFIX`] are Herald's own channels (a source's durable data kept through the engine): clients,
+//! publishers and configuration cannot name them, so their events are never seen outside the process.
 
 use std::fmt;
 use std::sync::Arc;
 
 /// Longest accepted channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 200;
+
+/// Channel names starting with this belong to Herald itself (e.g. `herald:monitors`).
+pub const INTERNAL_PREFIX: &str = "herald:";
 
 /// Why a channel name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +30,19 @@ pub enum ChannelNameError {
     /// The name starts or ends with a space.
     #[error("channel name starts or ends with a space")]
     OuterSpace,
+    /// The name is one of Herald's own channels.
+    #[error("channel names starting with {INTERNAL_PREFIX:?} are reserved for Herald's own data")]
+    Reserved,
+}
+
+impl ChannelNameError {
+    /// The stable refusal code clients get: `reserved_channel` for Herald's own channels, else `invalid_channel`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved_channel",
+            _ => "invalid_channel",
+        }
+    }
 }
 
 /// A validated channel name.
@@ -32,8 +50,22 @@ pub enum ChannelNameError {
 pub struct ChannelName(Arc<str>);
 
 impl ChannelName {
-    /// Validates `name` and wraps it.
+    /// Validates `name` as a client, publisher or configuration names a channel, and wraps it: Herald's own
+    /// channels are refused.
     pub fn new(name: &str) -> Result<Self, ChannelNameError> {
+        if name.starts_with(INTERNAL_PREFIX) {
+            return Err(ChannelNameError::Reserved);
+        }
+        Self::any(name)
+    }
+
+    /// One of Herald's own channels: [`INTERNAL_PREFIX`] followed by `suffix`.
+    pub fn internal(suffix: &str) -> Result<Self, ChannelNameError> {
+        Self::any(&format!("{INTERNAL_PREFIX}{suffix}"))
+    }
+
+    /// Validates `name`, Herald's own channels included (names read back from the engine's storage).
+    pub fn any(name: &str) -> Result<Self, ChannelNameError> {
         if name.is_empty() {
             return Err(ChannelNameError::Empty);
         }
@@ -52,6 +84,11 @@ impl ChannelName {
     /// The name as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether this is one of Herald's own channels (never listed to or reachable by clients).
+    pub fn is_internal(&self) -> bool {
+        self.0.starts_with(INTERNAL_PREFIX)
     }
 }
 
@@ -135,6 +172,21 @@ mod tests {
         assert!(ChannelName::new("Ligne Süd 3").is_ok());
         assert!(ChannelName::new("a\u{7}").is_err());
         assert!(ChannelName::new("a*").is_err());
+    }
+
+    #[test]
+    fn herald_channels_are_reserved() {
+        assert_eq!(
+            ChannelName::new("herald:monitors"),
+            Err(ChannelNameError::Reserved)
+        );
+        assert_eq!(ChannelNameError::Reserved.code(), "reserved_channel");
+        assert_eq!(ChannelNameError::Empty.code(), "invalid_channel");
+        let own = ChannelName::internal("monitors").unwrap();
+        assert!(own.is_internal());
+        assert_eq!(ChannelName::any("herald:monitors").unwrap(), own);
+        assert!(!ChannelName::new("heraldic").unwrap().is_internal());
+        assert!(ChannelName::internal("a/b").is_err());
     }
 
     #[test]

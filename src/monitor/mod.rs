@@ -1,16 +1,18 @@
 //! The service monitor: periodic HTTP/TCP/UDP/DNS checks whose results become live channel events.
 //!
-//! `check` probes a target; `spec` is a monitor's definition; `runtime` its status machine and uptime; `db` its
-//! persistence; `events` the names and shapes subscribers see; `target` seed 000's flat targets; `service` runs it all and publishes through the
-//! core like any producer, as state channels (a new subscriber gets every monitor first, then changes).
+//! `check` probes a target; `spec` is a monitor's definition; `runtime` its status machine and uptime; `store` its
+//! persistence through the engine (`migrate` imports the side database earlier versions kept); `events` the names
+//! and shapes subscribers see; `target` seed 000's flat targets; `service` runs it all and publishes through the
+//! engine like any producer, as state channels (a new subscriber gets every monitor first, then changes).
 
 pub mod check;
-pub mod db;
 pub mod events;
 pub mod metrics;
+pub mod migrate;
 pub mod runtime;
 pub mod service;
 pub mod spec;
+pub mod store;
 pub mod target;
 
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! The running monitor: one scheduling task per monitor (fixed rate with start-up jitter, retries, timeouts),
-//! CRUD/pause/resume/check-now, and publishing through `Core::publish` — status events as state-channel changes
-//! (throttled per monitor, the final state always sent), log events, and stats.
+//! CRUD/pause/resume/check-now, and publishing through the engine — status events as state-channel changes
+//! (throttled per monitor, the final state always sent), log events, and stats — with its own durable data kept
+//! through the engine as well ([`super::store`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,13 +17,15 @@ use tokio::time::Instant;
 
 use super::MonitorConfig;
 use super::check::{FieldError, Outcome};
-use super::db::{Db, DbError, LogEntry};
 use super::events::{self, Events};
+use super::migrate::{self, MigrateError};
 use super::runtime::{Runtime, Status};
 use super::spec::MonitorSpec;
+use super::store::{LogEntry, LoggedCheck, RUNTIME_EVERY, Store};
 use super::target;
 use crate::core::Engine;
 use crate::core::channel::{ChannelName, Pattern};
+use crate::core::engine::EngineError;
 use crate::core::event::NewEvent;
 use crate::core::event::now_ms;
 use crate::core::state::{Snapshot, StateChange};
@@ -43,8 +46,17 @@ pub enum MonitorError {
     #[error("monitor {0:?} was checked less than {1:?} ago")]
     TooSoon(String, Duration),
     /// Storage failed.
+    #[error("monitor storage: {0}")]
+    Storage(#[from] EngineError),
+    /// The former `monitors.db` could not be imported.
     #[error(transparent)]
-    Db(#[from] DbError),
+    Migration(#[from] MigrateError),
+}
+
+/// When a monitor's record was last stored, and whether its runtime changed since.
+struct Saved {
+    at: Instant,
+    dirty: bool,
 }
 
 struct Emit {
@@ -63,6 +75,10 @@ struct Entry {
     emit: Mutex<Emit>,
     /// Serialises status sends, so the last one published carries the latest state.
     sending: tokio::sync::Mutex<()>,
+    /// Serialises storing the record (held while it is published), so the last stored is the latest.
+    storing: tokio::sync::Mutex<Saved>,
+    /// Offset of its log channel after which its own entries start (older ones are a deleted namesake's).
+    log_after: u64,
 }
 
 impl Entry {
@@ -90,7 +106,7 @@ pub struct Lateness {
 /// The service monitor.
 pub struct Monitors {
     core: Arc<dyn Engine>,
-    db: Db,
+    store: Store,
     events: Events,
     channel: ChannelName,
     refresh_interval: Duration,
@@ -102,10 +118,11 @@ pub struct Monitors {
 }
 
 impl Monitors {
-    /// Opens the monitor database, applies the configured monitors and starts checking.
+    /// Loads the stored monitors (first importing a former `monitors.db` found in `legacy_dir`, once), applies
+    /// the configured monitors and starts checking.
     pub async fn start(
         core: Arc<dyn Engine>,
-        data_dir: &std::path::Path,
+        legacy_dir: Option<&std::path::Path>,
         cfg: &MonitorConfig,
     ) -> Result<Arc<Self>, MonitorError> {
         let channel = ChannelName::new(&cfg.channel)
@@ -120,10 +137,14 @@ impl Monitors {
             )
             .into());
         }
-        let (db, stored) = Db::open(data_dir, cfg.log_keep, cfg.log_max_age)?;
+        let store = Store::new(core.clone())?;
+        if let Some(dir) = legacy_dir {
+            migrate::import(&store, dir, cfg).await?;
+        }
+        let stored = store.load().await?;
         let this = Arc::new(Self {
             core,
-            db,
+            store,
             events,
             channel,
             refresh_interval: cfg.refresh_interval,
@@ -133,15 +154,7 @@ impl Monitors {
             checks: AtomicU64::new(0),
         });
         for s in stored {
-            let Ok(spec) = serde_json::from_str::<MonitorSpec>(&s.spec) else {
-                tracing::warn!(id = %s.id, "skipping a stored monitor whose definition no longer parses");
-                continue;
-            };
-            let rt = s
-                .runtime
-                .and_then(|r| serde_json::from_str::<Runtime>(&r).ok())
-                .unwrap_or_default();
-            this.insert(s.id, spec, rt);
+            this.insert(s.id, s.spec, s.runtime, s.log_after);
         }
         for (i, spec) in cfg.monitors.iter().enumerate() {
             let field = |e: FieldError| {
@@ -161,12 +174,13 @@ impl Monitors {
                 Some(e) => {
                     let before = e.channel(&this.channel);
                     *e.spec.lock() = spec.clone();
-                    this.db.put_monitor(&id, to_json(spec));
+                    this.store_record(&e).await?;
                     this.left_channel(&e, before).await;
                 }
                 None => {
-                    this.db.put_monitor(&id, to_json(spec));
-                    this.insert(id, spec.clone(), Runtime::default());
+                    let log_after = this.store.log_end(&id).await?;
+                    let e = this.insert(id, spec.clone(), Runtime::default(), log_after);
+                    this.store_record(&e).await?;
                 }
             }
         }
@@ -226,12 +240,14 @@ impl Monitors {
         }
     }
 
-    fn insert(&self, id: String, spec: MonitorSpec, mut rt: Runtime) -> Arc<Entry> {
-        if spec.paused {
-            rt.set_status(Status::Paused, now_ms());
+    fn insert(&self, id: String, spec: MonitorSpec, mut rt: Runtime, log_after: u64) -> Arc<Entry> {
+        let dirty = if spec.paused {
+            rt.set_status(Status::Paused, now_ms())
         } else if rt.status == Status::Paused {
-            rt.set_status(Status::Pending, now_ms());
-        }
+            rt.set_status(Status::Pending, now_ms())
+        } else {
+            false
+        };
         let e = Arc::new(Entry {
             id: id.clone(),
             spec: Mutex::new(spec),
@@ -245,6 +261,11 @@ impl Monitors {
                 last_full: None,
             }),
             sending: tokio::sync::Mutex::new(()),
+            storing: tokio::sync::Mutex::new(Saved {
+                at: Instant::now(),
+                dirty,
+            }),
+            log_after,
         });
         self.entries.lock().insert(id, e.clone());
         e
@@ -286,11 +307,15 @@ impl Monitors {
             None => new_id(),
         };
         spec.id = Some(id.clone());
+        let log_after = self.store.log_end(&id).await?;
         if self.entries.lock().contains_key(&id) {
             return Err(MonitorError::Conflict(id));
         }
-        self.db.put_monitor(&id, to_json(&spec));
-        let e = self.insert(id, spec, Runtime::default());
+        let e = self.insert(id.clone(), spec, Runtime::default(), log_after);
+        if let Err(err) = self.store_record(&e).await {
+            self.entries.lock().remove(&id);
+            return Err(err);
+        }
         self.declare();
         // The creation's events follow the answer, as with seed 000's backend (which emits after its first
         // check): its frontend pushes the answer onto its list, then applies `target:updated` to it by id.
@@ -319,7 +344,6 @@ impl Monitors {
             .validate_reachable(Duration::from_secs(5))
             .await?;
         let e = self.entry(id)?;
-        self.db.put_monitor(id, to_json(&spec));
         let paused = spec.paused;
         let before = e.channel(&self.channel);
         *e.spec.lock() = spec;
@@ -334,6 +358,7 @@ impl Monitors {
             rt.failures = 0;
             rt.set_status(status, now_ms());
         }
+        self.store_record(&e).await?;
         self.declare();
         self.publish_status(&e, true).await;
         self.publish_stats().await;
@@ -344,8 +369,18 @@ impl Monitors {
     /// Deletes a monitor; subscribers get its removal.
     pub async fn delete(self: &Arc<Self>, id: &str) -> Result<(), MonitorError> {
         let e = self.entry(id)?;
-        // The send lock keeps a status send that is under way from publishing after the removal.
+        // The send lock keeps a status send that is under way from publishing after the removal, the store lock
+        // a check's record from being stored after it.
         let _sending = e.sending.lock().await;
+        let _storing = e.storing.lock().await;
+        if !self.is_current(&e) {
+            return Err(MonitorError::NotFound(id.to_owned()));
+        }
+        // Subscribers' removal and the stored record's, in one commit.
+        let removal = self.removal(&e, e.channel(&self.channel));
+        self.store
+            .publish(vec![removal, self.store.removal(id)])
+            .await?;
         {
             let mut task = e.task.lock();
             if let Some(t) = task.take() {
@@ -353,9 +388,6 @@ impl Monitors {
             }
             self.entries.lock().remove(id);
         }
-        self.db.delete(id);
-        self.publish(vec![self.removal(&e, e.channel(&self.channel))])
-            .await;
         self.publish_stats().await;
         Ok(())
     }
@@ -390,12 +422,7 @@ impl Monitors {
         paused: bool,
     ) -> Result<Value, MonitorError> {
         let e = self.entry(id)?;
-        let spec = {
-            let mut spec = e.spec.lock();
-            spec.paused = paused;
-            spec.clone()
-        };
-        self.db.put_monitor(id, to_json(&spec));
+        e.spec.lock().paused = paused;
         {
             let mut rt = e.rt.lock();
             rt.failures = 0;
@@ -408,6 +435,7 @@ impl Monitors {
                 now_ms(),
             );
         }
+        self.store_record(&e).await?;
         self.publish_status(&e, true).await;
         self.publish_stats().await;
         self.schedule(&e, Duration::ZERO);
@@ -442,8 +470,8 @@ impl Monitors {
 
     /// The latest log entries of a monitor, newest first.
     pub async fn log(&self, id: &str, limit: usize) -> Result<Vec<LogEntry>, MonitorError> {
-        self.entry(id)?;
-        Ok(self.db.recent(id, limit).await?)
+        let e = self.entry(id)?;
+        Ok(self.store.recent(id, e.log_after, limit).await?)
     }
 
     /// Check-time drift so far, and the number of checks run.
@@ -451,14 +479,90 @@ impl Monitors {
         (*self.lateness.lock(), self.checks.load(Ordering::Relaxed))
     }
 
-    /// Stores every runtime state (at shutdown).
+    /// Stores every runtime state not stored since it changed (at shutdown).
     pub async fn flush(&self) {
         let entries = self.all();
-        for e in entries {
-            let rt = serde_json::to_string(&*e.rt.lock()).unwrap_or_default();
-            self.db.put_runtime(&e.id, rt);
+        let mut held = Vec::new();
+        let mut batch = Vec::new();
+        for e in &entries {
+            let saved = e.storing.lock().await;
+            if saved.dirty && self.is_current(e) {
+                batch.push(self.record_of(e));
+                held.push(saved);
+            }
         }
-        self.db.flush().await;
+        match self.store.publish(batch).await {
+            Ok(_) => {
+                for mut saved in held {
+                    saved.dirty = false;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "monitor could not store its runtime state"),
+        }
+    }
+
+    /// The event storing `e`'s definition and runtime as they are now.
+    fn record_of(&self, e: &Entry) -> NewEvent {
+        let spec = e.spec.lock().clone();
+        let rt = e.rt.lock();
+        self.store.record(&e.id, &spec, &rt, e.log_after)
+    }
+
+    /// Stores `e`'s definition and runtime as they are now (unless it was deleted meanwhile).
+    async fn store_record(&self, e: &Arc<Entry>) -> Result<(), MonitorError> {
+        let mut saved = e.storing.lock().await;
+        if !self.is_current(e) {
+            return Ok(());
+        }
+        self.store.publish(vec![self.record_of(e)]).await?;
+        *saved = Saved {
+            at: Instant::now(),
+            dirty: false,
+        };
+        Ok(())
+    }
+
+    /// Appends a check to `e`'s log, storing the runtime with it when the status changed or it was last stored
+    /// [`RUNTIME_EVERY`] ago; the entry's id, or `None` if `e` was deleted meanwhile.
+    async fn store_check(&self, e: &Arc<Entry>, check: LoggedCheck, changed: bool) -> Option<i64> {
+        let mut saved = e.storing.lock().await;
+        if !self.is_current(e) {
+            return None;
+        }
+        let event = match self.store.check(&e.id, &check, None) {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::error!(error = %err, id = %e.id, "monitor could not log a check");
+                return Some(0);
+            }
+        };
+        let due = changed || saved.at.elapsed() >= RUNTIME_EVERY;
+        let mut batch = vec![event];
+        if due {
+            batch.push(self.record_of(e));
+        }
+        match self.store.publish(batch).await {
+            Ok(results) => {
+                if due {
+                    *saved = Saved {
+                        at: Instant::now(),
+                        dirty: false,
+                    };
+                } else {
+                    saved.dirty = true;
+                }
+                Some(
+                    results
+                        .first()
+                        .map_or(0, |r| i64::try_from(r.offset).unwrap_or(i64::MAX)),
+                )
+            }
+            Err(err) => {
+                tracing::error!(error = %err, id = %e.id, "monitor could not log a check");
+                saved.dirty = true;
+                Some(0)
+            }
+        }
     }
 
     /// (Re)starts a monitor's task; its first check after `first`.
@@ -530,26 +634,20 @@ impl Monitors {
             // Paused while the check ran: the monitor stays PAUSED.
             return outcome;
         }
-        let (changed, status, runtime) = {
+        let (changed, status) = {
             let mut rt = e.rt.lock();
             let changed = rt.apply(&outcome, now, spec.retries, spec.degraded_ms);
-            (
-                changed,
-                rt.status,
-                serde_json::to_string(&*rt).unwrap_or_default(),
-            )
+            (changed, rt.status)
         };
-        self.db.put_runtime(&e.id, runtime);
-        let log_id = self
-            .db
-            .log(
-                &e.id,
-                now,
-                status.as_str(),
-                outcome.response_ms,
-                &outcome.message,
-            )
-            .await;
+        let logged = LoggedCheck {
+            status: status.as_str().into(),
+            ms: outcome.response_ms,
+            message: outcome.message.clone(),
+            time: now,
+        };
+        let Some(log_id) = self.store_check(e, logged, changed).await else {
+            return outcome;
+        };
         let mut batch = Vec::new();
         if let Some(name) = &self.events.log {
             let data = events::log_entry(log_id, &e.id, &spec.name, &e.rt.lock(), now);
@@ -750,10 +848,6 @@ impl Monitors {
             .map(|e| (e.id.clone(), e.spec.lock().clone(), e.rt.lock().clone()))
             .collect()
     }
-}
-
-fn to_json(spec: &MonitorSpec) -> String {
-    serde_json::to_string(spec).unwrap_or_default()
 }
 
 fn raw(v: &Value) -> Box<RawValue> {

@@ -572,7 +572,7 @@ impl ChannelsNamespace {
                     Ok(c) => c,
                     Err(e) => {
                         let message = format!("{event}: {name:?}: {e}");
-                        return Refusal::new("invalid_channel", message).send(socket, event, ack);
+                        return Refusal::new(e.code(), message).send(socket, event, ack);
                     }
                 };
                 if matches!(mapping, ClientEvent::Unsubscribe(_)) {
@@ -617,7 +617,7 @@ impl ChannelsNamespace {
         let refusal = match name.map(ChannelName::new) {
             Some(Ok(channel)) => return self.unsubscribe_channel(conn, event, channel, ack).await,
             None => Refusal::new("invalid_request", "expected {channel}"),
-            Some(Err(e)) => Refusal::new("invalid_channel", e.to_string()),
+            Some(Err(e)) => Refusal::new(e.code(), e.to_string()),
         };
         refusal.send(&conn.feed.outlet.0, event, ack);
     }
@@ -679,8 +679,8 @@ fn parse_subscribe(args: &Payload) -> Result<Want, Refusal> {
         .ok_or_else(|| Refusal::new("invalid_request", shape))?;
     let parsed: SubscribeArgs = serde_json::from_value(first.clone())
         .map_err(|e| Refusal::new("invalid_request", format!("{shape}: {e}")))?;
-    let channel = ChannelName::new(&parsed.channel)
-        .map_err(|e| Refusal::new("invalid_channel", e.to_string()))?;
+    let channel =
+        ChannelName::new(&parsed.channel).map_err(|e| Refusal::new(e.code(), e.to_string()))?;
     Ok(Want {
         channel,
         after: parsed.since,

@@ -355,7 +355,7 @@ fn channel_info(c: &Connection, name: &ChannelName) -> rusqlite::Result<Option<C
 /// A row whose name no longer validates (hand-edited database) is skipped rather than trusted.
 fn row_to_channel(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ChannelInfo>> {
     let name: String = r.get(1)?;
-    let Ok(channel) = ChannelName::new(&name) else {
+    let Ok(channel) = ChannelName::any(&name) else {
         tracing::warn!(channel = %name, "skipping channel with an invalid name in the store");
         return Ok(None);
     };
@@ -762,7 +762,7 @@ fn load_state(c: &Connection) -> rusqlite::Result<Vec<(ChannelName, state::Entry
     for row in rows {
         let (channel, key, name, value) = row?;
         // Rows were validated when written; a row that no longer parses is skipped rather than failing start-up.
-        let (Ok(channel), Ok(value)) = (ChannelName::new(&channel), RawValue::from_string(value))
+        let (Ok(channel), Ok(value)) = (ChannelName::any(&channel), RawValue::from_string(value))
         else {
             tracing::warn!(%channel, %key, "skipping an unreadable stored state value");
             continue;
