@@ -317,14 +317,20 @@ impl Monitors {
             return Err(err);
         }
         self.declare();
-        // The creation's events follow the answer, as with seed 000's backend (which emits after its first
-        // check): its frontend pushes the answer onto its list, then applies `target:updated` to it by id.
+        // The new monitor's first status event is its first check's, as with seed 000's backend: its frontend
+        // pushes the POST answer onto its list and applies `target:updated` by id, so a status event published
+        // before the answer reached it (as an immediate "pending" event could) would be added twice. A paused
+        // monitor runs no check: its status goes out at once.
         let this = self.clone();
         let entry = e.clone();
+        let paused = e.spec.lock().paused;
         tokio::spawn(async move {
-            this.publish_status(&entry, true).await;
             this.publish_stats().await;
-            this.schedule(&entry, Duration::ZERO);
+            if paused {
+                this.publish_status(&entry, true).await;
+            } else {
+                this.schedule(&entry, Duration::ZERO);
+            }
         });
         Ok(self.view(&e, now_ms()))
     }
