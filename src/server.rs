@@ -41,6 +41,9 @@ pub enum ServerError {
     /// The monitor could not start (its storage or import, or a monitor declared in the config).
     #[error("monitor: {0}")]
     Monitor(#[from] crate::monitor::MonitorError),
+    /// The bindings' event encodings do not fit an event's cache.
+    #[error(transparent)]
+    Encodings(#[from] crate::core::event::SlotError),
     /// The listener failed.
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -105,6 +108,7 @@ impl Actions for MonitorActions {
 impl Server {
     /// Opens the store and builds the routes.
     pub async fn start(config: Config) -> Result<Self, ServerError> {
+        crate::binding::register_encodings()?;
         let kind = match config.engine.kind {
             EngineChoice::Sqlite => EngineKind::Sqlite {
                 data_dir: config.data_dir.clone(),

@@ -10,3 +10,11 @@ pub mod sse;
 pub mod template;
 pub mod websocket;
 pub mod wire;
+
+/// Registers every binding's event encodings: a binding added beyond the event cache's room fails here, at
+/// start-up.
+pub fn register_encodings() -> Result<(), crate::core::event::SlotError> {
+    socketio::register_encodings()?;
+    websocket::register_encodings()?;
+    sse::register_encodings()
+}

@@ -27,7 +27,7 @@ use super::wire::{channel_from_path, envelope};
 use crate::api::ApiError;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
-use crate::core::event::{EncodingSlot, Event, SharedEvent};
+use crate::core::event::{EncodingSlot, Event, SharedEvent, SlotError};
 use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
 use crate::registry::{Info, Live, Registration, Registry, Transport, new_id};
@@ -36,14 +36,21 @@ pub use config::SseConfig;
 use std::net::SocketAddr;
 
 /// Slot of the shared `event:`/`data:` lines of a live event.
-const BODY: EncodingSlot = EncodingSlot(3);
+static BODY: EncodingSlot<Bytes> = EncodingSlot::new();
 /// Slot of the same with the full envelope as data.
-const ENVELOPE_BODY: EncodingSlot = EncodingSlot(4);
+static ENVELOPE_BODY: EncodingSlot<Bytes> = EncodingSlot::new();
 /// Slots of whole records (`id:` included) for single-channel streams, whose cursor is the event's own position.
-const SINGLE: EncodingSlot = EncodingSlot(7);
-const SINGLE_ENVELOPE: EncodingSlot = EncodingSlot(8);
+static SINGLE: EncodingSlot<Bytes> = EncodingSlot::new();
+static SINGLE_ENVELOPE: EncodingSlot<Bytes> = EncodingSlot::new();
 /// Most channels in one stream.
 const MAX_CHANNELS: usize = 64;
+
+/// Registers the binding's event encodings (at start-up, so a full event cache is an error there).
+pub fn register_encodings() -> Result<(), SlotError> {
+    [&BODY, &ENVELOPE_BODY, &SINGLE, &SINGLE_ENVELOPE]
+        .into_iter()
+        .try_for_each(EncodingSlot::register)
+}
 
 /// The SSE binding.
 pub struct SseBinding {
@@ -150,9 +157,9 @@ impl Outlet for SseOutlet {
         if self.channels.len() == 1 {
             // Every single-channel stream has the same cursor after this event: share the whole record.
             let slot = if self.envelope {
-                SINGLE_ENVELOPE
+                &SINGLE_ENVELOPE
             } else {
-                SINGLE
+                &SINGLE
             };
             let record = event.encoded(slot, |e| {
                 let body = body_of(e, self.envelope);
@@ -163,9 +170,9 @@ impl Outlet for SseOutlet {
             return self.outbox.push(record);
         }
         let body = if self.envelope {
-            event.encoded(ENVELOPE_BODY, |e| body_of(e, true))
+            event.encoded(&ENVELOPE_BODY, |e| body_of(e, true))
         } else {
-            event.encoded(BODY, |e| body_of(e, false))
+            event.encoded(&BODY, |e| body_of(e, false))
         };
         self.push_event(&event.event, body, false)
     }

@@ -31,7 +31,7 @@ use crate::api::ApiError;
 use crate::auth::Identity;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
-use crate::core::event::{EncodingSlot, Event, SharedEvent};
+use crate::core::event::{EncodingSlot, Event, SharedEvent, SlotError};
 use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
 use crate::registry::{Info, Live, Registry, Transport, new_id};
@@ -40,10 +40,10 @@ use crate::transport::websocket::{self as ws, Incoming, Reader, Writer, deflate}
 pub use config::{PayloadShape, WebSocketConfig};
 
 /// Slots of the shared message of a live event: envelope, bare data, and their compressed forms.
-const ENVELOPE: EncodingSlot = EncodingSlot(1);
-const DATA: EncodingSlot = EncodingSlot(2);
-const ENVELOPE_DEFLATED: EncodingSlot = EncodingSlot(5);
-const DATA_DEFLATED: EncodingSlot = EncodingSlot(6);
+static ENVELOPE: EncodingSlot<Bytes> = EncodingSlot::new();
+static DATA: EncodingSlot<Bytes> = EncodingSlot::new();
+static ENVELOPE_DEFLATED: EncodingSlot<Bytes> = EncodingSlot::new();
+static DATA_DEFLATED: EncodingSlot<Bytes> = EncodingSlot::new();
 /// Messages shorter than this are sent uncompressed: deflate would not pay for itself.
 const COMPRESS_FROM: usize = 128;
 /// Largest data message a data-shape connection keeps for a source's recovery (see [`DataView`]): a live event's
@@ -56,6 +56,13 @@ const TOKEN_EXPIRED: u16 = 4401;
 const DISCONNECTED: u16 = 4000;
 /// Client requests waiting for the request task before reading pauses.
 const PENDING_REQUESTS: usize = 64;
+
+/// Registers the binding's event encodings (at start-up, so a full event cache is an error there).
+pub fn register_encodings() -> Result<(), SlotError> {
+    [&ENVELOPE, &DATA, &ENVELOPE_DEFLATED, &DATA_DEFLATED]
+        .into_iter()
+        .try_for_each(EncodingSlot::register)
+}
 
 /// The plain WebSocket binding.
 pub struct WebSocketBinding {
@@ -227,8 +234,8 @@ impl Live for Feed<WsOutlet> {
 impl Outlet for WsOutlet {
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
         let (slot, zslot) = match self.shape {
-            PayloadShape::Envelope => (ENVELOPE, ENVELOPE_DEFLATED),
-            PayloadShape::Data => (DATA, DATA_DEFLATED),
+            PayloadShape::Envelope => (&ENVELOPE, &ENVELOPE_DEFLATED),
+            PayloadShape::Data => (&DATA, &DATA_DEFLATED),
         };
         if let Some(sent) = self.source_status(&event.event) {
             return sent;

@@ -1,6 +1,8 @@
 //! Events: what publishers send, what the store assigns, and the shared form fanned out to subscribers.
 
 use std::any::Any;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -99,18 +101,102 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// transports and never stored: a publisher may not use the prefix, so clients can trust such events.
 pub const RESERVED_PREFIX: &str = "herald:";
 
-/// Number of per-transport encodings an event can cache.
-const ENCODING_SLOTS: usize = 10;
+/// Most per-transport encodings an event can cache (slots registered by all bindings together).
+pub const ENCODING_SLOTS: usize = 10;
 
-/// Identifies one wire encoding of an event (Socket.IO packet, WebSocket envelope, SSE record…).
-#[derive(Debug, Clone, Copy)]
-pub struct EncodingSlot(pub usize);
+/// Every binding's slots take their index from here.
+static SLOTS: SlotRegistry = SlotRegistry::new(ENCODING_SLOTS);
+
+/// More encoding slots were registered than an event has room for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{wanted} event encoding slots registered, but an event caches at most {capacity}: raise ENCODING_SLOTS"
+)]
+pub struct SlotError {
+    /// Slots asked for so far, the refused one included.
+    pub wanted: usize,
+    /// Slots available.
+    pub capacity: usize,
+}
+
+/// Hands out slot indices once each, up to a capacity.
+pub struct SlotRegistry {
+    next: AtomicUsize,
+    capacity: usize,
+}
+
+impl SlotRegistry {
+    /// A registry of `capacity` slots, none taken.
+    pub const fn new(capacity: usize) -> Self {
+        Self {
+            next: AtomicUsize::new(0),
+            capacity,
+        }
+    }
+
+    /// Takes the next free index.
+    pub fn allocate(&self) -> Result<usize, SlotError> {
+        self.next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .map_err(|n| SlotError {
+                wanted: n + 1,
+                capacity: self.capacity,
+            })
+    }
+}
+
+/// One wire encoding of every event (a Socket.IO packet, a WebSocket envelope, an SSE record…), holding values
+/// of type `T`. A binding declares each of its encodings as a `static` and registers it at start-up
+/// ([`EncodingSlot::register`]); each static gets an index of its own, so two encodings never share a cache
+/// entry, and the type parameter fixes what the entry holds.
+pub struct EncodingSlot<T> {
+    /// The index, once allocated (or why there is none: encodings are then computed per use).
+    index: OnceLock<Result<usize, SlotError>>,
+    _holds: PhantomData<fn() -> T>,
+}
+
+impl<T> EncodingSlot<T> {
+    /// A slot, its index allocated on registration (or first use).
+    pub const fn new() -> Self {
+        Self {
+            index: OnceLock::new(),
+            _holds: PhantomData,
+        }
+    }
+
+    /// Allocates this slot's index if it has none yet; an error says the event cache is too small.
+    pub fn register(&self) -> Result<(), SlotError> {
+        self.index
+            .get_or_init(|| SLOTS.allocate())
+            .clone()
+            .map(drop)
+    }
+
+    /// The slot's index; allocated now if the binding did not register it (only on the first use: a plain
+    /// atomic load afterwards).
+    fn index(&self) -> Option<usize> {
+        let index = self.index.get_or_init(|| {
+            SLOTS.allocate().inspect_err(
+                |e| tracing::error!(error = %e, "an event encoding will not be shared"),
+            )
+        });
+        index.as_ref().ok().copied()
+    }
+}
+
+impl<T> Default for EncodingSlot<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// A committed event as fanned out: shared by every subscriber, each wire encoding computed at most once.
 pub struct SharedEvent {
     /// The event itself.
     pub event: Event,
-    /// One cached encoding per slot; the type is the transport's own (e.g. a shared WebSocket frame).
+    /// One cached encoding per slot; the type is the slot's own (e.g. a shared WebSocket frame).
     encodings: [OnceLock<Box<dyn Any + Send + Sync>>; ENCODING_SLOTS],
 }
 
@@ -134,10 +220,13 @@ impl SharedEvent {
     /// Encoding `slot`, computed by `encode` on first use and cloned (cheaply, for refcounted types) afterwards.
     pub fn encoded<T: Clone + Send + Sync + 'static>(
         &self,
-        slot: EncodingSlot,
+        slot: &EncodingSlot<T>,
         encode: impl FnOnce(&Event) -> T,
     ) -> T {
-        let cell = &self.encodings[slot.0];
+        let Some(cell) = slot.index().and_then(|i| self.encodings.get(i)) else {
+            return encode(&self.event);
+        };
+        // Only this slot's `T` is ever stored in its cell.
         if let Some(t) = cell.get().and_then(|b| b.downcast_ref::<T>()) {
             return t.clone();
         }
@@ -173,5 +262,60 @@ mod tests {
         assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_time(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
         assert_eq!(format_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn registries_hand_out_distinct_slots_up_to_their_capacity() {
+        let registry = SlotRegistry::new(3);
+        let taken: Vec<usize> = (0..3).map(|_| registry.allocate().unwrap()).collect();
+        assert_eq!(taken, vec![0, 1, 2]);
+        let refused = registry.allocate().unwrap_err();
+        assert_eq!(
+            refused,
+            SlotError {
+                wanted: 4,
+                capacity: 3
+            }
+        );
+        assert!(refused.to_string().contains("at most 3"), "{refused}");
+        // Still full: a refusal takes nothing.
+        assert!(registry.allocate().is_err());
+    }
+
+    #[test]
+    fn a_slot_caches_its_own_encoding_once() {
+        static TEXT: EncodingSlot<String> = EncodingSlot::new();
+        TEXT.register().unwrap();
+        // Registering again keeps the slot's index.
+        let index = TEXT.index();
+        TEXT.register().unwrap();
+        assert_eq!(TEXT.index(), index);
+        static OTHER: EncodingSlot<u64> = EncodingSlot::new();
+        OTHER.register().unwrap();
+        assert_ne!(OTHER.index(), index, "each static has a slot of its own");
+        let event = SharedEvent::new(Event {
+            channel: ChannelName::new("c").unwrap(),
+            offset: 1,
+            epoch: Arc::from("e"),
+            id: "i".into(),
+            name: "n".into(),
+            data: RawValue::from_string("1".into()).unwrap(),
+            time: 0,
+            seq: 1,
+            channel_id: 1,
+            state: None,
+        });
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let encode = |e: &Event| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            format!("{}:{}", e.name, e.offset)
+        };
+        assert_eq!(event.encoded(&TEXT, encode), "n:1");
+        assert_eq!(event.encoded(&TEXT, encode), "n:1");
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            1,
+            "encoded once, then shared"
+        );
     }
 }

@@ -24,7 +24,7 @@ use crate::auth::Identity;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::engine::EngineError;
-use crate::core::event::{EncodingSlot, Event, SharedEvent};
+use crate::core::event::{EncodingSlot, Event, SharedEvent, SlotError};
 use crate::core::gap::{Gap, GapReason};
 use crate::policy::rate::{MessageLimit, REPORT_INTERVAL, Slot};
 use crate::registry::{Info, Live, Registration, Registry, Transport};
@@ -37,7 +37,12 @@ use config::ClientEvent;
 use session::{Cursor, Entry, SessionRecord};
 
 /// The event slot holding the shared Socket.IO packet of a live event.
-const SLOT: EncodingSlot = EncodingSlot(0);
+static PACKET: EncodingSlot<EncodedPacket> = EncodingSlot::new();
+
+/// Registers the binding's event encodings (at start-up, so a full event cache is an error there).
+pub fn register_encodings() -> Result<(), SlotError> {
+    PACKET.register()
+}
 /// Event name of gap notices.
 pub const GAP_EVENT: &str = "herald:gap";
 /// Event name telling a client why the server is about to close its connection.
@@ -109,7 +114,7 @@ impl Live for Feed<SocketOutlet> {
 
 impl Outlet for SocketOutlet {
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
-        let packet = event.encoded(SLOT, |e| encode_event(e, &Cursor::live(e).to_string()));
+        let packet = event.encoded(&PACKET, |e| encode_event(e, &Cursor::live(e).to_string()));
         self.0.send_encoded(&packet).map_err(|_| Gone)
     }
 
