@@ -7,6 +7,7 @@ pub mod binding;
 pub mod config;
 pub mod config_error;
 pub mod core;
+pub mod json;
 pub mod monitor;
 pub mod number;
 pub mod policy;

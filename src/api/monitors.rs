@@ -73,7 +73,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let mut v = state.monitors.get(&id)?;
-    v["definition"] = serde_json::to_value(state.monitors.spec(&id)?).unwrap_or_default();
+    v["definition"] = crate::json::value(&state.monitors.spec(&id)?);
     Ok(Json(v))
 }
 

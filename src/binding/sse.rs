@@ -182,7 +182,7 @@ impl Outlet for SseOutlet {
     }
 
     fn gap(&self, gap: &Gap) -> Result<(), Gone> {
-        let data = serde_json::to_string(gap).unwrap_or_default();
+        let data = crate::json::text(gap);
         self.outbox
             .push(Bytes::from(format!("event: herald:gap\ndata: {data}\n\n")))
     }

@@ -22,7 +22,7 @@ pub fn envelope(e: &Event) -> String {
 
 /// `{"type":"gap",…}`.
 pub fn gap_message(gap: &Gap) -> String {
-    let mut v = serde_json::to_value(gap).unwrap_or(Value::Null);
+    let mut v = crate::json::value(gap);
     if let Value::Object(map) = &mut v {
         map.insert("type".into(), Value::String("gap".into()));
     }

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
@@ -410,7 +409,7 @@ impl Monitors {
         NewEvent {
             channel,
             name: self.events.removed.clone(),
-            data: raw(&json!({"id": e.id, "serviceId": e.id})),
+            data: crate::json::raw(&json!({"id": e.id, "serviceId": e.id})),
             id: None,
             state: Some(StateChange::Remove { key: e.id.clone() }),
         }
@@ -660,7 +659,7 @@ impl Monitors {
             batch.push(NewEvent {
                 channel: e.channel(&self.channel),
                 name: name.clone(),
-                data: raw(&data),
+                data: crate::json::raw(&data),
                 id: None,
                 state: None,
             });
@@ -742,11 +741,11 @@ impl Monitors {
         let event = NewEvent {
             channel: e.channel(&self.channel),
             name: self.events.status.clone(),
-            data: raw(&data),
+            data: crate::json::raw(&data),
             id: None,
             state: Some(StateChange::Set {
                 key: e.id.clone(),
-                value: raw(&full),
+                value: crate::json::raw(&full),
             }),
         };
         self.publish(vec![event]).await;
@@ -768,11 +767,11 @@ impl Monitors {
         let event = NewEvent {
             channel,
             name: name.clone(),
-            data: raw(&stats),
+            data: crate::json::raw(&stats),
             id: None,
             state: Some(StateChange::Set {
                 key: self.events.stats_key.into(),
-                value: raw(&stats),
+                value: crate::json::raw(&stats),
             }),
         };
         self.publish(vec![event]).await;
@@ -854,12 +853,6 @@ impl Monitors {
             .map(|e| (e.id.clone(), e.spec.lock().clone(), e.rt.lock().clone()))
             .collect()
     }
-}
-
-fn raw(v: &Value) -> Box<RawValue> {
-    // Serialising a `Value` cannot fail; `null` keeps the event well-formed if it ever did.
-    serde_json::value::to_raw_value(v)
-        .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default())
 }
 
 fn new_id() -> String {

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use super::MonitorConfig;
 use super::runtime::Runtime;
@@ -194,11 +193,11 @@ impl Store {
         NewEvent {
             channel: self.monitors.clone(),
             name: RECORD_EVENT.into(),
-            data: to_raw(&serde_json::json!({ "id": id })),
+            data: crate::json::raw(&serde_json::json!({ "id": id })),
             id: None,
             state: Some(StateChange::Set {
                 key: id.to_owned(),
-                value: to_raw(&record),
+                value: crate::json::raw(&record),
             }),
         }
     }
@@ -208,7 +207,7 @@ impl Store {
         NewEvent {
             channel: self.monitors.clone(),
             name: RECORD_EVENT.into(),
-            data: to_raw(&serde_json::json!({ "id": id })),
+            data: crate::json::raw(&serde_json::json!({ "id": id })),
             id: None,
             state: Some(StateChange::Remove { key: id.to_owned() }),
         }
@@ -224,7 +223,7 @@ impl Store {
         Ok(NewEvent {
             channel: log_channel(id)?,
             name: CHECK_EVENT.into(),
-            data: to_raw(check),
+            data: crate::json::raw(check),
             id: idempotency,
             state: None,
         })
@@ -288,11 +287,6 @@ fn internal(suffix: &str) -> Result<ChannelName, EngineError> {
 /// The log channel of monitor `id` (ids are validated, so this fails only for ids that bypassed validation).
 fn log_channel(id: &str) -> Result<ChannelName, EngineError> {
     internal(&format!("{LOG}{id}"))
-}
-
-/// JSON of plain data (structs with string keys): its serialisation cannot fail.
-fn to_raw<T: Serialize>(v: &T) -> Box<RawValue> {
-    serde_json::value::to_raw_value(v).expect("serialising plain monitor data cannot fail")
 }
 
 #[cfg(test)]

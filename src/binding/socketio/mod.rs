@@ -130,7 +130,7 @@ impl Outlet for SocketOutlet {
     }
 
     fn gap(&self, gap: &Gap) -> Result<(), Gone> {
-        let notice = serde_json::to_value(gap).unwrap_or(Value::Null);
+        let notice = crate::json::value(gap);
         self.0
             .emit(GAP_EVENT, Payload::new(vec![notice]))
             .map_err(|_| Gone)

@@ -283,11 +283,6 @@ impl EngineIo {
         self.sessions.read().get(sid).cloned()
     }
 
-    /// Number of open sessions.
-    pub fn session_count(&self) -> usize {
-        self.sessions.read().len()
-    }
-
     /// Stops accepting handshakes and closes every session with close packet `1`.
     pub fn shutdown(&self) {
         self.accepting.store(false, Ordering::SeqCst);

@@ -347,11 +347,6 @@ impl SocketIo {
         self.inner.sockets.read().get(id).cloned()
     }
 
-    /// Number of connected sockets (all namespaces).
-    pub fn socket_count(&self) -> usize {
-        self.inner.sockets.read().len()
-    }
-
     /// The underlying Engine.IO server.
     pub fn engine(&self) -> &Arc<EngineIo> {
         &self.engine

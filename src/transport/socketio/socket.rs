@@ -51,26 +51,6 @@ pub struct EncodedPacket {
     frame: Utf8Bytes,
 }
 
-impl EncodedPacket {
-    /// Wraps a Socket.IO packet text (without the Engine.IO `4`); copies it once.
-    pub fn from_socketio_text(text: &str) -> EncodedPacket {
-        let mut s = String::with_capacity(text.len() + 1);
-        s.push('4');
-        s.push_str(text);
-        EncodedPacket { frame: s.into() }
-    }
-
-    /// The Socket.IO packet text (without the Engine.IO `4`).
-    pub fn socketio_text(&self) -> &str {
-        &self.frame[1..]
-    }
-
-    /// The whole Engine.IO frame text (`4…`), as sent in a WebSocket text frame.
-    pub fn frame_text(&self) -> &str {
-        &self.frame
-    }
-}
-
 /// Encodes an EVENT once for sharing via [`Socket::send_encoded`]. Arguments are raw JSON
 /// (`&RawValue`, `Box<RawValue>`) or `serde_json::Value`.
 pub fn encode_event<A: JsonArg>(namespace: &str, event: &str, args: &[A]) -> EncodedPacket {
