@@ -38,17 +38,13 @@ pub enum AuthError {
     /// The keys needed to check the token could not be fetched.
     #[error("token keys unavailable")]
     KeysUnavailable,
-    /// The identity may not do what it asked.
-    #[error("forbidden")]
-    Forbidden,
 }
 
 impl AuthError {
-    /// The stable wire code: `token_expired`, `forbidden`, or `unauthorized` for everything else.
+    /// The stable wire code: `token_expired`, or `unauthorized` for everything else.
     pub fn code(&self) -> &'static str {
         match self {
             AuthError::Expired => "token_expired",
-            AuthError::Forbidden => "forbidden",
             _ => "unauthorized",
         }
     }
@@ -121,7 +117,6 @@ mod tests {
     #[test]
     fn codes_are_stable() {
         assert_eq!(AuthError::Expired.code(), "token_expired");
-        assert_eq!(AuthError::Forbidden.code(), "forbidden");
         for e in [
             AuthError::MissingToken,
             AuthError::Malformed,

@@ -8,7 +8,8 @@
 //! 3. [`Permissions`] decides per channel whether that identity may subscribe or publish, and which channels it is
 //!    subscribed to server-side.
 //!
-//! Errors carry stable codes for the wire ([`AuthError::code`]): `unauthorized`, `token_expired`, `forbidden`.
+//! Errors carry stable codes for the wire ([`AuthError::code`]): `unauthorized`, `token_expired`; a channel
+//! refused by the permissions is the bindings' `forbidden` refusal.
 //!
 //! # Configuration (`[auth]`)
 //! ```toml

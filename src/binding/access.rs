@@ -1,20 +1,21 @@
 //! Who a connection is and what it may do: the auth library applied the same way by every binding — the
 //! token found where the client could put it, verified into an identity, channel permissions, the channels a
-//! client gets without asking, and the HTTP answers for refusals.
+//! client gets without asking; refusals are [`Refusal`]s.
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use serde_json::Value;
 
-use crate::api::ApiError;
+use super::refusal::Refusal;
 use crate::auth::{
     AuthConfig, AuthConfigError, AuthError, Authenticator, Identity, Permissions, TokenExtractor,
 };
 use crate::core::channel::ChannelName;
+use crate::policy::LimitsConfig;
+use crate::policy::Policy;
 use crate::policy::rate::{Bucket, MessageLimit, Slot};
-use crate::policy::{LimitsConfig, Policy, Refused};
 
 /// Authentication and permissions for the bindings.
 pub struct Access {
@@ -69,11 +70,33 @@ impl Access {
     }
 
     /// `Ok` if `id` may subscribe to `channel`.
-    pub fn subscribe(&self, id: &Identity, channel: &ChannelName) -> Result<(), AuthError> {
+    pub fn subscribe(&self, id: &Identity, channel: &ChannelName) -> Result<(), Refusal> {
         if self.permissions.can_subscribe(id, channel) {
             Ok(())
         } else {
-            Err(AuthError::Forbidden)
+            Err(Refusal::Forbidden(channel.clone()))
+        }
+    }
+
+    /// `Ok` if `id` may add `channels` to a connection holding `held`: each one permitted, then room for those
+    /// it does not hold yet within the per-connection subscription limit.
+    pub fn permit(
+        &self,
+        id: &Identity,
+        held: &[ChannelName],
+        channels: &[ChannelName],
+    ) -> Result<(), Refusal> {
+        for c in channels {
+            self.subscribe(id, c)?;
+        }
+        let max = self.policy.per_connection.subscriptions_per_connection;
+        let mut added: Vec<&ChannelName> = channels.iter().filter(|c| !held.contains(c)).collect();
+        added.sort();
+        added.dedup();
+        if max == 0 || held.len() + added.len() <= max {
+            Ok(())
+        } else {
+            Err(Refusal::TooManySubscriptions { max })
         }
     }
 
@@ -101,15 +124,6 @@ impl Access {
     }
 }
 
-/// A refusal as an HTTP answer: 401 for authentication, 403 for permission, with the JSON error body.
-pub fn refusal(e: &AuthError) -> Response {
-    let status = match e {
-        AuthError::Forbidden => StatusCode::FORBIDDEN,
-        _ => StatusCode::UNAUTHORIZED,
-    };
-    ApiError::new(status, e.code(), e.to_string()).into_response()
-}
-
 /// Parses a URI's query string into pairs (malformed input yields none).
 pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query
@@ -125,15 +139,9 @@ impl Access {
 
     /// Admits a new connection from `ip`: the per-address connection rate, then a concurrency slot to hold
     /// for the connection's lifetime.
-    pub fn admit(&self, ip: Option<std::net::IpAddr>) -> Result<Option<Slot>, Refused> {
+    pub fn admit(&self, ip: Option<std::net::IpAddr>) -> Result<Option<Slot>, Refusal> {
         self.policy.connect_rate(ip)?;
-        self.policy.admit(ip)
-    }
-
-    /// Whether a connection holding `subscribed` channels may add `channel`.
-    pub fn room_for(&self, subscribed: &[ChannelName], channel: &ChannelName) -> bool {
-        let max = self.policy.per_connection.subscriptions_per_connection;
-        max == 0 || subscribed.len() < max || subscribed.contains(channel)
+        Ok(self.policy.admit(ip)?)
     }
 
     /// A bucket for the messages one connection may send.
@@ -145,18 +153,15 @@ impl Access {
 
 impl Access {
     /// Lets an HTTP-level client in (plain WebSocket, SSE): its identity, then a connection slot; or the HTTP
-    /// refusal to answer instead (401/403/429).
+    /// refusal to answer instead (401/429).
     pub async fn enter(
         &self,
         headers: &HeaderMap,
         query: &[(String, String)],
         ip: Option<std::net::IpAddr>,
-    ) -> Result<(Identity, Option<Slot>), Response> {
-        let identity = self
-            .identify(headers, query, None)
-            .await
-            .map_err(|e| refusal(&e))?;
-        let slot = self.admit(ip).map_err(limited)?;
+    ) -> Result<(Identity, Option<Slot>), Refusal> {
+        let identity = self.identify(headers, query, None).await?;
+        let slot = self.admit(ip)?;
         Ok((identity, slot))
     }
 }
@@ -170,12 +175,7 @@ impl Access {
         let slot = self
             .policy
             .admit_session(ip)
-            .map_err(|e| Box::new(limited(e)))?;
+            .map_err(|e| Box::new(Refusal::from(e).response()))?;
         Ok(slot.map(|s| Box::new(s) as crate::transport::engineio::Admission))
     }
-}
-
-/// A limit refusal as an HTTP answer: 429 with the JSON error body.
-pub fn limited(e: Refused) -> Response {
-    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string()).into_response()
 }

@@ -5,8 +5,10 @@
 pub mod access;
 pub mod feed;
 pub mod outbox;
+pub mod refusal;
 pub mod socketio;
 pub mod sse;
+pub mod subscribe;
 pub mod template;
 pub mod websocket;
 pub mod wire;

@@ -14,17 +14,18 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::access::{Access, refusal};
+use super::access::Access;
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
+use super::refusal::Refusal;
+use super::subscribe as path;
 use super::wire::{channel_from_path, envelope};
-use crate::api::ApiError;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::event::{EncodingSlot, Event, SharedEvent, SlotError};
@@ -243,7 +244,7 @@ async fn by_query(
     headers: HeaderMap,
 ) -> Response {
     let Ok(Query(pairs)) = query else {
-        return bad("invalid_request", "malformed query string");
+        return bad("malformed query string");
     };
     let names: Vec<&str> = pairs
         .iter()
@@ -251,7 +252,7 @@ async fn by_query(
         .map(|(_, v)| v.as_str())
         .collect();
     if names.is_empty() {
-        return bad("invalid_request", "give at least one `channel` parameter");
+        return bad("give at least one `channel` parameter");
     }
     let channels: Result<Vec<ChannelName>, _> = names.iter().map(|n| ChannelName::new(n)).collect();
     // A channel named twice is one subscription; the cursor lists each channel once, in first-mention order.
@@ -262,7 +263,7 @@ async fn by_query(
     });
     match channels {
         Ok(channels) => open(b, peer, channels, &pairs, &headers).await,
-        Err(e) => bad(e.code(), e.to_string()),
+        Err(e) => Refusal::from(e).response(),
     }
 }
 
@@ -277,16 +278,16 @@ async fn by_path(
     let raw = uri.path().strip_prefix("/sse/").unwrap_or_default();
     let channel = match channel_from_path(raw) {
         Ok(c) => c,
-        Err(e) => return bad(e.code(), e.to_string()),
+        Err(e) => return Refusal::from(e).response(),
     };
     let Ok(Query(pairs)) = query else {
-        return bad("invalid_request", "malformed query string");
+        return bad("malformed query string");
     };
     open(b, peer, vec![channel], &pairs, &headers).await
 }
 
-fn bad(code: &'static str, message: impl Into<String>) -> Response {
-    ApiError::new(StatusCode::BAD_REQUEST, code, message).into_response()
+fn bad(message: impl Into<String>) -> Response {
+    Refusal::InvalidRequest(message.into()).response()
 }
 
 async fn open(
@@ -297,29 +298,16 @@ async fn open(
     headers: &HeaderMap,
 ) -> Response {
     if channels.len() > MAX_CHANNELS {
-        return bad(
-            "invalid_request",
-            format!("at most {MAX_CHANNELS} channels per stream"),
-        );
+        return bad(format!("at most {MAX_CHANNELS} channels per stream"));
     }
     // EventSource cannot set headers: the token comes from the query string or a cookie.
     let (identity, slot) = match b.access.enter(headers, query, Some(peer.ip())).await {
         Ok(admitted) => admitted,
-        Err(refused) => return refused,
+        Err(refused) => return refused.response(),
     };
-    if let Some(Err(e)) = channels
-        .iter()
-        .map(|c| b.access.subscribe(&identity, c))
-        .find(Result::is_err)
-    {
-        return refusal(&e);
-    }
-    let max = b.access.policy.per_connection.subscriptions_per_connection;
-    if max != 0 && channels.len() > max {
-        return bad(
-            "too_many_subscriptions",
-            format!("a stream may name at most {max} channels"),
-        );
+    // Checked before the cursor is read, so a refusal outranks a malformed cursor.
+    if let Err(refused) = b.access.permit(&identity, &[], &channels) {
+        return refused.response();
     }
 
     let param = |k: &str| {
@@ -336,7 +324,7 @@ async fn open(
         .filter(|s| !s.is_empty());
     let positions = match given.map(|c| parse_cursor(c, channels.len())).transpose() {
         Ok(p) => p,
-        Err(m) => return bad("invalid_cursor", m),
+        Err(m) => return Refusal::InvalidCursor(m).response(),
     };
     let envelope = matches!(param("envelope"), Some("1" | "true"));
     let outbox = Arc::new(Outbox::new(b.config.max_queue_bytes));
@@ -372,22 +360,16 @@ async fn open(
             }
         })
         .collect();
-    let guard = feed.serialize().await;
-    let regs = match feed.begin(wants).await {
-        Ok(regs) => regs,
-        Err(e) => {
-            tracing::error!(error = %e, "SSE subscription failed");
+    let subscribing = match path::register(&feed, wants).await {
+        Ok(subscribing) => subscribing,
+        Err(refused) => {
             feed.detach();
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "storage is unavailable; try again",
-            )
-            .into_response();
+            return refused.response();
         }
     };
     // The stream starts at the registered positions: a reconnect before any event still resumes from here.
-    *feed.outlet.cursor.lock() = regs
+    *feed.outlet.cursor.lock() = subscribing
+        .registrations()
         .iter()
         .map(|r| (r.position.epoch.clone(), r.after))
         .collect();
@@ -397,13 +379,9 @@ async fn open(
         render_cursor(&feed.outlet.cursor.lock())
     );
     let _ = outbox.push(Bytes::from(start));
-    drop(guard);
-    let replaying = feed.clone();
+    // A failed replay ends the stream; the browser resumes on reconnecting.
     tokio::spawn(async move {
-        let _op = replaying.serialize().await;
-        if let Err(e) = replaying.complete(&regs).await {
-            tracing::error!(error = %e, "SSE replay failed");
-        }
+        let _ = subscribing.complete().await;
     });
     let expiry = b
         .access

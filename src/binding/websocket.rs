@@ -23,9 +23,11 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
-use super::access::{Access, query_pairs, refusal};
+use super::access::{Access, query_pairs};
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
+use super::refusal::Refusal;
+use super::subscribe::{self as path, Subscribing};
 use super::wire::{channel_from_path, envelope, gap_message};
 use crate::api::ApiError;
 use crate::auth::Identity;
@@ -282,7 +284,7 @@ async fn multiplexed(
 ) -> Response {
     let (identity, slot) = match enter(&b, &req).await {
         Ok(admitted) => admitted,
-        Err(refused) => return refused,
+        Err(refused) => return refused.response(),
     };
     upgrade(b, req, identity, slot, PayloadShape::Envelope, None).await
 }
@@ -298,7 +300,7 @@ fn peer(req: &axum::extract::Request) -> Option<std::net::SocketAddr> {
 fn enter<'a>(
     b: &'a WebSocketBinding,
     req: &axum::extract::Request,
-) -> impl std::future::Future<Output = Result<(Identity, Option<Slot>), Response>> + Send + 'a {
+) -> impl std::future::Future<Output = Result<(Identity, Option<Slot>), Refusal>> + Send + 'a {
     // Copied out: a borrowed request (not `Sync`) must not live across the await.
     let headers = req.headers().clone();
     let query = query_pairs(req.uri().query());
@@ -321,23 +323,25 @@ async fn direct(
     let raw = req.uri().path().strip_prefix("/ws/").unwrap_or_default();
     let channel = match channel_from_path(raw) {
         Ok(c) => c,
-        Err(e) => return bad_request(e.code(), e.to_string()),
+        Err(e) => return Refusal::from(e).response(),
     };
     let Query(q) = match query {
         Ok(q) => q,
         Err(e) => {
-            return bad_request(
-                "invalid_request",
-                format!("`since` must be an offset: {}", e.body_text()),
-            );
+            let message = format!("`since` must be an offset: {}", e.body_text());
+            return Refusal::InvalidRequest(message).response();
         }
     };
     let (identity, slot) = match enter(&b, &req).await {
         Ok(admitted) => admitted,
-        Err(refused) => return refused,
+        Err(refused) => return refused.response(),
     };
-    if let Err(e) = b.access.subscribe(&identity, &channel) {
-        return refusal(&e);
+    // Checked before the upgrade, so a refusal is an HTTP answer; registered once the handshake is known good.
+    if let Err(refused) = b
+        .access
+        .permit(&identity, &[], std::slice::from_ref(&channel))
+    {
+        return refused.response();
     }
     let shape = b.config.direct_payload(channel.as_str());
     let want = Want {
@@ -399,20 +403,14 @@ async fn upgrade(
         Some(addr) => format!("websocket from {}", addr.ip()),
         None => "websocket".to_owned(),
     };
-    // A direct URL's channel is registered before the 101 goes out: an event published the moment the
-    // client sees the upgrade is already this connection's (held until the connection is up).
+    // A direct URL's channel (permitted already) is registered before the 101 goes out: an event published
+    // the moment the client sees the upgrade is already this connection's (held until the connection is up).
     let initial = match initial {
-        Some(want) => match feed.begin(vec![want]).await {
-            Ok(regs) => Some(regs),
-            Err(e) => {
-                tracing::error!(error = %e, "subscription failed");
+        Some(want) => match path::register(&feed, vec![want]).await {
+            Ok(subscribing) => Some(subscribing),
+            Err(refused) => {
                 feed.detach();
-                return ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "storage is unavailable; try again",
-                )
-                .into_response();
+                return refused.response();
             }
         },
         None => None,
@@ -440,7 +438,7 @@ async fn run(
     feed: Arc<Feed<WsOutlet>>,
     reader: Reader,
     writer: Writer,
-    initial: Option<Vec<Registered>>,
+    initial: Option<Subscribing<WsOutlet>>,
     who: String,
 ) {
     let outbox = feed.outlet.outbox.clone();
@@ -454,8 +452,8 @@ async fn run(
         identity,
     };
     let worker = tokio::spawn(serve_requests(client, feed.clone(), pending));
-    if let Some(regs) = initial {
-        let _ = requests.send(Work::Complete(regs)).await;
+    if let Some(subscribing) = initial {
+        let _ = requests.send(Work::Complete(subscribing)).await;
     }
     let ending = pump(&b, reader, writer, &outbox, &requests, expires, &who).await;
     tracing::debug!(?ending, "websocket closed");
@@ -506,7 +504,7 @@ async fn pump(
                                     crate::policy::rate::REPORT_INTERVAL.as_secs()
                                 ),
                             };
-                            let error = error_message(id, "rate_limited", &text);
+                            let error = Refusal::RateLimited(text).frame(id);
                             let _ = outbox.push(Message::plain(error));
                         }
                         continue;
@@ -524,8 +522,7 @@ async fn pump(
                     match requests.try_send(work) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
-                            let error = error_message(id, "busy", "too many requests pending; retry shortly");
-                            let _ = outbox.push(Message::plain(error));
+                            let _ = outbox.push(Message::plain(Refusal::Busy.frame(id)));
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => break None,
                     }
@@ -597,7 +594,7 @@ async fn pump(
 /// Work for the request task, in arrival order.
 enum Work {
     /// Finish a direct URL's registration (replay, then live events).
-    Complete(Vec<Registered>),
+    Complete(Subscribing<WsOutlet>),
     /// A client message.
     Text(String),
     /// A binary message, which the protocol does not use.
@@ -630,15 +627,13 @@ async fn serve_requests(
 ) {
     while let Some(request) = pending.recv().await {
         match request {
-            Work::Complete(regs) => {
-                let _op = feed.serialize().await;
-                if let Err(e) = feed.complete(&regs).await {
-                    tracing::error!(error = %e, "replay failed");
-                }
+            // A failed replay closes the connection; the client resumes on reconnecting.
+            Work::Complete(subscribing) => {
+                let _ = subscribing.complete().await;
             }
             Work::Text(text) => handle(&client, &feed, &text).await,
             Work::Binary => {
-                let error = error_message(None, "unsupported_binary", "send JSON text messages");
+                let error = Refusal::UnsupportedBinary.frame(None);
                 let _ = feed.outlet.outbox.push(Message::plain(error));
             }
         }
@@ -647,12 +642,12 @@ async fn serve_requests(
 
 async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
     let outbox = &feed.outlet.outbox;
-    let refuse = |id: Option<Value>, code: &str, message: &str| {
-        let _ = outbox.push(Message::plain(error_message(id, code, message)));
+    let refuse = |id: Option<Value>, refusal: Refusal| {
+        let _ = outbox.push(Message::plain(refusal.frame(id)));
     };
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => return refuse(None, "invalid_json", &e.to_string()),
+        Err(e) => return refuse(None, Refusal::InvalidJson(e.to_string())),
     };
     // The id is echoed even when the rest of the request is wrong, so the client can match the error.
     let id = value
@@ -661,29 +656,17 @@ async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
         .cloned();
     let msg: ClientMessage = match serde_json::from_value(value) {
         Ok(m) => m,
-        Err(e) => return refuse(id, "invalid_request", &e.to_string()),
+        Err(e) => return refuse(id, Refusal::InvalidRequest(e.to_string())),
     };
-    let channel = || -> Result<ChannelName, (&'static str, String)> {
+    let channel = || -> Result<ChannelName, Refusal> {
         let name = msg
             .channel
             .as_deref()
-            .ok_or(("invalid_request", "missing field `channel`".to_owned()))?;
-        ChannelName::new(name).map_err(|e| (e.code(), e.to_string()))
+            .ok_or_else(|| Refusal::InvalidRequest("missing field `channel`".to_owned()))?;
+        Ok(ChannelName::new(name)?)
     };
     let reply = match msg.op.as_str() {
         "subscribe" => match channel() {
-            Ok(channel) if client.access.subscribe(&client.identity, &channel).is_err() => {
-                error_message(
-                    id,
-                    "forbidden",
-                    &format!("not allowed to subscribe to {channel}"),
-                )
-            }
-            Ok(channel) if !client.access.room_for(&feed.channels(), &channel) => error_message(
-                id,
-                "too_many_subscriptions",
-                "this connection holds the most subscriptions allowed",
-            ),
             Ok(channel) => {
                 let want = Want {
                     channel,
@@ -691,9 +674,9 @@ async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
                     epoch: msg.epoch,
                     gap: None,
                 };
-                return subscribe(feed, want, id).await;
+                return subscribe(client, feed, want, id).await;
             }
-            Err((code, m)) => error_message(id, code, &m),
+            Err(r) => r.frame(id),
         },
         "unsubscribe" => match channel() {
             Ok(channel) => {
@@ -701,42 +684,32 @@ async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
                 feed.unsubscribe(&channel);
                 json!({"type": "unsubscribed", "id": id, "channel": channel}).to_string()
             }
-            Err((code, m)) => error_message(id, code, &m),
+            Err(r) => r.frame(id),
         },
         "ping" => json!({"type": "pong", "id": id}).to_string(),
-        other => error_message(
-            id,
-            "unknown_op",
-            &format!("unknown op {other:?}; use subscribe, unsubscribe or ping"),
-        ),
+        other => Refusal::UnknownOp(other.to_owned()).frame(id),
     };
     let _ = outbox.push(Message::plain(reply));
 }
 
-/// Registers `want`, confirms, then queues the replay and live events.
-async fn subscribe(feed: &Arc<Feed<WsOutlet>>, want: Want, id: Option<Value>) {
-    let _op = feed.serialize().await;
-    let regs = match feed.begin(vec![want]).await {
-        Ok(regs) => regs,
-        Err(e) => {
-            tracing::error!(error = %e, "subscription failed");
-            let m = error_message(id, "unavailable", "storage is unavailable");
-            let _ = feed.outlet.outbox.push(Message::plain(m));
-            return;
-        }
-    };
-    if let Some(r) = regs.first() {
+/// Registers `want` if permitted, confirms, then queues the replay and live events.
+async fn subscribe(client: &Client, feed: &Arc<Feed<WsOutlet>>, want: Want, id: Option<Value>) {
+    let outbox = &feed.outlet.outbox;
+    let subscribing =
+        match path::subscribe(feed, &client.access, &client.identity, vec![want]).await {
+            Ok(subscribing) => subscribing,
+            Err(refused) => {
+                let _ = outbox.push(Message::plain(refused.frame(id)));
+                return;
+            }
+        };
+    if let Some(r) = subscribing.registrations().first() {
         let p = &r.position;
         let reply = json!({"type": "subscribed", "id": id, "channel": r.channel, "offset": p.last_offset, "epoch": p.epoch});
-        let _ = feed.outlet.outbox.push(Message::plain(reply.to_string()));
+        let _ = outbox.push(Message::plain(reply.to_string()));
     }
-    if let Err(e) = feed.complete(&regs).await {
-        tracing::error!(error = %e, "replay failed");
-        let _ = feed.outlet.outbox.push(Message::plain(error_message(
-            None,
-            "unavailable",
-            "storage is unavailable",
-        )));
+    if let Err(refused) = subscribing.complete().await {
+        let _ = outbox.push(Message::plain(refused.frame(None)));
     }
 }
 
@@ -755,14 +728,6 @@ fn request_id(text: &str) -> Option<Value> {
         .get("id")
         .filter(|v| v.is_number() || v.is_string())
         .cloned()
-}
-
-fn error_message(id: Option<Value>, code: &str, message: &str) -> String {
-    let mut v = json!({"type": "error", "code": code, "message": message});
-    if let Some(id) = id {
-        v["id"] = id;
-    }
-    v.to_string()
 }
 
 #[cfg(test)]

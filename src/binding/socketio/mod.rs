@@ -19,6 +19,8 @@ use serde_json::{Map, Value, json};
 
 use super::access::Access;
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
+use super::refusal::Refusal;
+use super::subscribe::{self as path, Subscribing};
 use super::template;
 use crate::auth::Identity;
 use crate::core::Engine;
@@ -85,9 +87,8 @@ struct Conn {
 /// registrations' replays (and a notice that an asked-for session was unknown), under the feed's op guard taken
 /// before registering.
 struct Pending {
-    regs: Vec<Registered>,
+    subscribing: Subscribing<SocketOutlet>,
     session_unknown: bool,
-    op: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// Puts channel events on a Socket.IO socket.
@@ -168,42 +169,14 @@ struct SubscribeArgs {
     epoch: Option<String>,
 }
 
-/// An error told to the client: acknowledged as `{ok:false, error:{code, message}}`, or, when the client asked
-/// for no ack, emitted as an `error` event.
-struct Refusal {
-    code: &'static str,
-    message: String,
-}
-
-impl Refusal {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
+/// Tells the client of a refusal: as the ack when it asked for one, else as an `error` event naming the client
+/// event refused — without an ack a refusal would go unheard.
+fn refuse(socket: &Socket, event: &str, ack: Option<AckResponder>, refusal: &Refusal) {
+    match ack {
+        Some(ack) => reply(Some(ack), refusal.ack()),
+        None => {
+            let _ = socket.emit("error", Payload::new(vec![refusal.error_event(event)]));
         }
-    }
-
-    fn to_json(&self) -> Value {
-        json!({"ok": false, "error": {"code": self.code, "message": self.message}})
-    }
-
-    /// Tells the client: as the ack when it asked for one, else as an `error` event `{code, message, event}`
-    /// naming the client event refused — without an ack a refusal would go unheard.
-    fn send(self, socket: &Socket, event: &str, ack: Option<AckResponder>) {
-        match ack {
-            Some(ack) => reply(Some(ack), self.to_json()),
-            None => {
-                let notice = json!({"code": self.code, "message": self.message, "event": event});
-                let _ = socket.emit("error", Payload::new(vec![notice]));
-            }
-        }
-    }
-}
-
-impl From<EngineError> for Refusal {
-    fn from(e: EngineError) -> Self {
-        tracing::error!(error = %e, "storage failure during a subscription");
-        Refusal::new("unavailable", "storage is unavailable; try again")
     }
 }
 
@@ -263,18 +236,12 @@ impl ChannelsNamespace {
         let slot = self
             .access
             .admit(request.remote_addr.map(|a| a.ip()))
-            .map_err(|e| ConnectError {
-                message: e.to_string(),
-                data: Some(json!({"code": "rate_limited"})),
-            })?;
+            .map_err(|r| r.connect_error())?;
         let identity = self
             .access
             .identify(&request.headers, &request.query, Some(&auth))
             .await
-            .map_err(|e| ConnectError {
-                message: e.to_string(),
-                data: Some(json!({"code": e.code()})),
-            })?;
+            .map_err(|e| Refusal::from(e).connect_error())?;
         let asked = auth.get("pid").and_then(Value::as_str);
         let cursor = auth
             .get("offset")
@@ -361,21 +328,19 @@ impl ChannelsNamespace {
             expiry: Mutex::new(None),
             pending: Mutex::new(None),
         });
-        let op = conn.feed.serialize().await;
-        let regs = match self.register(&conn, wants).await {
-            Ok(regs) => regs,
+        let subscribing = match self
+            .register(&conn, path::register(&conn.feed, wants))
+            .await
+        {
+            Ok(subscribing) => subscribing,
             Err(r) => {
                 conn.feed.detach();
-                return Err(ConnectError {
-                    message: r.message,
-                    data: Some(json!({"code": r.code})),
-                });
+                return Err(r.connect_error());
             }
         };
         *conn.pending.lock() = Some(Pending {
-            regs,
+            subscribing,
             session_unknown,
-            op,
         });
         if let Some(left) = expires_in {
             *conn.expiry.lock() = Some(tokio::spawn(expire(conn.feed.outlet.0.clone(), left)));
@@ -410,42 +375,44 @@ impl ChannelsNamespace {
         }))
     }
 
-    /// Registers `wants`, stores the session record, acknowledges, then queues replays and held live events.
+    /// Registers `wants` if permitted, stores the session record, acknowledges, then queues replays and held live
+    /// events. A refusal has been acknowledged when it is returned.
     async fn subscribe_all(
         &self,
         conn: &Arc<Conn>,
         wants: Vec<Want>,
         ack: Option<AckResponder>,
     ) -> Result<(), Refusal> {
-        let _op = conn.feed.serialize().await;
-        let regs = match self.register(conn, wants).await {
-            Ok(regs) => regs,
+        let registered = path::subscribe(&conn.feed, &self.access, &conn.identity, wants);
+        let subscribing = match self.register(conn, registered).await {
+            Ok(subscribing) => subscribing,
             Err(refusal) => {
-                reply(ack, refusal.to_json());
+                reply(ack, refusal.ack());
                 return Err(refusal);
             }
         };
-        if let Some(r) = regs.first() {
+        if let Some(r) = subscribing.registrations().first() {
             let p = &r.position;
             reply(
                 ack,
                 json!({"ok": true, "channel": r.channel, "offset": p.last_offset, "epoch": p.epoch}),
             );
         }
-        conn.feed.complete(&regs).await.map_err(Refusal::from)
+        subscribing.complete().await
     }
 
-    /// Registers `wants` in the feed (holding live delivery) and stores the session record naming them; the
-    /// caller holds the feed's op guard and completes the registrations.
+    /// Awaits `registered` (the shared subscribe path, which registers in the feed and holds live delivery) and
+    /// stores the session record naming its registrations; the caller completes them.
     async fn register(
         &self,
         conn: &Arc<Conn>,
-        wants: Vec<Want>,
-    ) -> Result<Vec<Registered>, Refusal> {
-        let regs = conn.feed.begin(wants).await.map_err(Refusal::from)?;
+        registered: impl Future<Output = Result<Subscribing<SocketOutlet>, Refusal>>,
+    ) -> Result<Subscribing<SocketOutlet>, Refusal> {
+        let subscribing = registered.await?;
+        let regs = subscribing.registrations();
         let record = {
             let mut record = conn.record.lock();
-            for r in &regs {
+            for r in regs {
                 record.channels.retain(|e| e.channel != r.channel.as_str());
                 record.channels.push(Entry {
                     channel: r.channel.to_string(),
@@ -460,10 +427,10 @@ impl ChannelsNamespace {
         };
         // Stored before any cursor naming this registration can reach the client.
         if let Err(e) = self.store_record(&conn.pid, &record).await {
-            conn.feed.abort(&regs);
+            subscribing.abort();
             return Err(Refusal::from(e));
         }
-        Ok(regs)
+        Ok(subscribing)
     }
 
     /// The CONNECT reply is queued: now the replays (and the unknown-session notice) follow it, on a task of their
@@ -474,9 +441,8 @@ impl ChannelsNamespace {
             return;
         };
         let Some(Pending {
-            regs,
+            subscribing,
             session_unknown,
-            op,
         }) = conn.pending.lock().take()
         else {
             return;
@@ -490,10 +456,9 @@ impl ChannelsNamespace {
                     .0
                     .emit(GAP_EVENT, Payload::new(vec![notice]));
             }
-            // A failed replay closes the transport; the client resumes on reconnecting.
-            let _ = conn.feed.complete(&regs).await.map_err(Refusal::from);
-            // Held to here: the client's next subscription change waits for these replays.
-            drop(op);
+            // A failed replay closes the transport; the client resumes on reconnecting. The op guard is held to
+            // here: the client's next subscription change waits for these replays.
+            let _ = subscribing.complete().await;
         });
     }
 
@@ -514,7 +479,7 @@ impl ChannelsNamespace {
     ) {
         match parse_subscribe(args) {
             Ok(want) => self.subscribe_want(conn, event, want, ack).await,
-            Err(r) => r.send(&conn.feed.outlet.0, event, ack),
+            Err(r) => refuse(&conn.feed.outlet.0, event, ack, &r),
         }
     }
 
@@ -526,30 +491,12 @@ impl ChannelsNamespace {
         want: Want,
         ack: Option<AckResponder>,
     ) {
-        let checked = match self.access.subscribe(&conn.identity, &want.channel) {
-            Ok(()) if !self.access.room_for(&conn.feed.channels(), &want.channel) => {
-                Err(Refusal::new(
-                    "too_many_subscriptions",
-                    "this connection holds the most subscriptions allowed",
-                ))
-            }
-            Ok(()) => Ok(want),
-            Err(e) => Err(Refusal::new(
-                e.code(),
-                format!("not allowed to subscribe to {}", want.channel),
-            )),
-        };
-        match checked {
-            Ok(want) => {
-                let unacked = ack.is_none();
-                // With an ack, `subscribe_all` has answered already.
-                if let Err(r) = self.subscribe_all(conn, vec![want], ack).await
-                    && unacked
-                {
-                    r.send(&conn.feed.outlet.0, event, None);
-                }
-            }
-            Err(r) => r.send(&conn.feed.outlet.0, event, ack),
+        let unacked = ack.is_none();
+        // With an ack, `subscribe_all` has answered already.
+        if let Err(r) = self.subscribe_all(conn, vec![want], ack).await
+            && unacked
+        {
+            refuse(&conn.feed.outlet.0, event, None, &r);
         }
     }
 
@@ -569,15 +516,18 @@ impl ChannelsNamespace {
                 let name = match template::fill(t, args.args.first()) {
                     Ok(name) => name,
                     Err(e) => {
-                        let message = format!("{event}: {e}");
-                        return Refusal::new("invalid_request", message).send(socket, event, ack);
+                        let refusal = Refusal::InvalidRequest(format!("{event}: {e}"));
+                        return refuse(socket, event, ack, &refusal);
                     }
                 };
                 let channel = match ChannelName::new(&name) {
                     Ok(c) => c,
                     Err(e) => {
-                        let message = format!("{event}: {name:?}: {e}");
-                        return Refusal::new(e.code(), message).send(socket, event, ack);
+                        let refusal = Refusal::InvalidChannel {
+                            message: format!("{event}: {name:?}: {e}"),
+                            reason: e,
+                        };
+                        return refuse(socket, event, ack, &refusal);
                     }
                 };
                 if matches!(mapping, ClientEvent::Unsubscribe(_)) {
@@ -592,15 +542,12 @@ impl ChannelsNamespace {
                 let result = match &self.actions {
                     Some(actions) => actions
                         .run(action, &args.args, &may)
-                        .map_err(|(code, message)| Refusal::new(code, message)),
-                    None => Err(Refusal::new(
-                        "unknown_event",
-                        format!("no action {action:?}"),
-                    )),
+                        .map_err(|(code, message)| Refusal::Action { code, message }),
+                    None => Err(Refusal::UnknownEvent(format!("no action {action:?}"))),
                 };
                 match result {
                     Ok(v) => reply(ack, json!({"ok": true, "result": v})),
-                    Err(r) => r.send(socket, event, ack),
+                    Err(r) => refuse(socket, event, ack, &r),
                 }
             }
         }
@@ -621,10 +568,10 @@ impl ChannelsNamespace {
             .and_then(Value::as_str);
         let refusal = match name.map(ChannelName::new) {
             Some(Ok(channel)) => return self.unsubscribe_channel(conn, event, channel, ack).await,
-            None => Refusal::new("invalid_request", "expected {channel}"),
-            Some(Err(e)) => Refusal::new(e.code(), e.to_string()),
+            None => Refusal::InvalidRequest("expected {channel}".into()),
+            Some(Err(e)) => Refusal::from(e),
         };
-        refusal.send(&conn.feed.outlet.0, event, ack);
+        refuse(&conn.feed.outlet.0, event, ack, &refusal);
     }
 
     /// Unsubscribes from `channel`, answering the client event `event`.
@@ -647,7 +594,7 @@ impl ChannelsNamespace {
         };
         match stored {
             Ok(()) => reply(ack, json!({"ok": true, "channel": channel})),
-            Err(e) => Refusal::from(e).send(&conn.feed.outlet.0, event, ack),
+            Err(e) => refuse(&conn.feed.outlet.0, event, ack, &Refusal::from(e)),
         }
     }
 
@@ -676,16 +623,15 @@ impl ChannelsNamespace {
 fn parse_subscribe(args: &Payload) -> Result<Want, Refusal> {
     let shape = "expected {channel, since?, epoch?}";
     if !args.attachments.is_empty() {
-        return Err(Refusal::new("invalid_request", shape));
+        return Err(Refusal::InvalidRequest(shape.into()));
     }
     let first = args
         .args
         .first()
-        .ok_or_else(|| Refusal::new("invalid_request", shape))?;
+        .ok_or_else(|| Refusal::InvalidRequest(shape.into()))?;
     let parsed: SubscribeArgs = serde_json::from_value(first.clone())
-        .map_err(|e| Refusal::new("invalid_request", format!("{shape}: {e}")))?;
-    let channel =
-        ChannelName::new(&parsed.channel).map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+        .map_err(|e| Refusal::InvalidRequest(format!("{shape}: {e}")))?;
+    let channel = ChannelName::new(&parsed.channel)?;
     Ok(Want {
         channel,
         after: parsed.since,
@@ -713,11 +659,7 @@ async fn expire(socket: Arc<Socket>, left: std::time::Duration) {
 }
 
 fn internal(e: EngineError) -> ConnectError {
-    tracing::error!(error = %e, "storage failure during connect");
-    ConnectError {
-        message: "storage unavailable".into(),
-        data: Some(json!({"code": "unavailable"})),
-    }
+    Refusal::from(e).connect_error()
 }
 
 fn new_id() -> String {
@@ -764,7 +706,7 @@ impl NamespaceHandler for Handler {
                             REPORT_INTERVAL.as_secs()
                         ),
                     };
-                    Refusal::new("rate_limited", message).send(&socket, &event, ack);
+                    refuse(&socket, &event, ack, &Refusal::RateLimited(message));
                 }
                 return;
             }
@@ -774,8 +716,9 @@ impl NamespaceHandler for Handler {
                 other => match ns.client_events.get(other) {
                     Some(mapping) => ns.mapped(&conn, mapping, other, &args, ack).await,
                     None => {
-                        let message = format!("Herald does not handle {other:?}");
-                        Refusal::new("unknown_event", message).send(&socket, other, ack);
+                        let refusal =
+                            Refusal::UnknownEvent(format!("Herald does not handle {other:?}"));
+                        refuse(&socket, other, ack, &refusal);
                     }
                 },
             }
