@@ -4,7 +4,8 @@
 //!
 //! Subscribing is two-phase so a binding can do its own work in between — Socket.IO stores its session record
 //! and acknowledges before anything that refers to the new registration is sent: [`Feed::begin`] registers and
-//! holds live delivery, [`Feed::complete`] queues gaps, replays and the held events.
+//! holds live delivery, [`Feed::complete`] queues gaps, replays and the held events. Bindings reach both through
+//! [`super::subscribe`], which adds the permission checks and the op guard.
 //!
 //! The feed is also where a connection's presence lives: every channel it holds, it holds with the connection's
 //! presence on it ([`Member`]), joined before the registration and left with it.

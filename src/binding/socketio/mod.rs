@@ -658,6 +658,7 @@ async fn expire(socket: Arc<Socket>, left: std::time::Duration) {
     socket.close_transport("token expired");
 }
 
+/// A storage failure during CONNECT, as the CONNECT error.
 fn internal(e: EngineError) -> ConnectError {
     Refusal::from(e).connect_error()
 }
