@@ -175,6 +175,7 @@ struct Table {
 #[derive(Clone, Default)]
 pub struct Registry {
     table: Arc<Mutex<Table>>,
+    emptied: Arc<tokio::sync::Notify>,
 }
 
 impl Registry {
@@ -198,8 +199,24 @@ impl Registry {
         t.entries.insert(id.clone(), entry);
         Registration {
             table: self.table.clone(),
+            emptied: self.emptied.clone(),
             id,
             serial,
+        }
+    }
+
+    /// Resolves once no connection is registered (shutdown waits for upgraded connections, which hyper's graceful
+    /// shutdown no longer tracks, to finish their goodbyes).
+    pub async fn until_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            // Registered as a waiter before the check, so an entry leaving in between still wakes it.
+            emptied.as_mut().enable();
+            if self.table.lock().entries.is_empty() {
+                return;
+            }
+            emptied.await;
         }
     }
 
@@ -265,6 +282,7 @@ fn render(info: &Info, live: &dyn Live) -> Connection {
 /// A connection's place in the registry: dropping it removes the entry.
 pub struct Registration {
     table: Arc<Mutex<Table>>,
+    emptied: Arc<tokio::sync::Notify>,
     id: Arc<str>,
     serial: u64,
 }
@@ -278,6 +296,9 @@ impl Drop for Registration {
             .is_some_and(|e| e.serial == self.serial)
         {
             t.entries.remove(&*self.id);
+            if t.entries.is_empty() {
+                self.emptied.notify_waiters();
+            }
         }
     }
 }

@@ -62,6 +62,7 @@ pub struct Server {
     tls: Option<Arc<Tls>>,
     sources: Arc<SqlSources>,
     policy: Arc<Policy>,
+    registry: Registry,
     head_timeout: Option<std::time::Duration>,
     keep_alive_timeout: Option<std::time::Duration>,
 }
@@ -196,7 +197,7 @@ impl Server {
                 access.clone(),
                 config.sse.clone(),
                 stopping,
-                registry,
+                registry.clone(),
             ))
             // Origins are checked once, for every transport and the API, before anything else.
             .layer(axum::middleware::from_fn_with_state(
@@ -216,6 +217,7 @@ impl Server {
             tls,
             sources,
             policy: access.policy.clone(),
+            registry,
             head_timeout: config.limits.request_head_timeout(),
             keep_alive_timeout: config.limits.keep_alive_timeout(),
         })
@@ -263,10 +265,19 @@ impl Server {
             keep_alive_timeout: self.keep_alive_timeout,
             tls: self.tls.clone(),
         };
-        let served = tokio::select! {
-            served = accept::serve(edge, listener, self.router.clone(), begin_shutdown) => served.map_err(ServerError::from),
-            () = grace => Ok(()),
+        tokio::pin!(grace);
+        let (served, grace_over) = tokio::select! {
+            served = accept::serve(edge, listener, self.router.clone(), begin_shutdown) => (served.map_err(ServerError::from), false),
+            () = &mut grace => (Ok(()), true),
         };
+        // Upgraded (WebSocket) connections leave hyper's graceful watch: within the same
+        // grace, wait for them to send their close (1001) before the process goes.
+        if served.is_ok() && !grace_over {
+            tokio::select! {
+                () = self.registry.until_empty() => {}
+                () = &mut grace => {}
+            }
+        }
         flusher.abort();
         self.policy.refusals.flush();
         served?;
