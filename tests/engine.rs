@@ -492,7 +492,7 @@ async fn a_presence_watcher_that_falls_behind_is_dropped(kind: &str) {
             transport: "sse",
             connected_at: 1,
         };
-        guards.push(core.join(&ch("busy"), member).await.unwrap());
+        guards.push(core.join(&ch("busy"), Arc::new(member)).await.unwrap());
     }
     // The queue held what fits, then the watcher was let go instead of the engine buffering more.
     let mut received = 0;
@@ -523,16 +523,22 @@ async fn presence_tracks_joins_and_leaves(kind: &str) {
     };
     let mut events = core.presence_events(Pattern::new("room:*"));
     let a = core
-        .join(&ch("room:1"), member("c1", Some("u1")))
+        .join(&ch("room:1"), Arc::new(member("c1", Some("u1"))))
         .await
         .unwrap();
-    let b = core.join(&ch("room:1"), member("c2", None)).await.unwrap();
+    let b = core
+        .join(&ch("room:1"), Arc::new(member("c2", None)))
+        .await
+        .unwrap();
     // Joining twice keeps one entry; it stays until both guards are gone.
     let a2 = core
-        .join(&ch("room:1"), member("c1", Some("u1")))
+        .join(&ch("room:1"), Arc::new(member("c1", Some("u1"))))
         .await
         .unwrap();
-    let _elsewhere = core.join(&ch("lobby"), member("c3", None)).await.unwrap();
+    let _elsewhere = core
+        .join(&ch("lobby"), Arc::new(member("c3", None)))
+        .await
+        .unwrap();
     let conns = |m: Vec<Member>| {
         m.into_iter()
             .map(|m| m.conn.to_string())

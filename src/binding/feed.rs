@@ -119,7 +119,7 @@ pub struct Feed<O: Outlet> {
     pub outlet: O,
     id: SubscriberId,
     /// The connection as presence shows it.
-    member: Member,
+    member: Arc<Member>,
     max_held_bytes: usize,
     state: Mutex<State>,
     op: Arc<tokio::sync::Mutex<()>>,
@@ -158,7 +158,7 @@ impl<O: Outlet> Feed<O> {
             engine,
             outlet,
             id: SubscriberId::next(),
-            member,
+            member: Arc::new(member),
             max_held_bytes,
             state: Mutex::new(State::default()),
             op: Arc::new(tokio::sync::Mutex::new(())),

@@ -38,10 +38,13 @@ pub enum PresenceEvent {
     Leave(ChannelName, Member),
 }
 
+/// One channel's members by connection id, each with how many of that connection's registrations hold it.
+type Members = BTreeMap<Arc<str>, (Arc<Member>, usize)>;
+
 #[derive(Default)]
 struct Table {
     /// Channel → connection id → (member, registrations holding it).
-    channels: HashMap<ChannelName, BTreeMap<Arc<str>, (Member, usize)>>,
+    channels: HashMap<ChannelName, Members>,
     watchers: Vec<(Pattern, mpsc::Sender<PresenceEvent>)>,
 }
 
@@ -61,7 +64,7 @@ pub struct Presence {
 
 impl Presence {
     /// Adds `member` to `channel` until the returned guard is dropped; joining twice keeps one entry.
-    pub fn join(self: &Arc<Self>, channel: &ChannelName, member: Member) -> PresenceGuard {
+    pub fn join(self: &Arc<Self>, channel: &ChannelName, member: Arc<Member>) -> PresenceGuard {
         let conn = member.conn.clone();
         let mut t = self.table.lock();
         let entries = t.channels.entry(channel.clone()).or_default();
@@ -77,7 +80,7 @@ impl Presence {
         };
         if fresh {
             t.notify(channel, || {
-                PresenceEvent::Join(channel.clone(), member.clone())
+                PresenceEvent::Join(channel.clone(), (*member).clone())
             });
         }
         drop(t);
@@ -91,7 +94,7 @@ impl Presence {
             .lock()
             .channels
             .get(channel)
-            .map(|m| m.values().map(|(member, _)| member.clone()).collect())
+            .map(|m| m.values().map(|(member, _)| (**member).clone()).collect())
             .unwrap_or_default()
     }
 
@@ -123,7 +126,7 @@ impl Leave for Presence {
         }
         if let Some(member) = gone {
             t.notify(channel, || {
-                PresenceEvent::Leave(channel.clone(), member.clone())
+                PresenceEvent::Leave(channel.clone(), (*member).clone())
             });
         }
     }

@@ -272,7 +272,7 @@ impl Engine for Probe {
     async fn join(
         &self,
         channel: &ChannelName,
-        member: Member,
+        member: Arc<Member>,
     ) -> Result<PresenceGuard, EngineError> {
         self.inner.join(channel, member).await
     }

@@ -316,7 +316,7 @@ impl Engine for MemoryEngine {
     async fn join(
         &self,
         channel: &ChannelName,
-        member: Member,
+        member: Arc<Member>,
     ) -> Result<PresenceGuard, EngineError> {
         Ok(self.presence.join(channel, member))
     }

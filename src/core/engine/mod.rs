@@ -390,10 +390,11 @@ pub trait Engine: Send + Sync + 'static {
     async fn join(
         &self,
         channel: &ChannelName,
-        member: Member,
+        member: Arc<Member>,
     ) -> Result<PresenceGuard, EngineError>;
 
-    /// Who is on `channel` now, by connection id.
+    /// Who is on `channel` now, by connection id. (`member` is shared: a connection's one `Member` serves all its
+    /// channels.)
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<Member>, EngineError>;
 
     /// Join and leave notifications of channels matching `pattern`, from now on. A watcher more than

@@ -150,7 +150,7 @@ impl Engine for SqliteEngine {
     async fn join(
         &self,
         channel: &ChannelName,
-        member: Member,
+        member: Arc<Member>,
     ) -> Result<PresenceGuard, EngineError> {
         Ok(self.presence.join(channel, member))
     }
