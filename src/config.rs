@@ -4,7 +4,7 @@
 //! `api_keys` in [`crate::api`], `[tls]` in [`crate::tls`], `[limits]` in [`crate::policy`], `[engine]` in
 //! [`crate::core::engine`], `[history]` in [`crate::core::retention`], `[[state]]` in [`crate::core::state`],
 //! `[socketio]`, `[websocket]` and `[sse]` in their bindings, `[auth]` in [`crate::auth`], `[sources]` in
-//! [`crate::source`] and `[monitor]` in [`crate::monitor`]. The imports run one way: this module names those
+//! [`crate::source`] and `[monitor]` in [`crate::source::monitor`]. The imports run one way: this module names those
 //! sections and calls their `validate`, and none of them imports this module back (they share only the leaf
 //! [`InvalidConfig`]). What is left here is reading the file, applying the overrides, and the checks that span
 //! sections (see `Config::validate`).
@@ -94,7 +94,7 @@ pub struct Config {
     /// State channels declared for HTTP publishers (sources declare their own).
     pub state: Vec<StateConfig>,
     /// The service monitor.
-    pub monitor: crate::monitor::MonitorConfig,
+    pub monitor: crate::source::monitor::MonitorConfig,
 }
 
 impl Default for Config {
@@ -117,7 +117,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             sources: SourcesConfig::default(),
             state: Vec::new(),
-            monitor: crate::monitor::MonitorConfig::default(),
+            monitor: crate::source::monitor::MonitorConfig::default(),
         }
     }
 }

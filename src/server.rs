@@ -16,9 +16,9 @@ use crate::config::Config;
 use crate::core::Engine;
 use crate::core::channel::Pattern;
 use crate::core::engine::{self, EngineChoice, EngineError, EngineKind, EngineOptions};
-use crate::monitor::Monitors;
 use crate::policy::{Origins, Policy};
 use crate::registry::Registry;
+use crate::source::monitor::Monitors;
 use crate::source::sql::SqlSources;
 use crate::tls::Tls;
 use crate::transport::socketio::{SocketIo, SocketIoConfig};
@@ -40,7 +40,7 @@ pub enum ServerError {
     Source(#[from] crate::source::sql::SourceError),
     /// The monitor could not start (its storage or import, or a monitor declared in the config).
     #[error("monitor: {0}")]
-    Monitor(#[from] crate::monitor::MonitorError),
+    Monitor(#[from] crate::source::monitor::MonitorError),
     /// The bindings' event encodings do not fit an event's cache.
     #[error(transparent)]
     Encodings(#[from] crate::core::event::SlotError),
@@ -97,7 +97,7 @@ impl Actions for MonitorActions {
         }
         match self.0.refresh(id) {
             Ok(()) => Ok(serde_json::json!({"id": id})),
-            Err(crate::monitor::MonitorError::TooSoon(..)) => Err((
+            Err(crate::source::monitor::MonitorError::TooSoon(..)) => Err((
                 "rate_limited",
                 "this monitor was checked a moment ago; try again shortly".into(),
             )),
@@ -119,9 +119,10 @@ impl Server {
         };
         // The monitor's own channels keep their log bounds whatever the configured rules match.
         let mut retention = config.history.retention();
-        retention
-            .rules
-            .splice(0..0, crate::monitor::store::retention(&config.monitor));
+        retention.rules.splice(
+            0..0,
+            crate::source::monitor::store::retention(&config.monitor),
+        );
         let core = engine::open(EngineOptions {
             kind,
             retention,

@@ -45,7 +45,7 @@ pub struct ApiState {
     /// Live SQL sources.
     pub sources: Arc<crate::source::sql::SqlSources>,
     /// The service monitor.
-    pub monitors: Arc<crate::monitor::Monitors>,
+    pub monitors: Arc<crate::source::monitor::Monitors>,
     /// Serve the status page, badges and the monitor list without an API key.
     pub status_page: bool,
 }

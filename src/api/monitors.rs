@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState, Caller};
-use crate::monitor::spec::MonitorSpec;
-use crate::monitor::{MonitorError, metrics};
+use crate::source::monitor::spec::MonitorSpec;
+use crate::source::monitor::{MonitorError, metrics};
 
 impl From<MonitorError> for ApiError {
     fn from(e: MonitorError) -> Self {
@@ -169,7 +169,7 @@ pub async fn status_page() -> Response {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        include_str!("../monitor/status.html"),
+        include_str!("../source/monitor/status.html"),
     )
         .into_response()
 }

@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use super::{ApiError, ApiState, Caller};
-use crate::monitor::MonitorError;
-use crate::monitor::target::spec_from_flat;
+use crate::source::monitor::MonitorError;
+use crate::source::monitor::target::spec_from_flat;
 
 /// Errors name the flat field (`url`, not `check.url`).
 fn flat_error(e: MonitorError) -> ApiError {
@@ -32,7 +32,7 @@ fn flat_error(e: MonitorError) -> ApiError {
 fn object(state: &ApiState, id: &str) -> Result<Value, ApiError> {
     let mut v = state.monitors.get(id)?;
     if let Some(url) =
-        crate::monitor::target::flat_fields(&state.monitors.spec(id)?, false).get("url")
+        crate::source::monitor::target::flat_fields(&state.monitors.spec(id)?, false).get("url")
         && let Value::Object(m) = &mut v
     {
         m.insert("url".into(), url.clone());

@@ -1,7 +1,9 @@
-//! Built-in sources: producers inside Herald that publish through [`crate::core::Engine`] like the HTTP API does.
+//! Built-in sources: producers inside Herald that publish through the engine like the HTTP API does.
 //!
-//! `sql` polls database queries per subscribed channel and pushes what changed.
+//! `monitor` checks services and publishes their status; `sql` polls database queries per subscribed channel and
+//! pushes what changed.
 
+pub mod monitor;
 pub mod sql;
 
 use serde::Deserialize;
