@@ -28,9 +28,6 @@ use crate::policy::LimitsConfig;
 use crate::source::SourcesConfig;
 use crate::tls::TlsConfig;
 
-/// Client-event actions something serves, for `[socketio.client_events]` (`server::MonitorActions` runs them).
-const ACTIONS: &[&str] = &["monitor.refresh"];
-
 /// Configuration problems, reported at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -176,7 +173,8 @@ impl Config {
         for st in &self.state {
             st.validate()?;
         }
-        self.socketio.validate(ACTIONS)?;
+        let actions: Vec<&str> = crate::source::action_names().collect();
+        self.socketio.validate(&actions)?;
         self.history.validate()?;
         self.limits.validate()?;
         self.auth.validate()?;
