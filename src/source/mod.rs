@@ -3,8 +3,10 @@
 //! `monitor` checks services and publishes their status; `sql` polls database queries per subscribed channel and
 //! pushes what changed. Each is a [`Kind`] listed in [`KINDS`], the one place a source is registered: the server
 //! starts them all with [`start_all`], mounts their [`Mounts`], routes the client-event actions they name to them
-//! and shuts them down; config validation accepts exactly the actions they name.
+//! and shuts them down; config validation accepts exactly the actions they name. [`keyed`] turns a state channel's
+//! new values into the set/remove changes every source publishes.
 
+pub mod keyed;
 pub mod monitor;
 pub mod sql;
 
