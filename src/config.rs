@@ -4,7 +4,7 @@
 //! `api_keys` in [`crate::api`], `[tls]` in [`crate::tls`], `[limits]` in [`crate::policy`], `[engine]` in
 //! [`crate::core::engine`], `[history]` in [`crate::core::retention`], `[[state]]` in [`crate::core::state`],
 //! `[socketio]`, `[websocket]` and `[sse]` in their bindings, `[auth]` in [`crate::auth`], `[sources]` in
-//! [`crate::source`] and `[monitor]` in [`crate::monitor`]. The imports run one way: this module names those
+//! [`crate::source`] and `[monitor]` in [`crate::source::monitor`]. The imports run one way: this module names those
 //! sections and calls their `validate`, and none of them imports this module back (they share only the leaf
 //! [`InvalidConfig`]). What is left here is reading the file, applying the overrides, and the checks that span
 //! sections (see `Config::validate`).
@@ -27,9 +27,6 @@ use crate::core::state::StateConfig;
 use crate::policy::LimitsConfig;
 use crate::source::SourcesConfig;
 use crate::tls::TlsConfig;
-
-/// Client-event actions something serves, for `[socketio.client_events]` (`server::MonitorActions` runs them).
-const ACTIONS: &[&str] = &["monitor.refresh"];
 
 /// Configuration problems, reported at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +91,7 @@ pub struct Config {
     /// State channels declared for HTTP publishers (sources declare their own).
     pub state: Vec<StateConfig>,
     /// The service monitor.
-    pub monitor: crate::monitor::MonitorConfig,
+    pub monitor: crate::source::monitor::MonitorConfig,
 }
 
 impl Default for Config {
@@ -117,7 +114,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             sources: SourcesConfig::default(),
             state: Vec::new(),
-            monitor: crate::monitor::MonitorConfig::default(),
+            monitor: crate::source::monitor::MonitorConfig::default(),
         }
     }
 }
@@ -176,7 +173,8 @@ impl Config {
         for st in &self.state {
             st.validate()?;
         }
-        self.socketio.validate(ACTIONS)?;
+        let actions: Vec<&str> = crate::source::action_names().collect();
+        self.socketio.validate(&actions)?;
         self.history.validate()?;
         self.limits.validate()?;
         self.auth.validate()?;

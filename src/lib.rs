@@ -8,7 +8,6 @@ pub mod config;
 pub mod config_error;
 pub mod core;
 pub mod json;
-pub mod monitor;
 pub mod number;
 pub mod policy;
 pub mod registry;

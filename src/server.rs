@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
+use futures_util::future::BoxFuture;
 use tokio::net::TcpListener;
 
 use crate::accept::{self, Edge};
@@ -16,10 +17,9 @@ use crate::config::Config;
 use crate::core::Engine;
 use crate::core::channel::Pattern;
 use crate::core::engine::{self, EngineChoice, EngineError, EngineKind, EngineOptions};
-use crate::monitor::Monitors;
 use crate::policy::{Origins, Policy};
 use crate::registry::Registry;
-use crate::source::sql::SqlSources;
+use crate::source::{self, MaySubscribe, Refused, Sources};
 use crate::tls::Tls;
 use crate::transport::socketio::{SocketIo, SocketIoConfig};
 
@@ -35,12 +35,9 @@ pub enum ServerError {
     /// The `[auth]` section could not be loaded (key files, secrets).
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
-    /// A `[[sources.sql]]` source is invalid (e.g. its SQL does not prepare).
+    /// A source could not start.
     #[error(transparent)]
-    Source(#[from] crate::source::sql::SourceError),
-    /// The monitor could not start (its storage or import, or a monitor declared in the config).
-    #[error("monitor: {0}")]
-    Monitor(#[from] crate::monitor::MonitorError),
+    Source(#[from] crate::source::SourceError),
     /// The bindings' event encodings do not fit an event's cache.
     #[error(transparent)]
     Encodings(#[from] crate::core::event::SlotError),
@@ -55,54 +52,26 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// A started server, ready to accept connections.
 pub struct Server {
     core: Arc<dyn Engine>,
-    monitors: Arc<Monitors>,
+    sources: Arc<Sources>,
     socketio: Arc<SocketIo>,
     shutdown: tokio::sync::watch::Sender<bool>,
     router: Router,
     tls: Option<Arc<Tls>>,
-    sources: Arc<SqlSources>,
     policy: Arc<Policy>,
     registry: Registry,
     head_timeout: Option<std::time::Duration>,
     keep_alive_timeout: Option<std::time::Duration>,
 }
 
-/// Client events mapped to monitor actions: `monitor.refresh` with a monitor id checks it now.
-struct MonitorActions(Arc<Monitors>);
-
-impl Actions for MonitorActions {
-    fn run(
-        &self,
-        action: &str,
-        args: &[serde_json::Value],
-        may_subscribe: &dyn Fn(&crate::core::channel::ChannelName) -> bool,
-    ) -> Result<serde_json::Value, (&'static str, String)> {
-        if action != "monitor.refresh" {
-            return Err(("unknown_action", format!("no action {action:?}")));
-        }
-        // Seed 002 sends the id as a string; an object `{id}` or `{serviceId}` is accepted too.
-        let id = args.first().and_then(|a| {
-            a.as_str()
-                .or_else(|| a.get("id").and_then(|v| v.as_str()))
-                .or_else(|| a.get("serviceId").and_then(|v| v.as_str()))
-        });
-        let Some(id) = id else {
-            return Err(("invalid_request", "expected a monitor id".into()));
-        };
-        let not_found = || ("monitor_not_found", format!("no monitor {id:?}"));
-        let channel = self.0.channel_of(id).map_err(|_| not_found())?;
-        // A client that may not see a monitor learns nothing about it, not even that it exists.
-        if !may_subscribe(&channel) {
-            return Err(not_found());
-        }
-        match self.0.refresh(id) {
-            Ok(()) => Ok(serde_json::json!({"id": id})),
-            Err(crate::monitor::MonitorError::TooSoon(..)) => Err((
-                "rate_limited",
-                "this monitor was checked a moment ago; try again shortly".into(),
-            )),
-            Err(_) => Err(not_found()),
-        }
+/// Client events mapped to actions run on the sources that serve them.
+impl Actions for Sources {
+    fn run<'a>(
+        &'a self,
+        action: &'a str,
+        args: &'a [serde_json::Value],
+        may_subscribe: &'a MaySubscribe<'a>,
+    ) -> BoxFuture<'a, Result<serde_json::Value, Refused>> {
+        Box::pin(self.act(action, args, may_subscribe))
     }
 }
 
@@ -119,9 +88,10 @@ impl Server {
         };
         // The monitor's own channels keep their log bounds whatever the configured rules match.
         let mut retention = config.history.retention();
-        retention
-            .rules
-            .splice(0..0, crate::monitor::store::retention(&config.monitor));
+        retention.rules.splice(
+            0..0,
+            crate::source::monitor::store::retention(&config.monitor),
+        );
         let core = engine::open(EngineOptions {
             kind,
             retention,
@@ -137,14 +107,19 @@ impl Server {
             &config.limits,
             config.socketio.server_side_channels(),
         )?;
-        // A `monitors.db` left by an earlier version is imported into a durable engine; the memory engine touches
-        // no file.
-        let legacy =
-            (config.engine.kind == EngineChoice::Sqlite).then_some(config.data_dir.as_path());
-        let monitors = Monitors::start(core.clone(), legacy, &config.monitor).await?;
-        // Last: the core takes the first state declaration matching a channel, and a template like `{unit}` is
-        // broad; `[[state]]` and the monitor's channels keep theirs.
-        let sources = SqlSources::start(&core, &config.sources.sql).await?;
+        let sources = Arc::new(
+            source::start_all(&source::Setup {
+                engine: &core,
+                sources: &config.sources,
+                monitor: &config.monitor,
+                // A `monitors.db` left by an earlier version is imported into a durable engine; the memory engine
+                // touches no file.
+                legacy_dir: (config.engine.kind == EngineChoice::Sqlite)
+                    .then_some(config.data_dir.as_path()),
+                max_body_bytes: config.max_body_bytes,
+            })
+            .await?,
+        );
         // Every binding lists its connections here; the API reads and closes them.
         let registry = Registry::new();
         let namespace = ChannelsNamespace::new(
@@ -152,7 +127,7 @@ impl Server {
             access.clone(),
             s.max_queue_bytes,
             s.client_events.clone(),
-            Some(Arc::new(MonitorActions(monitors.clone()))),
+            sources.clone(),
             registry.clone(),
         );
         let socketio = SocketIo::builder(SocketIoConfig {
@@ -171,17 +146,21 @@ impl Server {
             move |request| access.admit_session(request.remote_addr.map(|a| a.ip()))
         })
         .build();
-        let api = api::router(ApiState {
-            core: core.clone(),
-            api_keys: Arc::new(config.api_keys.clone()),
-            max_body_bytes: config.max_body_bytes,
-            max_event_bytes: config.max_event_bytes,
-            connections: registry.clone(),
-            policy: access.policy.clone(),
-            sources: sources.clone(),
-            monitors: monitors.clone(),
-            status_page: config.monitor.status_page,
-        });
+        let api = api::router(
+            ApiState {
+                core: core.clone(),
+                api_keys: Arc::new(config.api_keys.clone()),
+                max_body_bytes: config.max_body_bytes,
+                max_event_bytes: config.max_event_bytes,
+                connections: registry.clone(),
+                policy: access.policy.clone(),
+                metrics: {
+                    let sources = sources.clone();
+                    Arc::new(move |out: &mut String| sources.metrics(out))
+                },
+            },
+            sources.routes(),
+        );
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
         let router = api
             .merge(socketio.router())
@@ -210,12 +189,11 @@ impl Server {
         };
         Ok(Self {
             core,
-            monitors,
+            sources,
             socketio,
             shutdown,
             router,
             tls,
-            sources,
             policy: access.policy.clone(),
             registry,
             head_timeout: config.limits.request_head_timeout(),
@@ -282,7 +260,6 @@ impl Server {
         self.policy.refusals.flush();
         served?;
         self.sources.shutdown().await;
-        self.monitors.flush().await;
         self.core.shutdown().await;
         tracing::info!("herald stopped");
         Ok(())

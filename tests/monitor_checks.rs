@@ -1,4 +1,4 @@
-//! `herald::monitor::check` against real targets started by each test on 127.0.0.1 ephemeral
+//! `herald::source::monitor::check` against real targets started by each test on 127.0.0.1 ephemeral
 //! ports: an axum HTTP server whose status, latency and body the test sets, an HTTPS server with a
 //! certificate made at test time, TCP listeners, a UDP responder (echo, silent or off-pattern) and
 //! a small DNS server answering from a table the test edits.
@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures_util::StreamExt;
-use herald::monitor::check::{Check, FieldError, Outcome};
+use herald::source::monitor::check::{Check, FieldError, Outcome};
 use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
 use hickory_resolver::proto::rr::rdata::{A, TXT};
 use hickory_resolver::proto::rr::{RData, Record};

@@ -1,13 +1,11 @@
-//! The HTTP API: thin axum handlers over the core. Every error is a 4xx/5xx with a JSON body.
+//! The HTTP API: thin axum handlers over the core. Every error is a 4xx/5xx with a JSON body. Sources add their
+//! own routes as [`Mounts`], with the same key check ([`Caller`]), errors and body reader.
 
 mod channels;
 mod config;
 mod connections;
 mod error;
-mod monitors;
 mod publish;
-mod sources;
-mod targets;
 
 use std::sync::Arc;
 
@@ -16,7 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
@@ -42,16 +40,34 @@ pub struct ApiState {
     pub max_event_bytes: usize,
     /// This node's live connections, of every transport.
     pub connections: Registry,
-    /// Live SQL sources.
-    pub sources: Arc<crate::source::sql::SqlSources>,
-    /// The service monitor.
-    pub monitors: Arc<crate::monitor::Monitors>,
-    /// Serve the status page, badges and the monitor list without an API key.
-    pub status_page: bool,
+    /// Appends the Prometheus text of the rest of the server (the sources) to `/metrics`.
+    pub metrics: Arc<dyn Fn(&mut String) + Send + Sync>,
 }
 
-/// The API routes, `/api/*` behind the key check, plus `/healthz`.
-pub fn router(state: ApiState) -> Router {
+/// Routes from outside the API (a source's), each router with its state applied.
+#[derive(Default)]
+pub struct Mounts {
+    /// Under `/api`, behind the API-key check (handlers may take the [`Caller`] extension).
+    pub api: Router,
+    /// At the root, behind the API-key check.
+    pub keyed: Router,
+    /// At the root, open to anyone.
+    pub public: Router,
+}
+
+impl Mounts {
+    /// Both sets of routes.
+    pub fn merge(self, other: Mounts) -> Mounts {
+        Mounts {
+            api: self.api.merge(other.api),
+            keyed: self.keyed.merge(other.keyed),
+            public: self.public.merge(other.public),
+        }
+    }
+}
+
+/// The API routes, `/api/*` behind the key check, plus `/healthz`, `/metrics` and `mounts`.
+pub fn router(state: ApiState, mounts: Mounts) -> Router {
     let api = Router::new()
         .route("/publish", post(publish::publish))
         .route("/channels", get(channels::list))
@@ -62,81 +78,44 @@ pub fn router(state: ApiState) -> Router {
             "/connections/{id}/disconnect",
             post(connections::disconnect),
         )
-        .route("/sources", get(sources::list))
-        .route("/sources/{id}", get(sources::get))
-        .route("/sources/{id}/query", get(sources::query))
-        .route("/monitors", get(monitors::list).post(monitors::create))
-        .route(
-            "/monitors/{id}",
-            get(monitors::get)
-                .put(monitors::update)
-                .delete(monitors::delete),
-        )
-        .route("/monitors/{id}/pause", post(monitors::pause))
-        .route("/monitors/{id}/resume", post(monitors::resume))
-        .route("/monitors/{id}/check", post(monitors::check))
-        .route("/monitors/{id}/log", get(monitors::log));
-    // Seed 000's routes exist with its preset only: elsewhere `/api/targets` stays an unknown endpoint.
-    let api = if state.monitors.serves_targets() {
-        api.route("/targets", get(targets::list).post(targets::create))
-            .route(
-                "/targets/{id}",
-                get(targets::get)
-                    .put(targets::update)
-                    .patch(targets::update)
-                    .delete(targets::delete),
-            )
-            .route(
-                "/targets/{id}/pause",
-                post(targets::pause)
-                    .put(targets::pause)
-                    .patch(targets::pause),
-            )
-            .route(
-                "/targets/{id}/resume",
-                post(targets::resume)
-                    .put(targets::resume)
-                    .patch(targets::resume),
-            )
-    } else {
-        api
-    };
-    let api = api
+        .with_state(state.clone())
+        .merge(mounts.api)
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), require_key))
-        .with_state(state.clone());
-    let mut router = Router::new().nest("/api", api).route(
-        "/healthz",
-        get(|| async { axum::Json(json!({"ok": true})) }),
-    );
-    // Metrics name every monitor's target: they need a key like the API (Prometheus sends it as a bearer token).
-    let metrics = Router::new()
-        .route("/metrics", get(monitors::prometheus))
         .layer(middleware::from_fn_with_state(state.clone(), require_key));
-    // A source's history query at its frontend's own path: behind the same key check as `/api/sources/{id}/query`.
-    let mut history = Router::new();
-    for (path, id, body) in state.sources.history_routes() {
-        history = history.route(
-            &path,
-            get(move |State(s): State<ApiState>, query| async move {
-                sources::at_path(s, id, body, query).await
-            }),
-        );
-    }
-    let history = history.layer(middleware::from_fn_with_state(state.clone(), require_key));
-    let public = Router::new().merge(metrics).merge(history);
-    let public = if state.status_page {
-        public
-            .route("/status", get(monitors::status_page))
-            .route("/status/monitors", get(monitors::list))
-            .route("/status/monitors/{id}/log", get(monitors::log))
-            .route("/status/config", get(monitors::status_config))
-            .route("/badge/{id}", get(monitors::badge))
-    } else {
-        public
-    };
-    router = router.merge(public.with_state(state));
-    router
+    // Metrics name every monitor's target: they need a key like the API (Prometheus sends it as a bearer token).
+    let keyed = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state.clone())
+        .merge(mounts.keyed)
+        .layer(middleware::from_fn_with_state(state, require_key));
+    Router::new()
+        .nest("/api", api)
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"ok": true})) }),
+        )
+        .merge(keyed)
+        .merge(mounts.public)
+}
+
+/// `GET /metrics`: the sources' metrics, then the server's own counters.
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let mut text = String::new();
+    (state.metrics)(&mut text);
+    let refused = crate::policy::rate::MESSAGES_REFUSED.load(std::sync::atomic::Ordering::Relaxed);
+    text.push_str(&format!(
+        "# HELP herald_client_messages_refused_total Client messages refused by messages_per_second, all transports.\n\
+         # TYPE herald_client_messages_refused_total counter\n\
+         herald_client_messages_refused_total {refused}\n"
+    ));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -273,7 +252,7 @@ async fn read_json_body(
 }
 
 /// [`read_json_body`] parsed into a JSON value: 400 `invalid_json` when it is not JSON.
-async fn read_json_value(
+pub async fn read_json_value(
     headers: &HeaderMap,
     body: Body,
     limit: usize,

@@ -57,7 +57,8 @@ pub struct ChannelsNamespace {
     max_held_bytes: usize,
     /// Application events mapped to subscriptions or actions (`[socketio.client_events]`).
     client_events: HashMap<String, ClientEvent>,
-    actions: Option<Arc<dyn Actions>>,
+    /// Runs the actions client events are mapped to.
+    actions: Arc<dyn Actions>,
     /// Connected sockets by socket id.
     conns: Mutex<HashMap<String, Arc<Conn>>>,
     /// This node's connections of every transport.
@@ -180,16 +181,16 @@ fn refuse(socket: &Socket, event: &str, ack: Option<AckResponder>, refusal: &Ref
     }
 }
 
-/// Runs the named actions that client events can be mapped to (e.g. the monitor's `refresh`).
+/// Runs the named actions that client events can be mapped to (the sources', e.g. `monitor.refresh`).
 pub trait Actions: Send + Sync {
     /// Runs `action` with the event's arguments; `may_subscribe` tells whether the client may read a channel.
     /// `Err((code, message))` refuses.
-    fn run(
-        &self,
-        action: &str,
-        args: &[Value],
-        may_subscribe: &dyn Fn(&ChannelName) -> bool,
-    ) -> Result<Value, (&'static str, String)>;
+    fn run<'a>(
+        &'a self,
+        action: &'a str,
+        args: &'a [Value],
+        may_subscribe: &'a (dyn Fn(&ChannelName) -> bool + Send + Sync),
+    ) -> futures_util::future::BoxFuture<'a, Result<Value, (&'static str, String)>>;
 }
 
 fn reply(ack: Option<AckResponder>, value: Value) {
@@ -205,7 +206,7 @@ impl ChannelsNamespace {
         access: Arc<Access>,
         max_held_bytes: usize,
         client_events: HashMap<String, ClientEvent>,
-        actions: Option<Arc<dyn Actions>>,
+        actions: Arc<dyn Actions>,
         registry: Registry,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -539,12 +540,11 @@ impl ChannelsNamespace {
             }
             ClientEvent::Action(action) => {
                 let may = |c: &ChannelName| self.access.subscribe(&conn.identity, c).is_ok();
-                let result = match &self.actions {
-                    Some(actions) => actions
-                        .run(action, &args.args, &may)
-                        .map_err(|(code, message)| Refusal::Action { code, message }),
-                    None => Err(Refusal::UnknownEvent(format!("no action {action:?}"))),
-                };
+                let result = self
+                    .actions
+                    .run(action, &args.args, &may)
+                    .await
+                    .map_err(|(code, message)| Refusal::Action { code, message });
                 match result {
                     Ok(v) => reply(ack, json!({"ok": true, "result": v})),
                     Err(r) => refuse(socket, event, ack, &r),

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod db;
 mod poller;
+mod routes;
 pub mod template;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,9 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::api::Mounts;
 use crate::core::Engine;
 use crate::core::channel::{ChannelName, Pattern};
 use crate::core::state::Snapshot;
@@ -33,6 +36,27 @@ pub const STATUS_EVENT: &str = "source:status";
 pub const ROWS_SNAPSHOT_EVENT: &str = "snapshot";
 /// How long start-up waits for a database before leaving the SQL check to the first poll.
 const STARTUP_CONNECT: Duration = Duration::from_secs(5);
+
+/// Starts the `[[sources.sql]]` sources as one [`super::Source`].
+pub fn start<'a>(
+    setup: &'a super::Setup<'a>,
+) -> BoxFuture<'a, Result<Arc<dyn super::Source>, super::SourceError>> {
+    Box::pin(async move {
+        let sources: Arc<dyn super::Source> =
+            SqlSources::start(setup.engine, &setup.sources.sql).await?;
+        Ok(sources)
+    })
+}
+
+impl super::Source for SqlSources {
+    fn routes(self: Arc<Self>) -> Mounts {
+        routes::mounts(self)
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(SqlSources::shutdown(self))
+    }
+}
 
 /// Why the SQL sources could not start.
 #[derive(Debug, thiserror::Error)]
@@ -388,11 +412,6 @@ impl SqlSources {
     ) -> Result<Box<RawValue>, QueryError> {
         let rows = self.query_rows(id, params).await?;
         shaped(&rows, shape).map_err(QueryError::NotOneRow)
-    }
-
-    /// Runs source `id`'s one-shot `history_sql` with `params` bound; the rows as a JSON array.
-    pub async fn query(&self, id: &str, params: &Params) -> Result<Box<RawValue>, QueryError> {
-        self.query_as(id, params, ResultShape::Array).await
     }
 
     async fn query_rows(&self, id: &str, params: &Params) -> Result<Vec<db::Row>, QueryError> {

@@ -17,6 +17,7 @@ use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::event::NewEvent;
 use crate::core::state::StateChange;
+use crate::source::keyed::{self, Change};
 
 /// Longest pause between two attempts while the database fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -295,6 +296,7 @@ fn keyed(rows: &[Row], key: &[String]) -> Result<BTreeMap<String, Row>, String> 
     Ok(out)
 }
 
+/// The `delete`/`insert`/`update` events turning `before` into `after`, removals first.
 fn row_events(
     channel: &ChannelName,
     before: &BTreeMap<String, Row>,
@@ -303,39 +305,23 @@ fn row_events(
     let boxed = |r: &Row| -> Box<RawValue> {
         RawValue::from_string(r.get().to_owned()).unwrap_or_else(|_| super::empty_array())
     };
-    let event = |name: &str, data: Box<RawValue>, state: StateChange| NewEvent {
-        channel: channel.clone(),
-        name: name.into(),
-        data,
-        id: None,
-        state: Some(state),
-    };
-    let mut out = Vec::new();
-    for (k, old) in before {
-        if !after.contains_key(k) {
-            out.push(event(
-                "delete",
-                boxed(old),
-                StateChange::Remove { key: k.clone() },
-            ));
-        }
-    }
-    for (k, new) in after {
-        let name = match before.get(k) {
-            None => "insert",
-            Some(old) if old.get() != new.get() => "update",
-            Some(_) => continue,
-        };
-        out.push(event(
-            name,
-            boxed(new),
-            StateChange::Set {
-                key: k.clone(),
-                value: boxed(new),
-            },
-        ));
-    }
-    out
+    keyed::diff(before, after, |a, b| a.get() == b.get())
+        .into_iter()
+        .map(|change| {
+            let (name, row) = match &change {
+                Change::Remove { old, .. } => ("delete", *old),
+                Change::Insert { new, .. } => ("insert", *new),
+                Change::Update { new, .. } => ("update", *new),
+            };
+            NewEvent {
+                channel: channel.clone(),
+                name: name.into(),
+                data: boxed(row),
+                id: None,
+                state: Some(change.state(boxed)),
+            }
+        })
+        .collect()
 }
 
 /// Follows a PostgreSQL `LISTEN` channel; every notification makes the source's pollers re-query at once.

@@ -1,17 +1,66 @@
-//! Monitor endpoints: CRUD, pause/resume, check now and the log under `/api/monitors` (admin scope), plus the
-//! public status page, badges and `/metrics`.
+//! The monitor's HTTP routes: CRUD, pause/resume, check now and the log under `/api/monitors` (admin scope), seed
+//! 000's `/api/targets` with its preset ([`targets`]), and the public status page and badges.
 
-use axum::Json;
+mod targets;
+
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiState, Caller};
-use crate::monitor::spec::MonitorSpec;
-use crate::monitor::{MonitorError, metrics};
+use super::spec::MonitorSpec;
+use super::{MonitorError, Monitors};
+use crate::api::{ApiError, Caller, Mounts, read_json_value};
+
+/// What the handlers share.
+#[derive(Clone)]
+struct RouteState {
+    monitors: Arc<Monitors>,
+    /// Largest request body.
+    max_body_bytes: usize,
+}
+
+/// The monitor's routes; the status page, badges and the public monitor list only with `status_page`.
+pub fn mounts(monitors: Arc<Monitors>, max_body_bytes: usize, status_page: bool) -> Mounts {
+    let state = RouteState {
+        monitors,
+        max_body_bytes,
+    };
+    let api = Router::new()
+        .route("/monitors", get(list).post(create))
+        .route("/monitors/{id}", get(get_one).put(update).delete(delete))
+        .route("/monitors/{id}/pause", post(pause))
+        .route("/monitors/{id}/resume", post(resume))
+        .route("/monitors/{id}/check", post(check))
+        .route("/monitors/{id}/log", get(log));
+    // Seed 000's routes exist with its preset only: elsewhere `/api/targets` stays an unknown endpoint.
+    let api = if state.monitors.serves_targets() {
+        targets::routes(api)
+    } else {
+        api
+    };
+    let public = if status_page {
+        Router::new()
+            .route("/status", get(status_page_html))
+            .route("/status/monitors", get(list))
+            .route("/status/monitors/{id}/log", get(log))
+            .route("/status/config", get(status_config))
+            .route("/badge/{id}", get(badge))
+    } else {
+        Router::new()
+    };
+    Mounts {
+        api: api.with_state(state.clone()),
+        keyed: Router::new(),
+        public: public.with_state(state),
+    }
+}
 
 impl From<MonitorError> for ApiError {
     fn from(e: MonitorError) -> Self {
@@ -39,22 +88,22 @@ impl From<MonitorError> for ApiError {
 }
 
 async fn spec_from(
-    state: &ApiState,
+    state: &RouteState,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<MonitorSpec, ApiError> {
-    let value = super::read_json_value(headers, body, state.max_body_bytes).await?;
+    let value = read_json_value(headers, body, state.max_body_bytes).await?;
     MonitorSpec::from_json(value).map_err(|f| ApiError::field(f.field, f.message))
 }
 
 /// `GET /api/monitors` (and `GET /status/monitors`, the status page's copy that needs no key).
-pub async fn list(State(state): State<ApiState>) -> Json<Value> {
+async fn list(State(state): State<RouteState>) -> Json<Value> {
     Json(json!({ "monitors": state.monitors.list() }))
 }
 
 /// `POST /api/monitors`.
-pub async fn create(
-    State(state): State<ApiState>,
+async fn create(
+    State(state): State<RouteState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
@@ -68,8 +117,8 @@ pub async fn create(
 }
 
 /// `GET /api/monitors/{id}`.
-pub async fn get(
-    State(state): State<ApiState>,
+async fn get_one(
+    State(state): State<RouteState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let mut v = state.monitors.get(&id)?;
@@ -78,8 +127,8 @@ pub async fn get(
 }
 
 /// `PUT /api/monitors/{id}`.
-pub async fn update(
-    State(state): State<ApiState>,
+async fn update(
+    State(state): State<RouteState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -91,8 +140,8 @@ pub async fn update(
 }
 
 /// `DELETE /api/monitors/{id}`.
-pub async fn delete(
-    State(state): State<ApiState>,
+async fn delete(
+    State(state): State<RouteState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -102,8 +151,8 @@ pub async fn delete(
 }
 
 /// `POST /api/monitors/{id}/pause`.
-pub async fn pause(
-    State(state): State<ApiState>,
+async fn pause(
+    State(state): State<RouteState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -112,8 +161,8 @@ pub async fn pause(
 }
 
 /// `POST /api/monitors/{id}/resume`.
-pub async fn resume(
-    State(state): State<ApiState>,
+async fn resume(
+    State(state): State<RouteState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -122,8 +171,8 @@ pub async fn resume(
 }
 
 /// `POST /api/monitors/{id}/check`: runs the check now and answers with its outcome.
-pub async fn check(
-    State(state): State<ApiState>,
+async fn check(
+    State(state): State<RouteState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -136,13 +185,13 @@ pub async fn check(
 
 /// Query of the log endpoints.
 #[derive(Deserialize)]
-pub struct LogQuery {
+struct LogQuery {
     limit: Option<usize>,
 }
 
 /// `GET /api/monitors/{id}/log` (and the status page's public copy).
-pub async fn log(
-    State(state): State<ApiState>,
+async fn log(
+    State(state): State<RouteState>,
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -150,37 +199,25 @@ pub async fn log(
     Ok(Json(json!({"log": state.monitors.log(&id, limit).await?})))
 }
 
-/// `GET /metrics`: the monitors' metrics, then the server's own counters.
-pub async fn prometheus(State(state): State<ApiState>) -> Response {
-    let mut text = metrics::render(&state.monitors);
-    let refused = crate::policy::rate::MESSAGES_REFUSED.load(std::sync::atomic::Ordering::Relaxed);
-    text.push_str(&format!(
-        "# HELP herald_client_messages_refused_total Client messages refused by messages_per_second, all transports.\n\
-         # TYPE herald_client_messages_refused_total counter\n\
-         herald_client_messages_refused_total {refused}\n"
-    ));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-}
-
 /// `GET /status`: the status page.
-pub async fn status_page() -> Response {
+async fn status_page_html() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        include_str!("../monitor/status.html"),
+        include_str!("../status.html"),
     )
         .into_response()
 }
 
 /// `GET /status/config`: what the page listens to (the preset decides names and shapes).
-pub async fn status_config(State(state): State<ApiState>) -> Json<Value> {
+async fn status_config(State(state): State<RouteState>) -> Json<Value> {
     Json(state.monitors.page_config())
 }
 
 /// `GET /badge/{id}` (`.svg` optional): a shields-style status badge.
-pub async fn badge(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+async fn badge(State(state): State<RouteState>, Path(id): Path<String>) -> Response {
     let id = id.strip_suffix(".svg").unwrap_or(&id);
     let (label, status) = match state.monitors.get(id) {
         Ok(v) => (

@@ -3,15 +3,31 @@
 //! (the same objects `target:updated` carries), bare, not wrapped. Same key check and admin scope as
 //! `/api/monitors`.
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde_json::Value;
 
-use super::{ApiError, ApiState, Caller};
-use crate::monitor::MonitorError;
-use crate::monitor::target::spec_from_flat;
+use super::RouteState;
+use crate::api::{ApiError, Caller, read_json_value};
+use crate::source::monitor::MonitorError;
+use crate::source::monitor::target::{flat_fields, spec_from_flat};
+
+/// `api` with the `/targets` routes added.
+pub(super) fn routes(api: Router<RouteState>) -> Router<RouteState> {
+    api.route("/targets", get(list).post(create))
+        .route(
+            "/targets/{id}",
+            get(get_one).put(update).patch(update).delete(delete),
+        )
+        .route("/targets/{id}/pause", post(pause).put(pause).patch(pause))
+        .route(
+            "/targets/{id}/resume",
+            post(resume).put(resume).patch(resume),
+        )
+}
 
 /// Errors name the flat field (`url`, not `check.url`).
 fn flat_error(e: MonitorError) -> ApiError {
@@ -29,10 +45,9 @@ fn flat_error(e: MonitorError) -> ApiError {
 }
 
 /// A target object as the key-holding API shows it: the URL whole (events carry it without credentials or query).
-fn object(state: &ApiState, id: &str) -> Result<Value, ApiError> {
+fn object(state: &RouteState, id: &str) -> Result<Value, ApiError> {
     let mut v = state.monitors.get(id)?;
-    if let Some(url) =
-        crate::monitor::target::flat_fields(&state.monitors.spec(id)?, false).get("url")
+    if let Some(url) = flat_fields(&state.monitors.spec(id)?, false).get("url")
         && let Value::Object(m) = &mut v
     {
         m.insert("url".into(), url.clone());
@@ -41,7 +56,7 @@ fn object(state: &ApiState, id: &str) -> Result<Value, ApiError> {
 }
 
 /// `GET /api/targets`: every target, as an array.
-pub async fn list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+async fn list(State(state): State<RouteState>) -> Result<Json<Value>, ApiError> {
     let mut out = Vec::new();
     for m in state.monitors.list() {
         if let Some(id) = m["id"].as_str() {
@@ -55,14 +70,14 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError
 }
 
 /// `POST /api/targets` (201): creates a target and checks it at once.
-pub async fn create(
-    State(state): State<ApiState>,
+async fn create(
+    State(state): State<RouteState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin()?;
-    let body = super::read_json_value(&headers, body, state.max_body_bytes).await?;
+    let body = read_json_value(&headers, body, state.max_body_bytes).await?;
     let spec = spec_from_flat(None, &body).map_err(|f| ApiError::field(f.field, f.message))?;
     let created = state.monitors.create(spec).await.map_err(flat_error)?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
@@ -70,16 +85,16 @@ pub async fn create(
 }
 
 /// `GET /api/targets/{id}`.
-pub async fn get(
-    State(state): State<ApiState>,
+async fn get_one(
+    State(state): State<RouteState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(object(&state, &id)?))
 }
 
 /// `PUT`/`PATCH /api/targets/{id}`: the fields given replace the current ones (`paused` pauses or resumes).
-pub async fn update(
-    State(state): State<ApiState>,
+async fn update(
+    State(state): State<RouteState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -87,7 +102,7 @@ pub async fn update(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let current = state.monitors.spec(&id)?;
-    let body = super::read_json_value(&headers, body, state.max_body_bytes).await?;
+    let body = read_json_value(&headers, body, state.max_body_bytes).await?;
     let spec =
         spec_from_flat(Some(&current), &body).map_err(|f| ApiError::field(f.field, f.message))?;
     state.monitors.update(&id, spec).await.map_err(flat_error)?;
@@ -95,8 +110,8 @@ pub async fn update(
 }
 
 /// `DELETE /api/targets/{id}`: answers with the target as it was.
-pub async fn delete(
-    State(state): State<ApiState>,
+async fn delete(
+    State(state): State<RouteState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -107,8 +122,8 @@ pub async fn delete(
 }
 
 /// `POST`/`PUT`/`PATCH /api/targets/{id}/pause`.
-pub async fn pause(
-    State(state): State<ApiState>,
+async fn pause(
+    State(state): State<RouteState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -116,8 +131,8 @@ pub async fn pause(
 }
 
 /// `POST`/`PUT`/`PATCH /api/targets/{id}/resume`.
-pub async fn resume(
-    State(state): State<ApiState>,
+async fn resume(
+    State(state): State<RouteState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -126,7 +141,7 @@ pub async fn resume(
 
 /// Pauses or resumes a target; answers with the target as it is then.
 async fn set_paused(
-    state: &ApiState,
+    state: &RouteState,
     caller: &Caller,
     id: &str,
     paused: bool,

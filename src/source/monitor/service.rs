@@ -28,6 +28,7 @@ use crate::core::engine::EngineError;
 use crate::core::event::NewEvent;
 use crate::core::event::now_ms;
 use crate::core::state::{Snapshot, StateChange};
+use crate::source::keyed;
 
 /// Why a monitor operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -713,11 +714,13 @@ impl Monitors {
         }
         let now = now_ms();
         let full = self.view(e, now);
-        let data = {
+        let (data, state) = {
             let mut em = e.emit.lock();
-            if em.last_full.as_ref() == Some(&full) {
+            let Some(change) =
+                keyed::change(&e.id, em.last_full.as_ref(), Some(&full), |a, b| a == b)
+            else {
                 return;
-            }
+            };
             // Seed 002: a check that found what clients already hold sends nothing (each update animates a card).
             let rt = self.events.response_time_is_change;
             if self.events.service_fields
@@ -727,6 +730,7 @@ impl Monitors {
             {
                 return;
             }
+            let state = change.state(crate::json::raw);
             em.last_sent = Some(at);
             let data = if self.events.changed_only {
                 events::changed_fields(em.last_full.as_ref(), &full, now)
@@ -735,18 +739,15 @@ impl Monitors {
             } else {
                 full.clone()
             };
-            em.last_full = Some(full.clone());
-            data
+            em.last_full = Some(full);
+            (data, state)
         };
         let event = NewEvent {
             channel: e.channel(&self.channel),
             name: self.events.status.clone(),
             data: crate::json::raw(&data),
             id: None,
-            state: Some(StateChange::Set {
-                key: e.id.clone(),
-                value: crate::json::raw(&full),
-            }),
+            state: Some(state),
         };
         self.publish(vec![event]).await;
     }
@@ -757,9 +758,11 @@ impl Monitors {
         };
         let mut last = self.stats.lock().await;
         let stats = self.stats_now();
-        if last.as_ref() == Some(&stats) {
+        let key = self.events.stats_key;
+        let Some(change) = keyed::change(key, last.as_ref(), Some(&stats), |a, b| a == b) else {
             return;
-        }
+        };
+        let state = change.state(crate::json::raw);
         *last = Some(stats.clone());
         let Ok(channel) = ChannelName::new(&self.events.stats_channel) else {
             return;
@@ -769,10 +772,7 @@ impl Monitors {
             name: name.clone(),
             data: crate::json::raw(&stats),
             id: None,
-            state: Some(StateChange::Set {
-                key: self.events.stats_key.into(),
-                value: crate::json::raw(&stats),
-            }),
+            state: Some(state),
         };
         self.publish(vec![event]).await;
     }

@@ -1,57 +1,71 @@
-//! Live SQL sources: `GET /api/sources` (list and status), `GET /api/sources/{id}`, and
+//! The SQL sources' HTTP routes: `GET /api/sources` (list and status), `GET /api/sources/{id}`, and
 //! `GET /api/sources/{id}/query?param=…`, which runs a source's one-shot `history_sql` with bound parameters;
 //! the same query at a source's own `history_path`, in the body shape its frontend reads.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::ApiState;
-use super::error::ApiError;
-use crate::source::sql::QueryError;
-use crate::source::sql::template::Params;
-use crate::source::sql::{HistoryBody, ResultShape};
+use super::config::{HistoryBody, ResultShape};
+use super::template::Params;
+use super::{QueryError, SqlSources};
+use crate::api::{ApiError, Mounts};
+
+/// The routes of `sources`: `/api/sources…`, and each `history_path` behind the same key check.
+pub(super) fn mounts(sources: Arc<SqlSources>) -> Mounts {
+    let api = Router::new()
+        .route("/sources", get(list))
+        .route("/sources/{id}", get(get_one))
+        .route("/sources/{id}/query", get(query));
+    let mut keyed = Router::new();
+    for (path, id, body) in sources.history_routes() {
+        keyed = keyed.route(
+            &path,
+            get(move |State(s): State<Arc<SqlSources>>, query| async move {
+                answer(&s, &id, query, body).await
+            }),
+        );
+    }
+    Mounts {
+        api: api.with_state(sources.clone()),
+        keyed: keyed.with_state(sources),
+        public: Router::new(),
+    }
+}
 
 /// `GET /api/sources`.
-pub async fn list(State(state): State<ApiState>) -> Json<Value> {
-    Json(json!({ "sources": state.sources.list() }))
+async fn list(State(state): State<Arc<SqlSources>>) -> Json<Value> {
+    Json(json!({ "sources": state.list() }))
 }
 
 /// `GET /api/sources/{id}`.
-pub async fn get(
-    State(state): State<ApiState>,
+async fn get_one(
+    State(state): State<Arc<SqlSources>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let info = state.sources.get(&id).ok_or_else(|| unknown(&id))?;
+    let info = state.get(&id).ok_or_else(|| unknown(&id))?;
     Ok(Json(json!(info)))
 }
 
 /// `GET /api/sources/{id}/query?name=value…`: `{"source","rows":[…]}`.
-pub async fn query(
-    State(state): State<ApiState>,
+async fn query(
+    State(state): State<Arc<SqlSources>>,
     Path(id): Path<String>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     answer(&state, &id, query, HistoryBody::Wrapped).await
 }
 
-/// `GET <history_path>?name=value…`: source `id`'s one-shot query, answered in `body`'s shape.
-pub async fn at_path(
-    state: ApiState,
-    id: String,
-    body: HistoryBody,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    answer(&state, &id, query, body).await
-}
-
+/// Source `id`'s one-shot query with the request's parameters, answered in `body`'s shape.
 async fn answer(
-    state: &ApiState,
+    state: &SqlSources,
     id: &str,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     body: HistoryBody,
@@ -63,7 +77,6 @@ async fn answer(
         HistoryBody::Wrapped | HistoryBody::Rows => ResultShape::Array,
     };
     let rows = state
-        .sources
         .query_as(id, &params, shape)
         .await
         .map_err(|e| refused(id, e))?;
