@@ -86,12 +86,15 @@ impl Server {
             },
             EngineChoice::Memory => EngineKind::Memory,
         };
-        // The monitor's own channels keep their log bounds whatever the configured rules match.
+        let sections = source::Sections {
+            sources: &config.sources,
+            monitor: &config.monitor,
+        };
+        // Sources' own channels keep their bounds whatever the configured rules match.
         let mut retention = config.history.retention();
-        retention.rules.splice(
-            0..0,
-            crate::source::monitor::store::retention(&config.monitor),
-        );
+        retention
+            .rules
+            .splice(0..0, source::retention_rules(sections));
         let core = engine::open(EngineOptions {
             kind,
             retention,
@@ -110,8 +113,7 @@ impl Server {
         let sources = Arc::new(
             source::start_all(&source::Setup {
                 engine: &core,
-                sources: &config.sources,
-                monitor: &config.monitor,
+                sections,
                 // A `monitors.db` left by an earlier version is imported into a durable engine; the memory engine
                 // touches no file.
                 legacy_dir: (config.engine.kind == EngineChoice::Sqlite)

@@ -20,7 +20,8 @@ use serde_json::Value;
 use crate::api::Mounts;
 use crate::config_error::InvalidConfig;
 use crate::core::Engine;
-use crate::core::channel::ChannelName;
+use crate::core::channel::{ChannelName, Pattern};
+use crate::core::retention::Limits;
 
 /// The `[sources]` section: the built-in sources' definitions.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -38,14 +39,21 @@ impl SourcesConfig {
     }
 }
 
-/// What the sources start from: their config sections and what they share with the server.
-pub struct Setup<'a> {
-    /// The engine they publish through.
-    pub engine: &'a Arc<dyn Engine>,
+/// The sources' config sections.
+#[derive(Clone, Copy)]
+pub struct Sections<'a> {
     /// `[sources]`.
     pub sources: &'a SourcesConfig,
     /// `[monitor]`.
     pub monitor: &'a monitor::MonitorConfig,
+}
+
+/// What the sources start from: their config sections and what they share with the server.
+pub struct Setup<'a> {
+    /// The engine they publish through.
+    pub engine: &'a Arc<dyn Engine>,
+    /// Their sections.
+    pub sections: Sections<'a>,
     /// A durable engine's data directory, where an earlier version may have left files of its own to import
     /// (`monitors.db`); none for the memory engine.
     pub legacy_dir: Option<&'a Path>,
@@ -92,6 +100,8 @@ pub struct Kind {
     pub name: &'static str,
     /// The client-event actions it serves (`[socketio.client_events]` `{ action = "…" }`), known before it starts.
     pub actions: &'static [&'static str],
+    /// History bounds its own channels need, ahead of the configured rules (asked before the engine opens).
+    retention: fn(Sections<'_>) -> Vec<(Pattern, Limits)>,
     start: Start,
 }
 
@@ -101,14 +111,21 @@ pub const KINDS: &[Kind] = &[
     Kind {
         name: "monitor",
         actions: monitor::ACTIONS,
+        retention: |s| monitor::store::retention(s.monitor),
         start: monitor::start,
     },
     Kind {
         name: "sql",
         actions: &[],
+        retention: |_| Vec::new(),
         start: sql::start,
     },
 ];
+
+/// The retention rules every source needs for its own channels, to go ahead of the configured ones.
+pub fn retention_rules(sections: Sections<'_>) -> Vec<(Pattern, Limits)> {
+    KINDS.iter().flat_map(|k| (k.retention)(sections)).collect()
+}
 
 /// Every action name some source serves.
 pub fn action_names() -> impl Iterator<Item = &'static str> {

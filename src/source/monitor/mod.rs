@@ -37,12 +37,16 @@ pub const ACTIONS: &[&str] = &[REFRESH];
 /// Starts the monitor from `[monitor]` and its data in the engine (importing a `monitors.db` in `legacy_dir`).
 pub fn start<'a>(setup: &'a Setup<'a>) -> BoxFuture<'a, Result<Arc<dyn Source>, SourceError>> {
     Box::pin(async move {
-        let monitors =
-            Monitors::start(setup.engine.clone(), setup.legacy_dir, setup.monitor).await?;
+        let monitors = Monitors::start(
+            setup.engine.clone(),
+            setup.legacy_dir,
+            setup.sections.monitor,
+        )
+        .await?;
         let source: Arc<dyn Source> = Arc::new(MonitorSource {
             monitors,
             max_body_bytes: setup.max_body_bytes,
-            status_page: setup.monitor.status_page,
+            status_page: setup.sections.monitor.status_page,
         });
         Ok(source)
     })

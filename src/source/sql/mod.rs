@@ -43,7 +43,7 @@ pub fn start<'a>(
 ) -> BoxFuture<'a, Result<Arc<dyn super::Source>, super::SourceError>> {
     Box::pin(async move {
         let sources: Arc<dyn super::Source> =
-            SqlSources::start(setup.engine, &setup.sources.sql).await?;
+            SqlSources::start(setup.engine, &setup.sections.sources.sql).await?;
         Ok(sources)
     })
 }
