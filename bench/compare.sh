@@ -8,6 +8,8 @@
 #        longer than the 25 s ping interval of all three servers), OUT (bench/results), CARGO_TARGET_DIR (./target),
 #        SIOXIDE_TARGET_DIR (CARGO_TARGET_DIR), QUIET_WAIT (20) / QUIET_PCT (10): see wait_quiet.
 #        SUMMARIZE=FILE.jsonl only rebuilds the table from an earlier run's JSON lines.
+#        BEFORE_BIN=PATH adds the server `herald-before` (another Herald binary, e.g. a release build of an earlier
+#        commit) for before/after figures in one run: SERVERS="herald-before herald" BEFORE_BIN=… bench/compare.sh
 #
 # Every run starts a fresh server (herald-bench --server-cmd) pinned to core 0; herald-bench runs pinned to
 # core 1; all on loopback. Each run is bounded (ramp + idle + publishing + at most --drain s), so the whole matrix
@@ -45,9 +47,18 @@ args_of() {
 if [[ -z "${SUMMARIZE:-}" ]]; then
     echo "== building Herald, herald-bench, the socketioxide peer; installing the Node peer" >&2
     cargo build --release -p herald -p herald-bench
-    CARGO_TARGET_DIR="$sioxide_target" cargo build --release \
-        --manifest-path bench/peers/socketioxide/Cargo.toml
-    (cd bench/peers/socketio && npm ci --no-audit --no-fund --loglevel=error)
+    # Peers are built only when they run.
+    if [[ " $servers " == *" socketioxide "* ]]; then
+        CARGO_TARGET_DIR="$sioxide_target" cargo build --release \
+            --manifest-path bench/peers/socketioxide/Cargo.toml
+    fi
+    if [[ " $servers " == *" socketio "* ]]; then
+        (cd bench/peers/socketio && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+    if [[ " $servers " == *" herald-before "* && ! -x "${BEFORE_BIN:-}" ]]; then
+        echo "SERVERS names herald-before: set BEFORE_BIN to an executable Herald binary" >&2
+        exit 2
+    fi
     bin="$CARGO_TARGET_DIR/release"
     tmp=$(mktemp -d --suffix=.compare)
     trap 'rm -rf "$tmp"' EXIT
@@ -57,6 +68,7 @@ if [[ -z "${SUMMARIZE:-}" ]]; then
     server_cmd() {
         case $1 in
         herald) echo "env HERALD_CONFIG=$tmp/herald.toml taskset -c 0 $bin/herald serve --listen 127.0.0.1:0 --data-dir $2" ;;
+        herald-before) echo "env HERALD_CONFIG=$tmp/herald.toml taskset -c 0 $BEFORE_BIN serve --listen 127.0.0.1:0 --data-dir $2" ;;
         socketio) echo "taskset -c 0 node $root/bench/peers/socketio/server.js" ;;
         socketioxide) echo "taskset -c 0 $sioxide_target/release/herald-bench-peer-socketioxide" ;;
         esac

@@ -10,8 +10,8 @@ import json
 import statistics
 import sys
 
-SERVERS = ["herald", "socketio", "socketioxide"]
-NAMES = {"herald": "Herald", "socketio": "socket.io 4.8 (Node)", "socketioxide": "socketioxide 0.18"}
+SERVERS = ["herald-before", "herald", "socketio", "socketioxide"]
+NAMES = {"herald-before": "Herald (before: BEFORE_BIN)", "herald": "Herald", "socketio": "socket.io 4.8 (Node)", "socketioxide": "socketioxide 0.18"}
 
 
 def get(d, path):

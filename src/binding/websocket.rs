@@ -33,11 +33,10 @@ use crate::api::ApiError;
 use crate::auth::Identity;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
-use crate::core::event::{EncodingSlot, Event, SharedEvent, SlotError};
+use crate::core::event::{EncodingSlot, Event, SOURCE_STATUS_EVENT, SharedEvent, SlotError};
 use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
 use crate::registry::{Info, Live, Registry, Transport, new_id};
-use crate::source::sql::STATUS_EVENT;
 use crate::transport::websocket::{self as ws, Incoming, Reader, Writer, deflate};
 pub use config::{PayloadShape, WebSocketConfig};
 
@@ -177,7 +176,7 @@ impl WsOutlet {
     /// A `source:status` event on a data-shape connection, translated (see [`DataView`]); `None` if it is not a
     /// status notice Herald wrote (then it is sent as data like any event).
     fn source_status(&self, e: &Event) -> Option<Result<(), Gone>> {
-        if self.shape != PayloadShape::Data || e.name != STATUS_EVENT {
+        if self.shape != PayloadShape::Data || e.name != SOURCE_STATUS_EVENT {
             return None;
         }
         let mut notice: serde_json::Map<String, Value> = serde_json::from_str(e.data.get()).ok()?;
@@ -775,10 +774,10 @@ mod tests {
     async fn data_urls_never_send_a_status_as_data() {
         let o = outlet(PayloadShape::Data);
         o.live(&event("result", r#"{"models":[1]}"#)).unwrap();
-        o.live(&event(STATUS_EVENT, ERROR)).unwrap();
-        o.live(&event(STATUS_EVENT, OK)).unwrap();
+        o.live(&event(SOURCE_STATUS_EVENT, ERROR)).unwrap();
+        o.live(&event(SOURCE_STATUS_EVENT, OK)).unwrap();
         // A second recovery notice with no error before it re-sends nothing.
-        o.live(&event(STATUS_EVENT, OK)).unwrap();
+        o.live(&event(SOURCE_STATUS_EVENT, OK)).unwrap();
         let got = sent(&o).await;
         assert_eq!(got.len(), 3, "{got:?}");
         assert_eq!(got[0], json!({"models": [1]}));
@@ -792,9 +791,9 @@ mod tests {
         );
 
         // A changed result before the recovery is the only data message.
-        o.live(&event(STATUS_EVENT, ERROR)).unwrap();
+        o.live(&event(SOURCE_STATUS_EVENT, ERROR)).unwrap();
         o.live(&event("result", r#"{"models":[2]}"#)).unwrap();
-        o.live(&event(STATUS_EVENT, OK)).unwrap();
+        o.live(&event(SOURCE_STATUS_EVENT, OK)).unwrap();
         let got = sent(&o).await;
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(got[1], json!({"models": [2]}));
@@ -802,25 +801,25 @@ mod tests {
         // Data too large to keep, or none yet: the recovery sends nothing at all.
         let big = format!(r#"{{"x":"{}"}}"#, "a".repeat(RESEND_MAX_BYTES));
         o.live(&event("result", &big)).unwrap();
-        o.live(&event(STATUS_EVENT, ERROR)).unwrap();
-        o.live(&event(STATUS_EVENT, OK)).unwrap();
+        o.live(&event(SOURCE_STATUS_EVENT, ERROR)).unwrap();
+        o.live(&event(SOURCE_STATUS_EVENT, OK)).unwrap();
         assert_eq!(sent(&o).await.len(), 2);
         let fresh = outlet(PayloadShape::Data);
-        fresh.live(&event(STATUS_EVENT, ERROR)).unwrap();
-        fresh.live(&event(STATUS_EVENT, OK)).unwrap();
+        fresh.live(&event(SOURCE_STATUS_EVENT, ERROR)).unwrap();
+        fresh.live(&event(SOURCE_STATUS_EVENT, OK)).unwrap();
         assert_eq!(sent(&fresh).await.len(), 1);
     }
 
     #[tokio::test]
     async fn envelopes_and_foreign_status_events_pass_unchanged() {
         let o = outlet(PayloadShape::Envelope);
-        o.live(&event(STATUS_EVENT, OK)).unwrap();
+        o.live(&event(SOURCE_STATUS_EVENT, OK)).unwrap();
         let got = sent(&o).await;
         assert_eq!(got[0]["type"], "event");
-        assert_eq!(got[0]["event"], STATUS_EVENT);
+        assert_eq!(got[0]["event"], SOURCE_STATUS_EVENT);
         // Not a status notice Herald wrote (no `status`): data like any event.
         let d = outlet(PayloadShape::Data);
-        d.live(&event(STATUS_EVENT, r#"{"note":1}"#)).unwrap();
+        d.live(&event(SOURCE_STATUS_EVENT, r#"{"note":1}"#)).unwrap();
         assert_eq!(sent(&d).await, vec![json!({"note": 1})]);
     }
 }

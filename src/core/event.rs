@@ -12,6 +12,10 @@ use serde_json::value::RawValue;
 use super::channel::ChannelName;
 use super::state::StateChange;
 
+/// Event name of the status notices a source publishes on its channels when it fails and recovers
+/// (`{"status":"error"|"ok",…}`); bindings that translate them for their wire know it by this name.
+pub const SOURCE_STATUS_EVENT: &str = "source:status";
+
 /// An event a producer asks to publish.
 #[derive(Debug, Clone)]
 pub struct NewEvent {

@@ -30,8 +30,7 @@ use template::{ChannelTemplate, Params, SqlTemplate};
 
 pub use config::{HistoryBody, ResultShape, SqlMode, SqlSourceConfig};
 
-/// Event name of status notices published to a source's channels.
-pub const STATUS_EVENT: &str = "source:status";
+pub use crate::core::event::SOURCE_STATUS_EVENT as STATUS_EVENT;
 /// Event name of the bulk snapshot of a `rows` source.
 pub const ROWS_SNAPSHOT_EVENT: &str = "snapshot";
 /// How long start-up waits for a database before leaving the SQL check to the first poll.
