@@ -1,4 +1,16 @@
 //! Herald: a real-time update server. Durable ordered channels delivered over Socket.IO, WebSocket and SSE.
+//!
+//! # Layout
+//! Bottom to top (a module imports only those above it; `ARCHITECTURE.md` states the invariants):
+//! - [`core`]: channels, events, retention, state, gaps, and [`core::engine::Engine`] with its SQLite and memory
+//!   implementations (history, fan-out, sessions, presence). Knows nothing of HTTP or sockets.
+//! - [`transport`]: Engine.IO, Socket.IO and WebSocket protocols: bytes only, no channels.
+//! - [`auth`], [`policy`], [`registry`]: identities and channel rules; admission limits; live connections.
+//! - [`api`]: the HTTP surface (JSON errors, key check, `Mounts`) and the engine's own routes.
+//! - [`binding`]: channels over each transport, through one subscribe path and one refusal type.
+//! - [`source`]: built-in producers (service monitor, live SQL) behind the `Source` trait.
+//! - [`config`], [`tls`], [`accept`], [`server`]: composing the sections, TLS, the accept loop, the wiring.
+//! - [`config_error`], [`json`], [`number`]: leaves every layer may use.
 
 pub mod accept;
 pub mod api;
