@@ -62,7 +62,9 @@ pub trait Live: Send + Sync + 'static {
     /// The channels it is subscribed to now, in subscription order.
     fn subscriptions(&self) -> Vec<ChannelName>;
     /// What carries it now, for a transport that can change it (Socket.IO: `polling` or `websocket`).
-    fn carrier(&self) -> Option<&'static str>;
+    fn carrier(&self) -> Option<&'static str> {
+        None
+    }
     /// Ends it at an administrator's request, the way its client reconnects and resumes from.
     fn close(&self);
 }
@@ -70,18 +72,12 @@ pub trait Live: Send + Sync + 'static {
 /// What a connection is, fixed when it registers.
 #[derive(Debug, Clone)]
 pub struct Info {
-    /// Unique among this node's live connections (Socket.IO: its socket id).
-    pub id: Arc<str>,
     /// The transport.
     pub transport: Transport,
-    /// The authenticated user, if any.
-    pub user: Option<String>,
-    /// The user's roles.
-    pub roles: Vec<String>,
     /// The peer's address, when known.
     pub address: Option<SocketAddr>,
-    /// When it was accepted, ms since the UNIX epoch.
-    pub connected_at: i64,
+    /// Who it is (id, user, roles, connect time): one copy, shared with presence on every channel it joins.
+    pub member: Arc<Member>,
 }
 
 impl Info {
@@ -93,24 +89,21 @@ impl Info {
         address: Option<SocketAddr>,
     ) -> Self {
         Self {
-            id,
             transport,
-            user: identity.user.clone(),
-            roles: identity.roles.clone(),
             address,
-            connected_at: now_ms(),
+            member: Arc::new(Member {
+                conn: id,
+                user: identity.user.clone(),
+                roles: identity.roles.clone(),
+                transport: transport.name(),
+                connected_at: now_ms(),
+            }),
         }
     }
 
-    /// The connection as presence shows it on each channel it subscribes to.
-    pub fn member(&self) -> Member {
-        Member {
-            conn: self.id.clone(),
-            user: self.user.clone(),
-            roles: self.roles.clone(),
-            transport: self.transport.name(),
-            connected_at: self.connected_at,
-        }
+    /// Unique among this node's live connections (Socket.IO: its socket id).
+    pub fn id(&self) -> &Arc<str> {
+        &self.member.conn
     }
 }
 
@@ -190,7 +183,7 @@ impl Registry {
         let mut t = self.table.lock();
         t.next_serial += 1;
         let serial = t.next_serial;
-        let id = info.id.clone();
+        let id = info.id().clone();
         let entry = Entry {
             info: Arc::new(info),
             live,
@@ -247,7 +240,7 @@ impl Registry {
         let more = picked.len() > limit;
         picked.truncate(limit);
         let next = more
-            .then(|| picked.last().map(|(info, _)| info.id.clone()))
+            .then(|| picked.last().map(|(info, _)| info.id().clone()))
             .flatten();
         Page {
             connections: picked
@@ -268,13 +261,13 @@ impl Registry {
 
 fn render(info: &Info, live: &dyn Live) -> Connection {
     Connection {
-        id: info.id.clone(),
+        id: info.id().clone(),
         transport: info.transport,
         carrier: live.carrier(),
-        user: info.user.clone(),
-        roles: info.roles.clone(),
+        user: info.member.user.clone(),
+        roles: info.member.roles.clone(),
         address: info.address.map(|a| a.to_string()),
-        connected_at: info.connected_at,
+        connected_at: info.member.connected_at,
         subscriptions: live.subscriptions(),
     }
 }
@@ -324,9 +317,6 @@ mod tests {
     impl Live for Fake {
         fn subscriptions(&self) -> Vec<ChannelName> {
             self.channels.clone()
-        }
-        fn carrier(&self) -> Option<&'static str> {
-            None
         }
         fn close(&self) {
             self.closed.store(true, Ordering::Relaxed);

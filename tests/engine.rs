@@ -716,7 +716,7 @@ async fn a_hole_after_a_known_loss_is_announced_too(kind: &str) {
         core.engine.clone(),
         Wire(Mutex::new(vec![])),
         1 << 20,
-        feed_member("f1"),
+        Arc::new(feed_member("f1")),
     );
     let known = Gap {
         channel: ch("a"),
@@ -768,7 +768,7 @@ async fn a_feed_is_present_on_the_channels_it_holds(kind: &str) {
         core.engine.clone(),
         Wire(Mutex::new(vec![])),
         1 << 20,
-        feed_member("f1"),
+        Arc::new(feed_member("f1")),
     );
     let wants = |names: &[&str]| names.iter().map(|n| Want::new_events(ch(n))).collect();
     let regs = feed.begin(wants(&["a", "b"])).await.unwrap();

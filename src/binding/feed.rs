@@ -152,13 +152,13 @@ impl<O: Outlet> Feed<O> {
         engine: Arc<dyn Engine>,
         outlet: O,
         max_held_bytes: usize,
-        member: Member,
+        member: Arc<Member>,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
             outlet,
             id: SubscriberId::next(),
-            member: Arc::new(member),
+            member,
             max_held_bytes,
             state: Mutex::new(State::default()),
             op: Arc::new(tokio::sync::Mutex::new(())),

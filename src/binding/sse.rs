@@ -142,10 +142,6 @@ impl Live for Feed<SseOutlet> {
         self.channels()
     }
 
-    fn carrier(&self) -> Option<&'static str> {
-        None
-    }
-
     /// Ends the stream once what is queued went out: the browser's EventSource reconnects by itself, sending the
     /// last cursor it got as `Last-Event-ID`.
     fn close(&self) {
@@ -344,7 +340,7 @@ async fn open(
         b.core.clone(),
         outlet,
         b.config.max_queue_bytes,
-        info.member(),
+        info.member.clone(),
     );
     let registration = b.registry.register(info, feed.clone());
     let wants = channels

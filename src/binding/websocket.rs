@@ -222,10 +222,6 @@ impl Live for Feed<WsOutlet> {
         self.channels()
     }
 
-    fn carrier(&self) -> Option<&'static str> {
-        None
-    }
-
     /// Closes with [`DISCONNECTED`] once what is queued went out.
     fn close(&self) {
         self.outlet.outbox.close(Closed::Disconnected);
@@ -394,7 +390,7 @@ async fn upgrade(
         b.core.clone(),
         outlet,
         b.config.max_queue_bytes,
-        info.member(),
+        info.member.clone(),
     );
     let registration = b.registry.register(info, feed.clone());
     // Names the connection in log lines.
@@ -819,7 +815,8 @@ mod tests {
         assert_eq!(got[0]["event"], SOURCE_STATUS_EVENT);
         // Not a status notice Herald wrote (no `status`): data like any event.
         let d = outlet(PayloadShape::Data);
-        d.live(&event(SOURCE_STATUS_EVENT, r#"{"note":1}"#)).unwrap();
+        d.live(&event(SOURCE_STATUS_EVENT, r#"{"note":1}"#))
+            .unwrap();
         assert_eq!(sent(&d).await, vec![json!({"note": 1})]);
     }
 }

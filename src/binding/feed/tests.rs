@@ -319,7 +319,7 @@ fn feed(engine: &Arc<Probe>, max_held_bytes: usize) -> Arc<Feed<Fake>> {
         transport: "websocket",
         connected_at: 0,
     };
-    Feed::new(engine, Fake::new(), max_held_bytes, member)
+    Feed::new(engine, Fake::new(), max_held_bytes, Arc::new(member))
 }
 
 fn ch(name: &str) -> ChannelName {

@@ -308,7 +308,7 @@ impl ChannelsNamespace {
             self.core.clone(),
             SocketOutlet(socket),
             self.max_held_bytes,
-            info.member(),
+            info.member.clone(),
         );
         // Registration numbers only grow within a session: cursors from earlier connections must compare
         // below every registration made now.
@@ -411,8 +411,9 @@ impl ChannelsNamespace {
     ) -> Result<Subscribing<SocketOutlet>, Refusal> {
         let subscribing = registered.await?;
         let regs = subscribing.registrations();
-        let record = {
+        let (record, before) = {
             let mut record = conn.record.lock();
+            let before = record.clone();
             for r in regs {
                 record.channels.retain(|e| e.channel != r.channel.as_str());
                 record.channels.push(Entry {
@@ -424,10 +425,13 @@ impl ChannelsNamespace {
                 });
             }
             record.next_k = regs.last().map_or(record.next_k, |r| r.k + 1);
-            record.clone()
+            (record.clone(), before)
         };
         // Stored before any cursor naming this registration can reach the client.
         if let Err(e) = self.store_record(&conn.pid, &record).await {
+            // The registrations are undone, so the record must not name them either (a later store would resume
+            // the client onto a channel it was refused). The feed's op guard keeps other changes out meanwhile.
+            *conn.record.lock() = before;
             subscribing.abort();
             return Err(Refusal::from(e));
         }
