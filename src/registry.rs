@@ -152,7 +152,7 @@ pub struct Page {
 }
 
 struct Entry {
-    info: Arc<Info>,
+    info: Info,
     live: Arc<dyn Live>,
     /// Tells this registration from a later one under the same id (a resumed Socket.IO session keeps its id).
     serial: u64,
@@ -185,7 +185,7 @@ impl Registry {
         let serial = t.next_serial;
         let id = info.id().clone();
         let entry = Entry {
-            info: Arc::new(info),
+            info,
             live,
             serial,
         };
@@ -228,7 +228,7 @@ impl Registry {
     pub fn page(&self, after: Option<&str>, transport: Option<Transport>, limit: usize) -> Page {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         // Copied out under the lock, rendered outside it: reading subscriptions takes each connection's own lock.
-        let mut picked: Vec<(Arc<Info>, Arc<dyn Live>)> = {
+        let mut picked: Vec<(Info, Arc<dyn Live>)> = {
             let t = self.table.lock();
             t.entries
                 .range::<str, _>((start, Bound::Unbounded))
