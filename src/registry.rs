@@ -184,11 +184,7 @@ impl Registry {
         t.next_serial += 1;
         let serial = t.next_serial;
         let id = info.id().clone();
-        let entry = Entry {
-            info,
-            live,
-            serial,
-        };
+        let entry = Entry { info, live, serial };
         t.entries.insert(id.clone(), entry);
         Registration {
             table: self.table.clone(),

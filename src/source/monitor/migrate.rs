@@ -1,6 +1,6 @@
 //! The one-time import of `monitors.db`, the side database earlier Herald versions kept the monitor's data in:
 //! its definitions, runtime states and recent check log (at most `log_keep` entries per monitor, none older than
-//! `log_max_age`) are published into the engine through [`Store`], then the file is renamed
+//! `log_max_age`) are published into the engine through [`MonitorStore`], then the file is renamed
 //! `monitors.db.migrated` so it is never read again.
 //!
 //! An import cut short (a crash before the rename) is repeated at the next start without duplicates: log entries
@@ -14,7 +14,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use super::MonitorConfig;
 use super::runtime::Runtime;
 use super::spec::MonitorSpec;
-use super::store::{LoggedCheck, Store};
+use super::store::{LoggedCheck, MonitorStore};
 use crate::core::engine::EngineError;
 use crate::core::event::now_ms;
 
@@ -62,7 +62,11 @@ struct Legacy {
 }
 
 /// Imports `dir/monitors.db` into `store` if it exists, then renames it; returns whether there was one.
-pub async fn import(store: &Store, dir: &Path, cfg: &MonitorConfig) -> Result<bool, MigrateError> {
+pub async fn import(
+    store: &MonitorStore,
+    dir: &Path,
+    cfg: &MonitorConfig,
+) -> Result<bool, MigrateError> {
     let path = dir.join(LEGACY_FILE);
     if !path.is_file() {
         return Ok(false);

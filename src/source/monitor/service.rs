@@ -20,7 +20,7 @@ use super::events::{self, Events};
 use super::migrate::{self, MigrateError};
 use super::runtime::{Runtime, Status};
 use super::spec::MonitorSpec;
-use super::store::{LogEntry, LoggedCheck, RUNTIME_EVERY, Store};
+use super::store::{LogEntry, LoggedCheck, MonitorStore, RUNTIME_EVERY};
 use super::target;
 use crate::core::Engine;
 use crate::core::channel::{ChannelName, Pattern};
@@ -106,7 +106,7 @@ pub struct Lateness {
 /// The service monitor.
 pub struct Monitors {
     core: Arc<dyn Engine>,
-    store: Store,
+    store: MonitorStore,
     events: Events,
     channel: ChannelName,
     refresh_interval: Duration,
@@ -137,7 +137,7 @@ impl Monitors {
             )
             .into());
         }
-        let store = Store::new(core.clone())?;
+        let store = MonitorStore::new(core.clone())?;
         if let Some(dir) = legacy_dir {
             migrate::import(&store, dir, cfg).await?;
         }

@@ -126,12 +126,12 @@ pub fn retention(cfg: &MonitorConfig) -> Vec<(Pattern, Limits)> {
 }
 
 /// The monitor's storage on the engine.
-pub struct Store {
+pub struct MonitorStore {
     core: Arc<dyn Engine>,
     monitors: ChannelName,
 }
 
-impl Store {
+impl MonitorStore {
     /// The store on `core`.
     pub fn new(core: Arc<dyn Engine>) -> Result<Self, EngineError> {
         Ok(Self {
@@ -295,7 +295,7 @@ mod tests {
     use crate::core::engine::memory::MemoryEngine;
     use crate::core::retention::Retention;
 
-    fn store(log_keep: usize) -> Store {
+    fn store(log_keep: usize) -> MonitorStore {
         let cfg = MonitorConfig {
             log_keep,
             ..MonitorConfig::default()
@@ -304,7 +304,7 @@ mod tests {
             rules: retention(&cfg),
             ..Retention::default()
         };
-        Store::new(MemoryEngine::open(retention, Duration::from_secs(60))).unwrap()
+        MonitorStore::new(MemoryEngine::open(retention, Duration::from_secs(60))).unwrap()
     }
 
     fn spec(id: &str) -> MonitorSpec {
@@ -323,7 +323,7 @@ mod tests {
         }
     }
 
-    async fn log(s: &Store, id: &str, from: i64, to: i64) {
+    async fn log(s: &MonitorStore, id: &str, from: i64, to: i64) {
         let events = (from..=to)
             .map(|n| s.check(id, &check(n), None).unwrap())
             .collect();
