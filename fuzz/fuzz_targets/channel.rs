@@ -93,7 +93,11 @@ fuzz_target!(|data: &[u8]| {
         let joined: Vec<String> = s
             .split('/')
             .filter(|p| !p.is_empty())
-            .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
+            .map(|p| {
+                percent_encoding::percent_decode_str(p)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
             .collect();
         assert_eq!(channel.as_str(), joined.join(":"));
         assert!(!channel.as_str().contains('/'));

@@ -22,8 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use herald::auth::{AuthError, Authenticator, Identity, bearer_token, cookie_token};
-use herald::config::{AuthConfig, KeyConfig};
+use herald::auth::{
+    AuthConfig, AuthError, Authenticator, Identity, KeyConfig, bearer_token, cookie_token,
+};
 use hmac::{Hmac, Mac};
 use jsonwebtoken::Algorithm;
 use libfuzzer_sys::fuzz_target;
