@@ -130,6 +130,8 @@ pub struct Overrides {
     pub api_keys: Vec<String>,
     /// `--engine` / `HERALD_ENGINE`.
     pub engine: Option<crate::core::engine::EngineChoice>,
+    /// `--engine-url` / `HERALD_ENGINE_URL`.
+    pub engine_url: Option<String>,
 }
 
 impl Config {
@@ -157,6 +159,9 @@ impl Config {
         if let Some(kind) = overrides.engine {
             config.engine.kind = kind;
         }
+        if let Some(url) = overrides.engine_url {
+            config.engine.url = Some(url);
+        }
         if !overrides.api_keys.is_empty() {
             config.api_keys = overrides.api_keys.into_iter().map(ApiKey::Plain).collect();
         }
@@ -176,6 +181,7 @@ impl Config {
         let actions: Vec<&str> = crate::source::action_names().collect();
         self.socketio.validate(&actions)?;
         self.history.validate()?;
+        self.engine.validate()?;
         self.limits.validate()?;
         self.auth.validate()?;
         self.sources.validate(&self.socketio.path)?;

@@ -36,9 +36,12 @@ enum Command {
         /// API key for the HTTP API (repeatable; the env var takes a comma-separated list).
         #[arg(long = "api-key", env = "HERALD_API_KEY", value_delimiter = ',')]
         api_keys: Vec<String>,
-        /// Engine: `sqlite` (durable, the default) or `memory` (nothing written to disk).
+        /// Engine: `sqlite` (durable, the default), `memory` (nothing written to disk) or `redis`.
         #[arg(long, env = "HERALD_ENGINE")]
         engine: Option<herald::core::engine::EngineChoice>,
+        /// The Redis engine's server (`redis://…` or `rediss://…`), instead of `[engine] url`.
+        #[arg(long, env = "HERALD_ENGINE_URL")]
+        engine_url: Option<String>,
     },
     /// Publish one event and print the result.
     Publish {
@@ -106,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             api_keys,
             engine,
+            engine_url,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -119,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
                 data_dir,
                 api_keys,
                 engine,
+                engine_url,
             };
             let config = Config::load(config.as_ref(), overrides)?;
             serve(config).await

@@ -85,6 +85,11 @@ impl Server {
                 durability: config.durability,
             },
             EngineChoice::Memory => EngineKind::Memory,
+            EngineChoice::Redis => EngineKind::Redis {
+                // Validated with the configuration: a Redis engine has a URL.
+                url: config.engine.url.clone().unwrap_or_default(),
+                prefix: config.engine.prefix.clone(),
+            },
         };
         let sections = source::Sections {
             sources: &config.sources,
@@ -99,7 +104,8 @@ impl Server {
             kind,
             retention,
             session_ttl: config.socketio.session_ttl,
-        })?;
+        })
+        .await?;
         for st in &config.state {
             core.declare_state(Pattern::new(&st.channels), st.snapshot());
         }

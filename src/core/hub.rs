@@ -112,6 +112,24 @@ impl Hub {
             .is_some()
     }
 
+    /// How a declared state channel's snapshot is sent, if `channel` is declared.
+    pub fn snapshot_style(&self, channel: &ChannelName) -> Option<Snapshot> {
+        self.state
+            .lock()
+            .declarations
+            .style(channel.as_str())
+            .cloned()
+    }
+
+    /// Whether `channel` has a subscriber in this process.
+    pub fn has_subscribers(&self, channel: &ChannelName) -> bool {
+        self.state
+            .lock()
+            .channels
+            .get(channel)
+            .is_some_and(|c| !c.subscribers.is_empty())
+    }
+
     /// The current values of a state channel (without subscribing to it).
     pub fn state_of(&self, channel: &ChannelName) -> Option<Values> {
         let mut st = self.state.lock();

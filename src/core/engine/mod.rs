@@ -16,11 +16,13 @@
 //! now (never durable); demand reports a channel's first subscriber arriving and its last leaving.
 //!
 //! # Implementations
-//! [`sqlite`] (the default: a SQLite file, in-process fan-out) and [`memory`] (nothing on disk). Both use the
-//! in-process [`crate::core::hub`] for fan-out and [`crate::core::presence`] for presence; the conformance suite in
-//! `tests/engine.rs` runs unchanged against each.
+//! [`sqlite`] (the default: a SQLite file, in-process fan-out), [`memory`] (nothing on disk) and [`redis`] (history,
+//! state and sessions in a Redis 7 / Valkey server, fan-out through its pub/sub). All use the in-process
+//! [`crate::core::hub`] for fan-out to this process's subscribers and [`crate::core::presence`] for presence; the
+//! conformance suite in `tests/engine.rs` runs unchanged against each.
 
 pub mod memory;
+pub mod redis;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -254,11 +256,53 @@ impl Drop for PresenceGuard {
 }
 
 /// The `[engine]` section: which implementation runs.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
-    /// `sqlite` (the default) or `memory`.
+    /// `sqlite` (the default), `memory` or `redis`.
     pub kind: EngineChoice,
+    /// The Redis server for `kind = "redis"`: `redis://[:password@]host[:port][/db]`, or `rediss://` for TLS.
+    pub url: Option<String>,
+    /// Prefix of every Redis key and pub/sub channel, so several Herald clusters can share one Redis.
+    pub prefix: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            kind: EngineChoice::default(),
+            url: None,
+            prefix: "herald".into(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks that the chosen engine has what it needs.
+    pub fn validate(&self) -> Result<(), crate::config_error::InvalidConfig> {
+        use crate::config_error::InvalidConfig;
+        if self.kind == EngineChoice::Redis {
+            match self.url.as_deref() {
+                None => {
+                    return Err(InvalidConfig(
+                        "engine url is required with kind = \"redis\" (or set HERALD_ENGINE_URL)".into(),
+                    ));
+                }
+                Some(url) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => {
+                    return Err(InvalidConfig(
+                        "engine url must start with redis:// or rediss://".into(),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+                return Err(InvalidConfig(
+                    "engine prefix must be non-empty and contain no braces".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The implementations a configuration can name.
@@ -270,6 +314,8 @@ pub enum EngineChoice {
     Sqlite,
     /// Nothing on disk.
     Memory,
+    /// A Redis server (`[engine] url`).
+    Redis,
 }
 
 impl std::str::FromStr for EngineChoice {
@@ -279,7 +325,8 @@ impl std::str::FromStr for EngineChoice {
         match s {
             "sqlite" => Ok(Self::Sqlite),
             "memory" => Ok(Self::Memory),
-            other => Err(format!("unknown engine {other:?} (sqlite or memory)")),
+            "redis" => Ok(Self::Redis),
+            other => Err(format!("unknown engine {other:?} (sqlite, memory or redis)")),
         }
     }
 }
@@ -307,10 +354,17 @@ pub enum EngineKind {
     },
     /// Everything in memory: lost when the process stops.
     Memory,
+    /// A Redis server.
+    Redis {
+        /// `redis://` or `rediss://` URL (password and database in it).
+        url: String,
+        /// Key and pub/sub channel prefix.
+        prefix: String,
+    },
 }
 
-/// Opens the configured engine.
-pub fn open(opts: EngineOptions) -> Result<Arc<dyn Engine>, EngineError> {
+/// Opens the configured engine (connecting to its server, for Redis).
+pub async fn open(opts: EngineOptions) -> Result<Arc<dyn Engine>, EngineError> {
     Ok(match opts.kind {
         EngineKind::Sqlite {
             data_dir,
@@ -322,6 +376,15 @@ pub fn open(opts: EngineOptions) -> Result<Arc<dyn Engine>, EngineError> {
             session_ttl: opts.session_ttl,
         })?,
         EngineKind::Memory => memory::MemoryEngine::open(opts.retention, opts.session_ttl),
+        EngineKind::Redis { url, prefix } => {
+            redis::RedisEngine::open(redis::Options {
+                url,
+                prefix,
+                retention: opts.retention,
+                session_ttl: opts.session_ttl,
+            })
+            .await?
+        }
     })
 }
 

@@ -1,0 +1,586 @@
+//! The Redis engine: history, state, idempotency ids, sessions and the commit order in a Redis 7 / Valkey server,
+//! fan-out through its pub/sub (`[engine] kind = "redis"`). This step runs one node per Redis correctly and lays
+//! the keys out for several; what several nodes need beyond it (cluster-wide presence, source leases, polling
+//! without sticky sessions, reconnecting the pub/sub connection) comes next.
+//!
+//! # Client
+//! `redis` (redis-rs): the most used Rust client, maintained by the Redis organisation, with `EVALSHA` scripts that
+//! reload themselves on `NOSCRIPT`, a reconnecting multiplexed connection ([`redis::aio::ConnectionManager`]) for
+//! commands and a dedicated RESP2 pub/sub connection whose replies and messages share one ordered stream (what the
+//! barrier below relies on). fred has more cluster machinery, which one sequencer key makes moot.
+//!
+//! # Keys
+//! With `prefix = "herald"` every key starts with `{herald}`, so under Redis Cluster they all hash to one slot
+//! (the sequencer makes publishes one serial stream anyway) and a second cluster with another prefix shares the
+//! server without touching them:
+//! - `{herald}:seq` — the total commit order (`INCR` per event); `{herald}:chanid` — channel id counter;
+//!   `{herald}:time` — the last commit time (times never go backwards, whatever the server's clock does).
+//! - `{herald}:m:<channel>` — hash: `id`, `epoch`, `first`, `last` (offsets), `tseq` (highest trimmed sequence),
+//!   `age` (the channel's age limit in ms). `{herald}:ids` (name → id) and `{herald}:names` (id → name).
+//! - `{herald}:h:<channel>` — stream of the retained events, entry id `<offset>-<seq>` (so `XRANGE` reads by
+//!   offset and the sequence needs no lookup), fields `s` seq, `t` time, `i` id, `n` name, `d` data.
+//! - `{herald}:s:<channel>` — hash: state key → `<event name> NUL <value>`.
+//! - `{herald}:i:<channel id>:<idempotency id>` — `<epoch> <offset>`, expiring with the channel's age limit.
+//! - `{herald}:expiry` — sorted set: channel → when its oldest event expires (what the age sweep reads).
+//! - `{herald}:session:<pid>` — a Socket.IO session record; expires `session_ttl` after it is marked detached.
+//! - Pub/sub channel `{herald}:c:<channel>` — each committed event, as [`fanout::decode`] reads it.
+//!
+//! # Scripts
+//! [`scripts`] holds one Lua script per operation. A publish batch is one script: per event the idempotency check,
+//! `INCR` of the sequence, `HINCRBY` of the channel's offset (a channel without its metadata key gets a new epoch,
+//! so offsets reused after data loss never match a client's old epoch), `XADD`, the state hash, and `PUBLISH`;
+//! then trimming by count (exact `XTRIM MAXLEN`) and the expiry index. Age limits are applied by a sweep script
+//! every [`SWEEP_EVERY`] on each node (idempotent). Reads that must agree (a channel's position with its events;
+//! the sequence with the channels' positions and state) are single scripts too.
+//!
+//! # Order and the history/live split
+//! Scripts run one at a time, so `seq` is the total commit order, and Redis delivers pub/sub messages to one
+//! connection in the order they were published: this node receives its channels' events in `seq` order and feeds
+//! them to the hub in that order. A subscription first `SUBSCRIBE`s (and waits for the confirmation), then reads
+//! the sequence and the channels' positions and state in one script, then registers in the hub with a filter
+//! that drops events with a sequence at or below the one read. An event committed before the read is in the
+//! history the read saw and is dropped live; one committed after it is published after the subscription took
+//! effect, so it arrives, and is delivered. A channel is unsubscribed in Redis only when the hub has no
+//! subscriber on it and no subscription is between its `SUBSCRIBE` and its registration (decided and sent under
+//! one lock, so an `UNSUBSCRIBE` never overtakes a later `SUBSCRIBE`).
+//!
+//! A publish returns once the script has committed it and, if this process has subscribers on one of its
+//! channels, once the pub/sub reader has dispatched it: a `PING` on the pub/sub connection is answered after
+//! every message published before it, so when the reply is in, the reader need only drain what it has queued.
+//!
+//! # Durability
+//! An acknowledged publish or session is in Redis's memory. With AOF (`appendonly yes`, `appendfsync everysec`
+//! or `always`) it survives a Redis restart, losing at most the last second with `everysec`; without persistence
+//! a restart loses everything, and each channel then starts again under a new epoch, so resuming clients get a
+//! gap notice and the snapshot instead of reused offsets. Presence is in this process ([`crate::core::presence`]),
+//! as in the local engines; cluster-wide presence is a later step. State-channel declarations are configuration,
+//! kept in the hub.
+
+mod fanout;
+mod scripts;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, RedisError};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    ChannelInfo, Demand, Engine, EngineError, Lane, Position, PresenceGuard, ReadLimit, Subscriber,
+    SubscriberId, Subscription,
+};
+use crate::core::channel::{ChannelName, Pattern};
+use crate::core::event::{Event, NewEvent, PublishResult, SharedEvent};
+use crate::core::hub::Hub;
+use crate::core::presence::{Member, Presence, PresenceEvent};
+use crate::core::retention::Retention;
+use crate::core::state::{self, StateChange, Table, Values};
+use fanout::Fanout;
+use scripts::*;
+
+/// How often each node runs the age sweep.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Most channels one sweep run trims (the next run continues).
+const SWEEP_BATCH: u32 = 200;
+
+/// How long a command may wait for its reply or a connection before the engine reports it unavailable.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest idempotency window in ms (an age limit beyond it would overflow Redis's expiry).
+const MAX_ID_TTL_MS: u128 = 100 * 365 * 24 * 3600 * 1000;
+
+/// What the Redis engine needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `redis://` or `rediss://` URL.
+    pub url: String,
+    /// Key prefix (wrapped in braces as a hash tag).
+    pub prefix: String,
+    /// History bounds.
+    pub retention: Retention,
+    /// How long a detached session is kept.
+    pub session_ttl: Duration,
+}
+
+/// A session write, applied in the order issued.
+enum SessionOp {
+    Put(String, String, oneshot::Sender<Result<(), EngineError>>),
+    Detached(String),
+    Delete(String),
+    /// Answers once every earlier write is applied.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The engine on a Redis server.
+pub struct RedisEngine {
+    con: ConnectionManager,
+    /// `{prefix}`.
+    keys: String,
+    hub: Arc<Hub>,
+    presence: Arc<Presence>,
+    fanout: Arc<Fanout>,
+    retention: Retention,
+    sessions: mpsc::UnboundedSender<SessionOp>,
+    closed: AtomicBool,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Maps a client error: a server that cannot be reached (or is loading, read-only, out of memory) is
+/// unavailable; a reply that contradicts the key layout means the prefix is shared with other data.
+fn map_err(e: RedisError) -> EngineError {
+    if e.code() == Some("WRONGTYPE") {
+        EngineError::Invalid(format!(
+            "redis keys under the engine prefix hold other data: {e}"
+        ))
+    } else {
+        EngineError::unavailable(e)
+    }
+}
+
+impl RedisEngine {
+    /// Connects (commands and pub/sub) and starts the sweep, session and fan-out tasks.
+    pub async fn open(opts: Options) -> Result<Arc<dyn Engine>, EngineError> {
+        let client = redis::Client::open(opts.url.as_str())
+            .map_err(|e| EngineError::Invalid(format!("engine url: {e}")))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(2);
+        let con = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(map_err)?;
+        let (sink, stream) = client.get_async_pubsub().await.map_err(map_err)?.split();
+        let keys = format!("{{{}}}", opts.prefix);
+        let hub = Arc::new(Hub::default());
+        let (fanout, mut tasks) = Fanout::start(sink, stream, &keys, hub.clone());
+        let (sessions, ops) = mpsc::unbounded_channel();
+        tasks.push(tokio::spawn(write_sessions(
+            con.clone(),
+            keys.clone(),
+            opts.session_ttl,
+            ops,
+        )));
+        tasks.push(tokio::spawn(sweep(con.clone(), keys.clone())));
+        Ok(Arc::new(Self {
+            con,
+            keys,
+            hub,
+            presence: Arc::default(),
+            fanout,
+            retention: opts.retention,
+            sessions,
+            closed: AtomicBool::new(false),
+            tasks: Mutex::new(tasks),
+        }))
+    }
+
+    fn open_con(&self) -> Result<ConnectionManager, EngineError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(EngineError::Closed);
+        }
+        Ok(self.con.clone())
+    }
+
+    /// Reads the positions `channels` start at, with the commit sequence they share.
+    async fn positions(&self, channels: &[ChannelName]) -> Result<Vec<Position>, EngineError> {
+        let mut inv = POSITIONS_SCRIPT.prepare_invoke();
+        inv.arg(&self.keys);
+        for c in channels {
+            inv.arg(c.as_str());
+        }
+        let (seq, rows): (u64, Vec<PositionRow>) = inv
+            .invoke_async(&mut self.open_con()?)
+            .await
+            .map_err(map_err)?;
+        channels
+            .iter()
+            .zip(rows)
+            .map(|(name, (channel_id, epoch, last_offset, stored))| {
+                let style = self.hub.snapshot_style(name);
+                let state = if stored.is_empty() {
+                    style.map(|s| (Values::default(), s))
+                } else {
+                    Some((values(stored)?, style.unwrap_or(state::Snapshot::Each)))
+                };
+                Ok(Position {
+                    seq,
+                    last_offset,
+                    epoch: epoch.into(),
+                    channel_id,
+                    state,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisEngine {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// A state hash's entries as values ordered by key.
+fn values(stored: Vec<(String, String)>) -> Result<Values, EngineError> {
+    let mut table = Table::default();
+    for (key, packed) in stored {
+        let (name, value) = packed
+            .rsplit_once('\0')
+            .ok_or_else(|| EngineError::Invalid(format!("malformed state value of {key:?}")))?;
+        let value = RawValue::from_string(value.to_owned())
+            .map_err(|e| EngineError::Invalid(format!("state value of {key:?}: {e}")))?;
+        table.load(state::Entry {
+            key,
+            name: name.to_owned(),
+            value,
+        });
+    }
+    Ok(table.values())
+}
+
+/// Drops live events at or before the subscription's position (they are in the history it read).
+struct After {
+    seq: u64,
+    inner: Arc<dyn Subscriber>,
+}
+
+impl Subscriber for After {
+    fn deliver(&self, event: &Arc<SharedEvent>) {
+        if event.event.seq > self.seq {
+            self.inner.deliver(event);
+        }
+    }
+}
+
+/// Applies session writes one after another, so a later write is never overtaken by an earlier one.
+async fn write_sessions(
+    mut con: ConnectionManager,
+    keys: String,
+    ttl: Duration,
+    mut ops: mpsc::UnboundedReceiver<SessionOp>,
+) {
+    let key = |pid: &str| format!("{keys}:session:{pid}");
+    while let Some(op) = ops.recv().await {
+        let done = match op {
+            SessionOp::Put(pid, record, reply) => {
+                // SET clears any expiry: an attached session does not expire.
+                let r = con.set::<_, _, ()>(key(&pid), record).await;
+                let _ = reply.send(r.map_err(map_err));
+                Ok(())
+            }
+            SessionOp::Detached(pid) => {
+                con.pexpire::<_, ()>(key(&pid), ttl.as_millis().min(MAX_ID_TTL_MS) as i64)
+                    .await
+            }
+            SessionOp::Delete(pid) => con.del::<_, ()>(key(&pid)).await,
+            SessionOp::Flush(reply) => {
+                let _ = reply.send(());
+                Ok(())
+            }
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "redis session write failed");
+        }
+    }
+}
+
+/// Runs the age sweep every [`SWEEP_EVERY`].
+async fn sweep(mut con: ConnectionManager, keys: String) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let r: Result<u32, _> = SWEEP_SCRIPT
+            .arg(&keys)
+            .arg(SWEEP_BATCH)
+            .invoke_async(&mut con)
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "redis age sweep failed");
+        }
+    }
+}
+
+/// One channel row of the channels script.
+type ChannelRow = (String, u64, String, u64, u64, u64);
+
+/// A channel's metadata in the range script: id, epoch, first, last, trimmed seq.
+type MetaRow = (u64, String, u64, u64, u64);
+
+/// One channel of the positions script: id, epoch, last offset, state hash.
+type PositionRow = (u64, String, u64, Vec<(String, String)>);
+
+/// One history entry of the range script: stream id, seq, time, id, name, data.
+type EntryRow = (String, u64, i64, String, String, String);
+
+#[async_trait]
+impl Engine for RedisEngine {
+    async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<PublishResult>, EngineError> {
+        let mut con = self.open_con()?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let epoch = format!("{:08x}", rand::random::<u32>());
+        let mut inv = PUBLISH_SCRIPT.prepare_invoke();
+        inv.arg(&self.keys).arg(&epoch).arg(events.len());
+        let mut ids = Vec::with_capacity(events.len());
+        for ev in &events {
+            let limits = self.retention.limits(ev.channel.as_str());
+            let (id, own) = match &ev.id {
+                Some(id) => (id.clone(), "1"),
+                None => (format!("{:016x}", rand::random::<u64>()), "0"),
+            };
+            let (op, key, value) = match &ev.state {
+                None => ("0", "", ""),
+                Some(StateChange::Set { key, value }) => ("1", key.as_str(), value.get()),
+                Some(StateChange::Remove { key }) => ("2", key.as_str(), ""),
+            };
+            inv.arg(ev.channel.as_str())
+                .arg(&ev.name)
+                .arg(ev.data.get())
+                .arg(&id)
+                .arg(own)
+                .arg(op)
+                .arg(key)
+                .arg(value)
+                .arg(limits.max_events)
+                .arg(limits.max_age.as_millis().clamp(1, MAX_ID_TTL_MS) as u64);
+            ids.push(id);
+        }
+        let rows: Vec<(u64, String, u8, u64, i64, u64)> =
+            inv.invoke_async(&mut con).await.map_err(map_err)?;
+        if rows.len() != events.len() {
+            return Err(EngineError::Invalid("publish script answered short".into()));
+        }
+        // Subscribers in this process have the events before the publish is acknowledged (as with the local
+        // engines); a subscription registered later starts after them by its position.
+        if events.iter().any(|e| self.hub.has_subscribers(&e.channel)) {
+            self.fanout.barrier().await?;
+        }
+        Ok(events
+            .into_iter()
+            .zip(ids)
+            .zip(rows)
+            .map(|((ev, id), (offset, epoch, dup, ..))| PublishResult {
+                channel: ev.channel,
+                offset,
+                epoch: epoch.into(),
+                id,
+                duplicate: dup == 1,
+            })
+            .collect())
+    }
+
+    async fn subscribe(
+        &self,
+        channels: &[ChannelName],
+        id: SubscriberId,
+        sub: Arc<dyn Subscriber>,
+    ) -> Result<Vec<(Position, Subscription)>, EngineError> {
+        self.open_con()?;
+        let result = match self.fanout.listen(channels).await {
+            Ok(()) => match self.positions(channels).await {
+                Ok(positions) => {
+                    let seq = positions.first().map_or(0, |p| p.seq);
+                    let filtered: Arc<dyn Subscriber> = Arc::new(After { seq, inner: sub });
+                    let handles = self.hub.subscribe_handles(channels, id, &filtered);
+                    Ok(positions
+                        .into_iter()
+                        .zip(handles)
+                        .map(|(pos, (_, handle))| (pos, handle))
+                        .collect())
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        self.fanout.settled(channels).await;
+        result
+    }
+
+    fn demand(&self, pattern: Pattern) -> mpsc::UnboundedReceiver<Demand> {
+        self.hub.demand(pattern)
+    }
+
+    fn declare_state(&self, pattern: Pattern, snapshot: state::Snapshot) {
+        self.hub.declare_state(pattern, snapshot);
+    }
+
+    fn is_state_channel(&self, channel: &ChannelName) -> bool {
+        self.hub.is_state_channel(channel)
+    }
+
+    async fn state_of(&self, channel: &ChannelName) -> Result<Option<Values>, EngineError> {
+        let stored: Vec<(String, String)> = self
+            .open_con()?
+            .hgetall(format!("{}:s:{}", self.keys, channel.as_str()))
+            .await
+            .map_err(map_err)?;
+        if stored.is_empty() {
+            return Ok(None);
+        }
+        values(stored).map(Some)
+    }
+
+    async fn channel(&self, name: &ChannelName) -> Result<Option<ChannelInfo>, EngineError> {
+        let none = ReadLimit {
+            events: 0,
+            bytes: 0,
+        };
+        Ok(self
+            .range(Lane::Other, name, 0, None, none)
+            .await?
+            .map(|(info, _)| info))
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelInfo>, EngineError> {
+        let rows: Vec<ChannelRow> = CHANNELS_SCRIPT
+            .arg(&self.keys)
+            .invoke_async(&mut self.open_con()?)
+            .await
+            .map_err(map_err)?;
+        let mut all = rows
+            .into_iter()
+            .filter_map(|(name, id, epoch, first_offset, last_offset, trimmed_seq)| {
+                Some(ChannelInfo {
+                    channel: ChannelName::any(&name).ok()?,
+                    epoch: epoch.into(),
+                    first_offset,
+                    last_offset,
+                    id,
+                    trimmed_seq,
+                })
+            })
+            .collect::<Vec<_>>();
+        all.sort_by(|a, b| a.channel.as_str().cmp(b.channel.as_str()));
+        Ok(all)
+    }
+
+    async fn range(
+        &self,
+        _lane: Lane,
+        channel: &ChannelName,
+        after: u64,
+        upto: Option<u64>,
+        limit: ReadLimit,
+    ) -> Result<Option<(ChannelInfo, Vec<Event>)>, EngineError> {
+        let reply: Option<(MetaRow, Vec<EntryRow>)> = RANGE_SCRIPT
+            .arg(&self.keys)
+            .arg(channel.as_str())
+            .arg(after)
+            .arg(upto.map(|u| u.to_string()).unwrap_or_default())
+            .arg(limit.events)
+            .invoke_async(&mut self.open_con()?)
+            .await
+            .map_err(map_err)?;
+        let Some(((id, epoch, first_offset, last_offset, trimmed_seq), rows)) = reply else {
+            return Ok(None);
+        };
+        let epoch: Arc<str> = epoch.into();
+        let info = ChannelInfo {
+            channel: channel.clone(),
+            epoch: epoch.clone(),
+            first_offset,
+            last_offset,
+            id,
+            trimmed_seq,
+        };
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        for (sid, seq, time, event_id, name, data) in rows {
+            let offset = sid
+                .split_once('-')
+                .and_then(|(o, _)| o.parse().ok())
+                .ok_or_else(|| EngineError::Invalid(format!("malformed history id {sid}")))?;
+            bytes += data.len();
+            let data = RawValue::from_string(data)
+                .map_err(|e| EngineError::Invalid(format!("stored event data: {e}")))?;
+            events.push(Event {
+                channel: channel.clone(),
+                offset,
+                epoch: epoch.clone(),
+                id: event_id,
+                name,
+                data,
+                time,
+                seq,
+                channel_id: id,
+                state: None,
+            });
+            if bytes >= limit.bytes {
+                break;
+            }
+        }
+        Ok(Some((info, events)))
+    }
+
+    async fn last_offset_at(&self, channel_id: u64, seq: u64) -> Result<Option<u64>, EngineError> {
+        LAST_OFFSET_AT_SCRIPT
+            .arg(&self.keys)
+            .arg(channel_id)
+            .arg(seq)
+            .invoke_async(&mut self.open_con()?)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn put_session(&self, pid: &str, record: String) -> Result<(), EngineError> {
+        self.open_con()?;
+        let (tx, rx) = oneshot::channel();
+        self.sessions
+            .send(SessionOp::Put(pid.to_owned(), record, tx))
+            .map_err(|_| EngineError::Closed)?;
+        rx.await.map_err(|_| EngineError::Closed)?
+    }
+
+    async fn session(&self, pid: &str) -> Result<Option<String>, EngineError> {
+        self.open_con()?
+            .get(format!("{}:session:{pid}", self.keys))
+            .await
+            .map_err(map_err)
+    }
+
+    fn session_detached(&self, pid: &str) {
+        let _ = self.sessions.send(SessionOp::Detached(pid.to_owned()));
+    }
+
+    fn delete_session(&self, pid: &str) {
+        let _ = self.sessions.send(SessionOp::Delete(pid.to_owned()));
+    }
+
+    async fn join(
+        &self,
+        channel: &ChannelName,
+        member: Arc<Member>,
+    ) -> Result<PresenceGuard, EngineError> {
+        Ok(self.presence.join(channel, member))
+    }
+
+    async fn presence(&self, channel: &ChannelName) -> Result<Vec<Member>, EngineError> {
+        Ok(self.presence.members(channel))
+    }
+
+    fn presence_events(&self, pattern: Pattern) -> mpsc::Receiver<PresenceEvent> {
+        self.presence.events(pattern)
+    }
+
+    async fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        // Session writes already queued are applied before the tasks stop.
+        let (tx, rx) = oneshot::channel();
+        if self.sessions.send(SessionOp::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
