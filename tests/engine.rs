@@ -1,5 +1,5 @@
-//! The engine conformance suite: every test runs unchanged against each engine implementation (SQLite and
-//! memory; the Redis engine joins the list when it lands). What an engine must guarantee is written in
+//! The engine conformance suite: every test runs unchanged against each engine implementation (SQLite, memory,
+//! and Redis on a `redis-server` the suite starts itself). What an engine must guarantee is written in
 //! `herald::core::engine`'s module docs; each test below checks one of those promises. Tests that need durability
 //! across a reopen are SQLite-only, at the end.
 
@@ -20,10 +20,15 @@ use herald::core::state::{Snapshot, StateChange};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
-/// One engine under test, with whatever keeps it alive (its data directory).
+#[path = "support/redis_server.rs"]
+mod redis_server;
+use redis_server::RedisServer;
+
+/// One engine under test, with whatever keeps it alive (its data directory or its Redis server).
 struct Under {
     engine: Arc<dyn Engine>,
     _dir: Option<tempfile::TempDir>,
+    _redis: Option<Arc<RedisServer>>,
 }
 
 impl std::ops::Deref for Under {
@@ -33,26 +38,51 @@ impl std::ops::Deref for Under {
     }
 }
 
-/// Opens a fresh engine of `kind` ("sqlite" or "memory") with `retention`.
-fn open(kind: &str, retention: Retention) -> Under {
-    let (kind, dir) = match kind {
+/// A key prefix no other test uses, so tests can share one Redis server.
+fn fresh_prefix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("t{}-{n}", std::process::id())
+}
+
+/// Opens a fresh engine of `kind` ("sqlite", "memory" or "redis") with `retention`.
+async fn open(kind: &str, retention: Retention) -> Under {
+    open_on(kind, retention, None).await
+}
+
+/// [`open`], with the Redis engine on `server` instead of the shared one.
+async fn open_on(kind: &str, retention: Retention, server: Option<Arc<RedisServer>>) -> Under {
+    let (kind, dir, redis) = match kind {
         "sqlite" => {
             let dir = tempfile::tempdir().unwrap();
             let kind = EngineKind::Sqlite {
                 data_dir: dir.path().into(),
                 durability: engine::sqlite::Durability::Full,
             };
-            (kind, Some(dir))
+            (kind, Some(dir), None)
         }
-        _ => (EngineKind::Memory, None),
+        "redis" => {
+            let server = server.unwrap_or_else(RedisServer::shared);
+            let kind = EngineKind::Redis {
+                url: server.url.clone(),
+                prefix: fresh_prefix(),
+            };
+            (kind, None, Some(server))
+        }
+        _ => (EngineKind::Memory, None, None),
     };
     let engine = engine::open(EngineOptions {
         kind,
         retention,
         session_ttl: Duration::from_secs(24 * 3600),
     })
+    .await
     .unwrap();
-    Under { engine, _dir: dir }
+    Under {
+        engine,
+        _dir: dir,
+        _redis: redis,
+    }
 }
 
 fn keep(max_events: u64) -> Retention {
@@ -65,7 +95,8 @@ fn keep(max_events: u64) -> Retention {
     }
 }
 
-/// Declares each conformance test once per engine: `mod sqlite { fn NAME }` and `mod memory { fn NAME }`.
+/// Declares each conformance test once per engine: `mod sqlite { fn NAME }`, `mod memory { fn NAME }` and
+/// `mod redis { fn NAME }`.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -78,6 +109,12 @@ macro_rules! conformance {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 super::$name("memory").await
+            })*
+        }
+        mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name("redis").await
             })*
         }
     };
@@ -162,7 +199,7 @@ async fn subscribe(
 }
 
 async fn concurrent_publishes_get_gapless_offsets_and_fan_out_in_order(kind: &str) {
-    let core = open(kind, Retention::default());
+    let core = open(kind, Retention::default()).await;
     let sink = Collect::new();
     let _sub = subscribe(&**core, &["a"], &sink).await;
     let mut tasks = Vec::new();
@@ -194,7 +231,7 @@ async fn concurrent_publishes_get_gapless_offsets_and_fan_out_in_order(kind: &st
 }
 
 async fn repeated_id_returns_the_original_result(kind: &str) {
-    let core = open(kind, Retention::default());
+    let core = open(kind, Retention::default()).await;
     let first = core.publish(vec![ev("a", 1, Some("k1"))]).await.unwrap();
     let again = core
         .publish(vec![ev("a", 2, Some("k1")), ev("a", 3, Some("k1"))])
@@ -228,7 +265,8 @@ async fn history_is_bounded_by_count_with_a_gap_signal(kind: &str) {
                 },
             )],
         },
-    );
+    )
+    .await;
     for n in 0..12 {
         core.publish(vec![ev("short:x", n, None), ev("long", n, None)])
             .await
@@ -273,7 +311,8 @@ async fn history_is_bounded_by_age(kind: &str) {
             },
             rules: vec![],
         },
-    );
+    )
+    .await;
     core.publish(vec![ev("a", 1, None), ev("a", 2, None)])
         .await
         .unwrap();
@@ -298,7 +337,7 @@ async fn history_is_bounded_by_age(kind: &str) {
 }
 
 async fn a_channel_keeps_its_epoch_and_a_new_one_gets_its_own(kind: &str) {
-    let core = open(kind, Retention::default());
+    let core = open(kind, Retention::default()).await;
     let a1 = core.publish(vec![ev("a", 1, None)]).await.unwrap();
     let a2 = core.publish(vec![ev("a", 2, None)]).await.unwrap();
     assert!(!a1[0].epoch.is_empty());
@@ -311,7 +350,7 @@ async fn a_channel_keeps_its_epoch_and_a_new_one_gets_its_own(kind: &str) {
 }
 
 async fn a_batch_is_committed_in_order_across_channels(kind: &str) {
-    let core = open(kind, Retention::default());
+    let core = open(kind, Retention::default()).await;
     let sink = Collect::new();
     let _sub = subscribe(&**core, &["a", "b"], &sink).await;
     let r = core
@@ -335,7 +374,7 @@ async fn a_batch_is_committed_in_order_across_channels(kind: &str) {
 }
 
 async fn subscribing_during_publishes_splits_history_from_live_exactly(kind: &str) {
-    let core = open(kind, Retention::default());
+    let core = open(kind, Retention::default()).await;
     let publisher = {
         let core = core.engine.clone();
         tokio::spawn(async move {
@@ -379,7 +418,7 @@ async fn subscribing_during_publishes_splits_history_from_live_exactly(kind: &st
 }
 
 async fn a_state_snapshot_is_the_state_at_the_subscription_position(kind: &str) {
-    let core = open(kind, Retention::default());
+    let core = open(kind, Retention::default()).await;
     core.declare_state(Pattern::new("st:*"), Snapshot::Each);
     assert!(core.is_state_channel(&ch("st:x")));
     assert!(!core.is_state_channel(&ch("plain")));
@@ -419,7 +458,7 @@ async fn a_state_snapshot_is_the_state_at_the_subscription_position(kind: &str) 
 }
 
 async fn dropping_a_subscription_ends_live_delivery_and_reports_demand(kind: &str) {
-    let core = open(kind, Retention::default());
+    let core = open(kind, Retention::default()).await;
     let mut demand = core.demand(Pattern::new("d:*"));
     let sink = Collect::new();
     let regs = subscribe(&**core, &["d:1"], &sink).await;
@@ -460,7 +499,7 @@ async fn dropping_a_subscription_ends_live_delivery_and_reports_demand(kind: &st
 }
 
 async fn sessions_are_stored_loaded_and_forgotten(kind: &str) {
-    let core = open(kind, Retention::default());
+    let core = open(kind, Retention::default()).await;
     assert_eq!(core.session("p1").await.unwrap(), None);
     core.put_session("p1", "{\"a\":1}".into()).await.unwrap();
     core.put_session("p1", "{\"a\":2}".into()).await.unwrap();
@@ -481,7 +520,7 @@ async fn sessions_are_stored_loaded_and_forgotten(kind: &str) {
 
 async fn a_presence_watcher_that_falls_behind_is_dropped(kind: &str) {
     use herald::core::engine::PRESENCE_EVENTS_QUEUE;
-    let core = open(kind, Retention::default());
+    let core = open(kind, Retention::default()).await;
     let mut events = core.presence_events(Pattern::new("*"));
     let mut guards = Vec::new();
     for i in 0..=PRESENCE_EVENTS_QUEUE {
@@ -513,7 +552,7 @@ async fn a_presence_watcher_that_falls_behind_is_dropped(kind: &str) {
 }
 
 async fn presence_tracks_joins_and_leaves(kind: &str) {
-    let core = open(kind, Retention::default());
+    let core = open(kind, Retention::default()).await;
     let member = |conn: &str, user: Option<&str>| Member {
         conn: conn.into(),
         user: user.map(str::to_owned),
@@ -576,7 +615,7 @@ async fn presence_tracks_joins_and_leaves(kind: &str) {
 }
 
 async fn resume_points_follow_the_cursor_across_channels(kind: &str) {
-    let core = open(kind, Retention::default());
+    let core = open(kind, Retention::default()).await;
     // a@1 b@1 a@2 b@2 c@1 (seq 1..5), then a subscription registered at seq 5 on all three with since = heads.
     for (c, n) in [("a", 1), ("b", 1), ("a", 2), ("b", 2), ("c", 1)] {
         core.publish(vec![ev(c, n, None)]).await.unwrap();
@@ -647,7 +686,7 @@ async fn resume_points_follow_the_cursor_across_channels(kind: &str) {
 }
 
 async fn resume_reports_a_gap_when_history_was_trimmed(kind: &str) {
-    let core = open(kind, keep(3));
+    let core = open(kind, keep(3)).await;
     core.publish(vec![ev("a", 1, None)]).await.unwrap();
     let record = SessionRecord {
         sid: "s".into(),
@@ -707,7 +746,7 @@ impl herald::binding::feed::Outlet for Wire {
 
 async fn a_hole_after_a_known_loss_is_announced_too(kind: &str) {
     use herald::binding::feed::{Feed, Want};
-    let core = open(kind, keep(4));
+    let core = open(kind, keep(4)).await;
     for n in 1..=9 {
         core.publish(vec![ev("a", n, None)]).await.unwrap();
     }
@@ -762,7 +801,7 @@ fn feed_member(conn: &str) -> Member {
 
 async fn a_feed_is_present_on_the_channels_it_holds(kind: &str) {
     use herald::binding::feed::{Feed, Want};
-    let core = open(kind, Retention::default());
+    let core = open(kind, Retention::default()).await;
     let mut events = core.presence_events(Pattern::new("*"));
     let feed = Feed::new(
         core.engine.clone(),
@@ -794,7 +833,7 @@ async fn a_feed_is_present_on_the_channels_it_holds(kind: &str) {
 }
 
 async fn shutdown_refuses_later_publishes(kind: &str) {
-    let core = open(kind, Retention::default());
+    let core = open(kind, Retention::default()).await;
     core.publish(vec![ev("a", 1, None)]).await.unwrap();
     core.shutdown().await;
     assert!(matches!(
@@ -811,7 +850,7 @@ async fn sqlite_offsets_epochs_state_and_sessions_survive_reopen() {
     let opts = || herald::core::sqlite_options(dir.path().into());
     let epoch;
     {
-        let core = engine::open(opts()).unwrap();
+        let core = engine::open(opts()).await.unwrap();
         core.declare_state(Pattern::new("st"), Snapshot::Each);
         for n in 0..12 {
             core.publish(vec![ev("long", n, None)]).await.unwrap();
@@ -821,7 +860,7 @@ async fn sqlite_offsets_epochs_state_and_sessions_survive_reopen() {
         epoch = core.channel(&ch("long")).await.unwrap().unwrap().epoch;
         core.shutdown().await;
     }
-    let core = engine::open(opts()).unwrap();
+    let core = engine::open(opts()).await.unwrap();
     let r = core.publish(vec![ev("long", 99, None)]).await.unwrap();
     assert_eq!((r[0].offset, &r[0].epoch), (13, &epoch));
     let st = core.state_of(&ch("st")).await.unwrap().unwrap();

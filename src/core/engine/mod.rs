@@ -285,7 +285,8 @@ impl EngineConfig {
             match self.url.as_deref() {
                 None => {
                     return Err(InvalidConfig(
-                        "engine url is required with kind = \"redis\" (or set HERALD_ENGINE_URL)".into(),
+                        "engine url is required with kind = \"redis\" (or set HERALD_ENGINE_URL)"
+                            .into(),
                     ));
                 }
                 Some(url) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => {
@@ -326,7 +327,9 @@ impl std::str::FromStr for EngineChoice {
             "sqlite" => Ok(Self::Sqlite),
             "memory" => Ok(Self::Memory),
             "redis" => Ok(Self::Redis),
-            other => Err(format!("unknown engine {other:?} (sqlite, memory or redis)")),
+            other => Err(format!(
+                "unknown engine {other:?} (sqlite, memory or redis)"
+            )),
         }
     }
 }

@@ -449,16 +449,18 @@ impl Engine for RedisEngine {
             .map_err(map_err)?;
         let mut all = rows
             .into_iter()
-            .filter_map(|(name, id, epoch, first_offset, last_offset, trimmed_seq)| {
-                Some(ChannelInfo {
-                    channel: ChannelName::any(&name).ok()?,
-                    epoch: epoch.into(),
-                    first_offset,
-                    last_offset,
-                    id,
-                    trimmed_seq,
-                })
-            })
+            .filter_map(
+                |(name, id, epoch, first_offset, last_offset, trimmed_seq)| {
+                    Some(ChannelInfo {
+                        channel: ChannelName::any(&name).ok()?,
+                        epoch: epoch.into(),
+                        first_offset,
+                        last_offset,
+                        id,
+                        trimmed_seq,
+                    })
+                },
+            )
             .collect::<Vec<_>>();
         all.sort_by(|a, b| a.channel.as_str().cmp(b.channel.as_str()));
         Ok(all)
