@@ -37,10 +37,12 @@
 //! Scripts run one at a time, so `seq` is the total commit order, and Redis delivers pub/sub messages to one
 //! connection in the order they were published: this node receives its channels' events in `seq` order and feeds
 //! them to the hub in that order. A subscription first `SUBSCRIBE`s (and waits for the confirmation), then reads
-//! the sequence and the channels' positions and state in one script, then registers in the hub with a filter
-//! that drops events with a sequence at or below the one read. An event committed before the read is in the
-//! history the read saw and is dropped live; one committed after it is published after the subscription took
-//! effect, so it arrives, and is delivered. A channel is unsubscribed in Redis only when the hub has no
+//! registers in the hub behind a gate that holds what arrives, then reads the sequence and the channels' positions
+//! and state in one script, and opens the gate at that sequence: events at or below it are dropped, later ones
+//! delivered in order. An event the hub dispatched before the registration was committed before the read, so it
+//! is in the history the read saw; one committed after the read was published after the `SUBSCRIBE` took effect,
+//! so it arrives, after the registration, and passes the gate. Each event is therefore in history or live,
+//! exactly once. A channel is unsubscribed in Redis only when the hub has no
 //! subscriber on it and no subscription is between its `SUBSCRIBE` and its registration (decided and sent under
 //! one lock, so an `UNSUBSCRIBE` never overtakes a later `SUBSCRIBE`).
 //!
@@ -247,16 +249,38 @@ fn values(stored: Vec<(String, String)>) -> Result<Values, EngineError> {
     Ok(table.values())
 }
 
-/// Drops live events at or before the subscription's position (they are in the history it read).
-struct After {
-    seq: u64,
+/// A subscriber's gate: registered in the hub before the position is read, it holds what arrives until the
+/// position's sequence is known, then passes on only events after it (those at or before it are in the history
+/// the position read).
+struct Gate {
     inner: Arc<dyn Subscriber>,
+    state: Mutex<GateState>,
 }
 
-impl Subscriber for After {
+enum GateState {
+    Holding(Vec<Arc<SharedEvent>>),
+    After(u64),
+}
+
+impl Gate {
+    /// Opens the gate at `seq`, passing on what it held after it, in order.
+    fn open(&self, seq: u64) {
+        let mut state = self.state.lock();
+        if let GateState::Holding(held) = std::mem::replace(&mut *state, GateState::After(seq)) {
+            // Under the gate's lock, so a concurrent delivery waits and stays behind these.
+            for e in held.iter().filter(|e| e.event.seq > seq) {
+                self.inner.deliver(e);
+            }
+        }
+    }
+}
+
+impl Subscriber for Gate {
     fn deliver(&self, event: &Arc<SharedEvent>) {
-        if event.event.seq > self.seq {
-            self.inner.deliver(event);
+        match &mut *self.state.lock() {
+            GateState::Holding(held) => held.push(event.clone()),
+            GateState::After(seq) if event.event.seq > *seq => self.inner.deliver(event),
+            GateState::After(_) => {}
         }
     }
 }
@@ -386,20 +410,26 @@ impl Engine for RedisEngine {
         sub: Arc<dyn Subscriber>,
     ) -> Result<Vec<(Position, Subscription)>, EngineError> {
         self.open_con()?;
+        // SUBSCRIBE, register, then read the position: an event dispatched before the registration was
+        // committed before the read (in its history); one after it reaches the gate, which keeps only those
+        // after the position.
         let result = match self.fanout.listen(channels).await {
-            Ok(()) => match self.positions(channels).await {
-                Ok(positions) => {
-                    let seq = positions.first().map_or(0, |p| p.seq);
-                    let filtered: Arc<dyn Subscriber> = Arc::new(After { seq, inner: sub });
-                    let handles = self.hub.subscribe_handles(channels, id, &filtered);
-                    Ok(positions
+            Ok(()) => {
+                let gate = Arc::new(Gate {
+                    inner: sub,
+                    state: Mutex::new(GateState::Holding(Vec::new())),
+                });
+                let gated: Arc<dyn Subscriber> = gate.clone();
+                let handles = self.hub.subscribe_handles(channels, id, &gated);
+                self.positions(channels).await.map(|positions| {
+                    gate.open(positions.first().map_or(0, |p| p.seq));
+                    positions
                         .into_iter()
                         .zip(handles)
                         .map(|(pos, (_, handle))| (pos, handle))
-                        .collect())
-                }
-                Err(e) => Err(e),
-            },
+                        .collect()
+                })
+            }
             Err(e) => Err(e),
         };
         self.fanout.settled(channels).await;
