@@ -28,7 +28,7 @@ use redis_server::RedisServer;
 struct Under {
     engine: Arc<dyn Engine>,
     _dir: Option<tempfile::TempDir>,
-    _redis: Option<Arc<RedisServer>>,
+    redis: Option<Arc<RedisServer>>,
 }
 
 impl std::ops::Deref for Under {
@@ -81,7 +81,7 @@ async fn open_on(kind: &str, retention: Retention, server: Option<Arc<RedisServe
     Under {
         engine,
         _dir: dir,
-        _redis: redis,
+        redis,
     }
 }
 
@@ -839,6 +839,29 @@ async fn shutdown_refuses_later_publishes(kind: &str) {
     assert!(matches!(
         core.publish(vec![ev("a", 2, None)]).await,
         Err(engine::EngineError::Closed)
+    ));
+}
+
+// Redis only: what a client sees when the server is gone.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_publish_fails_unavailable_when_the_server_is_gone() {
+    let core = open_on("redis", Retention::default(), Some(RedisServer::private())).await;
+    core.publish(vec![ev("a", 1, None)]).await.unwrap();
+    core.redis.as_ref().unwrap().stop();
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        core.publish(vec![ev("a", 2, None)]),
+    )
+    .await
+    .expect("a publish to a stopped Redis fails instead of hanging");
+    assert!(
+        matches!(r, Err(engine::EngineError::Unavailable(_))),
+        "got {r:?}"
+    );
+    assert!(matches!(
+        core.history(&ch("a"), 0, 10).await,
+        Err(engine::EngineError::Unavailable(_))
     ));
 }
 
