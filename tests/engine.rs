@@ -130,6 +130,7 @@ conformance!(
     subscribing_during_publishes_splits_history_from_live_exactly,
     a_state_snapshot_is_the_state_at_the_subscription_position,
     dropping_a_subscription_ends_live_delivery_and_reports_demand,
+    subscribing_to_no_channels_registers_nothing,
     sessions_are_stored_loaded_and_forgotten,
     presence_tracks_joins_and_leaves,
     a_presence_watcher_that_falls_behind_is_dropped,
@@ -496,6 +497,14 @@ async fn dropping_a_subscription_ends_live_delivery_and_reports_demand(kind: &st
             active: true
         })
     );
+}
+
+async fn subscribing_to_no_channels_registers_nothing(kind: &str) {
+    let core = open(kind, Retention::default()).await;
+    let sink = Collect::new();
+    assert!(subscribe(&**core, &[], &sink).await.is_empty());
+    core.publish(vec![ev("a", 1, None)]).await.unwrap();
+    assert!(sink.offsets().is_empty());
 }
 
 async fn sessions_are_stored_loaded_and_forgotten(kind: &str) {

@@ -177,27 +177,19 @@ pub fn decode(channel: ChannelName, payload: &[u8]) -> Result<Event, String> {
     let [seq, offset, channel_id, time, op, lens @ ..] = nums.as_slice() else {
         return Err(bad());
     };
-    let [_, _, _, _, _] = lens else {
-        return Err(bad());
-    };
     let mut rest = &payload[bar + 1..];
-    let mut take = |n: u64| -> Result<String, String> {
-        // `u64::MAX`: everything left.
-        let n = usize::try_from(n).unwrap_or(usize::MAX);
-        let n = if n == usize::MAX { rest.len() } else { n };
+    let mut strings = Vec::with_capacity(lens.len());
+    for len in lens {
+        let n = usize::try_from(*len).map_err(|_| bad())?;
         if n > rest.len() {
             return Err(bad());
         }
         let (head, tail) = rest.split_at(n);
+        strings.push(String::from_utf8(head.to_vec()).map_err(|_| bad())?);
         rest = tail;
-        String::from_utf8(head.to_vec()).map_err(|_| bad())
-    };
-    let epoch = take(lens[0])?;
-    let id = take(lens[1])?;
-    let name = take(lens[2])?;
-    let key = take(lens[3])?;
-    let value = take(lens[4])?;
-    let data = take(u64::MAX)?;
+    }
+    let data = String::from_utf8(rest.to_vec()).map_err(|_| bad())?;
+    let [epoch, id, name, key, value]: [String; 5] = strings.try_into().map_err(|_| bad())?;
     let json = |s: String| RawValue::from_string(s).map_err(|e| e.to_string());
     let state = match op {
         1 => Some(StateChange::Set {
@@ -219,4 +211,28 @@ pub fn decode(channel: ChannelName, payload: &[u8]) -> Result<Event, String> {
         channel_id: *channel_id,
         state,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_what_the_publish_script_writes() {
+        let c = ChannelName::new("a").unwrap();
+        let e = decode(c.clone(), b"7,3,2,1000,1,2,1,4,1,2|e1kset|k10{\"v\":10}").unwrap();
+        assert_eq!((e.seq, e.offset, e.channel_id, e.time), (7, 3, 2, 1000));
+        assert_eq!(
+            (&*e.epoch, e.id.as_str(), e.name.as_str()),
+            ("e1", "k", "set|")
+        );
+        assert_eq!(e.data.get(), "{\"v\":10}");
+        assert!(
+            matches!(e.state, Some(StateChange::Set { ref key, ref value }) if key == "k" && value.get() == "10")
+        );
+        // Lengths beyond the payload, missing fields or bad JSON are refused, not guessed at.
+        assert!(decode(c.clone(), b"7,3,2,1000,0,2,1,4,0,0|e1k").is_err());
+        assert!(decode(c.clone(), b"7,3,2|x").is_err());
+        assert!(decode(c, b"7,3,2,1000,0,0,0,0,0,0|{").is_err());
+    }
 }

@@ -94,8 +94,8 @@ const SWEEP_BATCH: u32 = 200;
 /// How long a command may wait for its reply or a connection before the engine reports it unavailable.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Longest idempotency window in ms (an age limit beyond it would overflow Redis's expiry).
-const MAX_ID_TTL_MS: u128 = 100 * 365 * 24 * 3600 * 1000;
+/// Longest expiry set in ms (idempotency ids, detached sessions): longer limits would overflow Redis's.
+const MAX_TTL_MS: u128 = 100 * 365 * 24 * 3600 * 1000;
 
 /// What the Redis engine needs.
 #[derive(Debug, Clone)]
@@ -302,7 +302,7 @@ async fn write_sessions(
                 Ok(())
             }
             SessionOp::Detached(pid) => {
-                con.pexpire::<_, ()>(key(&pid), ttl.as_millis().min(MAX_ID_TTL_MS) as i64)
+                con.pexpire::<_, ()>(key(&pid), ttl.as_millis().min(MAX_TTL_MS) as i64)
                     .await
             }
             SessionOp::Delete(pid) => con.del::<_, ()>(key(&pid)).await,
@@ -376,7 +376,7 @@ impl Engine for RedisEngine {
                 .arg(key)
                 .arg(value)
                 .arg(limits.max_events)
-                .arg(limits.max_age.as_millis().clamp(1, MAX_ID_TTL_MS) as u64);
+                .arg(limits.max_age.as_millis().clamp(1, MAX_TTL_MS) as u64);
             ids.push(id);
         }
         let rows: Vec<(u64, String, u8, u64, i64, u64)> =
@@ -410,6 +410,9 @@ impl Engine for RedisEngine {
         sub: Arc<dyn Subscriber>,
     ) -> Result<Vec<(Position, Subscription)>, EngineError> {
         self.open_con()?;
+        if channels.is_empty() {
+            return Ok(Vec::new());
+        }
         // SUBSCRIBE, register, then read the position: an event dispatched before the registration was
         // committed before the read (in its history); one after it reaches the gate, which keeps only those
         // after the position.
