@@ -57,6 +57,14 @@
 //! gap notice and the snapshot instead of reused offsets. Presence is in this process ([`crate::core::presence`]),
 //! as in the local engines; cluster-wide presence is a later step. State-channel declarations are configuration,
 //! kept in the hub.
+//!
+//! # Faults (this step)
+//! A command that cannot reach Redis fails with [`EngineError::Unavailable`] (after [`TIMEOUT`] at most), and the
+//! command connection reconnects by itself on the next command. A publish that fails so was not acknowledged; it
+//! may still have committed (the reply was lost), which a retry with the same idempotency id answers. The pub/sub
+//! connection is not yet re-established when it drops: live delivery on this node then stops (logged), and
+//! publishes to channels with local subscribers fail their barrier as unavailable — resubscribing and catching up
+//! from history after a reconnect is part of the multi-node step.
 
 mod fanout;
 mod scripts;
