@@ -23,10 +23,10 @@
 //! - `{herald}:i:<channel id>:<idempotency id>` — `<epoch> <offset>`, expiring with the channel's age limit.
 //! - `{herald}:expiry` — sorted set: channel → when its oldest event expires (what the age sweep reads).
 //! - `{herald}:session:<pid>` — a Socket.IO session record; expires `session_ttl` after it is marked detached.
-//! - Pub/sub channel `{herald}:c:<channel>` — each committed event, as [`fanout::decode`] reads it.
+//! - Pub/sub channel `{herald}:c:<channel>` — each committed event, as `fanout::decode` reads it.
 //!
 //! # Scripts
-//! [`scripts`] holds one Lua script per operation. A publish batch is one script: per event the idempotency check,
+//! `scripts` holds one Lua script per operation. A publish batch is one script: per event the idempotency check,
 //! `INCR` of the sequence, `HINCRBY` of the channel's offset (a channel without its metadata key gets a new epoch,
 //! so offsets reused after data loss never match a client's old epoch), `XADD`, the state hash, and `PUBLISH`;
 //! then trimming by count (exact `XTRIM MAXLEN`) and the expiry index. Age limits are applied by a sweep script
@@ -59,7 +59,7 @@
 //! kept in the hub.
 //!
 //! # Faults (this step)
-//! A command that cannot reach Redis fails with [`EngineError::Unavailable`] (after [`TIMEOUT`] at most), and the
+//! A command that cannot reach Redis fails with [`EngineError::Unavailable`] (after 5 s at most), and the
 //! command connection reconnects by itself on the next command. A publish that fails so was not acknowledged; it
 //! may still have committed (the reply was lost), which a retry with the same idempotency id answers. The pub/sub
 //! connection is not yet re-established when it drops: live delivery on this node then stops (logged), and
