@@ -513,3 +513,38 @@ pub trait Engine: Send + Sync + 'static {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> EngineConfig {
+        toml::from_str(toml).unwrap()
+    }
+
+    #[test]
+    fn a_redis_engine_needs_a_redis_url_and_a_plain_prefix() {
+        let ok = parse("kind = \"redis\"\nurl = \"rediss://:pw@cache:6380/2\"\nprefix = \"blue\"");
+        assert_eq!((ok.kind, ok.prefix.as_str()), (EngineChoice::Redis, "blue"));
+        assert!(ok.validate().is_ok());
+        assert_eq!(
+            parse("kind = \"redis\"\nurl = \"redis://h\"").prefix,
+            "herald"
+        );
+        let no_url = parse("kind = \"redis\"").validate().unwrap_err();
+        assert!(no_url.0.contains("engine url"), "{no_url}");
+        assert!(
+            parse("kind = \"redis\"\nurl = \"http://h\"")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            parse("kind = \"redis\"\nurl = \"redis://h\"\nprefix = \"{x}\"")
+                .validate()
+                .is_err()
+        );
+        // Other engines ignore the Redis settings.
+        assert!(parse("kind = \"sqlite\"").validate().is_ok());
+        assert_eq!("redis".parse::<EngineChoice>(), Ok(EngineChoice::Redis));
+    }
+}
