@@ -132,6 +132,8 @@ pub struct Overrides {
     pub engine: Option<crate::core::engine::EngineChoice>,
     /// `--engine-url` / `HERALD_ENGINE_URL`.
     pub engine_url: Option<String>,
+    /// `--engine-prefix` / `HERALD_ENGINE_PREFIX`.
+    pub engine_prefix: Option<String>,
 }
 
 impl Config {
@@ -161,6 +163,9 @@ impl Config {
         }
         if let Some(url) = overrides.engine_url {
             config.engine.url = Some(url);
+        }
+        if let Some(prefix) = overrides.engine_prefix {
+            config.engine.prefix = prefix;
         }
         if !overrides.api_keys.is_empty() {
             config.api_keys = overrides.api_keys.into_iter().map(ApiKey::Plain).collect();

@@ -42,6 +42,9 @@ enum Command {
         /// The Redis engine's server (`redis://…` or `rediss://…`), instead of `[engine] url`.
         #[arg(long, env = "HERALD_ENGINE_URL")]
         engine_url: Option<String>,
+        /// Prefix of the Redis engine's keys and channels, instead of `[engine] prefix`.
+        #[arg(long, env = "HERALD_ENGINE_PREFIX")]
+        engine_prefix: Option<String>,
     },
     /// Publish one event and print the result.
     Publish {
@@ -110,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
             api_keys,
             engine,
             engine_url,
+            engine_prefix,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -124,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
                 api_keys,
                 engine,
                 engine_url,
+                engine_prefix,
             };
             let config = Config::load(config.as_ref(), overrides)?;
             serve(config).await
