@@ -87,15 +87,28 @@ pub fn router(state: ApiState, mounts: Mounts) -> Router {
         .route("/metrics", get(metrics))
         .with_state(state.clone())
         .merge(mounts.keyed)
-        .layer(middleware::from_fn_with_state(state, require_key));
+        .layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .nest("/api", api)
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"ok": true})) }),
         )
+        .route("/readyz", get(readyz).with_state(state))
         .merge(keyed)
         .merge(mounts.public)
+}
+
+/// `GET /readyz`: whether this node can serve (its engine answers), for a load balancer; `/healthz` is liveness.
+async fn readyz(State(state): State<ApiState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    match state.core.ping().await {
+        Ok(()) => Ok(axum::Json(json!({"status": "ready"}))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine_unavailable",
+            e.to_string(),
+        )),
+    }
 }
 
 /// `GET /metrics`: the sources' metrics, then the server's own counters.

@@ -471,6 +471,11 @@ pub trait Engine: Send + Sync + 'static {
     /// Flushes and stops; later calls fail with [`EngineError::Closed`].
     async fn shutdown(&self);
 
+    /// Whether the storage behind the engine answers now (what `/readyz` reports); in-process engines always do.
+    async fn ping(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     /// Events of `channel` after offset `after`, at most `limit` (capped at [`MAX_PAGE`]); `None` if the channel
     /// does not exist.
     async fn history(

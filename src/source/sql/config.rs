@@ -270,8 +270,8 @@ pub fn validate(sources: &[SqlSourceConfig], socketio_path: &str) -> Result<(), 
 }
 
 /// Path prefixes Herald serves itself; a `history_path` may be none of them nor lie below one.
-const OWN_PATHS: [&str; 7] = [
-    "/api", "/ws", "/sse", "/healthz", "/metrics", "/status", "/badge",
+const OWN_PATHS: [&str; 8] = [
+    "/api", "/ws", "/sse", "/healthz", "/readyz", "/metrics", "/status", "/badge",
 ];
 
 /// A `history_path` is a literal path (no route patterns) that takes none of Herald's own routes.
@@ -387,6 +387,7 @@ mod tests {
             ("/sse", "/sse"),
             ("/socket.io/", "/socket.io"),
             ("/healthz", "/healthz"),
+            ("/readyz", "/readyz"),
             ("/metrics", "/metrics"),
             ("/status/x", "/status"),
             ("/badge/1", "/badge"),

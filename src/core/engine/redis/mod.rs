@@ -615,6 +615,13 @@ impl Engine for RedisEngine {
         self.presence.events(pattern)
     }
 
+    async fn ping(&self) -> Result<(), EngineError> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.open_con()?)
+            .await
+            .map_err(map_err)
+    }
+
     async fn shutdown(&self) {
         self.closed.store(true, Ordering::Release);
         // Session writes already queued are applied before the tasks stop.
