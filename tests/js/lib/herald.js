@@ -91,7 +91,8 @@ export async function startHerald(t, { config = '', args = [], env = {} } = {}) 
     const proc = spawn(
       HERALD_BIN,
       ['serve', '--listen', listen, '--data-dir', dataDir, '--config', configPath,
-        ...(ENGINE === 'sqlite' ? [] : ['--engine', ENGINE]), ...args],
+        // A test that names its engine (the Redis nodes) keeps it whatever the suite's engine.
+        ...(ENGINE === 'sqlite' || args.includes('--engine') ? [] : ['--engine', ENGINE]), ...args],
       { cwd: dir, env: cleanEnv(env), stdio: ['ignore', 'pipe', 'pipe'] },
     );
     h.proc = proc;
