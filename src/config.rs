@@ -295,6 +295,32 @@ mod tests {
     }
 
     #[test]
+    fn engine_flags_override_the_file_and_are_validated() {
+        let c = Config::load(
+            None,
+            Overrides {
+                engine: Some(crate::core::engine::EngineChoice::Redis),
+                engine_url: Some("redis://127.0.0.1:6379".into()),
+                engine_prefix: Some("blue".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.engine.prefix, "blue");
+        assert_eq!(c.engine.url.as_deref(), Some("redis://127.0.0.1:6379"));
+        let bad = Config::load(
+            None,
+            Overrides {
+                engine: Some(crate::core::engine::EngineChoice::Redis),
+                engine_url: Some("redis://127.0.0.1:6379".into()),
+                engine_prefix: Some("{blue}".into()),
+                ..Overrides::default()
+            },
+        );
+        assert!(bad.is_err(), "a prefix with braces is refused from a flag too");
+    }
+
+    #[test]
     fn rejects_unknown_keys() {
         assert!(toml::from_str::<Config>("lisen = 1").is_err());
         assert!(toml::from_str::<Config>("[socketio]\npth = \"/x\"").is_err());

@@ -874,6 +874,20 @@ async fn redis_publish_fails_unavailable_when_the_server_is_gone() {
     ));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_ping_answers_until_the_server_is_gone() {
+    let core = open_on("redis", Retention::default(), Some(RedisServer::private())).await;
+    core.ping().await.unwrap();
+    core.redis.as_ref().unwrap().stop();
+    let r = tokio::time::timeout(Duration::from_secs(30), core.ping())
+        .await
+        .expect("a ping of a stopped Redis fails instead of hanging");
+    assert!(
+        matches!(r, Err(engine::EngineError::Unavailable(_))),
+        "got {r:?}"
+    );
+}
+
 // SQLite only: what survives a reopen.
 
 #[tokio::test]
