@@ -163,6 +163,21 @@ test('kill -9 of the node under publish load: Socket.IO (recovered), /ws (since/
   assert.deepEqual(a.exits.at(-1), { code: null, signal: 'SIGKILL' });
 });
 
+test('two prefixes on one Redis are two clusters: a channel of one is unknown to the other', { timeout: 30_000 },
+  async (t) => {
+    const redis = await startRedis(t);
+    const [blue, blue2] = await startNodes(t, redis, 2);
+    const [green] = await startNodes(t, redis, 1);
+    const ch = chan('p');
+    const r = await publish(blue.url, ch, 'tick', { n: 1 });
+    assert.equal(r.offset, 1);
+    const same = await request(blue2.url, `/api/channels/${encodeURIComponent(ch)}/history`);
+    assert.equal(same.status, 200, same.text);
+    assert.deepEqual(same.json.events.map((e) => e.data), [{ n: 1 }], 'a node of the same prefix sees the event');
+    const other = await request(green.url, `/api/channels/${encodeURIComponent(ch)}/history`);
+    assert.equal(other.status, 404, `a node of another prefix does not know the channel: ${other.text}`);
+  });
+
 /** GET /readyz until it answers `status` (the pause is the retry backoff, not a synchronisation). */
 async function readyzUntil(h, status, ms) {
   const deadline = Date.now() + ms;
