@@ -317,7 +317,10 @@ mod tests {
                 ..Overrides::default()
             },
         );
-        assert!(bad.is_err(), "a prefix with braces is refused from a flag too");
+        assert!(
+            bad.is_err(),
+            "a prefix with braces is refused from a flag too"
+        );
     }
 
     #[test]
