@@ -67,11 +67,13 @@ impl From<ChannelNameError> for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         tracing::error!(error = %e, "storage failure while serving the API");
-        let status = match e {
-            EngineError::Closed => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        // An unreachable engine is temporary and says so (503, retry); nothing it failed was acknowledged.
+        let (status, code) = match e {
+            EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable"),
+            EngineError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "storage_error"),
+            EngineError::Invalid(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
         };
-        Self::new(status, "storage_error", e.to_string())
+        Self::new(status, code, e.to_string())
     }
 }
 

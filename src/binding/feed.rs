@@ -143,6 +143,15 @@ impl<O: Outlet> Subscriber for Feed<O> {
             st.closed = true;
         }
     }
+
+    fn lost(&self, _channel: &ChannelName) {
+        // Closing makes the client resume by its cursor, which is where gaps are reported (with the snapshot).
+        let mut st = self.state.lock();
+        if !st.closed {
+            st.closed = true;
+            self.outlet.fail();
+        }
+    }
 }
 
 impl<O: Outlet> Feed<O> {

@@ -130,6 +130,27 @@ impl Hub {
             .is_some_and(|c| !c.subscribers.is_empty())
     }
 
+    /// The channels with a subscriber in this process.
+    pub fn subscribed_channels(&self) -> Vec<ChannelName> {
+        self.state
+            .lock()
+            .channels
+            .iter()
+            .filter(|(_, c)| !c.subscribers.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Tells every subscriber of `channel` that live delivery lost events ([`Subscriber::lost`]).
+    pub fn lost(&self, channel: &ChannelName) {
+        let state = self.state.lock();
+        if let Some(ch) = state.channels.get(channel) {
+            for (_, sub) in &ch.subscribers {
+                sub.lost(channel);
+            }
+        }
+    }
+
     /// The current values of a state channel (without subscribing to it).
     pub fn state_of(&self, channel: &ChannelName) -> Option<Values> {
         let mut st = self.state.lock();

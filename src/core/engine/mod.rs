@@ -135,6 +135,11 @@ pub struct HistoryPage {
 pub trait Subscriber: Send + Sync {
     /// Takes one event of a channel this subscriber is on.
     fn deliver(&self, event: &Arc<SharedEvent>);
+
+    /// Live delivery on `channel` missed events that history no longer holds (a distributed engine's outage
+    /// outlasted retention, or its server lost its data): the subscriber must resume from its own cursor, which
+    /// reports the gap. Same calling rules as [`Subscriber::deliver`]; local engines never call it.
+    fn lost(&self, _channel: &ChannelName) {}
 }
 
 /// Identifies one subscriber (a connection's feed), for its registrations.

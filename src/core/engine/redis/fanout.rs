@@ -1,57 +1,102 @@
 //! This node's pub/sub connection: it subscribes in Redis to exactly the channels this process has subscribers
 //! on, feeds what arrives to the in-process hub in arrival order (which is the commit order, see the parent
 //! module), and offers a barrier that says "everything Redis published before now has been dispatched here".
+//!
+//! # Reconnecting
+//! When the connection drops, the reader reconnects with backoff ([`RETRY_FIRST`] doubling to [`RETRY_MAX`]),
+//! resubscribes every channel with local subscribers and, before reading the new connection, catches each one up
+//! from history: it knows the last offset it dispatched per channel (or, for a channel that had no event yet,
+//! the lowest position a subscription started at), reads the history after it and dispatches it in order. Live
+//! messages that the new connection delivers meanwhile wait in its stream and are then deduplicated by offset,
+//! so each subscriber gets every event once, in order. Messages the old connection received but lost are in that
+//! history (a publish commits before it publishes).
+//!
+//! When history no longer covers the hole — trimmed meanwhile, or the channel gone or under a new epoch because
+//! Redis lost its data — the channel's subscribers are told through [`crate::core::engine::Subscriber::lost`]:
+//! a connection's feed then closes the connection, and the client resumes by its cursor like after any other
+//! disconnect, getting the gap notice (epoch changed or history trimmed) and, on state channels, the snapshot.
+//! That reuses the one resume path every binding already has instead of inventing a live gap message.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
-use redis::aio::{PubSubSink, PubSubStream};
+use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
-use super::map_err;
+use super::{TIMEOUT, map_err, read_range};
 use crate::core::channel::{ChannelName, Pattern};
-use crate::core::engine::EngineError;
+use crate::core::engine::{EngineError, Position, REPLAY_PAGE};
 use crate::core::event::{Event, SharedEvent};
 use crate::core::hub::Hub;
 use crate::core::state::StateChange;
 
+/// First wait before reconnecting the pub/sub connection.
+pub const RETRY_FIRST: Duration = Duration::from_millis(100);
+
+/// Longest wait between reconnection attempts.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Where a channel's live delivery on this node stands.
+#[derive(Debug, Clone)]
+struct Mark {
+    epoch: Arc<str>,
+    offset: u64,
+    /// Set by a dispatch (exact); unset, it is the lowest position a subscription started at (a floor).
+    dispatched: bool,
+}
+
 /// The Redis subscriptions of this process.
 pub struct Fanout {
-    /// Orders SUBSCRIBE and UNSUBSCRIBE: each decision is taken and sent under this lock.
-    sink: tokio::sync::Mutex<PubSubSink>,
+    client: redis::Client,
+    /// For catch-up reads.
+    con: ConnectionManager,
+    /// Orders SUBSCRIBE and UNSUBSCRIBE (and the resubscription after a reconnect): each decision is taken and
+    /// sent under this lock. `None` while the connection is down.
+    sink: tokio::sync::Mutex<Option<PubSubSink>>,
     /// For barriers' PINGs (replies come in order with messages on the one connection).
-    ping: PubSubSink,
+    ping: Mutex<Option<PubSubSink>>,
     /// Subscriptions under way per channel: subscribed in Redis, not yet registered in the hub.
     pending: Mutex<HashMap<ChannelName, usize>>,
+    /// Per subscribed channel, what live delivery reached (what a catch-up starts after).
+    marks: Mutex<HashMap<ChannelName, Mark>>,
     /// Asks the reader to confirm it dispatched everything received so far.
     barrier: mpsc::UnboundedSender<oneshot::Sender<()>>,
+    /// Key prefix (`{herald}`).
+    keys: String,
     /// Pub/sub channel prefix (`{herald}:c:`).
     prefix: String,
     hub: Arc<Hub>,
 }
 
 impl Fanout {
-    /// Starts the reader and the task that unsubscribes channels this process no longer needs.
+    /// Starts the reader (which also reconnects) and the task that unsubscribes channels this process no longer
+    /// needs.
     pub fn start(
+        client: redis::Client,
+        con: ConnectionManager,
         sink: PubSubSink,
         stream: PubSubStream,
         keys: &str,
         hub: Arc<Hub>,
     ) -> (Arc<Self>, Vec<tokio::task::JoinHandle<()>>) {
         let (barrier, barriers) = mpsc::unbounded_channel();
-        let prefix = format!("{keys}:c:");
         let fanout = Arc::new(Self {
-            ping: sink.clone(),
-            sink: tokio::sync::Mutex::new(sink),
+            client,
+            con,
+            ping: Mutex::new(Some(sink.clone())),
+            sink: tokio::sync::Mutex::new(Some(sink)),
             pending: Mutex::default(),
+            marks: Mutex::default(),
             barrier,
-            prefix: prefix.clone(),
+            keys: keys.to_owned(),
+            prefix: format!("{keys}:c:"),
             hub: hub.clone(),
         });
-        let reader = tokio::spawn(read(stream, barriers, prefix, hub.clone()));
+        let reader = tokio::spawn(run(fanout.clone(), stream, barriers));
         let mut demand = hub.demand(Pattern::new("*"));
         let weak = Arc::downgrade(&fanout);
         let releaser = tokio::spawn(async move {
@@ -79,8 +124,34 @@ impl Fanout {
                 *pending.entry(c.clone()).or_default() += 1;
             }
         }
+        let Some(sink) = sink.as_mut() else {
+            return Err(EngineError::unavailable("redis pub/sub connection is down"));
+        };
         let topics: Vec<String> = channels.iter().map(|c| self.topic(c)).collect();
         sink.subscribe(&topics).await.map_err(map_err)
+    }
+
+    /// Notes where new subscriptions start, so a catch-up after a reconnect covers them even if no event of
+    /// their channel was dispatched yet.
+    pub fn started(&self, channels: &[ChannelName], positions: &[Position]) {
+        let mut marks = self.marks.lock();
+        for (c, p) in channels.iter().zip(positions) {
+            let floor = Mark {
+                epoch: p.epoch.clone(),
+                offset: p.last_offset,
+                dispatched: false,
+            };
+            match marks.get_mut(c) {
+                None => {
+                    marks.insert(c.clone(), floor);
+                }
+                // A dispatched mark is exact: everything up to it reached every subscriber registered then,
+                // and later subscriptions start at or after it.
+                Some(m) if m.dispatched => {}
+                Some(m) if m.epoch == floor.epoch => m.offset = m.offset.min(floor.offset),
+                Some(m) => *m = floor,
+            }
+        }
     }
 
     /// The subscriptions begun by [`Fanout::listen`] are registered in the hub (or failed).
@@ -107,60 +178,227 @@ impl Fanout {
         if self.pending.lock().contains_key(channel) || self.hub.has_subscribers(channel) {
             return;
         }
-        if let Err(e) = sink.unsubscribe(self.topic(channel)).await {
+        self.marks.lock().remove(channel);
+        // While the connection is down there is nothing to unsubscribe: the reconnect subscribes only what
+        // is wanted then.
+        if let Some(sink) = sink.as_mut()
+            && let Err(e) = sink.unsubscribe(self.topic(channel)).await
+        {
             tracing::warn!(error = %e, channel = %channel, "redis unsubscribe failed");
         }
     }
 
-    /// Returns once every message Redis sent this node before now has been dispatched to the hub.
+    /// Returns once every message Redis sent this node before now has been dispatched to the hub. Fails as
+    /// unavailable while the connection is down (or if the reader does not answer within the command timeout).
     pub async fn barrier(&self) -> Result<(), EngineError> {
-        let mut ping = self.ping.clone();
-        ping.ping::<()>().await.map_err(map_err)?;
-        let (tx, rx) = oneshot::channel();
-        self.barrier
-            .send(tx)
-            .map_err(|_| EngineError::unavailable("redis pub/sub reader stopped"))?;
-        rx.await
-            .map_err(|_| EngineError::unavailable("redis pub/sub reader stopped"))
+        let down = || EngineError::unavailable("redis pub/sub connection is down");
+        let mut ping = self.ping.lock().clone().ok_or_else(down)?;
+        let wait = async {
+            ping.ping::<()>().await.map_err(map_err)?;
+            let (tx, rx) = oneshot::channel();
+            self.barrier.send(tx).map_err(|_| down())?;
+            rx.await.map_err(|_| down())
+        };
+        tokio::time::timeout(TIMEOUT, wait)
+            .await
+            .map_err(|_| down())?
     }
-}
 
-/// Dispatches messages in arrival order; answers barriers once the messages already received are dispatched.
-async fn read(
-    mut stream: PubSubStream,
-    mut barriers: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
-    prefix: String,
-    hub: Arc<Hub>,
-) {
-    let dispatch = |msg: redis::Msg| {
-        let Some(name) = msg.get_channel_name().strip_prefix(&prefix) else {
+    /// Dispatches one live message unless a catch-up already did (same epoch, offset not after the mark).
+    fn dispatch(&self, msg: redis::Msg) {
+        let Some(name) = msg.get_channel_name().strip_prefix(&self.prefix) else {
             return;
         };
-        match ChannelName::any(name)
+        let event = match ChannelName::any(name)
             .map_err(|e| e.to_string())
             .and_then(|c| decode(c, msg.get_payload_bytes()))
         {
-            Ok(event) => hub.dispatch(&[SharedEvent::new(event)]),
-            Err(e) => tracing::error!(error = %e, channel = name, "undecodable redis event"),
+            Ok(event) => event,
+            Err(e) => {
+                tracing::error!(error = %e, channel = name, "undecodable redis event");
+                return;
+            }
+        };
+        {
+            let mut marks = self.marks.lock();
+            if let Some(m) = marks.get(&event.channel)
+                && m.epoch == event.epoch
+                && event.offset <= m.offset
+                && m.dispatched
+            {
+                return;
+            }
+            marks.insert(
+                event.channel.clone(),
+                Mark {
+                    epoch: event.epoch.clone(),
+                    offset: event.offset,
+                    dispatched: true,
+                },
+            );
         }
-    };
-    loop {
-        tokio::select! {
-            biased;
-            msg = stream.next() => match msg {
-                Some(msg) => dispatch(msg),
-                None => break,
-            },
-            Some(done) = barriers.recv() => {
-                // The PING's reply came after these messages, so they are queued already.
-                while let Some(Some(msg)) = stream.next().now_or_never() {
-                    dispatch(msg);
+        self.hub.dispatch(&[SharedEvent::new(event)]);
+    }
+
+    /// Reads `stream` until it ends, dispatching in arrival order and answering barriers.
+    async fn read(
+        &self,
+        stream: &mut PubSubStream,
+        barriers: &mut mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                msg = stream.next() => match msg {
+                    Some(msg) => self.dispatch(msg),
+                    None => return,
+                },
+                Some(done) = barriers.recv() => {
+                    // The PING's reply came after these messages, so they are queued already.
+                    while let Some(Some(msg)) = stream.next().now_or_never() {
+                        self.dispatch(msg);
+                    }
+                    let _ = done.send(());
                 }
-                let _ = done.send(());
             }
         }
     }
-    tracing::error!("redis pub/sub connection closed: live delivery on this node stopped");
+
+    /// Reconnects until it succeeds, waiting [`RETRY_FIRST`] doubling to [`RETRY_MAX`] between attempts.
+    async fn reconnect(&self) -> PubSubStream {
+        let mut wait = RETRY_FIRST;
+        loop {
+            tokio::time::sleep(wait).await;
+            match self.resume().await {
+                Ok(stream) => {
+                    tracing::info!("redis pub/sub connection restored; subscribers caught up");
+                    return stream;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, retry_in = ?wait, "redis pub/sub reconnect failed");
+                    wait = (wait * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// One reconnection attempt: connect, resubscribe every wanted channel, catch them up from history.
+    async fn resume(&self) -> Result<PubSubStream, EngineError> {
+        let connect = self.client.get_async_pubsub();
+        let (mut sink, stream) = tokio::time::timeout(TIMEOUT, connect)
+            .await
+            .map_err(|_| EngineError::unavailable("redis connect timed out"))?
+            .map_err(map_err)?
+            .split();
+        let channels = {
+            let mut current = self.sink.lock().await;
+            let mut channels = self.hub.subscribed_channels();
+            channels.extend(self.pending.lock().keys().cloned());
+            channels.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            channels.dedup();
+            if !channels.is_empty() {
+                let topics: Vec<String> = channels.iter().map(|c| self.topic(c)).collect();
+                sink.subscribe(&topics).await.map_err(map_err)?;
+            }
+            *self.ping.lock() = Some(sink.clone());
+            *current = Some(sink);
+            channels
+        };
+        // Subscribed first, so whatever commits after a channel's catch-up read arrives on the new stream.
+        for c in &channels {
+            if let Err(e) = self.catch_up(c).await {
+                *self.sink.lock().await = None;
+                *self.ping.lock() = None;
+                return Err(e);
+            }
+        }
+        Ok(stream)
+    }
+
+    /// Dispatches `channel`'s history after its mark, or tells its subscribers that events were lost.
+    async fn catch_up(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        let Some(mut mark) = self.marks.lock().get(channel).cloned() else {
+            return Ok(());
+        };
+        loop {
+            let page = read_range(
+                self.con.clone(),
+                &self.keys,
+                channel,
+                mark.offset,
+                None,
+                REPLAY_PAGE,
+            )
+            .await?;
+            let Some((info, events)) = page else {
+                // The channel is gone (Redis lost its data): a subscriber that had events lost them.
+                if mark.offset > 0 {
+                    self.lose(channel, None);
+                }
+                return Ok(());
+            };
+            // An empty epoch is a channel that had no events: any epoch continues it.
+            let reset = !mark.epoch.is_empty() && mark.epoch != info.epoch;
+            if reset || info.first_offset > mark.offset + 1 {
+                self.lose(channel, Some((info.epoch, info.last_offset)));
+                return Ok(());
+            }
+            let Some(last) = events.last() else {
+                return Ok(());
+            };
+            mark = Mark {
+                epoch: info.epoch,
+                offset: last.offset,
+                dispatched: true,
+            };
+            let shared: Vec<_> = events.into_iter().map(SharedEvent::new).collect();
+            self.marks.lock().insert(channel.clone(), mark.clone());
+            self.hub.dispatch(&shared);
+            if mark.offset >= info.last_offset {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Tells `channel`'s subscribers that live delivery missed events history cannot give; live delivery goes
+    /// on from `now` (the channel's current epoch and last offset), if it still exists.
+    fn lose(&self, channel: &ChannelName, now: Option<(Arc<str>, u64)>) {
+        tracing::warn!(channel = %channel, "events missed during a redis outage are not in history; subscribers must resume");
+        {
+            let mut marks = self.marks.lock();
+            match now {
+                Some((epoch, offset)) => {
+                    marks.insert(
+                        channel.clone(),
+                        Mark {
+                            epoch,
+                            offset,
+                            dispatched: true,
+                        },
+                    );
+                }
+                None => {
+                    marks.remove(channel);
+                }
+            }
+        }
+        self.hub.lost(channel);
+    }
+}
+
+/// The reader: reads the connection, and when it drops, reconnects and catches up before reading the new one.
+async fn run(
+    fanout: Arc<Fanout>,
+    mut stream: PubSubStream,
+    mut barriers: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+) {
+    loop {
+        fanout.read(&mut stream, &mut barriers).await;
+        tracing::warn!("redis pub/sub connection lost: reconnecting (live delivery on this node resumes after it)");
+        *fanout.sink.lock().await = None;
+        *fanout.ping.lock() = None;
+        stream = fanout.reconnect().await;
+    }
 }
 
 /// Decodes a published event: `seq,offset,channel id,time,state op,len epoch,len id,len name,len key,len value|`

@@ -169,7 +169,8 @@ impl RedisEngine {
         let (sink, stream) = client.get_async_pubsub().await.map_err(map_err)?.split();
         let keys = format!("{{{}}}", opts.prefix);
         let hub = Arc::new(Hub::default());
-        let (fanout, mut tasks) = Fanout::start(sink, stream, &keys, hub.clone());
+        let (fanout, mut tasks) =
+            Fanout::start(client, con.clone(), sink, stream, &keys, hub.clone());
         let (sessions, ops) = mpsc::unbounded_channel();
         tasks.push(tokio::spawn(write_sessions(
             con.clone(),
@@ -291,6 +292,68 @@ impl Subscriber for Gate {
             GateState::After(_) => {}
         }
     }
+    fn lost(&self, channel: &ChannelName) {
+        self.inner.lost(channel);
+    }
+}
+
+/// A channel's position and its history after `after` (through `upto`), as one script reads them.
+async fn read_range(
+mut con: ConnectionManager,
+keys: &str,
+channel: &ChannelName,
+after: u64,
+upto: Option<u64>,
+limit: ReadLimit,
+) -> Result<Option<(ChannelInfo, Vec<Event>)>, EngineError> {
+    let reply: Option<(MetaRow, Vec<EntryRow>)> = RANGE_SCRIPT
+        .arg(keys)
+        .arg(channel.as_str())
+        .arg(after)
+        .arg(upto.map(|u| u.to_string()).unwrap_or_default())
+        .arg(limit.events)
+        .invoke_async(&mut con)
+        .await
+        .map_err(map_err)?;
+    let Some(((id, epoch, first_offset, last_offset, trimmed_seq), rows)) = reply else {
+        return Ok(None);
+    };
+    let epoch: Arc<str> = epoch.into();
+    let info = ChannelInfo {
+        channel: channel.clone(),
+        epoch: epoch.clone(),
+        first_offset,
+        last_offset,
+        id,
+        trimmed_seq,
+    };
+    let mut events = Vec::new();
+    let mut bytes = 0;
+    for (sid, seq, time, event_id, name, data) in rows {
+        let offset = sid
+            .split_once('-')
+            .and_then(|(o, _)| o.parse().ok())
+            .ok_or_else(|| EngineError::Invalid(format!("malformed history id {sid}")))?;
+        bytes += data.len();
+        let data = RawValue::from_string(data)
+            .map_err(|e| EngineError::Invalid(format!("stored event data: {e}")))?;
+        events.push(Event {
+            channel: channel.clone(),
+            offset,
+            epoch: epoch.clone(),
+            id: event_id,
+            name,
+            data,
+            time,
+            seq,
+            channel_id: id,
+            state: None,
+        });
+        if bytes >= limit.bytes {
+            break;
+        }
+    }
+    Ok(Some((info, events)))
 }
 
 /// Applies session writes one after another, so a later write is never overtaken by an earlier one.
@@ -433,6 +496,7 @@ impl Engine for RedisEngine {
                 let gated: Arc<dyn Subscriber> = gate.clone();
                 let handles = self.hub.subscribe_handles(channels, id, &gated);
                 self.positions(channels).await.map(|positions| {
+                    self.fanout.started(channels, &positions);
                     gate.open(positions.first().map_or(0, |p| p.seq));
                     positions
                         .into_iter()
@@ -515,54 +579,7 @@ impl Engine for RedisEngine {
         upto: Option<u64>,
         limit: ReadLimit,
     ) -> Result<Option<(ChannelInfo, Vec<Event>)>, EngineError> {
-        let reply: Option<(MetaRow, Vec<EntryRow>)> = RANGE_SCRIPT
-            .arg(&self.keys)
-            .arg(channel.as_str())
-            .arg(after)
-            .arg(upto.map(|u| u.to_string()).unwrap_or_default())
-            .arg(limit.events)
-            .invoke_async(&mut self.open_con()?)
-            .await
-            .map_err(map_err)?;
-        let Some(((id, epoch, first_offset, last_offset, trimmed_seq), rows)) = reply else {
-            return Ok(None);
-        };
-        let epoch: Arc<str> = epoch.into();
-        let info = ChannelInfo {
-            channel: channel.clone(),
-            epoch: epoch.clone(),
-            first_offset,
-            last_offset,
-            id,
-            trimmed_seq,
-        };
-        let mut events = Vec::new();
-        let mut bytes = 0;
-        for (sid, seq, time, event_id, name, data) in rows {
-            let offset = sid
-                .split_once('-')
-                .and_then(|(o, _)| o.parse().ok())
-                .ok_or_else(|| EngineError::Invalid(format!("malformed history id {sid}")))?;
-            bytes += data.len();
-            let data = RawValue::from_string(data)
-                .map_err(|e| EngineError::Invalid(format!("stored event data: {e}")))?;
-            events.push(Event {
-                channel: channel.clone(),
-                offset,
-                epoch: epoch.clone(),
-                id: event_id,
-                name,
-                data,
-                time,
-                seq,
-                channel_id: id,
-                state: None,
-            });
-            if bytes >= limit.bytes {
-                break;
-            }
-        }
-        Ok(Some((info, events)))
+        read_range(self.open_con()?, &self.keys, channel, after, upto, limit).await
     }
 
     async fn last_offset_at(&self, channel_id: u64, seq: u64) -> Result<Option<u64>, EngineError> {
