@@ -1,6 +1,7 @@
 //! A throw-away `redis-server` for tests: started on a free loopback port in a temporary directory with
-//! persistence off, and killed when the last handle is dropped. Tests that run at the same time share one server
-//! (each uses its own key prefix); a test that stops its server takes a private one.
+//! persistence off (or AOF with `appendfsync always`), and killed when the last handle is dropped. Tests that run
+//! at the same time share one server (each uses its own key prefix); a test that stops or restarts its server
+//! takes a private one.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,16 +14,26 @@ pub struct RedisServer {
     child: Mutex<Option<Child>>,
     /// `redis://127.0.0.1:PORT`.
     pub url: String,
-    _dir: tempfile::TempDir,
+    port: u16,
+    /// Whether it keeps an append-only file (so a restart keeps every acknowledged write).
+    aof: bool,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     /// A server of this test's own.
     pub fn private() -> Arc<Self> {
-        Arc::new(Self::start())
+        Arc::new(Self::start(false))
+    }
+
+    /// A server of this test's own that writes (and fsyncs) an append-only file before it answers each write.
+    #[allow(dead_code)] // not every test file that includes this module restarts a server
+    pub fn private_with_aof() -> Arc<Self> {
+        Arc::new(Self::start(true))
     }
 
     /// The server the tests running now share (a new one if none is running).
+    #[allow(dead_code)] // not every test file that includes this module shares a server
     pub fn shared() -> Arc<Self> {
         static SHARED: Mutex<Weak<RedisServer>> = Mutex::new(Weak::new());
         let mut shared = SHARED.lock().unwrap();
@@ -34,34 +45,55 @@ impl RedisServer {
         server
     }
 
-    fn start() -> Self {
+    fn start(aof: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let server = Self {
+            child: Mutex::new(None),
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            aof,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts the process and waits (bounded) until it answers PING.
+    fn spawn(&self) {
+        let aof: &[&str] = if self.aof {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", ""])
+            .args(aof)
             .arg("--dir")
-            .arg(dir.path())
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("redis-server must be installed (./scripts/setup installs it)");
-        let server = Self {
-            child: Mutex::new(Some(child)),
-            url: format!("redis://127.0.0.1:{port}"),
-            _dir: dir,
-        };
-        // Ready when it answers PING (bounded).
+        *self.child.lock().unwrap() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !ping(port) {
+        while !ping(self.port) {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
+    }
+
+    /// Starts the stopped server again on the same port and directory: with AOF it reloads its data, without
+    /// it starts empty (what a Redis that lost its data looks like).
+    #[allow(dead_code)] // not every test file that includes this module restarts a server
+    pub fn restart(&self) {
+        self.stop();
+        self.spawn();
     }
 
     /// Kills the server now (the test of an unreachable Redis).

@@ -16,6 +16,9 @@
 //! a connection's feed then closes the connection, and the client resumes by its cursor like after any other
 //! disconnect, getting the gap notice (epoch changed or history trimmed) and, on state channels, the snapshot.
 //! That reuses the one resume path every binding already has instead of inventing a live gap message.
+//!
+//! A publish to a channel with local subscribers waits, in its barrier, for the connection to be back and caught
+//! up (at most the command timeout), and cuts the backoff short: its commit shows Redis is reachable again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::{TIMEOUT, map_err, read_range};
 use crate::core::channel::{ChannelName, Pattern};
@@ -65,6 +68,10 @@ pub struct Fanout {
     marks: Mutex<HashMap<ChannelName, Mark>>,
     /// Asks the reader to confirm it dispatched everything received so far.
     barrier: mpsc::UnboundedSender<oneshot::Sender<()>>,
+    /// Whether the connection is up and caught up (barriers wait for it).
+    up: watch::Sender<bool>,
+    /// Cuts the reconnect backoff short: a publish just committed, so Redis is back.
+    kick: Notify,
     /// Key prefix (`{herald}`).
     keys: String,
     /// Pub/sub channel prefix (`{herald}:c:`).
@@ -92,6 +99,8 @@ impl Fanout {
             pending: Mutex::default(),
             marks: Mutex::default(),
             barrier,
+            up: watch::Sender::new(true),
+            kick: Notify::new(),
             keys: keys.to_owned(),
             prefix: format!("{keys}:c:"),
             hub: hub.clone(),
@@ -188,12 +197,18 @@ impl Fanout {
         }
     }
 
-    /// Returns once every message Redis sent this node before now has been dispatched to the hub. Fails as
-    /// unavailable while the connection is down (or if the reader does not answer within the command timeout).
+    /// Returns once every message Redis sent this node before now has been dispatched to the hub. While the
+    /// connection is being re-established it waits for it (and its catch-up, which dispatches what committed
+    /// meanwhile); it fails as unavailable if that takes longer than the command timeout.
     pub async fn barrier(&self) -> Result<(), EngineError> {
         let down = || EngineError::unavailable("redis pub/sub connection is down");
-        let mut ping = self.ping.lock().clone().ok_or_else(down)?;
         let wait = async {
+            let mut up = self.up.subscribe();
+            if !*up.borrow_and_update() {
+                self.kick.notify_one();
+                up.wait_for(|up| *up).await.map_err(|_| down())?;
+            }
+            let mut ping = self.ping.lock().clone().ok_or_else(down)?;
             ping.ping::<()>().await.map_err(map_err)?;
             let (tx, rx) = oneshot::channel();
             self.barrier.send(tx).map_err(|_| down())?;
@@ -268,7 +283,10 @@ impl Fanout {
     async fn reconnect(&self) -> PubSubStream {
         let mut wait = RETRY_FIRST;
         loop {
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.kick.notified() => {}
+            }
             match self.resume().await {
                 Ok(stream) => {
                     tracing::info!("redis pub/sub connection restored; subscribers caught up");
@@ -395,9 +413,11 @@ async fn run(
     loop {
         fanout.read(&mut stream, &mut barriers).await;
         tracing::warn!("redis pub/sub connection lost: reconnecting (live delivery on this node resumes after it)");
+        fanout.up.send_replace(false);
         *fanout.sink.lock().await = None;
         *fanout.ping.lock() = None;
         stream = fanout.reconnect().await;
+        fanout.up.send_replace(true);
     }
 }
 

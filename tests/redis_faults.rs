@@ -1,0 +1,264 @@
+//! The Redis engine under faults, on a `redis-server` each test starts, stops and restarts itself: publishes
+//! during an outage fail as unavailable (never acknowledged and then lost), the pub/sub connection comes back by
+//! itself and catches its subscribers up from history exactly once, and a Redis that lost its data gives them the
+//! lost signal and a new epoch, from which a feed's resume reports the gap.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use herald::binding::feed::{Feed, Gone, Outlet, Registered, Want};
+use herald::core::Engine;
+use herald::core::channel::ChannelName;
+use herald::core::engine::{self, EngineError, EngineKind, EngineOptions, Subscriber, SubscriberId};
+use herald::core::event::{Event, NewEvent, SharedEvent};
+use herald::core::gap::{Gap, GapReason};
+use herald::core::presence::Member;
+use herald::core::retention::Retention;
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+use redis_server::RedisServer;
+
+/// Longest any condition below is waited for.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+async fn open(server: &RedisServer) -> Arc<dyn Engine> {
+    engine::open(EngineOptions {
+        kind: EngineKind::Redis {
+            url: server.url.clone(),
+            prefix: format!("faults{}", std::process::id()),
+        },
+        retention: Retention::default(),
+        session_ttl: Duration::from_secs(3600),
+    })
+    .await
+    .unwrap()
+}
+
+fn ch(name: &str) -> ChannelName {
+    ChannelName::new(name).unwrap()
+}
+
+fn ev(channel: &str, n: u64) -> NewEvent {
+    NewEvent {
+        channel: ch(channel),
+        name: "tick".into(),
+        data: RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap(),
+        id: Some(format!("p{n}")),
+        state: None,
+    }
+}
+
+/// Polls `cond` until it holds; fails the test after [`DEADLINE`].
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Restarts `server` off the async workers (starting it polls PING synchronously).
+async fn restart(server: &Arc<RedisServer>) {
+    let s = server.clone();
+    tokio::task::spawn_blocking(move || s.restart())
+        .await
+        .unwrap();
+}
+
+/// Records the `(epoch, offset)` of every live event and whether it was told of a loss.
+#[derive(Default)]
+struct Record {
+    events: Mutex<Vec<(Arc<str>, u64)>>,
+    lost: AtomicBool,
+}
+impl Subscriber for Record {
+    fn deliver(&self, e: &Arc<SharedEvent>) {
+        self.events
+            .lock()
+            .push((e.event.epoch.clone(), e.event.offset));
+    }
+    fn lost(&self, _: &ChannelName) {
+        self.lost.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn subscribe(core: &Arc<dyn Engine>, channel: &str) -> (Arc<Record>, engine::Subscription) {
+    let rec = Arc::new(Record::default());
+    let sub: Arc<dyn Subscriber> = rec.clone();
+    let mut regs = core
+        .subscribe(&[ch(channel)], SubscriberId::next(), sub)
+        .await
+        .unwrap();
+    let (_, handle) = regs.pop().unwrap();
+    (rec, handle)
+}
+
+/// What the publisher saw.
+#[derive(Default)]
+struct Outcomes {
+    /// Acknowledged offsets, in order.
+    acked: Mutex<Vec<u64>>,
+    failed: AtomicU64,
+    /// Anything that should not happen: another error kind, an ack before local delivery.
+    wrong: Mutex<Vec<String>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_fails_publishes_and_subscribers_catch_up_exactly_once() {
+    let server = RedisServer::private_with_aof();
+    let core = open(&server).await;
+    let (rec, _sub) = subscribe(&core, "a").await;
+
+    let out = Arc::new(Outcomes::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = tokio::spawn({
+        let (core, rec, out, stop) = (core.clone(), rec.clone(), out.clone(), stop.clone());
+        async move {
+            for n in 1.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                match core.publish(vec![ev("a", n)]).await {
+                    Ok(r) => {
+                        let offset = r[0].offset;
+                        // Local subscribers have an event before its publish is acknowledged.
+                        if !rec.events.lock().iter().any(|(_, o)| *o == offset) {
+                            out.wrong
+                                .lock()
+                                .push(format!("offset {offset} acknowledged before delivery"));
+                        }
+                        out.acked.lock().push(offset);
+                    }
+                    Err(EngineError::Unavailable(_)) => {
+                        out.failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => out.wrong.lock().push(format!("publish {n}: {e}")),
+                }
+                // Pacing the load (not synchronisation): a failing publish returns at once.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+
+    until("publishes before the outage", || out.acked.lock().len() >= 50).await;
+    server.stop();
+    until("a publish to fail", || out.failed.load(Ordering::SeqCst) > 0).await;
+    let acked_before = out.acked.lock().len();
+    // The outage itself (its length is the point of the test, not a synchronisation).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        out.acked.lock().len(),
+        acked_before,
+        "nothing is acknowledged while Redis is down"
+    );
+    restart(&server).await;
+    until("publishes after the restart", || {
+        out.acked.lock().len() >= acked_before + 50
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    publisher.await.unwrap();
+
+    let info = core.channel(&ch("a")).await.unwrap().unwrap();
+    until("the subscriber to reach the last offset", || {
+        rec.events.lock().last().map(|(_, o)| *o) == Some(info.last_offset)
+    })
+    .await;
+    assert!(out.wrong.lock().is_empty(), "{:?}", out.wrong.lock());
+    assert!(!rec.lost.load(Ordering::SeqCst), "nothing was lost");
+    // Every committed event (acknowledged or whose reply was lost) exactly once, in order, in one epoch.
+    let events = rec.events.lock().clone();
+    let offsets: Vec<u64> = events.iter().map(|(_, o)| *o).collect();
+    assert_eq!(offsets, (1..=info.last_offset).collect::<Vec<_>>());
+    assert!(events.iter().all(|(e, _)| *e == info.epoch));
+    let acked = out.acked.lock().clone();
+    assert!(acked.windows(2).all(|w| w[0] < w[1]));
+    assert!(acked.last().is_some_and(|o| *o <= info.last_offset));
+}
+
+/// A feed's wire: gap notices with their reason, replayed and live offsets, and whether it was closed for a
+/// resume.
+#[derive(Default)]
+struct Wire {
+    sent: Mutex<Vec<String>>,
+    failed: AtomicBool,
+}
+impl Outlet for Wire {
+    fn live(&self, e: &Arc<SharedEvent>) -> Result<(), Gone> {
+        self.sent.lock().push(format!("live {}", e.event.offset));
+        Ok(())
+    }
+    fn replayed(&self, e: &Event, _: &Registered) -> Result<(), Gone> {
+        self.sent.lock().push(format!("{}", e.offset));
+        Ok(())
+    }
+    fn gap(&self, g: &Gap) -> Result<(), Gone> {
+        self.sent.lock().push(format!("gap {:?}", g.reason));
+        Ok(())
+    }
+    fn overflow(&self) {}
+    fn fail(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+    }
+    async fn room(&self) {}
+}
+
+fn member(conn: &str) -> Arc<Member> {
+    Arc::new(Member {
+        conn: conn.into(),
+        user: None,
+        roles: vec![],
+        transport: "sse",
+        connected_at: 0,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_data_changes_the_epoch_and_signals_the_loss() {
+    let server = RedisServer::private();
+    let core = open(&server).await;
+    let (rec, _sub) = subscribe(&core, "a").await;
+    let feed = Feed::new(core.clone(), Wire::default(), 1 << 20, member("f1"));
+    let regs = feed.begin(vec![Want::new_events(ch("a"))]).await.unwrap();
+    feed.complete(&regs).await.unwrap();
+    let mut old = None;
+    for n in 1..=3 {
+        old = Some(core.publish(vec![ev("a", n)]).await.unwrap()[0].epoch.clone());
+    }
+    let old = old.unwrap();
+    assert_eq!(rec.events.lock().len(), 3);
+
+    restart(&server).await; // persistence off: it comes back empty
+    until("the loss signal", || {
+        rec.lost.load(Ordering::SeqCst) && feed.outlet.failed.load(Ordering::SeqCst)
+    })
+    .await;
+    let r = core.publish(vec![ev("a", 4)]).await.unwrap();
+    assert_ne!(r[0].epoch, old, "offsets after data loss start a new epoch");
+    assert_eq!(r[0].offset, 1);
+    feed.detach();
+
+    // The client's resume by its cursor (offset 3 of the old epoch) is told the epoch changed.
+    let resumed = Feed::new(core.clone(), Wire::default(), 1 << 20, member("f2"));
+    let regs = resumed
+        .begin(vec![Want {
+            channel: ch("a"),
+            after: Some(3),
+            epoch: Some(old.to_string()),
+            gap: None,
+        }])
+        .await
+        .unwrap();
+    resumed.complete(&regs).await.unwrap();
+    let sent = resumed.outlet.sent.lock().clone();
+    assert_eq!(
+        sent.first(),
+        Some(&format!("gap {:?}", GapReason::EpochChanged)),
+        "{sent:?}"
+    );
+    resumed.detach();
+}
