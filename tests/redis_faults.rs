@@ -262,3 +262,128 @@ async fn a_redis_that_lost_its_data_changes_the_epoch_and_signals_the_loss() {
     );
     resumed.detach();
 }
+
+/// A `herald serve` process on the Redis engine, killed when dropped.
+struct Herald {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary on an ephemeral loopback port and waits (bounded) for its listening line.
+fn start_herald(redis: &RedisServer) -> Herald {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[engine]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"http{}\"\n",
+            redis.url,
+            std::process::id()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("HERALD_ENGINE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(url) = line.strip_prefix("herald listening on ") {
+                let _ = tx.send(url.trim().to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(DEADLINE)
+        .expect("herald printed its listening line");
+    Herald {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+/// Publishes `{"n":n}` to channel `a` over HTTP: the status and the JSON body.
+async fn http_publish(http: &reqwest::Client, herald: &Herald, n: u64) -> (u16, serde_json::Value) {
+    let r = http
+        .post(format!("{}/api/publish", herald.url))
+        .json(&serde_json::json!({"channel": "a", "event": "x", "data": {"n": n}, "id": format!("h{n}")}))
+        .timeout(DEADLINE)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_an_outage_is_503_and_an_sse_client_stays_and_catches_up() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = RedisServer::private_with_aof();
+    let herald = start_herald(&server);
+    let http = reqwest::Client::new();
+    let mut sse = http
+        .get(format!("{}/sse/a", herald.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    assert_eq!(http_publish(&http, &herald, 1).await.0, 200);
+
+    server.stop();
+    let (status, body) = http_publish(&http, &herald, 2).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "engine_unavailable", "{body}");
+    restart(&server).await;
+    // The command connection reconnects on the next command (polled with a deadline).
+    let deadline = Instant::now() + DEADLINE;
+    let mut n = 3;
+    loop {
+        let (status, body) = http_publish(&http, &herald, n).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(body["error"]["code"], "engine_unavailable", "{body}");
+        assert!(Instant::now() < deadline, "publishes did not recover");
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The same SSE response (never closed) carries event 1 and the first acknowledged one after the outage,
+    // each once and in order.
+    let mut text = String::new();
+    let want = format!("data: {{\"n\":{n}}}");
+    let read = async {
+        while !text.contains(&want) {
+            match sse.chunk().await {
+                Ok(Some(c)) => text.push_str(&String::from_utf8_lossy(&c)),
+                other => panic!("the SSE stream ended during the outage: {other:?}; got {text}"),
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .unwrap_or_else(|_| panic!("SSE never carried {want}"));
+    let data: Vec<&str> = text.lines().filter(|l| l.starts_with("data:")).collect();
+    assert_eq!(data.first(), Some(&"data: {\"n\":1}"), "{text}");
+    assert_eq!(data.iter().filter(|l| **l == want).count(), 1, "{text}");
+    assert!(!text.contains("herald:gap"), "{text}");
+}
