@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use herald::binding::feed::{Feed, Gone, Outlet, Registered, Want};
 use herald::core::Engine;
 use herald::core::channel::ChannelName;
-use herald::core::engine::{self, EngineError, EngineKind, EngineOptions, Subscriber, SubscriberId};
+use herald::core::engine::{
+    self, EngineError, EngineKind, EngineOptions, Subscriber, SubscriberId,
+};
 use herald::core::event::{Event, NewEvent, SharedEvent};
 use herald::core::gap::{Gap, GapReason};
 use herald::core::presence::Member;
@@ -144,9 +146,15 @@ async fn an_outage_fails_publishes_and_subscribers_catch_up_exactly_once() {
         }
     });
 
-    until("publishes before the outage", || out.acked.lock().len() >= 50).await;
+    until("publishes before the outage", || {
+        out.acked.lock().len() >= 50
+    })
+    .await;
     server.stop();
-    until("a publish to fail", || out.failed.load(Ordering::SeqCst) > 0).await;
+    until("a publish to fail", || {
+        out.failed.load(Ordering::SeqCst) > 0
+    })
+    .await;
     let acked_before = out.acked.lock().len();
     // The outage itself (its length is the point of the test, not a synchronisation).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -227,7 +235,11 @@ async fn a_redis_that_lost_its_data_changes_the_epoch_and_signals_the_loss() {
     feed.complete(&regs).await.unwrap();
     let mut old = None;
     for n in 1..=3 {
-        old = Some(core.publish(vec![ev("a", n)]).await.unwrap()[0].epoch.clone());
+        old = Some(
+            core.publish(vec![ev("a", n)]).await.unwrap()[0]
+                .epoch
+                .clone(),
+        );
     }
     let old = old.unwrap();
     assert_eq!(rec.events.lock().len(), 3);

@@ -86,3 +86,22 @@ impl IntoResponse for ApiError {
         (self.status, Json(body)).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_engine_is_503_engine_unavailable() {
+        let e = ApiError::from(EngineError::unavailable("redis is down"));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable")
+        );
+        let e = ApiError::from(EngineError::Closed);
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "storage_error")
+        );
+    }
+}

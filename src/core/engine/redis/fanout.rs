@@ -412,7 +412,9 @@ async fn run(
 ) {
     loop {
         fanout.read(&mut stream, &mut barriers).await;
-        tracing::warn!("redis pub/sub connection lost: reconnecting (live delivery on this node resumes after it)");
+        tracing::warn!(
+            "redis pub/sub connection lost: reconnecting (live delivery on this node resumes after it)"
+        );
         fanout.up.send_replace(false);
         *fanout.sink.lock().await = None;
         *fanout.ping.lock() = None;

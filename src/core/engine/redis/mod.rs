@@ -1,7 +1,7 @@
 //! The Redis engine: history, state, idempotency ids, sessions and the commit order in a Redis 7 / Valkey server,
 //! fan-out through its pub/sub (`[engine] kind = "redis"`). This step runs one node per Redis correctly and lays
 //! the keys out for several; what several nodes need beyond it (cluster-wide presence, source leases, polling
-//! without sticky sessions, reconnecting the pub/sub connection) comes next.
+//! without sticky sessions) comes next.
 //!
 //! # Client
 //! `redis` (redis-rs): the most used Rust client, maintained by the Redis organisation, with `EVALSHA` scripts that
@@ -58,13 +58,15 @@
 //! as in the local engines; cluster-wide presence is a later step. State-channel declarations are configuration,
 //! kept in the hub.
 //!
-//! # Faults (this step)
-//! A command that cannot reach Redis fails with [`EngineError::Unavailable`] (after 5 s at most), and the
-//! command connection reconnects by itself on the next command. A publish that fails so was not acknowledged; it
-//! may still have committed (the reply was lost), which a retry with the same idempotency id answers. The pub/sub
-//! connection is not yet re-established when it drops: live delivery on this node then stops (logged), and
-//! publishes to channels with local subscribers fail their barrier as unavailable — resubscribing and catching up
-//! from history after a reconnect is part of the multi-node step.
+//! # Faults
+//! A command that cannot reach Redis fails with [`EngineError::Unavailable`] (after 5 s at most; the HTTP API
+//! answers 503 `engine_unavailable`), and the command connection reconnects by itself on the next command. A
+//! publish that fails so was not acknowledged; it may still have committed (the reply was lost), which a retry
+//! with the same idempotency id answers. Nothing is acknowledged that is not committed: the reply of the script
+//! is what a publish returns. The pub/sub connection reconnects with backoff, resubscribes and catches each local
+//! channel up from history before live delivery resumes, exactly once; where history no longer covers the
+//! outage (trimmed, or Redis lost its data), the subscribers are told to resume by their cursors, which report
+//! the gap ([`fanout`] explains both). Otherwise connected clients stay connected throughout.
 
 mod fanout;
 mod scripts;
@@ -299,12 +301,12 @@ impl Subscriber for Gate {
 
 /// A channel's position and its history after `after` (through `upto`), as one script reads them.
 async fn read_range(
-mut con: ConnectionManager,
-keys: &str,
-channel: &ChannelName,
-after: u64,
-upto: Option<u64>,
-limit: ReadLimit,
+    mut con: ConnectionManager,
+    keys: &str,
+    channel: &ChannelName,
+    after: u64,
+    upto: Option<u64>,
+    limit: ReadLimit,
 ) -> Result<Option<(ChannelInfo, Vec<Event>)>, EngineError> {
     let reply: Option<(MetaRow, Vec<EntryRow>)> = RANGE_SCRIPT
         .arg(keys)
