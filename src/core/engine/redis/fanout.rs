@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
@@ -70,6 +71,8 @@ pub struct Fanout {
     barrier: mpsc::UnboundedSender<oneshot::Sender<()>>,
     /// Whether the connection is up and caught up (barriers wait for it).
     up: watch::Sender<bool>,
+    /// How many times the connection dropped (a subscription that straddles a drop cannot trust its start).
+    drops: AtomicU64,
     /// Cuts the reconnect backoff short: a publish just committed, so Redis is back.
     kick: Notify,
     /// Key prefix (`{herald}`).
@@ -101,6 +104,7 @@ impl Fanout {
             barrier,
             up: watch::Sender::new(true),
             kick: Notify::new(),
+            drops: AtomicU64::new(0),
             keys: keys.to_owned(),
             prefix: format!("{keys}:c:"),
             hub: hub.clone(),
@@ -137,7 +141,13 @@ impl Fanout {
             return Err(EngineError::unavailable("redis pub/sub connection is down"));
         };
         let topics: Vec<String> = channels.iter().map(|c| self.topic(c)).collect();
-        sink.subscribe(&topics).await.map_err(map_err)
+        bounded(sink.subscribe(&topics)).await
+    }
+
+    /// How many times the connection has dropped so far: a subscription that saw it change between its
+    /// [`Fanout::listen`] and its [`Fanout::started`] may have missed events nothing will catch up.
+    pub fn drops(&self) -> u64 {
+        self.drops.load(Ordering::Acquire)
     }
 
     /// Notes where new subscriptions start, so a catch-up after a reconnect covers them even if no event of
@@ -191,7 +201,7 @@ impl Fanout {
         // While the connection is down there is nothing to unsubscribe: the reconnect subscribes only what
         // is wanted then.
         if let Some(sink) = sink.as_mut()
-            && let Err(e) = sink.unsubscribe(self.topic(channel)).await
+            && let Err(e) = bounded(sink.unsubscribe(self.topic(channel))).await
         {
             tracing::warn!(error = %e, channel = %channel, "redis unsubscribe failed");
         }
@@ -316,7 +326,7 @@ impl Fanout {
             channels.dedup();
             if !channels.is_empty() {
                 let topics: Vec<String> = channels.iter().map(|c| self.topic(c)).collect();
-                sink.subscribe(&topics).await.map_err(map_err)?;
+                bounded(sink.subscribe(&topics)).await?;
             }
             *self.ping.lock() = Some(sink.clone());
             *current = Some(sink);
@@ -404,6 +414,17 @@ impl Fanout {
     }
 }
 
+/// A pub/sub command, failing as unavailable if it gets no reply within the command timeout (a connection that
+/// is silently gone).
+async fn bounded(
+    cmd: impl std::future::Future<Output = redis::RedisResult<()>>,
+) -> Result<(), EngineError> {
+    tokio::time::timeout(TIMEOUT, cmd)
+        .await
+        .map_err(|_| EngineError::unavailable("redis pub/sub command timed out"))?
+        .map_err(map_err)
+}
+
 /// The reader: reads the connection, and when it drops, reconnects and catches up before reading the new one.
 async fn run(
     fanout: Arc<Fanout>,
@@ -415,6 +436,7 @@ async fn run(
         tracing::warn!(
             "redis pub/sub connection lost: reconnecting (live delivery on this node resumes after it)"
         );
+        fanout.drops.fetch_add(1, Ordering::AcqRel);
         fanout.up.send_replace(false);
         *fanout.sink.lock().await = None;
         *fanout.ping.lock() = None;

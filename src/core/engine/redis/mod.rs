@@ -489,6 +489,7 @@ impl Engine for RedisEngine {
         // SUBSCRIBE, register, then read the position: an event dispatched before the registration was
         // committed before the read (in its history); one after it reaches the gate, which keeps only those
         // after the position.
+        let drops = self.fanout.drops();
         let result = match self.fanout.listen(channels).await {
             Ok(()) => {
                 let gate = Arc::new(Gate {
@@ -497,14 +498,21 @@ impl Engine for RedisEngine {
                 });
                 let gated: Arc<dyn Subscriber> = gate.clone();
                 let handles = self.hub.subscribe_handles(channels, id, &gated);
-                self.positions(channels).await.map(|positions| {
+                self.positions(channels).await.and_then(|positions| {
                     self.fanout.started(channels, &positions);
+                    // A pub/sub reconnect between the SUBSCRIBE and the mark may have skipped this
+                    // subscription's catch-up: refuse it (the caller retries) rather than start with a hole.
+                    if self.fanout.drops() != drops {
+                        return Err(EngineError::unavailable(
+                            "redis pub/sub connection dropped during the subscription",
+                        ));
+                    }
                     gate.open(positions.first().map_or(0, |p| p.seq));
-                    positions
+                    Ok(positions
                         .into_iter()
                         .zip(handles)
                         .map(|(pos, (_, handle))| (pos, handle))
-                        .collect()
+                        .collect())
                 })
             }
             Err(e) => Err(e),
