@@ -1,7 +1,8 @@
 //! The Redis engine under faults, on a `redis-server` each test starts, stops and restarts itself: publishes
 //! during an outage fail as unavailable (never acknowledged and then lost), the pub/sub connection comes back by
-//! itself and catches its subscribers up from history exactly once, and a Redis that lost its data gives them the
-//! lost signal and a new epoch, from which a feed's resume reports the gap.
+//! itself and catches its subscribers up from history exactly once, and a Redis that lost its data (or history
+//! trimmed past what a node missed) gives them the lost signal — after data loss with a new epoch, from which a
+//! feed's resume reports the gap. One test runs `herald serve` itself for the HTTP answers and an SSE client.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -398,4 +399,77 @@ async fn over_http_an_outage_is_503_and_an_sse_client_stays_and_catches_up() {
     assert_eq!(data.first(), Some(&"data: {\"n\":1}"), "{text}");
     assert_eq!(data.iter().filter(|l| **l == want).count(), 1, "{text}");
     assert!(!text.contains("herald:gap"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_trimmed_from_history_while_the_pub_sub_was_down_signals_the_loss() {
+    use herald::core::retention::Limits;
+    let server = RedisServer::private();
+    // An admin user of its own, so the test can lock the engine's (default) user out and back in.
+    let admin_url = server.url.replace("redis://", "redis://admin:pw@");
+    let mut admin = redis::Client::open(server.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "admin", "on", ">pw", "~*", "&*", "+@all"][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let mut admin = redis::Client::open(admin_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let retention = Retention {
+        defaults: Limits {
+            max_events: 3,
+            max_age: Duration::from_secs(3600),
+        },
+        rules: vec![],
+    };
+    let prefix = format!("trim{}", std::process::id());
+    let node = |url: String| {
+        engine::open(EngineOptions {
+            kind: EngineKind::Redis {
+                url,
+                prefix: prefix.clone(),
+            },
+            retention: retention.clone(),
+            session_ttl: Duration::from_secs(3600),
+        })
+    };
+    let a = node(server.url.clone()).await.unwrap();
+    let b = node(admin_url.clone()).await.unwrap();
+    let (rec, _sub) = subscribe(&a, "a").await;
+    b.publish(vec![ev("a", 1)]).await.unwrap();
+    until("event 1 on node a", || rec.events.lock().len() == 1).await;
+
+    // Node a's pub/sub connection drops and cannot come back while node b publishes past its retention.
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "off"][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["KILL", "USER", "default"][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    for n in 2..=10 {
+        b.publish(vec![ev("a", n)]).await.unwrap();
+    }
+    assert!(!rec.lost.load(Ordering::SeqCst));
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "on"][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    until("the loss signal", || rec.lost.load(Ordering::SeqCst)).await;
+    assert_eq!(
+        rec.events.lock().len(),
+        1,
+        "no event of the hole is delivered"
+    );
 }
