@@ -335,6 +335,8 @@ impl Fanout {
         // Subscribed first, so whatever commits after a channel's catch-up read arrives on the new stream.
         for c in &channels {
             if let Err(e) = self.catch_up(c).await {
+                // Subscriptions made on this connection meanwhile are as unsure of their start as at a drop.
+                self.drops.fetch_add(1, Ordering::AcqRel);
                 *self.sink.lock().await = None;
                 *self.ping.lock() = None;
                 return Err(e);
