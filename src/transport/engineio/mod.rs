@@ -26,6 +26,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use base64::Engine as _;
+use futures_util::future::BoxFuture;
 use parking_lot::RwLock;
 
 pub use packet::{
@@ -163,6 +164,21 @@ pub trait SessionHandler: Send + Sync + 'static {
     fn on_close(&self, reason: CloseReason);
 }
 
+/// Where the sessions of other servers are found, when several servers share clients without sticky sessions.
+///
+/// The server tells it of each session it opens and closes; a request naming a sid this server does not hold is
+/// handed to [`Directory::forward`] (a WebSocket upgrade is not: it gets the usual "Session ID unknown", and the
+/// client keeps polling).
+pub trait Directory: Send + Sync + 'static {
+    /// A session opened here; its handshake is answered once this resolves (so the next request finds it).
+    fn opened(&self, sid: &Arc<str>) -> BoxFuture<'static, ()>;
+    /// A session opened here closed.
+    fn closed(&self, sid: &str);
+    /// A request for `sid`, not held here: `Some(response)` when another server answered it, `None` when no
+    /// server holds it.
+    fn forward(&self, sid: &str, req: Request) -> BoxFuture<'static, Option<Response>>;
+}
+
 /// Engine.IO error codes (`engine.io/lib/server.ts` `Server.errors`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
@@ -232,6 +248,7 @@ impl RequestError {
 pub struct EngineIo {
     pub(crate) config: EngineIoConfig,
     handler: Arc<dyn EngineHandler>,
+    directory: Option<Arc<dyn Directory>>,
     sessions: RwLock<HashMap<Arc<str>, Arc<Session>>>,
     accepting: AtomicBool,
     timers: timers::Timers,
@@ -248,9 +265,19 @@ impl std::fmt::Debug for EngineIo {
 impl EngineIo {
     /// Creates a server; serve it with [`EngineIo::router`].
     pub fn new(config: EngineIoConfig, handler: Arc<dyn EngineHandler>) -> Arc<EngineIo> {
+        Self::with_directory(config, handler, None)
+    }
+
+    /// Creates a server that finds the sessions of other servers in `directory`.
+    pub fn with_directory(
+        config: EngineIoConfig,
+        handler: Arc<dyn EngineHandler>,
+        directory: Option<Arc<dyn Directory>>,
+    ) -> Arc<EngineIo> {
         Arc::new(EngineIo {
             config,
             handler,
+            directory,
             sessions: RwLock::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             timers: timers::Timers::new(),
@@ -293,7 +320,10 @@ impl EngineIo {
     }
 
     pub(crate) fn remove(&self, sid: &str) {
-        self.sessions.write().remove(sid);
+        let removed = self.sessions.write().remove(sid).is_some();
+        if let (true, Some(directory)) = (removed, &self.directory) {
+            directory.closed(sid);
+        }
     }
 
     fn open_packet(&self, sid: &str, upgrades: bool) -> String {
@@ -308,15 +338,18 @@ impl EngineIo {
         format!("0{json}")
     }
 
-    /// Registers a new session and schedules its heartbeat.
-    fn open_session(
+    /// Registers a new session (here and in the directory) and schedules its heartbeat.
+    async fn open_session(
         self: &Arc<Self>,
         request: Arc<RequestInfo>,
         transport: TransportKind,
     ) -> Arc<Session> {
         let sid: Arc<str> = generate_id().into();
         let session = Session::new(sid.clone(), request, self.clone(), transport);
-        self.sessions.write().insert(sid, session.clone());
+        self.sessions.write().insert(sid.clone(), session.clone());
+        if let Some(directory) = &self.directory {
+            directory.opened(&sid).await;
+        }
         session.set_handler(self.handler.on_open(&session));
         session.start_heartbeat();
         session
@@ -381,6 +414,13 @@ impl EngineIo {
         let websocket = transport == Some("websocket");
         if let Some(sid) = param("sid") {
             let Some(session) = self.session(sid).filter(|s| !s.check_expired()) else {
+                // Another server may hold it; an upgrade is not forwarded (the client keeps polling).
+                if let (Some(directory), false) = (&self.directory, is_upgrade) {
+                    let sid = sid.to_owned();
+                    if let Some(response) = directory.forward(&sid, req).await {
+                        return response;
+                    }
+                }
                 return reject(RequestError::UnknownSid, None);
             };
             // Only a GET may still see a (lingering) closed session: it gets its noop.
@@ -427,14 +467,18 @@ impl EngineIo {
                 Ok(accepted) => accepted,
                 Err(e) => return e.upgrade_response(),
             };
-            let session = self.open_session(Arc::new(info.for_session()), TransportKind::WebSocket);
+            let session = self
+                .open_session(Arc::new(info.for_session()), TransportKind::WebSocket)
+                .await;
             session.hold(admission);
             let open = self.open_packet(session.sid(), false);
             // The open packet is the first frame; nothing can be queued before it.
             let _ = session.send(Frame::Text(open.into()));
             return websocket::accept(session, upgrade, response);
         }
-        let session = self.open_session(Arc::new(info.for_session()), TransportKind::Polling);
+        let session = self
+            .open_session(Arc::new(info.for_session()), TransportKind::Polling)
+            .await;
         session.hold(admission);
         let open = self.open_packet(session.sid(), true);
         polling::text_response(Body::from(open))

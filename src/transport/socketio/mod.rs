@@ -26,7 +26,7 @@ use parking_lot::RwLock;
 use serde_json::Value;
 
 use crate::transport::engineio::{
-    Admission, CloseReason, EngineHandler, EngineIo, EngineIoConfig, RequestInfo, Session,
+    Admission, CloseReason, Directory, EngineHandler, EngineIo, EngineIoConfig, RequestInfo, Session,
     SessionHandler,
 };
 use client::Client;
@@ -254,9 +254,16 @@ pub struct SocketIoBuilder {
     namespaces: HashMap<String, (Arc<str>, Arc<dyn NamespaceHandler>)>,
     allow_request: Option<Box<AllowRequest>>,
     admit: Option<Box<Admit>>,
+    directory: Option<Arc<dyn Directory>>,
 }
 
 impl SocketIoBuilder {
+    /// Finds the sessions of other servers (several servers without sticky sessions).
+    pub fn directory(mut self, directory: Arc<dyn Directory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
     /// Serves namespace `name` (e.g. `/`, `/custom`) with `handler`.
     pub fn namespace(mut self, name: &str, handler: Arc<dyn NamespaceHandler>) -> Self {
         self.namespaces
@@ -304,7 +311,11 @@ impl SocketIoBuilder {
             cors_any_origin: config.cors_any_origin,
             ..EngineIoConfig::default()
         };
-        let engine = EngineIo::new(engine_config, Arc::new(Bridge(inner.clone())));
+        let engine = EngineIo::with_directory(
+            engine_config,
+            Arc::new(Bridge(inner.clone())),
+            self.directory,
+        );
         Arc::new(SocketIo { inner, engine })
     }
 }
@@ -329,6 +340,7 @@ impl SocketIo {
             namespaces: HashMap::new(),
             allow_request: None,
             admit: None,
+            directory: None,
         }
     }
 
