@@ -4,7 +4,8 @@
 //! `api_keys` in [`crate::api`], `[tls]` in [`crate::tls`], `[limits]` in [`crate::policy`], `[engine]` in
 //! [`crate::core::engine`], `[history]` in [`crate::core::retention`], `[[state]]` in [`crate::core::state`],
 //! `[socketio]`, `[websocket]` and `[sse]` in their bindings, `[auth]` in [`crate::auth`], `[sources]` in
-//! [`crate::source`] and `[monitor]` in [`crate::source::monitor`]. The imports run one way: this module names those
+//! [`crate::source`], `[monitor]` in [`crate::source::monitor`] and `[cluster]` in [`crate::cluster`]. The
+//! imports run one way: this module names those
 //! sections and calls their `validate`, and none of them imports this module back (they share only the leaf
 //! [`InvalidConfig`]). What is left here is reading the file, applying the overrides, and the checks that span
 //! sections (see `Config::validate`).
@@ -92,6 +93,8 @@ pub struct Config {
     pub state: Vec<StateConfig>,
     /// The service monitor.
     pub monitor: crate::source::monitor::MonitorConfig,
+    /// Several nodes on one engine (`[cluster]`).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Default for Config {
@@ -115,6 +118,7 @@ impl Default for Config {
             sources: SourcesConfig::default(),
             state: Vec::new(),
             monitor: crate::source::monitor::MonitorConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -187,6 +191,7 @@ impl Config {
         self.socketio.validate(&actions)?;
         self.history.validate()?;
         self.engine.validate()?;
+        self.cluster.validate()?;
         self.limits.validate()?;
         self.auth.validate()?;
         self.sources.validate(&self.socketio.path)?;

@@ -9,6 +9,7 @@
 //! - [`api`]: the HTTP surface (JSON errors, key check, `Mounts`) and the engine's own routes.
 //! - [`binding`]: channels over each transport, through one subscribe path and one refusal type.
 //! - [`source`]: built-in producers (service monitor, live SQL) behind the `Source` trait.
+//! - [`cluster`]: several nodes without sticky sessions (`[cluster]`, the Engine.IO session directory).
 //! - [`config`], [`tls`], [`accept`], [`server`]: composing the sections, TLS, the accept loop, the wiring.
 //! - [`config_error`], [`json`], [`number`]: leaves every layer may use.
 
@@ -16,6 +17,7 @@ pub mod accept;
 pub mod api;
 pub mod auth;
 pub mod binding;
+pub mod cluster;
 pub mod config;
 pub mod config_error;
 pub mod core;

@@ -13,6 +13,7 @@ use crate::binding::access::Access;
 use crate::binding::socketio::{Actions, ChannelsNamespace};
 use crate::binding::sse::SseBinding;
 use crate::binding::websocket::WebSocketBinding;
+use crate::cluster::{ClusterConfig, SessionDirectory};
 use crate::config::Config;
 use crate::core::Engine;
 use crate::core::channel::Pattern;
@@ -61,6 +62,9 @@ pub struct Server {
     registry: Registry,
     head_timeout: Option<std::time::Duration>,
     keep_alive_timeout: Option<std::time::Duration>,
+    /// With a shared engine: this node's Engine.IO sessions, findable by the others.
+    directory: Option<SessionDirectory>,
+    cluster: ClusterConfig,
 }
 
 /// Client events mapped to actions run on the sources that serve them.
@@ -138,7 +142,17 @@ impl Server {
             sources.clone(),
             registry.clone(),
         );
-        let socketio = SocketIo::builder(SocketIoConfig {
+        // Only an engine shared by several nodes can hold sessions this node does not.
+        let directory = (config.engine.kind == EngineChoice::Redis).then(|| {
+            SessionDirectory::new(
+                core.clone(),
+                &config.cluster,
+                // Longer than a held long-poll GET, which the owner answers within a ping interval.
+                s.ping_interval + s.ping_timeout,
+                s.max_payload,
+            )
+        });
+        let mut socketio = SocketIo::builder(SocketIoConfig {
             path: s.path.clone(),
             ping_interval: s.ping_interval,
             ping_timeout: s.ping_timeout,
@@ -152,8 +166,11 @@ impl Server {
             // Every Engine.IO session, joined to a namespace or not, holds one of its address's connection slots.
             let access = access.clone();
             move |request| access.admit_session(request.remote_addr.map(|a| a.ip()))
-        })
-        .build();
+        });
+        if let Some(directory) = &directory {
+            socketio = socketio.directory(Arc::new(directory.clone()));
+        }
+        let socketio = socketio.build();
         let api = api::router(
             ApiState {
                 core: core.clone(),
@@ -206,6 +223,8 @@ impl Server {
             registry,
             head_timeout: config.limits.request_head_timeout(),
             keep_alive_timeout: config.limits.keep_alive_timeout(),
+            directory,
+            cluster: config.cluster.clone(),
         })
     }
 
@@ -245,6 +264,21 @@ impl Server {
                 }
             })
         };
+        let claims = match (&self.directory, listener.local_addr()) {
+            (Some(directory), Ok(listen)) => {
+                match self.cluster.advertise_for(listen, self.tls.is_some()) {
+                    Some(advertise) => Some(directory.start(advertise)),
+                    None => {
+                        tracing::warn!(
+                            %listen,
+                            "set [cluster] advertise: other nodes cannot forward this node's sessions"
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let edge = Edge {
             policy: self.policy.clone(),
             head_timeout: self.head_timeout,
@@ -265,6 +299,9 @@ impl Server {
             }
         }
         flusher.abort();
+        if let Some(claims) = claims {
+            claims.abort();
+        }
         self.policy.refusals.flush();
         served?;
         self.sources.shutdown().await;

@@ -457,6 +457,25 @@ pub trait Engine: Send + Sync + 'static {
     /// Forgets a session; does not wait.
     fn delete_session(&self, pid: &str);
 
+    /// Records that this node, reachable at `owner`, holds the Engine.IO sessions `sids`, for `ttl` (calling again
+    /// refreshes it). An in-process engine serves one node: there is nothing to record.
+    async fn claim_sids(
+        &self,
+        _sids: &[Arc<str>],
+        _owner: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Forgets this node's claim on `sid`; does not wait.
+    fn release_sid(&self, _sid: &str) {}
+
+    /// The address of the node holding Engine.IO session `sid`, if one claimed it.
+    async fn sid_owner(&self, _sid: &str) -> Result<Option<String>, EngineError> {
+        Ok(None)
+    }
+
     /// Adds `member` to `channel`'s presence until the guard is dropped (one entry per connection and channel).
     async fn join(
         &self,

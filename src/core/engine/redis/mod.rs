@@ -23,6 +23,7 @@
 //! - `{herald}:i:<channel id>:<idempotency id>` — `<epoch> <offset>`, expiring with the channel's age limit.
 //! - `{herald}:expiry` — sorted set: channel → when its oldest event expires (what the age sweep reads).
 //! - `{herald}:session:<pid>` — a Socket.IO session record; expires `session_ttl` after it is marked detached.
+//! - `{herald}:sid:<sid>` — the address of the node holding an Engine.IO session (`directory`).
 //! - Pub/sub channel `{herald}:c:<channel>` — each committed event, as `fanout::decode` reads it.
 //!
 //! # Scripts
@@ -68,6 +69,7 @@
 //! outage (trimmed, or Redis lost its data), the subscribers are told to resume by their cursors, which report
 //! the gap ([`fanout`] explains both). Otherwise connected clients stay connected throughout.
 
+mod directory;
 mod fanout;
 mod scripts;
 
@@ -624,6 +626,25 @@ impl Engine for RedisEngine {
 
     fn delete_session(&self, pid: &str) {
         let _ = self.sessions.send(SessionOp::Delete(pid.to_owned()));
+    }
+
+    async fn claim_sids(
+        &self,
+        sids: &[Arc<str>],
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        directory::claim(self.open_con()?, &self.keys, sids, owner, ttl).await
+    }
+
+    fn release_sid(&self, sid: &str) {
+        if let Ok(con) = self.open_con() {
+            directory::release(con, &self.keys, sid);
+        }
+    }
+
+    async fn sid_owner(&self, sid: &str) -> Result<Option<String>, EngineError> {
+        directory::owner(self.open_con()?, &self.keys, sid).await
     }
 
     async fn join(
