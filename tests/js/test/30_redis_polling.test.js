@@ -1,0 +1,68 @@
+// 30. Engine.IO long-polling across Redis nodes without sticky sessions (issue 14's test 3): a round-robin HTTP
+// balancer sends each request to the next node in turn, so consecutive requests of one session land on different
+// nodes; the node that does not hold the session forwards the request to the one that does.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { connected, subscribeOk, publish, Recorder, chan, withTimeout, request } from '../lib/herald.js';
+import { startRedis, startNodes } from '../lib/cluster.js';
+
+/**
+ * An HTTP balancer sending each request to the next of `ports` in turn (no affinity; fresh upstream connection each
+ * time). Returns {url, log: [{port, method, path}]}.
+ */
+async function roundRobin(t, ports) {
+  let next = 0;
+  const log = [];
+  const server = http.createServer((req, res) => {
+    const port = ports[next++ % ports.length];
+    log.push({ port, method: req.method, path: req.url });
+    const up = http.request({ host: '127.0.0.1', port, method: req.method, path: req.url, headers: req.headers, agent: false },
+      (upRes) => { res.writeHead(upRes.statusCode, upRes.headers); upRes.pipe(res); });
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => new Promise((r) => { server.closeAllConnections(); server.close(r); }));
+  return { url: `http://127.0.0.1:${server.address().port}`, log };
+}
+
+test('polling through a round-robin balancer over two nodes: connect, subscribe, events from either node, acks',
+  { timeout: 30_000 }, async (t) => {
+    const redis = await startRedis(t);
+    const [a, b] = await startNodes(t, redis, 2);
+    const lb = await roundRobin(t, [a.port, b.port]);
+
+    const socket = await connected(t, lb.url, { transports: ['polling'] });
+    const rec = new Recorder(socket);
+    const ch = chan('poll');
+    await subscribeOk(socket, ch);
+
+    await publish(a.url, ch, 'tick', { n: 1, from: 'A' });
+    await publish(b.url, ch, 'tick', { n: 2, from: 'B' });
+    await publish(a.url, ch, 'tick', { n: 3, from: 'A' });
+    await rec.until((r) => r.named('tick').length === 3, 10_000, 'three ticks through the balancer');
+    assert.deepEqual(rec.named('tick').map((e) => e.args[0].n), [1, 2, 3]);
+
+    const ack = await withTimeout(socket.emitWithAck('unsubscribe', { channel: ch }), 10_000, 'unsubscribe ack');
+    assert.equal(ack?.ok, true, `unsubscribe: ${JSON.stringify(ack)}`);
+    assert.equal(socket.connected, true);
+    assert.equal(socket.io.engine.transport.name, 'polling');
+
+    // The session's requests (those naming its sid) really went to both nodes, alternating.
+    const sid = socket.io.engine.id;
+    const mine = lb.log.filter((r) => r.path.includes(`sid=${sid}`));
+    assert.ok(mine.some((r) => r.port === a.port) && mine.some((r) => r.port === b.port),
+      `requests of the session reached both nodes: ${JSON.stringify(mine)}`);
+    assert.ok(mine.length >= 4, `several polling requests: ${JSON.stringify(mine)}`);
+  });
+
+test('a sid no node holds is still "Session ID unknown" on every node', { timeout: 20_000 }, async (t) => {
+  const redis = await startRedis(t);
+  const [a, b] = await startNodes(t, redis, 2);
+  for (const node of [a, b]) {
+    const r = await request(node.url, '/socket.io/?EIO=4&transport=polling&sid=nosuchsession0000000');
+    assert.equal(r.status, 400);
+    assert.deepEqual(r.json, { code: 1, message: 'Session ID unknown' });
+  }
+});
