@@ -84,7 +84,9 @@ impl ClusterConfig {
             }
         }
         if self.max_forwards == 0 {
-            return Err(InvalidConfig("cluster.max_forwards must be at least 1".into()));
+            return Err(InvalidConfig(
+                "cluster.max_forwards must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -153,7 +155,6 @@ impl SessionDirectory {
             }
         })
     }
-
 }
 
 impl Inner {
@@ -171,7 +172,9 @@ impl Inner {
             }
         };
         let Ok(_permit) = self.forwards.clone().try_acquire_owned() else {
-            return Some(unavailable("too many requests being forwarded to other nodes"));
+            return Some(unavailable(
+                "too many requests being forwarded to other nodes",
+            ));
         };
         let (parts, body) = req.into_parts();
         let Ok(body) = axum::body::to_bytes(body, self.max_body).await else {

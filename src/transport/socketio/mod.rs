@@ -26,8 +26,8 @@ use parking_lot::RwLock;
 use serde_json::Value;
 
 use crate::transport::engineio::{
-    Admission, CloseReason, Directory, EngineHandler, EngineIo, EngineIoConfig, RequestInfo, Session,
-    SessionHandler,
+    Admission, CloseReason, Directory, EngineHandler, EngineIo, EngineIoConfig, RequestInfo,
+    Session, SessionHandler,
 };
 use client::Client;
 

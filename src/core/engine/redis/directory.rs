@@ -43,7 +43,11 @@ pub(super) async fn claim(
 pub(super) fn release(mut con: ConnectionManager, keys: &str, sid: &str) {
     let key = key(keys, sid);
     tokio::spawn(async move {
-        if let Err(e) = redis::cmd("DEL").arg(&key).query_async::<()>(&mut con).await {
+        if let Err(e) = redis::cmd("DEL")
+            .arg(&key)
+            .query_async::<()>(&mut con)
+            .await
+        {
             tracing::debug!(error = %e, "could not delete a session's owner record; it expires");
         }
     });

@@ -1,7 +1,7 @@
 //! The Redis engine: history, state, idempotency ids, sessions and the commit order in a Redis 7 / Valkey server,
 //! fan-out through its pub/sub (`[engine] kind = "redis"`). This step runs one node per Redis correctly and lays
-//! the keys out for several; what several nodes need beyond it (cluster-wide presence, source leases, polling
-//! without sticky sessions) comes next.
+//! the keys out for several; what several nodes need beyond it (cluster-wide presence, source leases) comes next.
+//! Polling without sticky sessions uses `directory`.
 //!
 //! # Client
 //! `redis` (redis-rs): the most used Rust client, maintained by the Redis organisation, with `EVALSHA` scripts that
