@@ -239,3 +239,60 @@ impl Directory for SessionDirectory {
         Box::pin(self.0.clone().forward(sid.to_owned(), req))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(advertise: Option<&str>) -> ClusterConfig {
+        ClusterConfig {
+            advertise: advertise.map(str::to_owned),
+            ..ClusterConfig::default()
+        }
+    }
+
+    #[test]
+    fn advertise_must_be_plain_http_host_and_port() {
+        assert!(config(Some("http://10.0.0.5:7700")).validate().is_ok());
+        assert!(config(Some("http://node-a:7700/")).validate().is_ok());
+        for bad in [
+            "https://10.0.0.5:7700",
+            "10.0.0.5:7700",
+            "http://a:1/x",
+            "http://",
+        ] {
+            assert!(config(Some(bad)).validate().is_err(), "{bad}");
+        }
+        let none = ClusterConfig {
+            max_forwards: 0,
+            ..ClusterConfig::default()
+        };
+        assert!(none.validate().is_err());
+    }
+
+    #[test]
+    fn the_default_advertise_is_a_specific_plain_listen_address() {
+        let listen = "127.0.0.1:7701".parse().unwrap();
+        assert_eq!(
+            config(None).advertise_for(listen, false).as_deref(),
+            Some("http://127.0.0.1:7701")
+        );
+        assert_eq!(config(None).advertise_for(listen, true), None);
+        assert_eq!(
+            config(None).advertise_for("0.0.0.0:7700".parse().unwrap(), false),
+            None
+        );
+        assert_eq!(
+            config(None)
+                .advertise_for("[::1]:7700".parse().unwrap(), false)
+                .as_deref(),
+            Some("http://[::1]:7700")
+        );
+        assert_eq!(
+            config(Some("http://10.0.0.5:7700/"))
+                .advertise_for(listen, true)
+                .as_deref(),
+            Some("http://10.0.0.5:7700")
+        );
+    }
+}
