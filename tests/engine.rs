@@ -913,3 +913,55 @@ async fn sqlite_offsets_epochs_state_and_sessions_survive_reopen() {
     assert_eq!(st.get("k").map(|e| e.value.get()), Some("7"));
     assert_eq!(core.session("p").await.unwrap().as_deref(), Some("{}"));
 }
+
+/// Polls `sid`'s owner until it is `None` (a release does not wait; an expiry is Redis's), within 10 s.
+async fn until_unclaimed(core: &Under, sid: &str) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while core.sid_owner(sid).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the claim goes away");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_engineio_sessions_are_claimed_released_and_expire() {
+    let core = open("redis", Retention::default()).await;
+    let (s1, s2): (Arc<str>, Arc<str>) = ("sid1".into(), "sid2".into());
+    assert_eq!(core.sid_owner("sid1").await.unwrap(), None);
+    core.claim_sids(
+        &[s1.clone(), s2.clone()],
+        "http://a:1",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        core.sid_owner("sid1").await.unwrap().as_deref(),
+        Some("http://a:1")
+    );
+    assert_eq!(
+        core.sid_owner("sid2").await.unwrap().as_deref(),
+        Some("http://a:1")
+    );
+    core.release_sid("sid1");
+    until_unclaimed(&core, "sid1").await;
+    assert!(core.sid_owner("sid2").await.unwrap().is_some());
+    // A claim not refreshed expires.
+    core.claim_sids(&[s2], "http://a:1", Duration::from_millis(50))
+        .await
+        .unwrap();
+    until_unclaimed(&core, "sid2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_engines_record_no_session_owners() {
+    for kind in ["sqlite", "memory"] {
+        let core = open(kind, Retention::default()).await;
+        core.claim_sids(&["sid1".into()], "http://a:1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(core.sid_owner("sid1").await.unwrap(), None, "{kind}");
+    }
+}
