@@ -37,6 +37,9 @@ pub const CLAIM_REFRESH: Duration = Duration::from_secs(20);
 /// Marks a forwarded request, so the node it reaches never forwards it again.
 const FORWARDED: HeaderName = HeaderName::from_static("x-herald-forwarded");
 
+/// Idle connections kept open to each other node for later forwards.
+const IDLE_PER_NODE: usize = 64;
+
 /// Headers that belong to one connection and are not passed on.
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
@@ -54,7 +57,8 @@ pub struct ClusterConfig {
     /// `http://host:port` other nodes reach this one at. Default: the listen address when it is a specific one
     /// (not `0.0.0.0` / `::`) and served without TLS; otherwise other nodes cannot forward to this one.
     pub advertise: Option<String>,
-    /// Most requests this node forwards to other nodes at once; more are answered 503.
+    /// Most requests this node forwards to other nodes at once (a held long-poll GET counts for as long as it is
+    /// held); more are answered 503.
     pub max_forwards: usize,
 }
 
@@ -62,7 +66,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             advertise: None,
-            max_forwards: 1024,
+            max_forwards: 8192,
         }
     }
 }
@@ -130,7 +134,9 @@ impl SessionDirectory {
             engine,
             advertise: OnceLock::new(),
             local: Mutex::new(HashSet::new()),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(IDLE_PER_NODE)
+                .build_http(),
             forwards: Arc::new(Semaphore::new(config.max_forwards)),
             timeout,
             max_body,
