@@ -6,8 +6,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
-import { connected, subscribeOk, publish, Recorder, chan, withTimeout, request } from '../lib/herald.js';
-import { startRedis, startNodes } from '../lib/cluster.js';
+import {
+  connected, subscribeOk, publish, Recorder, chan, withTimeout, request, startHerald, assertApiError,
+} from '../lib/herald.js';
+import { startRedis, startNodes, redisArgs, uniquePrefix } from '../lib/cluster.js';
 
 /**
  * An HTTP balancer sending each request to the next of `ports` in turn (no affinity; fresh upstream connection each
@@ -109,3 +111,34 @@ test('a sid no node holds is still "Session ID unknown" on every node', { timeou
     assert.deepEqual(r.json, { code: 1, message: 'Session ID unknown' });
   }
 });
+
+test('forwards in flight are bounded by [cluster] max_forwards: one more is answered 503 forward_limit',
+  { timeout: 20_000 }, async (t) => {
+    // Node A advertises a listener that accepts and never answers, so a request forwarded to it stays in flight.
+    const accepted = [];
+    let onAccept = () => {};
+    const hole = net.createServer((s) => { accepted.push(s); onAccept(); });
+    await new Promise((r) => hole.listen(0, '127.0.0.1', r));
+    t.after(() => new Promise((r) => { for (const s of accepted) s.destroy(); hole.close(r); }));
+
+    const redis = await startRedis(t);
+    const prefix = uniquePrefix();
+    const a = await startHerald(t, {
+      config: `[cluster]\nadvertise = "http://127.0.0.1:${hole.address().port}"\n`, args: redisArgs(redis, prefix),
+    });
+    const b = await startHerald(t, { config: '[cluster]\nmax_forwards = 1\n', args: redisArgs(redis, prefix) });
+
+    const open = await request(a.url, '/socket.io/?EIO=4&transport=polling');
+    assert.equal(open.status, 200, open.text);
+    const { sid } = JSON.parse(open.text.slice(1));
+    const path = `/socket.io/?EIO=4&transport=polling&sid=${sid}`;
+
+    const held = new AbortController();
+    t.after(() => held.abort());
+    const reachedHole = new Promise((r) => { onAccept = r; });
+    fetch(b.url + path, { signal: held.signal }).catch(() => {});
+    await withTimeout(reachedHole, 10_000, 'the first forward to reach node A\'s advertised address');
+
+    const r = await request(b.url, path, { method: 'POST', rawBody: '6', headers: { 'content-type': 'text/plain' } });
+    assertApiError(r, 503, 'forward_limit', 'the forward over the limit');
+  });
