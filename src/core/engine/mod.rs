@@ -13,14 +13,17 @@
 //! it instead of per-channel cursors in every packet; a distributed engine provides it with one sequencer (Redis: an
 //! `INCR` inside the publish script on the primary, and its pub/sub delivers on one connection in script order).
 //! Sessions are opaque records stored durably before the engine acknowledges them; presence is who is on a channel
-//! now (never durable); demand reports a channel's first subscriber arriving and its last leaving.
+//! now (never durable); demand reports a channel's first subscriber arriving and its last leaving; a lease names work
+//! one node of a cluster does at a time ([`lease`]).
 //!
 //! # Implementations
 //! [`sqlite`] (the default: a SQLite file, in-process fan-out), [`memory`] (nothing on disk) and [`redis`] (history,
 //! state and sessions in a Redis 7 / Valkey server, fan-out through its pub/sub). All use the in-process
-//! [`crate::core::hub`] for fan-out to this process's subscribers and [`crate::core::presence`] for presence; the
+//! [`crate::core::hub`] for fan-out to this process's subscribers and [`crate::core::presence`] for this process's
+//! presence; the
 //! conformance suite in `tests/engine.rs` runs unchanged against each.
 
+pub mod lease;
 pub mod memory;
 pub mod redis;
 pub mod sqlite;
@@ -32,6 +35,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 use tokio::sync::mpsc;
+
+pub use lease::Lease;
 
 use super::channel::{ChannelName, Pattern};
 use super::event::{Event, NewEvent, PublishResult, SharedEvent};
@@ -498,6 +503,13 @@ pub trait Engine: Send + Sync + 'static {
     /// Whether the storage behind the engine answers now (what `/readyz` reports); in-process engines always do.
     async fn ping(&self) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    /// Lease `name` for this holder for `ttl` (renewed while the guard is kept, released when it is dropped),
+    /// or `None` if another holder has it; see [`lease`]. A single node grants every lease.
+    async fn lease(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, EngineError> {
+        let _ = (name, ttl);
+        Ok(Some(Lease::granted()))
     }
 
     /// Events of `channel` after offset `after`, at most `limit` (capped at [`MAX_PAGE`]); `None` if the channel

@@ -1,7 +1,9 @@
 //! The running monitor: one scheduling task per monitor (fixed rate with start-up jitter, retries, timeouts),
 //! CRUD/pause/resume/check-now, and publishing through the engine — status events as state-channel changes
 //! (throttled per monitor, the final state always sent), log events, and stats — with its own durable data kept
-//! through the engine as well ([`super::store`]).
+//! through the engine as well ([`super::store`]). In a cluster each monitor's task checks only while its node
+//! holds the lease `monitor:{id}` ([`crate::core::engine::lease`]); the other nodes wait for it, so a dead
+//! holder's monitors are checked again elsewhere within `LEASE_TTL + LEASE_TTL / 2` (15 s).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use super::target;
 use crate::core::Engine;
 use crate::core::channel::{ChannelName, Pattern};
 use crate::core::engine::EngineError;
+use crate::core::engine::lease::{self, LEASE_TTL};
 use crate::core::event::NewEvent;
 use crate::core::event::now_ms;
 use crate::core::state::{Snapshot, StateChange};
@@ -584,7 +587,15 @@ impl Monitors {
         }
         let this = self.clone();
         let entry = e.clone();
-        let handle = tokio::spawn(async move { this.run(entry, first).await });
+        // Checked by one node of a cluster at a time: the holder of the monitor's lease (see `lease`).
+        let handle = tokio::spawn(async move {
+            let core = this.core.clone();
+            let name = format!("monitor:{}", entry.id);
+            lease::while_held(&*core, &name, LEASE_TTL, || {
+                this.clone().run(entry.clone(), first)
+            })
+            .await
+        });
         *task = Some(handle.abort_handle());
     }
 

@@ -129,7 +129,7 @@ impl Prepared {
 pub struct ChannelStatus {
     /// Channel name.
     pub channel: ChannelName,
-    /// `starting`, `ok` or `error`.
+    /// `starting`, `ok`, `error`, or `standby` (another node of the cluster polls it).
     pub status: &'static str,
     /// Why it is in error.
     #[serde(skip_serializing_if = "Option::is_none")]

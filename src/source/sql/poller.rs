@@ -1,5 +1,11 @@
 //! One channel's poller: query, diff with the last result, publish the change once; back off while the
 //! database fails and tell subscribers; and the PostgreSQL `LISTEN` task that makes pollers re-query at once.
+//! In a cluster a channel is queried only by the node holding its lease `sql:{source}:{channel}`
+//! ([`crate::core::engine::lease`]): a poller without it stands by (retrying every `LEASE_TTL / 2`) while its
+//! subscribers get the holder's publishes through the engine, and re-reads the channel's state before it polls, so
+//! it diffs against what the other node published. A dead holder's channels are polled again within
+//! `LEASE_TTL + LEASE_TTL / 2` (15 s); a holder whose own subscribers all leave releases the lease at once, and a
+//! node that still has subscribers takes it at its next retry (within `LEASE_TTL / 2`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +21,8 @@ use super::{ChannelStatus, LastResult, STATUS_EVENT, Source, shaped, with_deadli
 use super::{ResultShape, SqlMode};
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
+use crate::core::engine::EngineError;
+use crate::core::engine::lease::{LEASE_TTL, Lease};
 use crate::core::event::NewEvent;
 use crate::core::state::StateChange;
 use crate::source::keyed::{self, Change};
@@ -54,11 +62,46 @@ pub(super) async fn run(mut p: Poller) {
             Vec::new()
         }
     };
+    let lease_name = format!("sql:{}:{}", cfg.id, p.channel);
+    let mut lease: Option<Lease> = None;
+    // Whether another node may have polled (and published) since `p.last` was read.
+    let mut stale = false;
     loop {
         if *p.stopped.borrow_and_update() {
             let last = p.last.clone().unwrap_or_default();
             if p.source.try_retire(&p.channel, &last) {
                 return;
+            }
+        }
+        if lease.as_ref().is_none_or(Lease::is_lost) {
+            if lease.take().is_some() {
+                stale = true;
+            }
+            match p.core.lease(&lease_name, LEASE_TTL).await {
+                Ok(Some(l)) => lease = Some(l),
+                // Held elsewhere, or the engine is shut down (nothing to report).
+                Ok(None) | Err(EngineError::Closed) => {}
+                Err(e) => {
+                    tracing::warn!(source = %cfg.id, channel = %p.channel, error = %e, "cannot acquire the poll lease")
+                }
+            }
+            if lease.is_none() {
+                // Another node polls this channel; its publishes reach this node's subscribers through the engine.
+                stale = true;
+                {
+                    let mut s = p.status.lock();
+                    (s.status, s.message) =
+                        ("standby", Some("another node polls this channel".into()));
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(LEASE_TTL / 2) => {}
+                    _ = p.stopped.changed() => {}
+                }
+                continue;
+            }
+            if stale {
+                stale = false;
+                p.last = stored_state(&*p.core, &p.channel, cfg.mode, cfg.result).await;
             }
         }
         p.source.queries.fetch_add(1, Ordering::Relaxed);
@@ -120,7 +163,16 @@ pub(super) async fn run(mut p: Poller) {
             _ = p.stopped.changed() => {}
             // A notification while the database fails is no reason to hammer it.
             _ = wake.changed(), if failures == 0 => {}
+            () = lost(&mut lease) => {}
         }
+    }
+}
+
+/// Resolves when the held lease is lost (never without one).
+async fn lost(lease: &mut Option<Lease>) {
+    match lease {
+        Some(l) => l.lost().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,7 +1,6 @@
 //! The Redis engine: history, state, idempotency ids, sessions and the commit order in a Redis 7 / Valkey server,
-//! fan-out through its pub/sub (`[engine] kind = "redis"`). This step runs one node per Redis correctly and lays
-//! the keys out for several; what several nodes need beyond it (cluster-wide presence, source leases) comes next.
-//! Polling without sticky sessions uses `directory`.
+//! fan-out through its pub/sub (`[engine] kind = "redis"`). Leases make sources run once per cluster ([`lease`]);
+//! polling without sticky sessions uses `directory`; cluster-wide presence comes next.
 //!
 //! # Client
 //! `redis` (redis-rs): the most used Rust client, maintained by the Redis organisation, with `EVALSHA` scripts that
@@ -55,7 +54,8 @@
 //! An acknowledged publish or session is in Redis's memory. With AOF (`appendonly yes`, `appendfsync everysec`
 //! or `always`) it survives a Redis restart, losing at most the last second with `everysec`; without persistence
 //! a restart loses everything, and each channel then starts again under a new epoch, so resuming clients get a
-//! gap notice and the snapshot instead of reused offsets. Presence is in this process ([`crate::core::presence`]),
+//! gap notice and the snapshot instead of reused offsets. Leases (one node at a time per monitor and SQL channel)
+//! are keys with an expiry, renewed by their holder ([`lease`]). Presence is in this process ([`crate::core::presence`]),
 //! as in the local engines; cluster-wide presence is a later step. State-channel declarations are configuration,
 //! kept in the hub.
 //!
@@ -71,6 +71,7 @@
 
 mod directory;
 mod fanout;
+mod lease;
 mod scripts;
 
 use std::sync::Arc;
@@ -143,6 +144,7 @@ pub struct RedisEngine {
     sessions: mpsc::UnboundedSender<SessionOp>,
     closed: AtomicBool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    leases: lease::Leases,
 }
 
 /// Maps a client error: a server that cannot be reached (or is loading, read-only, out of memory) is
@@ -173,8 +175,14 @@ impl RedisEngine {
         let (sink, stream) = client.get_async_pubsub().await.map_err(map_err)?.split();
         let keys = format!("{{{}}}", opts.prefix);
         let hub = Arc::new(Hub::default());
-        let (fanout, mut tasks) =
-            Fanout::start(client, con.clone(), sink, stream, &keys, hub.clone());
+        let (fanout, mut tasks) = Fanout::start(
+            client.clone(),
+            con.clone(),
+            sink,
+            stream,
+            &keys,
+            hub.clone(),
+        );
         let (sessions, ops) = mpsc::unbounded_channel();
         tasks.push(tokio::spawn(write_sessions(
             con.clone(),
@@ -183,6 +191,8 @@ impl RedisEngine {
             ops,
         )));
         tasks.push(tokio::spawn(sweep(con.clone(), keys.clone())));
+        let node = format!("{:016x}", rand::random::<u64>());
+        let leases = lease::Leases::new(&keys, &node);
         Ok(Arc::new(Self {
             con,
             keys,
@@ -193,6 +203,7 @@ impl RedisEngine {
             sessions,
             closed: AtomicBool::new(false),
             tasks: Mutex::new(tasks),
+            leases,
         }))
     }
 
@@ -238,6 +249,7 @@ impl RedisEngine {
 
 impl Drop for RedisEngine {
     fn drop(&mut self) {
+        self.leases.shutdown();
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
@@ -672,6 +684,7 @@ impl Engine for RedisEngine {
 
     async fn shutdown(&self) {
         self.closed.store(true, Ordering::Release);
+        self.leases.shutdown();
         // Session writes already queued are applied before the tasks stop.
         let (tx, rx) = oneshot::channel();
         if self.sessions.send(SessionOp::Flush(tx)).is_ok() {
@@ -680,5 +693,9 @@ impl Engine for RedisEngine {
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
+    }
+
+    async fn lease(&self, name: &str, ttl: Duration) -> Result<Option<super::Lease>, EngineError> {
+        self.leases.acquire(self.open_con()?, name, ttl).await
     }
 }
