@@ -8,6 +8,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startHerald, withTimeout, pause } from './herald.js';
+import { splice } from './plain.js';
 
 const START_TIMEOUT_MS = 10_000;
 
@@ -100,12 +101,7 @@ export async function balancer(t, port) {
   let upstreamPort = port;
   const sockets = new Set();
   const server = net.createServer((client) => {
-    const upstream = net.connect(upstreamPort, '127.0.0.1');
-    sockets.add(client); sockets.add(upstream);
-    const done = () => { client.destroy(); upstream.destroy(); sockets.delete(client); sockets.delete(upstream); };
-    client.on('error', done); upstream.on('error', done);
-    client.on('close', done); upstream.on('close', done);
-    client.pipe(upstream); upstream.pipe(client);
+    splice(client, upstreamPort, sockets);
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   t.after(() => new Promise((r) => { for (const s of sockets) s.destroy(); server.close(() => r()); }));

@@ -366,6 +366,16 @@ export async function openRawWs(t, h, path, opts) {
   return r;
 }
 
+/** Pipes `client` both ways to 127.0.0.1:`port`; both sockets are kept in `sockets` until either side ends. */
+export function splice(client, port, sockets) {
+  const upstream = net.connect(port, '127.0.0.1');
+  sockets.add(client); sockets.add(upstream);
+  const done = () => { client.destroy(); upstream.destroy(); sockets.delete(client); sockets.delete(upstream); };
+  client.on('error', done); upstream.on('error', done);
+  client.on('close', done); upstream.on('close', done);
+  client.pipe(upstream); upstream.pipe(client);
+}
+
 // ---------------------------------------------------------------------------------------------
 // A TCP pass-through in front of Herald whose gate the test opens and closes: while closed, new connections are
 // reset at once (a browser sees a failed connection and backs off). Used to hold a client off for a known stretch
@@ -377,12 +387,7 @@ export async function gateProxy(t, port) {
   const rejectWaiters = [];
   const server = net.createServer((client) => {
     if (!open) { gate.rejected++; client.resetAndDestroy(); for (const w of rejectWaiters.splice(0)) w(); return; }
-    const upstream = net.connect(port, '127.0.0.1');
-    sockets.add(client); sockets.add(upstream);
-    const done = () => { client.destroy(); upstream.destroy(); sockets.delete(client); sockets.delete(upstream); };
-    client.on('error', done); upstream.on('error', done);
-    client.on('close', done); upstream.on('close', done);
-    client.pipe(upstream); upstream.pipe(client);
+    splice(client, port, sockets);
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   t.after(() => new Promise((r) => { for (const s of sockets) s.destroy(); server.close(() => r()); }));

@@ -36,7 +36,7 @@
 //! # Order and the history/live split
 //! Scripts run one at a time, so `seq` is the total commit order, and Redis delivers pub/sub messages to one
 //! connection in the order they were published: this node receives its channels' events in `seq` order and feeds
-//! them to the hub in that order. A subscription first `SUBSCRIBE`s (and waits for the confirmation), then reads
+//! them to the hub in that order. A subscription first `SUBSCRIBE`s (and waits for the confirmation), then
 //! registers in the hub behind a gate that holds what arrives, then reads the sequence and the channels' positions
 //! and state in one script, and opens the gate at that sequence: events at or below it are dropped, later ones
 //! delivered in order. An event the hub dispatched before the registration was committed before the read, so it
