@@ -132,6 +132,14 @@ pub struct Args {
     /// resume-storm: events published right after the restart while the clients reconnect [default: 100].
     #[arg(long)]
     pub backlog: Option<u64>,
+    /// Subscribers connect to these base URLs, round-robin (repeatable), while the publisher uses `--url`: for a
+    /// cluster, where an event published on one node is delivered by the others.
+    #[arg(long = "subscribe-url", value_name = "URL")]
+    pub subscribe_urls: Vec<String>,
+    /// Also report the CPU of this process over the publishing window, per published event (repeatable,
+    /// `NAME=PID`: e.g. `redis=1234`, `node2=1240`).
+    #[arg(long = "watch-pid", value_name = "NAME=PID")]
+    pub watch_pids: Vec<String>,
 }
 
 /// The run's resolved parameters.
@@ -261,6 +269,8 @@ struct Shared {
     args: Rc<Args>,
     plan: Plan,
     endpoint: RefCell<Rc<Endpoint>>,
+    /// `--subscribe-url` endpoints; empty when subscribers use `endpoint`.
+    sub_endpoints: Vec<Rc<Endpoint>>,
     /// Socket.IO: `["tick",`.
     event_prefix: Vec<u8>,
     /// WebSocket/SSE: the event name as it appears inside a JSON string / on the `event:` line.
@@ -394,7 +404,10 @@ async fn connection(
     let c = &s.conns[i];
     let channel = &s.plan.channels[i % s.plan.channels.len()];
     loop {
-        let ep = s.endpoint.borrow().clone();
+        let ep = match s.sub_endpoints.len() {
+            0 => s.endpoint.borrow().clone(),
+            len => s.sub_endpoints[i % len].clone(),
+        };
         let resuming = c.subscribed.get();
         let since = resuming.then(|| c.next.get() - 1);
         c.awaiting_first.set(true);
@@ -635,6 +648,18 @@ fn r3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
+/// Parses `--watch-pid NAME=PID` options.
+fn watched_pids(opts: &[String]) -> Result<Vec<(String, String)>> {
+    opts.iter()
+        .map(|o| match o.split_once('=') {
+            Some((name, pid)) if !name.is_empty() && pid.parse::<u32>().is_ok() => {
+                Ok((name.to_owned(), pid.to_owned()))
+            }
+            _ => anyhow::bail!("--watch-pid {o:?}: expected NAME=PID"),
+        })
+        .collect()
+}
+
 /// Resolves `url` into a WebSocket target for this transport and the `HOST:PORT` for HTTP requests.
 async fn endpoint(a: &Args, url: &str) -> Result<(Endpoint, std::net::SocketAddr)> {
     let (mut target, host) = a.common.resolve(url).await?;
@@ -723,6 +748,11 @@ async fn run_with(
     server: Option<&mut Server>,
 ) -> Result<bool> {
     let (ep, addr) = endpoint(&args, url).await?;
+    let mut sub_endpoints = Vec::new();
+    for u in &args.subscribe_urls {
+        sub_endpoints.push(Rc::new(endpoint(&args, u).await?.0));
+    }
+    let watched = watched_pids(&args.watch_pids)?;
     let mut pid = server
         .as_ref()
         .map(|s| s.pid)
@@ -736,6 +766,7 @@ async fn run_with(
     let s = Rc::new(Shared {
         clock,
         endpoint: RefCell::new(Rc::new(ep)),
+        sub_endpoints,
         event_prefix: format!("[{},", Value::from(args.event.as_str())).into_bytes(),
         event_name: match args.transport {
             // The raw `event:` line.
@@ -815,6 +846,7 @@ async fn run_with(
     // Idle window.
     tokio::time::sleep(Duration::from_secs_f64(plan.idle_s)).await;
     let idle = snapshot(&clock, pid.as_deref());
+    let watched_before: Vec<Option<u64>> = watched.iter().map(|(_, p)| cpu_us(p)).collect();
     eprintln!(
         "[idle] {:.1} s; server RSS {} KiB",
         plan.idle_s,
@@ -883,6 +915,18 @@ async fn run_with(
         }
     }
     let end = snapshot(&clock, pid.as_deref());
+    let watched_cpu: serde_json::Map<String, Value> = watched
+        .iter()
+        .zip(&watched_before)
+        .map(|((name, p), before)| {
+            let used = cpu_us(p).zip(*before).map(|(a, b)| a.saturating_sub(b));
+            let per_event = used.map(|u| r3(u as f64 / pstats.ok.get().max(1) as f64));
+            (
+                name.clone(),
+                json!({"cpu_us": used, "cpu_us_per_published": per_event}),
+            )
+        })
+        .collect();
     let delivered_publish = s.delivered.get();
     let last_recv_publish = s.last_recv_us.get();
 
@@ -1048,6 +1092,7 @@ async fn run_with(
         "latency_from_send_ms": {
             "p50": q(&lat_sent, 0.5), "p99": q(&lat_sent, 0.99), "max": r3(ms(lat_sent.max())),
         },
+        "watched": watched_cpu,
         "resume": resume,
         "correctness": {
             "expected": expected, "delivered": s.delivered.get(), "published_ok": ok,
