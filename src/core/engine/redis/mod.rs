@@ -1,6 +1,7 @@
 //! The Redis engine: history, state, idempotency ids, sessions and the commit order in a Redis 7 / Valkey server,
 //! fan-out through its pub/sub (`[engine] kind = "redis"`). Leases make sources run once per cluster ([`lease`]);
-//! polling without sticky sessions uses `directory`; cluster-wide presence comes next.
+//! polling without sticky sessions uses `directory`; publishes go through [`instance`]'s verified connections;
+//! cluster-wide presence comes next.
 //!
 //! # Client
 //! `redis` (redis-rs): the most used Rust client, maintained by the Redis organisation, with `EVALSHA` scripts that
@@ -23,6 +24,7 @@
 //! - `{herald}:expiry` — sorted set: channel → when its oldest event expires (what the age sweep reads).
 //! - `{herald}:session:<pid>` — a Socket.IO session record; expires `session_ttl` after it is marked detached.
 //! - `{herald}:sid:<sid>` — the address of the node holding an Engine.IO session (`directory`).
+//! - `{herald}:instance` — the `run_id` of the Redis instance the last verified publish connection met ([`instance`]).
 //! - Pub/sub channel `{herald}:c:<channel>` — each committed event, as `fanout::decode` reads it.
 //!
 //! # Scripts
@@ -54,7 +56,9 @@
 //! An acknowledged publish or session is in Redis's memory. With AOF (`appendonly yes`, `appendfsync everysec`
 //! or `always`) it survives a Redis restart, losing at most the last second with `everysec`; without persistence
 //! a restart loses everything, and each channel then starts again under a new epoch, so resuming clients get a
-//! gap notice and the snapshot instead of reused offsets. Leases (one node at a time per monitor and SQL channel)
+//! gap notice and the snapshot instead of reused offsets. A Redis that lost only its latest writes (`everysec`,
+//! an RDB snapshot, a promoted replica) is caught by [`instance`]: publishes use connections verified against the
+//! server instance, and a new instance that may lack writes moves every channel to a new epoch first. Leases (one node at a time per monitor and SQL channel)
 //! are keys with an expiry, renewed by their holder ([`lease`]). Presence is in this process ([`crate::core::presence`]),
 //! as in the local engines; cluster-wide presence is a later step. State-channel declarations are configuration,
 //! kept in the hub.
@@ -71,6 +75,7 @@
 
 mod directory;
 mod fanout;
+mod instance;
 mod lease;
 mod scripts;
 
@@ -135,6 +140,8 @@ enum SessionOp {
 /// The engine on a Redis server.
 pub struct RedisEngine {
     con: ConnectionManager,
+    /// Publishes go through this connection, verified per server instance ([`instance`]).
+    writer: instance::Writer,
     /// `{prefix}`.
     keys: String,
     hub: Arc<Hub>,
@@ -193,8 +200,10 @@ impl RedisEngine {
         tasks.push(tokio::spawn(sweep(con.clone(), keys.clone())));
         let node = format!("{:016x}", rand::random::<u64>());
         let leases = lease::Leases::new(&keys, &node);
+        let writer = instance::Writer::new(&client, &keys)?;
         Ok(Arc::new(Self {
             con,
+            writer,
             keys,
             hub,
             presence: Arc::default(),
@@ -435,7 +444,7 @@ type EntryRow = (String, u64, i64, String, String, String);
 #[async_trait]
 impl Engine for RedisEngine {
     async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<PublishResult>, EngineError> {
-        let mut con = self.open_con()?;
+        self.open_con()?;
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -466,8 +475,14 @@ impl Engine for RedisEngine {
                 .arg(limits.max_age.as_millis().clamp(1, MAX_TTL_MS) as u64);
             ids.push(id);
         }
-        let rows: Vec<(u64, String, u8, u64, i64, u64)> =
-            inv.invoke_async(&mut con).await.map_err(map_err)?;
+        let (generation, mut con) = self.writer.connection().await?;
+        let rows: Vec<(u64, String, u8, u64, i64, u64)> = match inv.invoke_async(&mut con).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.writer.failed(generation, &e).await;
+                return Err(map_err(e));
+            }
+        };
         if rows.len() != events.len() {
             return Err(EngineError::Invalid("publish script answered short".into()));
         }
