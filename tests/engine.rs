@@ -914,6 +914,69 @@ async fn sqlite_offsets_epochs_state_and_sessions_survive_reopen() {
     assert_eq!(core.session("p").await.unwrap().as_deref(), Some("{}"));
 }
 
+/// Opens a SQLite engine in `dir` with `durability`, publishes one event on `c`, and stops — cleanly or as a crash
+/// (the engine dropped without its shutdown); returns the channel's epoch.
+async fn sqlite_run(
+    dir: &std::path::Path,
+    durability: engine::sqlite::Durability,
+    clean: bool,
+) -> Arc<str> {
+    let mut opts = herald::core::sqlite_options(dir.into());
+    opts.kind = EngineKind::Sqlite {
+        data_dir: dir.into(),
+        durability,
+    };
+    let core = engine::open(opts).await.unwrap();
+    let r = core.publish(vec![ev("c", 1, None)]).await.unwrap();
+    if clean {
+        core.shutdown().await;
+    }
+    r[0].epoch.clone()
+}
+
+/// Makes the database say its last run was on another boot of the machine (a power loss or kernel crash since).
+fn another_boot(dir: &std::path::Path) {
+    let db = rusqlite::Connection::open(dir.join("herald.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE run SET value = 'another-boot' WHERE key = 'boot_id'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+}
+
+#[tokio::test]
+async fn sqlite_normal_after_a_crash_on_an_earlier_boot_moves_channels_to_a_new_epoch() {
+    use engine::sqlite::Durability::Normal;
+    let dir = tempfile::tempdir().unwrap();
+    let before = sqlite_run(dir.path(), Normal, false).await;
+    another_boot(dir.path());
+    let after = sqlite_run(dir.path(), Normal, true).await;
+    assert_ne!(
+        after, before,
+        "commits not checkpointed may be gone: their offsets must not be reused in the epoch"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_keeps_epochs_after_a_process_crash_a_clean_stop_or_a_crash_under_full() {
+    use engine::sqlite::Durability::{Full, Normal};
+    // A process crash on the same boot: the OS still had every commit.
+    let dir = tempfile::tempdir().unwrap();
+    let before = sqlite_run(dir.path(), Normal, false).await;
+    assert_eq!(sqlite_run(dir.path(), Normal, true).await, before);
+    // A clean stop, then a machine restart.
+    another_boot(dir.path());
+    assert_eq!(sqlite_run(dir.path(), Normal, false).await, before);
+    // Under full every acknowledged commit was fsynced: a crash before a restart loses nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let before = sqlite_run(dir.path(), Full, false).await;
+    another_boot(dir.path());
+    assert_eq!(sqlite_run(dir.path(), Full, true).await, before);
+}
+
 /// Polls `sid`'s owner until it is `None` (a release does not wait; an expiry is Redis's), within 10 s.
 async fn until_unclaimed(core: &Under, sid: &str) {
     tokio::time::timeout(Duration::from_secs(10), async {

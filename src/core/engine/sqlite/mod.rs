@@ -29,7 +29,8 @@ pub enum Durability {
     /// fsync on every group commit: survives power loss.
     #[default]
     Full,
-    /// fsync at WAL checkpoints only: survives process crashes, not power loss.
+    /// fsync at WAL checkpoints only: survives process crashes, not power loss (after which the next start moves
+    /// every channel to a new epoch, so clients never resume onto reused offsets).
     Normal,
 }
 

@@ -92,8 +92,17 @@ impl Store {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
         };
-        conn.pragma_update(None, "synchronous", sync)?;
         conn.execute_batch(SCHEMA)?;
+        let moved = begin_run(&conn, opts.durability, boot_id().as_deref())?;
+        if moved > 0 {
+            tracing::warn!(
+                channels = moved,
+                "the previous run (durability \"normal\") stopped uncleanly and the machine has restarted since: \
+                 its last commits may be lost, so every channel moved to a new epoch and resuming clients get \
+                 the gap notice instead of reused offsets"
+            );
+        }
+        conn.pragma_update(None, "synchronous", sync)?;
         let now = now_ms();
         // Sessions attached when the previous process stopped are detached as of now.
         conn.execute(
@@ -305,6 +314,7 @@ impl Readers {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS run (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS channels (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -428,6 +438,64 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// This boot of the machine (Linux's `boot_id`), if the platform says.
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_owned()).filter(|id| !id.is_empty())
+}
+
+/// Records the start of a run (this process, this boot, its durability) and returns how many channels it moved to a
+/// new epoch: under `normal`, commits not yet checkpointed survive a process crash (they are in the OS's page cache)
+/// but not a machine restart, so a run that did not stop cleanly on an earlier boot may have acknowledged events
+/// that are gone, and the next publishes would reuse their offsets. An unknown boot counts as a new one. The record
+/// is written with a full fsync whatever the mode, so it is on disk before anything this run acknowledges.
+fn begin_run(
+    conn: &Connection,
+    durability: Durability,
+    boot: Option<&str>,
+) -> Result<usize, StoreError> {
+    let get = |key: &str| -> Result<Option<String>, rusqlite::Error> {
+        conn.query_row("SELECT value FROM run WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+    };
+    let crashed = get("state")?.as_deref() == Some("running");
+    let lossy = get("durability")?.as_deref() == Some("normal");
+    let rebooted = match (get("boot_id")?, boot) {
+        (Some(before), Some(now)) => before != now,
+        _ => true,
+    };
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let tx = conn.unchecked_transaction()?;
+    let moved = if crashed && lossy && rebooted {
+        tx.execute("UPDATE channels SET epoch = lower(hex(randomblob(4)))", [])?
+    } else {
+        0
+    };
+    let mode = match durability {
+        Durability::Full => "full",
+        Durability::Normal => "normal",
+    };
+    for (key, value) in [
+        ("state", "running"),
+        ("durability", mode),
+        ("boot_id", boot.unwrap_or("")),
+    ] {
+        tx.execute(
+            "INSERT INTO run (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+            [key, value],
+        )?;
+    }
+    tx.commit()?;
+    Ok(moved)
+}
+
+/// Records a clean stop (fsynced), after the last commit of the run.
+fn end_run(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute("UPDATE run SET value = 'stopped' WHERE key = 'state'", [])?;
+    Ok(())
+}
+
 /// A fresh random epoch.
 fn new_epoch() -> Arc<str> {
     format!("{:08x}", rand::random::<u32>()).into()
@@ -492,6 +560,9 @@ impl Writer {
                     rest.push(cmd);
                 }
                 self.commit_group(rest);
+                if let Err(e) = end_run(&self.conn) {
+                    tracing::warn!(error = %e, "could not record the clean stop; the next start treats it as a crash");
+                }
                 let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
                 let _ = done.send(());
                 return;
