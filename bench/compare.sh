@@ -21,7 +21,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 sioxide_target="${SIOXIDE_TARGET_DIR:-$CARGO_TARGET_DIR}"
 repeats=${REPEATS:-3}
 servers=${SERVERS:-herald socketio socketioxide}
-scenarios=${SCENARIOS:-idle fanout-20 fanout-200 channels connect-storm resume-storm}
+scenarios=${SCENARIOS:-idle fanout-20 fanout-200 fanout-200-seq channels connect-storm resume-storm publish publish-pipelined}
 scale=${SCALE:-1.0}
 duration=${DURATION:-10}
 idle_s=${IDLE_S:-26}
@@ -37,9 +37,14 @@ args_of() {
     idle) echo "idle --connections $(n 5000) --idle $idle_s" ;;
     fanout-20) echo "fanout --connections $(n 1000) --rate 20 --duration $duration" ;;
     fanout-200) echo "fanout --connections $(n 1000) --rate 200 --duration $duration" ;;
+    # One sequential publisher (each request waits for its answer): how most backends publish.
+    fanout-200-seq) echo "fanout --connections $(n 1000) --rate 200 --duration $duration --pipeline 1" ;;
     channels) echo "channels --channels $(n 1000) --connections $(($(n 1000) * 10)) --rate 1000 --duration $duration" ;;
     connect-storm) echo "connect-storm --connections $(n 5000)" ;;
     resume-storm) echo "resume-storm --connections $(n 1000) --rate 100 --duration 5 --backlog 100" ;;
+    # Publishing alone, no subscribers: one sequential publisher, then 64 requests pipelined.
+    publish) echo "publish --duration $duration --idle 1" ;;
+    publish-pipelined) echo "publish --duration $duration --idle 1 --pipeline 64" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
     esac
 }

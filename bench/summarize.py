@@ -78,7 +78,15 @@ COLUMNS = {
         ("failed", None, 0),
     ],
 }
+COLUMNS["publish"] = [
+    ("publishes/s", "publish.ok_per_s", 0),
+    ("CPU µs / publish", "publish.server_cpu_us_per_published", 1),
+    ("HTTP p50 / p99 ms", None, 2),
+    ("failed", "publish.failed", 0),
+]
 COLUMNS["fanout-200"] = COLUMNS["fanout-20"]
+COLUMNS["fanout-200-seq"] = COLUMNS["fanout-20"] + [("HTTP p50 / p99 ms", None, 2)]
+COLUMNS["publish-pipelined"] = COLUMNS["publish"]
 TITLES = {
     "idle": "Idle capacity",
     "fanout-20": "Fan-out, low per-connection rate",
@@ -86,6 +94,9 @@ TITLES = {
     "channels": "Many channels",
     "connect-storm": "Connect storm",
     "resume-storm": "Resume storm (server restarted, clients resume from their last event)",
+    "fanout-200-seq": "Fan-out, high per-connection rate, one sequential publisher",
+    "publish": "Publish alone, one sequential publisher",
+    "publish-pipelined": "Publish alone, 64 requests pipelined",
 }
 
 
@@ -98,6 +109,8 @@ def special(title, runs):
     if title == "peak RSS MiB":
         v = median(runs, "publish.rss_kib_end")
         return fmt(v / 1024 if v else None)
+    if title == "HTTP p50 / p99 ms":
+        return " / ".join(fmt(median(runs, f"publish.http_{q}_ms"), 2) for q in ("p50", "p99"))
     if title == "connect p50 / p99 ms":
         return " / ".join(fmt(median(runs, f"connect.{q}_ms"), 0) for q in ("p50", "p99"))
     if title == "failed":

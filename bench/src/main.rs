@@ -40,6 +40,10 @@ enum Scenario {
     /// required), every client reconnects at once and resumes from its last event while a backlog (default 100
     /// events) is published: time to caught up, gaps, duplicates.
     ResumeStorm(scenario::Args),
+    /// Publishing alone (no subscribers unless `--connections`): one sequential publisher by default
+    /// (`--pipeline 1`), as fast as the server answers, for `--duration` s (default 10): publishes/s, HTTP
+    /// round-trip p50/p99, server CPU per publish. `--pipeline N` pipelines N requests; `--batch` batches.
+    Publish(scenario::Args),
 }
 
 /// Options every scenario shares.
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
         Scenario::Channels(a) => (scenario::Kind::Channels, a),
         Scenario::ConnectStorm(a) => (scenario::Kind::ConnectStorm, a),
         Scenario::ResumeStorm(a) => (scenario::Kind::ResumeStorm, a),
+        Scenario::Publish(a) => (scenario::Kind::Publish, a),
     };
     let outcome =
         tokio::task::LocalSet::new().block_on(&rt, async { scenario::run(kind, args).await });

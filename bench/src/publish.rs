@@ -6,7 +6,9 @@
 //! Requests are pipelined on one HTTP/1.1 keep-alive connection: each is written when it is due, without waiting
 //! for earlier responses (a reader task matches responses in order). One connection means the server sees the
 //! events in sequence order, so subscribers can be checked for in-order delivery; pipelining means a slow
-//! response never delays the schedule (up to `MAX_PIPELINE` outstanding requests, then the writer waits).
+//! response never delays the schedule (up to `pipeline` outstanding requests, then the writer waits). With
+//! `pipeline` 1 the publisher is sequential — each request waits for the previous response, as a backend's
+//! `await fetch(…)` loop does — and a server slower than the schedule shows up as latency and a lower rate.
 //! With `batch` > 1 each request carries that many events (`{"events":[…]}`), all stamped with the request's
 //! scheduled time (the last event's due time).
 
@@ -22,8 +24,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, tcp::OwnedReadHalf};
 use tokio::sync::Notify;
 
-/// Most requests awaiting a response; beyond it the schedule waits (and the lateness shows up as latency).
-const MAX_PIPELINE: usize = 1024;
+/// Default for the most requests awaiting a response; beyond it the schedule waits (and the lateness shows up as
+/// latency).
+pub const MAX_PIPELINE: usize = 1024;
 
 pub struct Publisher {
     pub addr: SocketAddr,
@@ -35,6 +38,10 @@ pub struct Publisher {
     pub body_tail: String,
     /// Events per request (1: plain `{"channel":…}` bodies; more: `{"events":[…]}` batches).
     pub batch: u64,
+    /// Most requests awaiting a response (1: sequential).
+    pub pipeline: usize,
+    /// No request is written after this time (µs on the run's clock), whatever is still scheduled.
+    pub stop_at_us: Option<u64>,
 }
 
 #[derive(Default)]
@@ -72,7 +79,7 @@ impl Publisher {
         api_key: Option<&str>,
         (channels, event): (&[String], &str),
         body_bytes: usize,
-        batch: u64,
+        (batch, pipeline): (u64, usize),
     ) -> Self {
         let mut head = format!(
             "POST /api/publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -102,6 +109,8 @@ impl Publisher {
             body_heads,
             body_tail,
             batch: batch.max(1),
+            pipeline: pipeline.max(1),
+            stop_at_us: None,
         }
     }
 
@@ -145,8 +154,11 @@ impl Publisher {
             let last = (first + self.batch - 1).min(count);
             let due = start_us + ((last - origin) as f64 * 1e6 / rate) as u64;
             tokio::time::sleep_until(clock.instant_at(due).into()).await;
-            while pipe.pending.borrow().len() >= MAX_PIPELINE && !pipe.reader_done.get() {
+            while pipe.pending.borrow().len() >= self.pipeline && !pipe.reader_done.get() {
                 pipe.progress.notified().await;
+            }
+            if self.stop_at_us.is_some_and(|t| clock.now_us() >= t) {
+                break;
             }
             if pipe.reader_done.get() {
                 bail!("the connection closed");

@@ -42,6 +42,7 @@ pub enum Kind {
     Channels,
     ConnectStorm,
     ResumeStorm,
+    Publish,
 }
 
 impl Kind {
@@ -52,6 +53,7 @@ impl Kind {
             Self::Channels => "channels",
             Self::ConnectStorm => "connect-storm",
             Self::ResumeStorm => "resume-storm",
+            Self::Publish => "publish",
         }
     }
 }
@@ -116,6 +118,10 @@ pub struct Args {
     /// batch's scheduled time).
     #[arg(long, default_value_t = 1)]
     pub batch: u64,
+    /// Most publish requests awaiting a response on the publisher's connection; 1 is one sequential publisher
+    /// (each request waits for the previous response) [default: 1 for publish, else 1024].
+    #[arg(long)]
+    pub pipeline: Option<usize>,
     /// Connections being set up at once during the ramp [default: 200; N for connect-storm].
     #[arg(long)]
     pub concurrency: Option<usize>,
@@ -153,6 +159,8 @@ struct Plan {
     concurrency: usize,
     idle_s: f64,
     backlog: u64,
+    /// Most publish requests outstanding.
+    pipeline: usize,
 }
 
 impl Plan {
@@ -164,6 +172,7 @@ impl Plan {
         let n = a.connections.unwrap_or(match kind {
             Kind::Channels => 10 * k,
             Kind::ConnectStorm => 5000,
+            Kind::Publish => 0,
             _ => 1000,
         });
         // Idle and connect-storm publish one event per channel after the ramp: enough to check that every
@@ -173,17 +182,20 @@ impl Plan {
             Kind::Fanout => (100.0, 20.0),
             Kind::Channels => (1000.0, 20.0),
             Kind::ResumeStorm => (100.0, 5.0),
+            // As fast as the server answers: the schedule is always due, the duration ends the run.
+            Kind::Publish => (1_000_000.0, 10.0),
         };
         let (rate, duration) = (a.rate.unwrap_or(rate), a.duration.unwrap_or(duration));
         if k == 0 {
             bail!("--channels must be at least 1");
         }
-        if n == 0 || n > MAX_CONNECTIONS {
+        let least = usize::from(kind != Kind::Publish);
+        if n < least || n > MAX_CONNECTIONS {
             bail!(
-                "--connections must be 1..={MAX_CONNECTIONS} (one process may hold 20,000 open files), got {n}"
+                "--connections must be {least}..={MAX_CONNECTIONS} (one process may hold 20,000 open files), got {n}"
             );
         }
-        if n < k {
+        if n > 0 && n < k {
             bail!(
                 "--connections ({n}) must be at least --channels ({k}): every channel needs a subscriber"
             );
@@ -221,6 +233,11 @@ impl Plan {
             idle_s: a
                 .idle
                 .unwrap_or(if kind == Kind::Idle { 10.0 } else { 1.0 }),
+            pipeline: a.pipeline.unwrap_or(if kind == Kind::Publish {
+                1
+            } else {
+                crate::publish::MAX_PIPELINE
+            }),
             backlog: if kind == Kind::ResumeStorm {
                 a.backlog.unwrap_or(100)
             } else {
@@ -855,16 +872,21 @@ async fn run_with(
 
     // Publish.
     let count = plan.count;
-    let publisher = Rc::new(Publisher::new(
+    let mut publisher = Publisher::new(
         addr,
         &s.endpoint.borrow().host,
         args.common.api_key.as_deref(),
         (&plan.channels, &args.event),
         args.body_bytes,
-        args.batch,
-    ));
-    let pstats = Rc::new(PublishStats::default());
+        (args.batch, plan.pipeline),
+    );
     let start_us = clock.now_us() + 100_000;
+    if kind == Kind::Publish {
+        // Time-bounded: the schedule is always due, so the server's answers set the pace.
+        publisher.stop_at_us = Some(start_us + (plan.duration * 1e6) as u64);
+    }
+    let publisher = Rc::new(publisher);
+    let pstats = Rc::new(PublishStats::default());
     let pub_task = tokio::task::spawn_local(publisher.run(
         clock,
         start_us,
@@ -908,7 +930,13 @@ async fn run_with(
             drain_deadline = Some(clock.now_us() + (args.drain * 1e6) as u64);
         }
         if let Some(deadline) = drain_deadline {
-            let want = |c: usize| plan.events_for(c, count);
+            // A time-bounded run published what it had time for.
+            let published = if kind == Kind::Publish {
+                pstats.scheduled.get()
+            } else {
+                count
+            };
+            let want = |c: usize| plan.events_for(c, published);
             if wait_caught_up(&s, &want, 0, "drain").await || clock.now_us() >= deadline {
                 break;
             }
@@ -932,6 +960,11 @@ async fn run_with(
 
     // Resume storm: restart, reconnect everyone at once, publish a backlog, wait for everyone to catch up.
     let mut resume = Value::Null;
+    let count = if kind == Kind::Publish {
+        pstats.scheduled.get()
+    } else {
+        count
+    };
     let mut total = count;
     let mut resume_pub = None;
     if let (Kind::ResumeStorm, Some(srv)) = (kind, server) {
@@ -959,7 +992,7 @@ async fn run_with(
             args.common.api_key.as_deref(),
             (&plan.channels, &args.event),
             args.body_bytes,
-            args.batch,
+            (args.batch, crate::publish::MAX_PIPELINE),
         ));
         let rstats = Rc::new(PublishStats::default());
         let backlog_task = tokio::task::spawn_local(publisher.run(
@@ -1080,6 +1113,9 @@ async fn run_with(
             "delivered": delivered_publish, "delivered_per_s": r3(per_sec),
             "server_cpu_percent": pct(end.server_cpu_us, idle.server_cpu_us, pub_window).map(r3),
             "server_cpu_us_per_delivered": pub_cpu.map(|c| r3(c as f64 / delivered_publish.max(1) as f64)),
+            "pipeline": plan.pipeline,
+            "ok_per_s": r3(pstats.ok.get() as f64 * 1e6 / pub_window.max(1) as f64),
+            "server_cpu_us_per_published": pub_cpu.map(|c| r3(c as f64 / pstats.ok.get().max(1) as f64)),
             "rss_kib_end": end.server_rss_kib,
             "rss_kib_per_connection_end": per_conn(d(end.server_rss_kib, before.server_rss_kib)),
             "generator_cpu_percent": pct(end.self_cpu_us, idle.self_cpu_us, pub_window).map(r3),
