@@ -242,8 +242,11 @@ impl Server {
         let socketio = self.socketio.clone();
         let stop = self.shutdown.clone();
         let mut stopping = self.shutdown.subscribe();
+        let core = self.core.clone();
         let begin_shutdown = async move {
             shutdown.await;
+            // What was acknowledged reaches the connections before they are told to go (bounded: the queue is).
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, core.delivered()).await;
             socketio.shutdown();
             let _ = stop.send(true);
         };

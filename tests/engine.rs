@@ -224,6 +224,7 @@ async fn concurrent_publishes_get_gapless_offsets_and_fan_out_in_order(kind: &st
     }
     all.sort();
     assert_eq!(all, (1..=1000).collect::<Vec<_>>());
+    core.delivered().await.unwrap();
     assert_eq!(
         sink.offsets(),
         (1..=1000).collect::<Vec<_>>(),
@@ -364,6 +365,7 @@ async fn a_batch_is_committed_in_order_across_channels(kind: &str) {
             .collect::<Vec<_>>(),
         [("a".into(), 1), ("b".into(), 1), ("a".to_string(), 2)]
     );
+    core.delivered().await.unwrap();
     assert_eq!(
         *sink.0.lock(),
         [("a".into(), 1), ("b".into(), 1), ("a".to_string(), 2)]
@@ -394,6 +396,7 @@ async fn subscribing_during_publishes_splits_history_from_live_exactly(kind: &st
         tokio::task::yield_now().await;
     }
     publisher.await.unwrap();
+    core.delivered().await.unwrap();
     for (sink, regs) in &subs {
         let pos = &regs[0].0;
         let mut seen: Vec<u64> = core
@@ -476,6 +479,7 @@ async fn dropping_a_subscription_ends_live_delivery_and_reports_demand(kind: &st
     core.publish(vec![ev("d:1", 1, None)]).await.unwrap();
     drop(regs);
     core.publish(vec![ev("d:1", 2, None)]).await.unwrap();
+    core.delivered().await.unwrap();
     assert_eq!(sink.offsets(), [1]);
     assert_eq!(other.offsets(), [1, 2]);
     drop(regs2);
@@ -504,6 +508,7 @@ async fn subscribing_to_no_channels_registers_nothing(kind: &str) {
     let sink = Collect::new();
     assert!(subscribe(&**core, &[], &sink).await.is_empty());
     core.publish(vec![ev("a", 1, None)]).await.unwrap();
+    core.delivered().await.unwrap();
     assert!(sink.offsets().is_empty());
 }
 

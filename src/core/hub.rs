@@ -1,8 +1,13 @@
 //! In-process fan-out: which subscribers are on which channel, and the position every subscriber has been fed to.
 //!
-//! The local engines hand committed events to [`Hub::dispatch`] in commit order. A subscription taken with
-//! [`Hub::subscribe`] is registered atomically with respect to dispatch, so the caller learns the exact position
-//! from which it will receive live events: everything at or before it is in history, everything after arrives live.
+//! Committed events enter the hub in commit order through [`Hub::commit`], which updates each channel's position
+//! and state and takes, per event, the channel's subscribers *as of that commit* (a shared, copy-on-write list).
+//! A subscription taken with [`Hub::subscribe`] is registered atomically with respect to commits, so the caller
+//! learns the exact position from which it receives live events: everything at or before it is in history (the
+//! engine committed it before the hub saw it), everything after arrives live. The [`Deliveries`] a commit returns
+//! can then be handed to subscribers later and elsewhere — the local engines give them to
+//! [`crate::core::dispatcher`] so a publish is answered on its commit, not after its fan-out — without changing who
+//! gets what: a subscriber registered after the commit is not in its list and finds the event in history.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,9 +23,37 @@ use super::engine::{
 use super::event::SharedEvent;
 use super::state::{self, Declarations, Snapshot, Table, Values};
 
+/// A channel's subscribers: copied on write only while a commit's [`Deliveries`] still hold the old list.
+type Subscribers = Arc<Vec<(SubscriberId, Arc<dyn Subscriber>)>>;
+
+/// Committed events with the subscribers each must reach (those registered when it committed), in commit order.
+#[must_use = "deliveries do nothing until delivered"]
+pub struct Deliveries(Vec<(Arc<SharedEvent>, Subscribers)>);
+
+impl Deliveries {
+    /// How many events have someone to reach.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no event has a subscriber.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Hands each event to its subscribers, in order.
+    pub fn deliver(self) {
+        for (event, subscribers) in self.0 {
+            for (_, sub) in subscribers.iter() {
+                sub.deliver(&event);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct ChannelState {
-    subscribers: Vec<(SubscriberId, Arc<dyn Subscriber>)>,
+    subscribers: Subscribers,
     last_offset: u64,
     epoch: Option<Arc<str>>,
     channel_id: u64,
@@ -30,7 +63,8 @@ struct ChannelState {
 #[derive(Default)]
 struct State {
     channels: HashMap<ChannelName, ChannelState>,
-    dispatched_seq: u64,
+    /// The commit sequence of the last event committed into the hub.
+    committed_seq: u64,
     declarations: Declarations,
     watchers: Vec<(Pattern, mpsc::UnboundedSender<Demand>)>,
 }
@@ -73,7 +107,7 @@ impl Hub {
         Self {
             state: Mutex::new(State {
                 channels,
-                dispatched_seq: last_seq,
+                committed_seq: last_seq,
                 ..Default::default()
             }),
         }
@@ -145,7 +179,7 @@ impl Hub {
     pub fn lost(&self, channel: &ChannelName) {
         let state = self.state.lock();
         if let Some(ch) = state.channels.get(channel) {
-            for (_, sub) in &ch.subscribers {
+            for (_, sub) in ch.subscribers.iter() {
                 sub.lost(channel);
             }
         }
@@ -177,8 +211,15 @@ impl Hub {
         rx
     }
 
-    /// Feeds committed events (in commit order) to every subscriber of their channels.
+    /// Feeds committed events (in commit order) to every subscriber of their channels, now.
     pub fn dispatch(&self, events: &[Arc<SharedEvent>]) {
+        self.commit(events).deliver();
+    }
+
+    /// Takes committed events (in commit order): advances each channel's position and state, and returns whom each
+    /// event must reach. Deliver them in the order commits return them.
+    pub fn commit(&self, events: &[Arc<SharedEvent>]) -> Deliveries {
+        let mut out = Vec::new();
         let mut state = self.state.lock();
         for shared in events {
             let ev = &shared.event;
@@ -193,11 +234,12 @@ impl Hub {
                     .get_or_insert_with(Table::default)
                     .apply(&ev.name, change);
             }
-            for (_, sub) in &ch.subscribers {
-                sub.deliver(shared);
+            if !ch.subscribers.is_empty() {
+                out.push((shared.clone(), ch.subscribers.clone()));
             }
-            state.dispatched_seq = ev.seq;
+            state.committed_seq = ev.seq;
         }
+        Deliveries(out)
     }
 
     /// [`Hub::subscribe`] with the handles that end each registration.
@@ -224,7 +266,7 @@ impl Hub {
     ) -> Vec<Position> {
         let mut guard = self.state.lock();
         let state = &mut *guard;
-        let seq = state.dispatched_seq;
+        let seq = state.committed_seq;
         let mut activated = Vec::new();
         let positions = channels
             .iter()
@@ -234,7 +276,7 @@ impl Hub {
                     if ch.subscribers.is_empty() {
                         activated.push(name);
                     }
-                    ch.subscribers.push((id, sub.clone()));
+                    Arc::make_mut(&mut ch.subscribers).push((id, sub.clone()));
                 }
                 // A declared channel has a (possibly empty) snapshot; an undeclared one that carries state
                 // sends each value as the event that set it.
@@ -267,7 +309,9 @@ impl Unsubscribe for Hub {
         let mut state = self.state.lock();
         if let Some(ch) = state.channels.get_mut(channel) {
             let before = ch.subscribers.len();
-            ch.subscribers.retain(|(i, _)| *i != id);
+            if ch.subscribers.iter().any(|(i, _)| *i == id) {
+                Arc::make_mut(&mut ch.subscribers).retain(|(i, _)| *i != id);
+            }
             let emptied = before > 0 && ch.subscribers.is_empty();
             // A channel that has no events and no subscribers leaves no trace (subscribing to arbitrary
             // names must not grow memory).

@@ -4,6 +4,7 @@
 //! binding subscribes through; [`engine::sqlite`] and [`engine::memory`] implement it.
 
 pub mod channel;
+pub(crate) mod dispatcher;
 pub mod engine;
 pub mod event;
 pub mod gap;

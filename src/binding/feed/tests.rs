@@ -195,7 +195,14 @@ fn unavailable() -> EngineError {
 #[async_trait]
 impl Engine for Probe {
     async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<PublishResult>, EngineError> {
-        self.inner.publish(events).await
+        // The feed's tests look at the wire right after publishing: wait for the fan-out.
+        let results = self.inner.publish(events).await?;
+        self.inner.delivered().await?;
+        Ok(results)
+    }
+
+    async fn delivered(&self) -> Result<(), EngineError> {
+        self.inner.delivered().await
     }
 
     async fn subscribe(
@@ -300,7 +307,7 @@ fn engine(max_events: u64) -> Arc<Probe> {
         rules: vec![],
     };
     Arc::new(Probe {
-        inner: MemoryEngine::open(retention, Duration::from_secs(3600)),
+        inner: MemoryEngine::open(retention, Duration::from_secs(3600)).unwrap(),
         ranges: AtomicUsize::new(0),
         fail_range: AtomicBool::new(false),
         fail_subscribe: AtomicBool::new(false),

@@ -15,6 +15,7 @@ use super::{
     SubscriberId, Subscription,
 };
 use crate::core::channel::{ChannelName, Pattern};
+use crate::core::dispatcher::Dispatcher;
 use crate::core::event::{Event, NewEvent, PublishResult, SharedEvent, now_ms};
 use crate::core::hub::Hub;
 use crate::core::presence::{Member, Presence, PresenceEvent};
@@ -62,15 +63,19 @@ struct Data {
 pub struct MemoryEngine {
     data: Mutex<Data>,
     hub: Arc<Hub>,
+    dispatcher: Dispatcher,
     presence: Arc<Presence>,
     retention: Retention,
     session_ttl: Duration,
 }
 
 impl MemoryEngine {
-    /// An empty engine.
-    pub fn open(retention: Retention, session_ttl: Duration) -> Arc<dyn Engine> {
-        Arc::new(Self {
+    /// An empty engine (fails only if its fan-out thread cannot start).
+    pub fn open(
+        retention: Retention,
+        session_ttl: Duration,
+    ) -> Result<Arc<dyn Engine>, EngineError> {
+        Ok(Arc::new(Self {
             data: Mutex::new(Data {
                 channels: HashMap::new(),
                 next_channel_id: 1,
@@ -81,10 +86,11 @@ impl MemoryEngine {
                 closed: false,
             }),
             hub: Arc::new(Hub::default()),
+            dispatcher: Dispatcher::start().map_err(EngineError::unavailable)?,
             presence: Arc::default(),
             retention,
             session_ttl,
-        })
+        }))
     }
 
     /// Locks the data, first running the periodic sweep if it is due.
@@ -123,6 +129,8 @@ fn new_epoch() -> Arc<str> {
 #[async_trait]
 impl Engine for MemoryEngine {
     async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<PublishResult>, EngineError> {
+        // Wait for room before committing: the fan-out queue stays bounded and the commit order is the queue's.
+        self.dispatcher.room().await;
         let mut guard = self.lock()?;
         let d = &mut *guard;
         let mut results = Vec::with_capacity(events.len());
@@ -198,10 +206,10 @@ impl Engine for MemoryEngine {
                 }
             }
         }
-        // Fan out before answering (and under the lock, so in commit order): once a publish is acknowledged,
-        // every later subscription's position includes it.
+        // Into the hub under the lock, so in commit order: once a publish is acknowledged, every later
+        // subscription's position includes it. The fan-out thread delivers.
         if !fresh.is_empty() {
-            self.hub.dispatch(&fresh);
+            self.dispatcher.send(self.hub.commit(&fresh));
         }
         Ok(results)
     }
@@ -323,6 +331,11 @@ impl Engine for MemoryEngine {
 
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<Member>, EngineError> {
         Ok(self.presence.members(channel))
+    }
+
+    async fn delivered(&self) -> Result<(), EngineError> {
+        self.dispatcher.delivered().await;
+        Ok(())
     }
 
     fn presence_events(&self, pattern: Pattern) -> mpsc::Receiver<PresenceEvent> {

@@ -8,7 +8,9 @@
 //! Every committed event also has a place in one **total commit order** (`seq`, increasing across all channels):
 //! live events reach every subscriber in that order, and a subscription's [`Position`] says where in it the
 //! subscription starts — everything at or before it is history, everything after arrives live, exactly once, and a
-//! subscription registered after a publish was acknowledged starts after it. The Socket.IO binding's single-cursor
+//! subscription registered after a publish was acknowledged starts after it. A publish is acknowledged on its commit;
+//! live delivery may follow (the local engines fan out on a thread of their own, [`crate::core::dispatcher`]), and
+//! [`Engine::delivered`] waits for it. The Socket.IO binding's single-cursor
 //! resume relies on that order (the stock client echoes one offset for all of its channels), so the contract carries
 //! it instead of per-channel cursors in every packet; a distributed engine provides it with one sequencer (Redis: an
 //! `INCR` inside the publish script on the primary, and its pub/sub delivers on one connection in script order).
@@ -388,7 +390,7 @@ pub async fn open(opts: EngineOptions) -> Result<Arc<dyn Engine>, EngineError> {
             retention: opts.retention,
             session_ttl: opts.session_ttl,
         })?,
-        EngineKind::Memory => memory::MemoryEngine::open(opts.retention, opts.session_ttl),
+        EngineKind::Memory => memory::MemoryEngine::open(opts.retention, opts.session_ttl)?,
         EngineKind::Redis { url, prefix } => {
             redis::RedisEngine::open(redis::Options {
                 url,
@@ -499,6 +501,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Flushes and stops; later calls fail with [`EngineError::Closed`].
     async fn shutdown(&self);
+
+    /// Returns once every event committed before the call has been handed to this process's subscribers (a
+    /// publish is acknowledged on its commit; its fan-out follows in commit order). For graceful shutdown and tests.
+    async fn delivered(&self) -> Result<(), EngineError>;
 
     /// Whether the storage behind the engine answers now (what `/readyz` reports); in-process engines always do.
     async fn ping(&self) -> Result<(), EngineError> {

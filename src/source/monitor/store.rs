@@ -304,7 +304,7 @@ mod tests {
             rules: retention(&cfg),
             ..Retention::default()
         };
-        MonitorStore::new(MemoryEngine::open(retention, Duration::from_secs(60))).unwrap()
+        MonitorStore::new(MemoryEngine::open(retention, Duration::from_secs(60)).unwrap()).unwrap()
     }
 
     fn spec(id: &str) -> MonitorSpec {

@@ -690,6 +690,11 @@ impl Engine for RedisEngine {
         self.presence.events(pattern)
     }
 
+    async fn delivered(&self) -> Result<(), EngineError> {
+        // Publishes return after their local fan-out; what other nodes published arrives by pub/sub.
+        self.fanout.barrier().await
+    }
+
     async fn ping(&self) -> Result<(), EngineError> {
         redis::cmd("PING")
             .query_async::<()>(&mut self.open_con()?)

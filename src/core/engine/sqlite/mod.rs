@@ -15,7 +15,8 @@ use super::{
     SubscriberId, Subscription,
 };
 use crate::core::channel::{ChannelName, Pattern};
-use crate::core::event::{Event, NewEvent, PublishResult};
+use crate::core::dispatcher::Dispatcher;
+use crate::core::event::{Event, NewEvent, PublishResult, SharedEvent};
 use crate::core::hub::Hub;
 use crate::core::presence::{Member, Presence, PresenceEvent};
 use crate::core::retention::Retention;
@@ -60,6 +61,7 @@ impl From<StoreError> for EngineError {
 pub struct SqliteEngine {
     store: Store,
     hub: Arc<Hub>,
+    dispatcher: Arc<Dispatcher>,
     presence: Arc<Presence>,
 }
 
@@ -68,11 +70,18 @@ impl SqliteEngine {
     pub fn open(opts: Options) -> Result<Arc<dyn Engine>, EngineError> {
         let hub = Arc::new(Hub::default());
         let sink_hub = hub.clone();
-        let opened = Store::open(opts, Box::new(move |events| sink_hub.dispatch(&events)))?;
+        let dispatcher = Arc::new(Dispatcher::start().map_err(EngineError::unavailable)?);
+        let sink_dispatcher = dispatcher.clone();
+        // The writer commits and moves on; the fan-out thread delivers (in commit order, bounded).
+        let sink = move |events: Vec<Arc<SharedEvent>>| {
+            sink_dispatcher.send_blocking(sink_hub.commit(&events));
+        };
+        let opened = Store::open(opts, Box::new(sink))?;
         hub.load(&opened.channels, opened.last_seq, opened.state);
         Ok(Arc::new(Self {
             store: opened.store,
             hub,
+            dispatcher,
             presence: Arc::default(),
         }))
     }
@@ -158,6 +167,11 @@ impl Engine for SqliteEngine {
 
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<Member>, EngineError> {
         Ok(self.presence.members(channel))
+    }
+
+    async fn delivered(&self) -> Result<(), EngineError> {
+        self.dispatcher.delivered().await;
+        Ok(())
     }
 
     fn presence_events(&self, pattern: Pattern) -> mpsc::Receiver<PresenceEvent> {

@@ -2,7 +2,8 @@
 //!
 //! One writer thread owns the write connection and group-commits whatever publishes and session writes are
 //! waiting: one transaction and one fsync per batch, however many callers. A publish is answered only after its
-//! batch committed; committed events are then handed, in commit order, to the fan-out callback. Reads run on a
+//! batch committed, and just after its events were handed, in commit order, to the commit callback (which enters
+//! them into the hub and queues their delivery). Reads run on a
 //! small pool of read-only connections, off the async runtime.
 
 use std::collections::HashMap;
@@ -586,7 +587,7 @@ impl Writer {
         let result = self.apply(batch, &mut fresh, &mut done);
         match result {
             Ok(()) => {
-                // Fan out before answering: once a publish is acknowledged, every later subscription's
+                // Into the hub before answering: once a publish is acknowledged, every later subscription's
                 // position includes it (no acknowledged event can arrive "live" to a subscriber that came after).
                 if !fresh.is_empty() {
                     (self.sink)(fresh);
