@@ -18,6 +18,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::access::Access;
+use super::client_events::{Actions, ClientEvent};
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::refusal::Refusal;
 use super::subscribe::{self as path, Subscribing};
@@ -35,7 +36,6 @@ use crate::transport::socketio::{
     Accept, AckResponder, BoxFuture, ConnectError, DisconnectReason, EncodedPacket,
     NamespaceHandler, Payload, Socket, encode_event_raw,
 };
-use config::ClientEvent;
 use session::{Cursor, Entry, SessionRecord};
 
 /// The event slot holding the shared Socket.IO packet of a live event.
@@ -179,18 +179,6 @@ fn refuse(socket: &Socket, event: &str, ack: Option<AckResponder>, refusal: &Ref
             let _ = socket.emit("error", Payload::new(vec![refusal.error_event(event)]));
         }
     }
-}
-
-/// Runs the named actions that client events can be mapped to (the sources', e.g. `monitor.refresh`).
-pub trait Actions: Send + Sync {
-    /// Runs `action` with the event's arguments; `may_subscribe` tells whether the client may read a channel.
-    /// `Err((code, message))` refuses.
-    fn run<'a>(
-        &'a self,
-        action: &'a str,
-        args: &'a [Value],
-        may_subscribe: &'a (dyn Fn(&ChannelName) -> bool + Send + Sync),
-    ) -> futures_util::future::BoxFuture<'a, Result<Value, (&'static str, String)>>;
 }
 
 fn reply(ack: Option<AckResponder>, value: Value) {
