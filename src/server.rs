@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::accept::{self, Edge};
 use crate::api::{self, ApiState};
 use crate::binding::access::Access;
-use crate::binding::client_events::Actions;
+use crate::binding::client_events::{Actions, ClientEvents};
 use crate::binding::socketio::ChannelsNamespace;
 use crate::binding::sse::SseBinding;
 use crate::binding::websocket::WebSocketBinding;
@@ -135,12 +135,19 @@ impl Server {
         );
         // Every binding lists its connections here; the API reads and closes them.
         let registry = Registry::new();
+        // One mapping of client events for Socket.IO events and `/ws` emits.
+        let client_events = ClientEvents::new(
+            s.client_events.clone(),
+            sources.clone(),
+            core.clone(),
+            access.clone(),
+            config.max_event_bytes,
+        );
         let namespace = ChannelsNamespace::new(
             core.clone(),
             access.clone(),
             s.max_queue_bytes,
-            s.client_events.clone(),
-            sources.clone(),
+            client_events.clone(),
             registry.clone(),
         );
         // Only an engine shared by several nodes can hold sessions this node does not.
@@ -196,6 +203,7 @@ impl Server {
                 config.websocket.clone(),
                 stopping.clone(),
                 registry.clone(),
+                client_events,
             ))
             .merge(SseBinding::router(
                 core.clone(),

@@ -78,6 +78,15 @@ impl Access {
         }
     }
 
+    /// `Ok` if `id` may publish to `channel` (a mapped client event's `publish`).
+    pub fn publish(&self, id: &Identity, channel: &ChannelName) -> Result<(), Refusal> {
+        if self.permissions.can_publish(id, channel) {
+            Ok(())
+        } else {
+            Err(Refusal::PublishForbidden(channel.clone()))
+        }
+    }
+
     /// `Ok` if `id` may add `channels` to a connection holding `held`: each one permitted, then room for those
     /// it does not hold yet within the per-connection subscription limit.
     pub fn permit(
@@ -142,6 +151,15 @@ impl Access {
     pub fn admit(&self, ip: Option<std::net::IpAddr>) -> Result<Option<Slot>, Refusal> {
         self.policy.connect_rate(ip)?;
         Ok(self.policy.admit(ip)?)
+    }
+
+    /// A bucket for the events one connection may publish through mapped client events.
+    pub fn client_publish_bucket(&self) -> Bucket {
+        let limits = &self.policy.per_connection;
+        Bucket::new(
+            limits.client_publishes_per_second,
+            limits.client_publishes_burst(),
+        )
     }
 
     /// A bucket for the messages one connection may send.

@@ -63,9 +63,9 @@ impl SocketIoConfig {
     /// only one of those.
     pub fn validate(&self, actions: &[&str]) -> Result<(), InvalidConfig> {
         for (event, mapping) in &self.client_events {
-            mapping.validate(event, actions).map_err(|m| {
-                InvalidConfig(format!("socketio.client_events {event:?}: {m}"))
-            })?;
+            mapping
+                .validate(event, actions)
+                .map_err(|m| InvalidConfig(format!("socketio.client_events {event:?}: {m}")))?;
         }
         for name in &self.server_side_channels {
             ChannelName::new(name)

@@ -18,11 +18,10 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::access::Access;
-use super::client_events::{Actions, ClientEvent};
+use super::client_events::{Allowance, ClientEvents, Outcome};
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::refusal::Refusal;
 use super::subscribe::{self as path, Subscribing};
-use super::template;
 use crate::auth::Identity;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
@@ -55,10 +54,8 @@ pub struct ChannelsNamespace {
     core: Arc<dyn Engine>,
     access: Arc<Access>,
     max_held_bytes: usize,
-    /// Application events mapped to subscriptions or actions (`[socketio.client_events]`).
-    client_events: HashMap<String, ClientEvent>,
-    /// Runs the actions client events are mapped to.
-    actions: Arc<dyn Actions>,
+    /// Application events mapped by the config (`[socketio.client_events]`).
+    client_events: Arc<ClientEvents>,
     /// Connected sockets by socket id.
     conns: Mutex<HashMap<String, Arc<Conn>>>,
     /// This node's connections of every transport.
@@ -76,6 +73,8 @@ struct Conn {
     registration: OnceLock<Registration>,
     /// Messages the client may still send.
     messages: Mutex<MessageLimit>,
+    /// Events the client may still publish through mapped client events.
+    publishes: Allowance,
     /// Ends the connection when its token expires.
     expiry: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pid: String,
@@ -193,8 +192,7 @@ impl ChannelsNamespace {
         core: Arc<dyn Engine>,
         access: Arc<Access>,
         max_held_bytes: usize,
-        client_events: HashMap<String, ClientEvent>,
-        actions: Arc<dyn Actions>,
+        client_events: Arc<ClientEvents>,
         registry: Registry,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -202,7 +200,6 @@ impl ChannelsNamespace {
             access,
             max_held_bytes,
             client_events,
-            actions,
             conns: Mutex::new(HashMap::new()),
             registry,
         })
@@ -314,6 +311,7 @@ impl ChannelsNamespace {
             _slot: slot,
             registration: OnceLock::new(),
             messages: Mutex::new(self.access.message_limit()),
+            publishes: self.client_events.allowance(),
             expiry: Mutex::new(None),
             pending: Mutex::new(None),
         });
@@ -493,55 +491,34 @@ impl ChannelsNamespace {
         }
     }
 
-    /// A client event mapped in the config: a subscription change or an action. A channel template's `{arg}` and
-    /// `{arg.FIELD}` come from the event's first argument ([`template`]).
+    /// A client event mapped in the config ([`ClientEvents`]); an unmapped one is refused as `unknown_event`.
     async fn mapped(
         &self,
         conn: &Arc<Conn>,
-        mapping: &ClientEvent,
         event: &str,
         args: &Payload,
         ack: Option<AckResponder>,
     ) {
         let socket = &conn.feed.outlet.0;
-        match mapping {
-            ClientEvent::Subscribe(t) | ClientEvent::Unsubscribe(t) => {
-                let name = match template::fill(t, args.args.first()) {
-                    Ok(name) => name,
-                    Err(e) => {
-                        let refusal = Refusal::InvalidRequest(format!("{event}: {e}"));
-                        return refuse(socket, event, ack, &refusal);
-                    }
-                };
-                let channel = match ChannelName::new(&name) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let refusal = Refusal::InvalidChannel {
-                            message: format!("{event}: {name:?}: {e}"),
-                            reason: e,
-                        };
-                        return refuse(socket, event, ack, &refusal);
-                    }
-                };
-                if matches!(mapping, ClientEvent::Unsubscribe(_)) {
-                    self.unsubscribe_channel(conn, event, channel, ack).await;
-                } else {
-                    self.subscribe_want(conn, event, Want::new_events(channel), ack)
-                        .await;
-                }
+        let outcome = self
+            .client_events
+            .handle(event, &args.args, &conn.identity, &conn.publishes)
+            .await;
+        match outcome {
+            Ok(Outcome::Subscribe(channel)) => {
+                self.subscribe_want(conn, event, Want::new_events(channel), ack)
+                    .await;
             }
-            ClientEvent::Action(action) => {
-                let may = |c: &ChannelName| self.access.subscribe(&conn.identity, c).is_ok();
-                let result = self
-                    .actions
-                    .run(action, &args.args, &may)
-                    .await
-                    .map_err(|(code, message)| Refusal::Action { code, message });
-                match result {
-                    Ok(v) => reply(ack, json!({"ok": true, "result": v})),
-                    Err(r) => refuse(socket, event, ack, &r),
-                }
+            Ok(Outcome::Unsubscribe(channel)) => {
+                self.unsubscribe_channel(conn, event, channel, ack).await;
             }
+            Ok(Outcome::Done(value)) => reply(ack, value),
+            Ok(Outcome::Reply { event: sent, data }) => {
+                // A connection gone meanwhile hears nothing either way.
+                let _ = socket.emit(&sent, Payload::new(vec![data]));
+                reply(ack, json!({"ok": true}));
+            }
+            Err(r) => refuse(socket, event, ack, &r),
         }
     }
 
@@ -706,14 +683,7 @@ impl NamespaceHandler for Handler {
             match event.as_str() {
                 "subscribe" => ns.subscribe(&conn, &event, &args, ack).await,
                 "unsubscribe" => ns.unsubscribe(&conn, &event, &args, ack).await,
-                other => match ns.client_events.get(other) {
-                    Some(mapping) => ns.mapped(&conn, mapping, other, &args, ack).await,
-                    None => {
-                        let refusal =
-                            Refusal::UnknownEvent(format!("Herald does not handle {other:?}"));
-                        refuse(&socket, other, ack, &refusal);
-                    }
-                },
+                other => ns.mapped(&conn, other, &args, ack).await,
             }
         })
     }
