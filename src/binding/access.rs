@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::refusal::Refusal;
 use crate::auth::{
-    AuthConfig, AuthConfigError, AuthError, Authenticator, Identity, Permissions, TokenExtractor,
+    AuthConfig, AuthConfigError, AuthError, Authenticator, HandshakeIdentity, Identity,
+    Permissions, TokenExtractor,
 };
 use crate::core::channel::ChannelName;
 use crate::policy::LimitsConfig;
@@ -24,6 +25,8 @@ pub struct Access {
     authenticator: Authenticator,
     permissions: Permissions,
     tokens: TokenExtractor,
+    /// `[auth] identity_from_handshake`, with the claims its values are stored as.
+    handshake: Option<(HandshakeIdentity, String, String)>,
     server_side: Vec<ChannelName>,
     leeway: std::time::Duration,
 }
@@ -44,6 +47,14 @@ impl Access {
         } else if auth.anonymous_allowed() {
             tracing::warn!("[auth] anonymous = true: clients without a token connect anonymously");
         }
+        if let Some(h) = &auth.identity_from_handshake {
+            tracing::warn!(
+                user = %h.user,
+                roles = ?h.roles,
+                "[auth] identity_from_handshake: clients without a token are whoever their handshake says (UNTRUSTED: \
+                 nothing verifies it; for trusted or development setups only)"
+            );
+        }
         Ok(Arc::new(Self {
             // With cookie authentication and no allow-list, only same-origin pages may connect: a cross-site page
             // could otherwise open a WebSocket carrying the visitor's cookie.
@@ -51,21 +62,33 @@ impl Access {
             authenticator: Authenticator::new(auth)?,
             permissions: Permissions::from_config(auth)?,
             tokens: TokenExtractor::from_config(auth),
+            handshake: auth
+                .identity_from_handshake
+                .clone()
+                .map(|h| (h, auth.user_claim.clone(), auth.roles_claim.clone())),
             server_side,
             leeway: auth.leeway,
         }))
     }
 
     /// The identity behind a connection: its token from the Socket.IO `auth` object, `Authorization: Bearer`,
-    /// the query string or the cookie — or anonymous, where admitted.
+    /// the query string or the cookie; without one, the handshake's (`[auth] identity_from_handshake`) — or
+    /// anonymous, where admitted. A token that fails is refused whatever the handshake says.
     pub async fn identify(
         &self,
         headers: &HeaderMap,
         query: &[(String, String)],
         socketio_auth: Option<&Value>,
     ) -> Result<Identity, AuthError> {
-        let pairs = query.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let token = self.tokens.extract(headers, pairs, socketio_auth);
+        let pairs = || query.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let token = self.tokens.extract(headers, pairs(), socketio_auth);
+        if token.is_none()
+            && let Some((fields, user_claim, roles_claim)) = &self.handshake
+            && let Some(id) = fields.identity(pairs(), socketio_auth, user_claim, roles_claim)?
+        {
+            tracing::debug!(user = ?id.user, roles = ?id.roles, "identity from the handshake (unverified)");
+            return Ok(id);
+        }
         self.authenticator.authenticate(token).await
     }
 
