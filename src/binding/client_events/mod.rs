@@ -134,14 +134,6 @@ impl ClientEvents {
                 event: name,
                 data,
             } => {
-                if !allowance.0.lock().take() {
-                    let limits = &self.access.policy.per_connection;
-                    return Err(Refusal::RateLimited(format!(
-                        "{event}: too many client publishes; at most {} per second (burst {})",
-                        limits.client_publishes_per_second,
-                        limits.client_publishes_burst()
-                    )));
-                }
                 let channel = channel(event, t, ctx)?;
                 self.access.publish(identity, &channel)?;
                 let data = filled_data(event, data.as_ref(), ctx)?;
@@ -156,6 +148,16 @@ impl ClientEvents {
                 }
                 let data = RawValue::from_string(text)
                     .map_err(|e| Refusal::InvalidRequest(e.to_string()))?;
+                // Counted last: only publishes that would be made take from the allowance (every message, refused
+                // or not, counts against `messages_per_second` already).
+                if !allowance.0.lock().take() {
+                    let limits = &self.access.policy.per_connection;
+                    return Err(Refusal::RateLimited(format!(
+                        "{event}: too many client publishes; at most {} per second (burst {})",
+                        limits.client_publishes_per_second,
+                        limits.client_publishes_burst()
+                    )));
+                }
                 let published = self
                     .engine
                     .publish(vec![NewEvent {
