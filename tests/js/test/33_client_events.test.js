@@ -13,7 +13,7 @@ import {
 } from '../lib/herald.js';
 import { wsBase, openWs } from '../lib/plain.js';
 import { sign, nowSecs } from '../lib/jwt.js';
-import { KEY_BLOCKS, rule } from '../lib/auth.js';
+import { KEY_BLOCKS, rule, sseRefused, eventSource } from '../lib/auth.js';
 
 const token = (claims) => sign({ exp: nowSecs() + 3600, ...claims }, { alg: 'HS256' });
 /** An acked round trip: the socket's earlier packets have been handled. */
@@ -379,9 +379,19 @@ ${KEY_BLOCKS.HS256}${rule({ pattern: 'user_{sub}', subscribe: true })}${rule({ p
   assert.deepEqual(me.data, { ok: true });
   const sent = await ws.next((m) => m.type === 'event' && m.event === 'whoami', 10_000, 'whoami event', from);
   assert.deepEqual(sent.data, { user: 'u1', roles: ['owner'] });
+  // SSE reads the query string too: its user's room streams, another user's is refused.
+  const sse = eventSource(t, `${h.url}/sse/user_u1?userId=u1`, ['stats']);
+  await sse.until((l) => l.opens > 0, 10_000, 'SSE open');
+  const other = await sseRefused(t, h, '/sse/user_u2?userId=u1');
+  assert.deepEqual([other.status, other.json?.error?.code], [403, 'forbidden'], other.text);
+
   await publish(h.url, 'owners', 'stats', { connectedOwners: 1 });
+  await publish(h.url, 'user_u1', 'stats', { mine: true });
   const ev = await ws.next((m) => m.type === 'event' && m.channel === 'owners', 10_000, 'owners event');
   assert.deepEqual(ev.data, { connectedOwners: 1 });
+  await sse.until((l) => l.items.length === 1, 10_000, 'SSE event');
+  assert.deepEqual(sse.items[0].data, { mine: true });
+  sse.es.close();
   await h.assertHealthy();
 });
 
