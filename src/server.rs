@@ -189,7 +189,11 @@ impl Server {
                 policy: access.policy.clone(),
                 metrics: {
                     let sources = sources.clone();
-                    Arc::new(move |out: &mut String| sources.metrics(out))
+                    let client_events = client_events.clone();
+                    Arc::new(move |out: &mut String| {
+                        sources.metrics(out);
+                        client_events.metrics(out);
+                    })
                 },
             },
             sources.routes(),
@@ -203,7 +207,7 @@ impl Server {
                 config.websocket.clone(),
                 stopping.clone(),
                 registry.clone(),
-                client_events,
+                client_events.clone(),
             ))
             .merge(SseBinding::router(
                 core.clone(),

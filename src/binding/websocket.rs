@@ -684,7 +684,9 @@ async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
                     epoch: msg.epoch,
                     gap: None,
                 };
-                return subscribe(client, feed, want, id, None).await;
+                // Answered either way.
+                let _ = subscribe(client, feed, want, id, None).await;
+                return;
             }
             Err(r) => r.frame(id),
         },
@@ -724,7 +726,11 @@ async fn emit(
         .await;
     let data = match outcome {
         Ok(Outcome::Subscribe(channel)) => {
-            return subscribe(client, feed, Want::new_events(channel), id, Some(event)).await;
+            let subscribed = subscribe(client, feed, Want::new_events(channel), id, Some(event));
+            if let Err(r) = subscribed.await {
+                client.events.refused(&r);
+            }
+            return;
         }
         Ok(Outcome::Unsubscribe(channel)) => {
             let _op = feed.serialize().await;
@@ -751,14 +757,14 @@ fn ack(id: Option<Value>, event: &str, data: Value) -> String {
 }
 
 /// Registers `want` if permitted, confirms (`subscribed`, or for an `emit` of `event` its ack), then queues the
-/// replay and live events.
+/// replay and live events. A refusal of the registration is answered, then returned.
 async fn subscribe(
     client: &Client,
     feed: &Arc<Feed<WsOutlet>>,
     want: Want,
     id: Option<Value>,
     event: Option<&str>,
-) {
+) -> Result<(), Refusal> {
     let outbox = &feed.outlet.outbox;
     let subscribing =
         match path::subscribe(feed, &client.access, &client.identity, vec![want]).await {
@@ -769,7 +775,7 @@ async fn subscribe(
                     None => refused.frame(id),
                 };
                 let _ = outbox.push(Message::plain(frame));
-                return;
+                return Err(refused);
             }
         };
     if let Some(r) = subscribing.registrations().first() {
@@ -787,6 +793,7 @@ async fn subscribe(
     if let Err(refused) = subscribing.complete().await {
         let _ = outbox.push(Message::plain(refused.frame(None)));
     }
+    Ok(())
 }
 
 /// Writes what is queued; false if the peer is gone or has not taken the bytes within `limit` (it stopped reading).

@@ -8,7 +8,8 @@
 
 pub mod config;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -45,6 +46,8 @@ pub struct ClientEvents {
     access: Arc<Access>,
     /// Largest data of a client publish: `[limits] client_publish_max_bytes`, within `max_event_bytes`.
     max_publish_bytes: usize,
+    /// For `/metrics`: events received, and refusals by code.
+    counts: Mutex<(u64, BTreeMap<&'static str, u64>)>,
 }
 
 /// One connection's allowance of client publishes (`[limits] client_publishes_per_second`).
@@ -88,7 +91,33 @@ impl ClientEvents {
             engine,
             access,
             max_publish_bytes,
+            counts: Mutex::new((0, BTreeMap::new())),
         })
+    }
+
+    /// Counts a refusal of a client event that [`ClientEvents::handle`] mapped (a subscription the binding's
+    /// subscribe path refused).
+    pub fn refused(&self, refusal: &Refusal) {
+        *self.counts.lock().1.entry(refusal.code()).or_default() += 1;
+    }
+
+    /// Appends the Prometheus counters: client events received, and their refusals by code.
+    pub fn metrics(&self, out: &mut String) {
+        let (received, refused) = self.counts.lock().clone();
+        let _ = write!(
+            out,
+            "# HELP herald_client_events_total Application events clients sent (Socket.IO events and /ws emits other than the built-in subscribe/unsubscribe).\n\
+             # TYPE herald_client_events_total counter\n\
+             herald_client_events_total {received}\n\
+             # HELP herald_client_event_refusals_total Client events refused, by code.\n\
+             # TYPE herald_client_event_refusals_total counter\n"
+        );
+        for (code, n) in refused {
+            let _ = writeln!(
+                out,
+                "herald_client_event_refusals_total{{code=\"{code}\"}} {n}"
+            );
+        }
     }
 
     /// A new connection's publish allowance.
@@ -96,8 +125,23 @@ impl ClientEvents {
         Allowance(Mutex::new(self.access.client_publish_bucket()))
     }
 
-    /// Maps client event `event` with arguments `args` from `identity`.
+    /// Maps client event `event` with arguments `args` from `identity`; counted, and so is a refusal.
     pub async fn handle(
+        &self,
+        event: &str,
+        args: &[Value],
+        identity: &Identity,
+        allowance: &Allowance,
+    ) -> Result<Outcome, Refusal> {
+        self.counts.lock().0 += 1;
+        let outcome = self.map_event(event, args, identity, allowance).await;
+        if let Err(r) = &outcome {
+            self.refused(r);
+        }
+        outcome
+    }
+
+    async fn map_event(
         &self,
         event: &str,
         args: &[Value],

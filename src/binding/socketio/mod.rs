@@ -469,26 +469,32 @@ impl ChannelsNamespace {
         ack: Option<AckResponder>,
     ) {
         match parse_subscribe(args) {
-            Ok(want) => self.subscribe_want(conn, event, want, ack).await,
+            Ok(want) => {
+                // Answered either way.
+                let _ = self.subscribe_want(conn, event, want, ack).await;
+            }
             Err(r) => refuse(&conn.feed.outlet.0, event, ack, &r),
         }
     }
 
-    /// Subscribes to `want` if permitted, answering the client event `event`.
+    /// Subscribes to `want` if permitted, answering the client event `event`; the refusal, if any, is returned
+    /// too, answered already.
     async fn subscribe_want(
         &self,
         conn: &Arc<Conn>,
         event: &str,
         want: Want,
         ack: Option<AckResponder>,
-    ) {
+    ) -> Result<(), Refusal> {
         let unacked = ack.is_none();
+        let result = self.subscribe_all(conn, vec![want], ack).await;
         // With an ack, `subscribe_all` has answered already.
-        if let Err(r) = self.subscribe_all(conn, vec![want], ack).await
+        if let Err(r) = &result
             && unacked
         {
-            refuse(&conn.feed.outlet.0, event, None, &r);
+            refuse(&conn.feed.outlet.0, event, None, r);
         }
+        result
     }
 
     /// A client event mapped in the config ([`ClientEvents`]); an unmapped one is refused as `unknown_event`.
@@ -506,11 +512,15 @@ impl ChannelsNamespace {
             .await;
         match outcome {
             Ok(Outcome::Subscribe(channel)) => {
-                self.subscribe_want(conn, event, Want::new_events(channel), ack)
-                    .await;
+                let want = Want::new_events(channel);
+                if let Err(r) = self.subscribe_want(conn, event, want, ack).await {
+                    self.client_events.refused(&r);
+                }
             }
             Ok(Outcome::Unsubscribe(channel)) => {
-                self.unsubscribe_channel(conn, event, channel, ack).await;
+                if let Err(r) = self.unsubscribe_channel(conn, event, channel, ack).await {
+                    self.client_events.refused(&r);
+                }
             }
             Ok(Outcome::Done(value)) => reply(ack, value),
             Ok(Outcome::Reply { event: sent, data }) => {
@@ -536,21 +546,25 @@ impl ChannelsNamespace {
             .and_then(|a| a.get("channel"))
             .and_then(Value::as_str);
         let refusal = match name.map(ChannelName::new) {
-            Some(Ok(channel)) => return self.unsubscribe_channel(conn, event, channel, ack).await,
+            Some(Ok(channel)) => {
+                // Answered either way.
+                let _ = self.unsubscribe_channel(conn, event, channel, ack).await;
+                return;
+            }
             None => Refusal::InvalidRequest("expected {channel}".into()),
             Some(Err(e)) => Refusal::from(e),
         };
         refuse(&conn.feed.outlet.0, event, ack, &refusal);
     }
 
-    /// Unsubscribes from `channel`, answering the client event `event`.
+    /// Unsubscribes from `channel`, answering the client event `event` (a refusal is answered, then returned).
     async fn unsubscribe_channel(
         &self,
         conn: &Arc<Conn>,
         event: &str,
         channel: ChannelName,
         ack: Option<AckResponder>,
-    ) {
+    ) -> Result<(), Refusal> {
         let stored = {
             let _op = conn.feed.serialize().await;
             conn.feed.unsubscribe(&channel);
@@ -562,8 +576,15 @@ impl ChannelsNamespace {
             self.store_record(&conn.pid, &record).await
         };
         match stored {
-            Ok(()) => reply(ack, json!({"ok": true, "channel": channel})),
-            Err(e) => refuse(&conn.feed.outlet.0, event, ack, &Refusal::from(e)),
+            Ok(()) => {
+                reply(ack, json!({"ok": true, "channel": channel}));
+                Ok(())
+            }
+            Err(e) => {
+                let refusal = Refusal::from(e);
+                refuse(&conn.feed.outlet.0, event, ack, &refusal);
+                Err(refusal)
+            }
         }
     }
 

@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { io } from 'socket.io-client';
 import {
-  startHerald, publish, fullHistory, connected, Recorder, withTimeout, waitFor,
+  startHerald, publish, fullHistory, request, connected, Recorder, withTimeout, waitFor,
 } from '../lib/herald.js';
 import { wsBase, openWs } from '../lib/plain.js';
 import { sign, nowSecs } from '../lib/jwt.js';
@@ -468,6 +468,16 @@ client_publish_max_bytes = 200
   assert.deepEqual([r.type, r.code, r.event], ['error', 'forbidden', 'announce']);
   const missing = await ws.request('emit', {});
   assert.deepEqual([missing.type, missing.code], ['error', 'invalid_request']);
+
+  // Counted on /metrics, by code (the emit without an event never reached the mapping).
+  const metrics = (await request(h.url, '/metrics')).text;
+  const count = (code) => Number(new RegExp(`herald_client_event_refusals_total\\{code="${code}"\\} (\\d+)`).exec(metrics)?.[1] ?? 0);
+  assert.deepEqual(
+    Object.fromEntries(['forbidden', 'payload_too_large', 'invalid_request', 'missing_claim', 'unknown_event', 'rate_limited'].map((c) => [c, count(c)])),
+    { forbidden: 3, payload_too_large: 2, invalid_request: 2, missing_claim: 2, unknown_event: 2, rate_limited: 3 },
+    metrics,
+  );
+  assert.match(metrics, /herald_client_events_total (\d+)/);
   await h.assertHealthy();
 });
 
