@@ -85,7 +85,7 @@ pub enum Refusal {
 
 impl From<EngineError> for Refusal {
     fn from(e: EngineError) -> Self {
-        tracing::error!(error = %e, "storage failure during a subscription");
+        tracing::error!(error = %e, "storage failure answering a client");
         Refusal::Unavailable
     }
 }
