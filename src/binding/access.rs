@@ -220,3 +220,69 @@ impl Access {
         Ok(slot.map(|s| Box::new(s) as crate::transport::engineio::Admission))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &str = "herald-test-hmac-secret-0123456789abcdef";
+
+    fn access() -> Arc<Access> {
+        let auth: AuthConfig = toml::from_str(&format!(
+            "identity_from_handshake = {{ user = \"userId\", roles = \"role\" }}\n\
+             [[keys]]\nkind = \"hmac\"\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\n"
+        ))
+        .unwrap();
+        Access::new(&auth, &[], &LimitsConfig::default(), Vec::new()).unwrap()
+    }
+
+    fn token(sub: &str) -> String {
+        let claims = json!({"sub": sub, "exp": 4_000_000_000u64});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn query(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_handshake_names_the_user_only_without_a_token() {
+        let access = access();
+        let headers = HeaderMap::new();
+        let q = query(&[("userId", "u1"), ("role", "owner")]);
+        let id = access.identify(&headers, &q, None).await.unwrap();
+        assert_eq!(
+            (id.user.as_deref(), id.roles.clone()),
+            (Some("u1"), vec!["owner".to_owned()])
+        );
+        // The Socket.IO auth object first.
+        let auth = json!({"userId": "u9"});
+        let id = access.identify(&headers, &q, Some(&auth)).await.unwrap();
+        assert_eq!(id.user.as_deref(), Some("u9"));
+        // A valid token wins; its identity has none of the handshake's roles.
+        let auth = json!({"token": token("j1"), "userId": "u1"});
+        let id = access.identify(&headers, &q, Some(&auth)).await.unwrap();
+        assert_eq!((id.user.as_deref(), id.roles.len()), (Some("j1"), 0));
+        // A bad token is refused, never replaced by the handshake.
+        let auth = json!({"token": "not.a.token"});
+        assert!(access.identify(&headers, &q, Some(&auth)).await.is_err());
+        let mut q_token = q.clone();
+        q_token.push(("token".into(), format!("{}x", token("j1"))));
+        assert!(access.identify(&headers, &q_token, None).await.is_err());
+        // No user named, no token, keys configured: refused as before.
+        let e = access
+            .identify(&headers, &query(&[("role", "owner")]), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e, AuthError::MissingToken);
+    }
+}

@@ -178,4 +178,20 @@ mod tests {
         let l: LimitsConfig = toml::from_str("messages_burst = 0\n").unwrap();
         assert!(l.validate().is_err(), "a burst of 0 is refused");
     }
+
+    #[test]
+    fn client_publish_limits_default_and_refuse_a_zero_burst() {
+        let l = LimitsConfig::default();
+        assert_eq!(
+            (
+                l.client_publishes_per_second,
+                l.client_publishes_burst(),
+                l.client_publish_max_bytes
+            ),
+            (10, 20, 16 << 10)
+        );
+        let l: LimitsConfig = toml::from_str("client_publishes_burst = 0\n").unwrap();
+        let e = l.validate().unwrap_err().to_string();
+        assert!(e.contains("client_publishes_burst"), "{e}");
+    }
 }
