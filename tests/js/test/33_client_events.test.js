@@ -334,6 +334,7 @@ ${KEY_BLOCKS.HS256}${rule({ pattern: 'user_{sub}', subscribe: true })}${rule({ p
 [socketio.client_events]
 "join_room" = { subscribe = "{arg}" }
 "whoami" = { reply = "whoami", data = { user = "{sub}", roles = "{claims.roles}" } }
+"echo" = { reply = "echoed" }
 `,
   });
   assert.match(h.stderr(), /identity_from_handshake.*UNTRUSTED/, 'a start-up warning says it is unverified');
@@ -347,6 +348,9 @@ ${KEY_BLOCKS.HS256}${rule({ pattern: 'user_{sub}', subscribe: true })}${rule({ p
   const whoami = waitFor(owner, 'whoami');
   assert.deepEqual(await withTimeout(owner.emitWithAck('whoami'), 10_000, 'whoami ack'), { ok: true });
   assert.deepEqual(await whoami, [{ user: 'u1', roles: ['owner'] }]);
+  const echoed = waitFor(owner, 'echoed');
+  owner.emit('echo', { any: ['thing', 1] });
+  assert.deepEqual(await echoed, [{ any: ['thing', 1] }], 'a reply without data echoes the argument');
 
   // Through the auth object too, and with no role: not an owner.
   const reader = await connected(t, h.url, { auth: { userId: 'u3' } });
