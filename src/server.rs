@@ -10,7 +10,8 @@ use tokio::net::TcpListener;
 use crate::accept::{self, Edge};
 use crate::api::{self, ApiState};
 use crate::binding::access::Access;
-use crate::binding::socketio::{Actions, ChannelsNamespace};
+use crate::binding::client_events::{Actions, ClientEvents};
+use crate::binding::socketio::ChannelsNamespace;
 use crate::binding::sse::SseBinding;
 use crate::binding::websocket::WebSocketBinding;
 use crate::cluster::{ClusterConfig, SessionDirectory};
@@ -134,12 +135,19 @@ impl Server {
         );
         // Every binding lists its connections here; the API reads and closes them.
         let registry = Registry::new();
+        // One mapping of client events for Socket.IO events and `/ws` emits.
+        let client_events = ClientEvents::new(
+            s.client_events.clone(),
+            sources.clone(),
+            core.clone(),
+            access.clone(),
+            config.max_event_bytes,
+        );
         let namespace = ChannelsNamespace::new(
             core.clone(),
             access.clone(),
             s.max_queue_bytes,
-            s.client_events.clone(),
-            sources.clone(),
+            client_events.clone(),
             registry.clone(),
         );
         // Only an engine shared by several nodes can hold sessions this node does not.
@@ -181,7 +189,11 @@ impl Server {
                 policy: access.policy.clone(),
                 metrics: {
                     let sources = sources.clone();
-                    Arc::new(move |out: &mut String| sources.metrics(out))
+                    let client_events = client_events.clone();
+                    Arc::new(move |out: &mut String| {
+                        sources.metrics(out);
+                        client_events.metrics(out);
+                    })
                 },
             },
             sources.routes(),
@@ -195,6 +207,7 @@ impl Server {
                 config.websocket.clone(),
                 stopping.clone(),
                 registry.clone(),
+                client_events.clone(),
             ))
             .merge(SseBinding::router(
                 core.clone(),

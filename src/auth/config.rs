@@ -34,6 +34,9 @@ pub struct AuthConfig {
     pub query_param: String,
     /// Claim listing channels a client is subscribed to on connect (server-side subscriptions).
     pub subscriptions_claim: Option<String>,
+    /// Handshake fields naming the user and roles of clients that present no token (unverified: for trusted or
+    /// development setups only).
+    pub identity_from_handshake: Option<super::HandshakeIdentity>,
     /// Verification keys; each pins its algorithm.
     pub keys: Vec<KeyConfig>,
     /// Channel permission rules; the first rule that applies decides, per action.
@@ -52,6 +55,7 @@ impl Default for AuthConfig {
             cookie: None,
             query_param: "token".into(),
             subscriptions_claim: None,
+            identity_from_handshake: None,
             keys: Vec::new(),
             rules: Vec::new(),
         }
@@ -72,6 +76,9 @@ impl AuthConfig {
         }
         if self.cookie.as_deref() == Some("") {
             return bad("cookie must not be empty (omit it to read no cookie)".into());
+        }
+        if let Some(h) = &self.identity_from_handshake {
+            h.validate().or_else(bad)?;
         }
         for (i, key) in self.keys.iter().enumerate() {
             key.validate().or_else(|m| bad(format!("keys[{i}]: {m}")))?;

@@ -35,6 +35,9 @@ pub enum AuthError {
     /// The token's `exp` is in the past.
     #[error("token expired")]
     Expired,
+    /// A handshake field that names the user or the roles (`[auth] identity_from_handshake`) holds no usable value.
+    #[error("handshake field {0:?} must be a string (or an integer user id) of at most 256 bytes")]
+    HandshakeField(String),
     /// The keys needed to check the token could not be fetched.
     #[error("token keys unavailable")]
     KeysUnavailable,
@@ -127,6 +130,7 @@ mod tests {
             AuthError::MissingClaim("exp".into()),
             AuthError::NotYetValid,
             AuthError::KeysUnavailable,
+            AuthError::HandshakeField("userId".into()),
         ] {
             assert_eq!(e.code(), "unauthorized", "{e:?}");
         }

@@ -3,8 +3,9 @@
 //! The pieces, in the order a connection meets them:
 //! 1. [`TokenExtractor`] finds the token a client presented (Socket.IO `auth.token`, `Authorization: Bearer`,
 //!    a query parameter, a cookie — in that order).
-//! 2. [`Authenticator`] verifies it against the configured keys and yields an [`Identity`]; no token yields an
-//!    anonymous identity when `[auth] anonymous` allows it.
+//! 2. [`Authenticator`] verifies it against the configured keys and yields an [`Identity`]; no token yields the
+//!    handshake's identity when `[auth] identity_from_handshake` names its fields ([`HandshakeIdentity`],
+//!    unverified), else an anonymous identity when `[auth] anonymous` allows it.
 //! 3. [`Permissions`] decides per channel whether that identity may subscribe or publish, and which channels it is
 //!    subscribed to server-side.
 //!
@@ -23,6 +24,7 @@
 //! cookie = "herald_token"      # optional; no cookie is read unless named
 //! query_param = "token"        # default "token"; "" reads no query parameter
 //! subscriptions_claim = "channels"  # optional server-side subscriptions
+//! identity_from_handshake = { user = "userId", roles = "role" }  # unverified; trusted/dev setups only
 //!
 //! [[auth.keys]]
 //! kind = "hmac"                # HS256 / HS384 / HS512, secret or secret_env (>= 32 bytes)
@@ -68,6 +70,7 @@
 mod config;
 mod error;
 mod extract;
+mod handshake;
 mod identity;
 mod keys;
 mod permissions;
@@ -77,6 +80,7 @@ mod verify;
 pub use config::{AuthConfig, AuthRule, KeyConfig};
 pub use error::{AuthConfigError, AuthError};
 pub use extract::{TokenExtractor, bearer_token, cookie_token, query_token, socketio_token};
+pub use handshake::HandshakeIdentity;
 pub use identity::Identity;
 pub use permissions::Permissions;
 pub use verify::Authenticator;

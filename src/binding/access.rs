@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::refusal::Refusal;
 use crate::auth::{
-    AuthConfig, AuthConfigError, AuthError, Authenticator, Identity, Permissions, TokenExtractor,
+    AuthConfig, AuthConfigError, AuthError, Authenticator, HandshakeIdentity, Identity,
+    Permissions, TokenExtractor,
 };
 use crate::core::channel::ChannelName;
 use crate::policy::LimitsConfig;
@@ -24,6 +25,8 @@ pub struct Access {
     authenticator: Authenticator,
     permissions: Permissions,
     tokens: TokenExtractor,
+    /// `[auth] identity_from_handshake`, with the claims its values are stored as.
+    handshake: Option<(HandshakeIdentity, String, String)>,
     server_side: Vec<ChannelName>,
     leeway: std::time::Duration,
 }
@@ -44,6 +47,14 @@ impl Access {
         } else if auth.anonymous_allowed() {
             tracing::warn!("[auth] anonymous = true: clients without a token connect anonymously");
         }
+        if let Some(h) = &auth.identity_from_handshake {
+            tracing::warn!(
+                user = %h.user,
+                roles = ?h.roles,
+                "[auth] identity_from_handshake: clients without a token are whoever their handshake says (UNTRUSTED: \
+                 nothing verifies it; for trusted or development setups only)"
+            );
+        }
         Ok(Arc::new(Self {
             // With cookie authentication and no allow-list, only same-origin pages may connect: a cross-site page
             // could otherwise open a WebSocket carrying the visitor's cookie.
@@ -51,21 +62,33 @@ impl Access {
             authenticator: Authenticator::new(auth)?,
             permissions: Permissions::from_config(auth)?,
             tokens: TokenExtractor::from_config(auth),
+            handshake: auth
+                .identity_from_handshake
+                .clone()
+                .map(|h| (h, auth.user_claim.clone(), auth.roles_claim.clone())),
             server_side,
             leeway: auth.leeway,
         }))
     }
 
     /// The identity behind a connection: its token from the Socket.IO `auth` object, `Authorization: Bearer`,
-    /// the query string or the cookie — or anonymous, where admitted.
+    /// the query string or the cookie; without one, the handshake's (`[auth] identity_from_handshake`) — or
+    /// anonymous, where admitted. A token that fails is refused whatever the handshake says.
     pub async fn identify(
         &self,
         headers: &HeaderMap,
         query: &[(String, String)],
         socketio_auth: Option<&Value>,
     ) -> Result<Identity, AuthError> {
-        let pairs = query.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let token = self.tokens.extract(headers, pairs, socketio_auth);
+        let pairs = || query.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let token = self.tokens.extract(headers, pairs(), socketio_auth);
+        if token.is_none()
+            && let Some((fields, user_claim, roles_claim)) = &self.handshake
+            && let Some(id) = fields.identity(pairs(), socketio_auth, user_claim, roles_claim)?
+        {
+            tracing::debug!(user = ?id.user, roles = ?id.roles, "identity from the handshake (unverified)");
+            return Ok(id);
+        }
         self.authenticator.authenticate(token).await
     }
 
@@ -75,6 +98,15 @@ impl Access {
             Ok(())
         } else {
             Err(Refusal::Forbidden(channel.clone()))
+        }
+    }
+
+    /// `Ok` if `id` may publish to `channel` (a mapped client event's `publish`).
+    pub fn publish(&self, id: &Identity, channel: &ChannelName) -> Result<(), Refusal> {
+        if self.permissions.can_publish(id, channel) {
+            Ok(())
+        } else {
+            Err(Refusal::PublishForbidden(channel.clone()))
         }
     }
 
@@ -144,6 +176,15 @@ impl Access {
         Ok(self.policy.admit(ip)?)
     }
 
+    /// A bucket for the events one connection may publish through mapped client events.
+    pub fn client_publish_bucket(&self) -> Bucket {
+        let limits = &self.policy.per_connection;
+        Bucket::new(
+            limits.client_publishes_per_second,
+            limits.client_publishes_burst(),
+        )
+    }
+
     /// A bucket for the messages one connection may send.
     pub fn message_bucket(&self) -> Bucket {
         let limits = &self.policy.per_connection;
@@ -177,5 +218,71 @@ impl Access {
             .admit_session(ip)
             .map_err(|e| Box::new(Refusal::from(e).response()))?;
         Ok(slot.map(|s| Box::new(s) as crate::transport::engineio::Admission))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &str = "herald-test-hmac-secret-0123456789abcdef";
+
+    fn access() -> Arc<Access> {
+        let auth: AuthConfig = toml::from_str(&format!(
+            "identity_from_handshake = {{ user = \"userId\", roles = \"role\" }}\n\
+             [[keys]]\nkind = \"hmac\"\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\n"
+        ))
+        .unwrap();
+        Access::new(&auth, &[], &LimitsConfig::default(), Vec::new()).unwrap()
+    }
+
+    fn token(sub: &str) -> String {
+        let claims = json!({"sub": sub, "exp": 4_000_000_000u64});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn query(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_handshake_names_the_user_only_without_a_token() {
+        let access = access();
+        let headers = HeaderMap::new();
+        let q = query(&[("userId", "u1"), ("role", "owner")]);
+        let id = access.identify(&headers, &q, None).await.unwrap();
+        assert_eq!(
+            (id.user.as_deref(), id.roles.clone()),
+            (Some("u1"), vec!["owner".to_owned()])
+        );
+        // The Socket.IO auth object first.
+        let auth = json!({"userId": "u9"});
+        let id = access.identify(&headers, &q, Some(&auth)).await.unwrap();
+        assert_eq!(id.user.as_deref(), Some("u9"));
+        // A valid token wins; its identity has none of the handshake's roles.
+        let auth = json!({"token": token("j1"), "userId": "u1"});
+        let id = access.identify(&headers, &q, Some(&auth)).await.unwrap();
+        assert_eq!((id.user.as_deref(), id.roles.len()), (Some("j1"), 0));
+        // A bad token is refused, never replaced by the handshake.
+        let auth = json!({"token": "not.a.token"});
+        assert!(access.identify(&headers, &q, Some(&auth)).await.is_err());
+        let mut q_token = q.clone();
+        q_token.push(("token".into(), format!("{}x", token("j1"))));
+        assert!(access.identify(&headers, &q_token, None).await.is_err());
+        // No user named, no token, keys configured: refused as before.
+        let e = access
+            .identify(&headers, &query(&[("role", "owner")]), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e, AuthError::MissingToken);
     }
 }

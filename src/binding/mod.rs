@@ -3,6 +3,7 @@
 //! The protocol layers in `transport` know nothing of channels; the core knows nothing of sockets.
 
 pub mod access;
+pub mod client_events;
 pub mod feed;
 pub mod outbox;
 pub mod refusal;

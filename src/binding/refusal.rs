@@ -53,11 +53,20 @@ pub enum Refusal {
     #[error("{0}")]
     UnknownEvent(String),
     /// A `/ws` op Herald does not know (`unknown_op`).
-    #[error("unknown op {0:?}; use subscribe, unsubscribe or ping")]
+    #[error("unknown op {0:?}; use subscribe, unsubscribe, emit or ping")]
     UnknownOp(String),
     /// A binary `/ws` message (`unsupported_binary`).
     #[error("send JSON text messages")]
     UnsupportedBinary,
+    /// The identity may not publish to the channel (`forbidden`).
+    #[error("not allowed to publish to {0}")]
+    PublishForbidden(ChannelName),
+    /// A client event's template needs a claim the connection's identity lacks (`missing_claim`).
+    #[error("{0}")]
+    MissingClaim(String),
+    /// A client publish carries more data than allowed (`payload_too_large`).
+    #[error("{0}")]
+    TooLarge(String),
     /// Too many requests wait to be handled (`busy`).
     #[error("too many requests pending; retry shortly")]
     Busy,
@@ -76,7 +85,7 @@ pub enum Refusal {
 
 impl From<EngineError> for Refusal {
     fn from(e: EngineError) -> Self {
-        tracing::error!(error = %e, "storage failure during a subscription");
+        tracing::error!(error = %e, "storage failure answering a client");
         Refusal::Unavailable
     }
 }
@@ -117,6 +126,9 @@ impl Refusal {
             Refusal::UnknownEvent(_) => "unknown_event",
             Refusal::UnknownOp(_) => "unknown_op",
             Refusal::UnsupportedBinary => "unsupported_binary",
+            Refusal::PublishForbidden(_) => "forbidden",
+            Refusal::MissingClaim(_) => "missing_claim",
+            Refusal::TooLarge(_) => "payload_too_large",
             Refusal::Busy => "busy",
             Refusal::Unavailable => "unavailable",
             Refusal::Action { code, .. } => code,
@@ -144,6 +156,18 @@ impl Refusal {
 
     /// `/ws`: the error message `{"type":"error","code","message"}`, with the request's `id` when it had one.
     pub fn frame(&self, id: Option<Value>) -> String {
+        self.frame_value(id).to_string()
+    }
+
+    /// `/ws`: the error message answering an `emit` of client event `event`, which it names as Socket.IO's
+    /// `error` event does.
+    pub fn emit_frame(&self, id: Option<Value>, event: &str) -> String {
+        let mut v = self.frame_value(id);
+        v["event"] = Value::from(event);
+        v.to_string()
+    }
+
+    fn frame_value(&self, id: Option<Value>) -> Value {
         let message = match self {
             // What `/ws` has always said.
             Refusal::Unavailable => "storage is unavailable".to_owned(),
@@ -153,7 +177,7 @@ impl Refusal {
         if let Some(id) = id {
             v["id"] = id;
         }
-        v.to_string()
+        v
     }
 
     /// HTTP (`/sse`, `/ws` before the upgrade): the status and `{"error":{"code","message"}}`.
@@ -161,7 +185,10 @@ impl Refusal {
         let (status, message) = match self {
             Refusal::Unauthorized(_) => (StatusCode::UNAUTHORIZED, self.to_string()),
             // What HTTP refusals have always said: the status tells the rest.
-            Refusal::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden".to_owned()),
+            Refusal::Forbidden(_) | Refusal::PublishForbidden(_) => {
+                (StatusCode::FORBIDDEN, "forbidden".to_owned())
+            }
+            Refusal::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
             // Only a stream asks for several channels at once over HTTP.
             Refusal::TooManySubscriptions { max } => (
                 StatusCode::BAD_REQUEST,
@@ -178,6 +205,7 @@ impl Refusal {
             | Refusal::UnknownEvent(_)
             | Refusal::UnknownOp(_)
             | Refusal::UnsupportedBinary
+            | Refusal::MissingClaim(_)
             | Refusal::Action { .. } => (StatusCode::BAD_REQUEST, self.to_string()),
         };
         ApiError::new(status, self.code(), message).into_response()
@@ -304,10 +332,10 @@ mod tests {
             (
                 Refusal::UnknownOp("dance".into()),
                 "unknown_op",
-                "unknown op \"dance\"; use subscribe, unsubscribe or ping",
-                "unknown op \"dance\"; use subscribe, unsubscribe or ping",
+                "unknown op \"dance\"; use subscribe, unsubscribe, emit or ping",
+                "unknown op \"dance\"; use subscribe, unsubscribe, emit or ping",
                 400,
-                "unknown op \"dance\"; use subscribe, unsubscribe or ping",
+                "unknown op \"dance\"; use subscribe, unsubscribe, emit or ping",
             ),
             (
                 Refusal::UnsupportedBinary,
@@ -316,6 +344,30 @@ mod tests {
                 "send JSON text messages",
                 400,
                 "send JSON text messages",
+            ),
+            (
+                Refusal::PublishForbidden(ChannelName::new("chat:x").unwrap()),
+                "forbidden",
+                "not allowed to publish to chat:x",
+                "not allowed to publish to chat:x",
+                403,
+                "forbidden",
+            ),
+            (
+                Refusal::MissingClaim("no claim `team`".into()),
+                "missing_claim",
+                "no claim `team`",
+                "no claim `team`",
+                400,
+                "no claim `team`",
+            ),
+            (
+                Refusal::TooLarge("data is 9 bytes; at most 8".into()),
+                "payload_too_large",
+                "data is 9 bytes; at most 8",
+                "data is 9 bytes; at most 8",
+                413,
+                "data is 9 bytes; at most 8",
             ),
             (
                 Refusal::Busy,

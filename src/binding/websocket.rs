@@ -1,5 +1,6 @@
 //! Channels over a plain WebSocket, for clients with no library: a small JSON protocol on `/ws`
-//! (`subscribe`/`unsubscribe`/`ping` with correlated ids) and direct channel URLs `/ws/{channel}` that stream at
+//! (`subscribe`/`unsubscribe`/`ping` with correlated ids, and `emit` for the client events mapped in
+//! `[socketio.client_events]`, answered as Socket.IO answers them) and direct channel URLs `/ws/{channel}` that stream at
 //! once. Ping frames detect dead peers; optional `heartbeat` messages serve browser code that cannot see them.
 //!
 //! Each connection runs one task that reads, writes (everything queued goes out in one write) and keeps time;
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
 use super::access::{Access, query_pairs};
+use super::client_events::{Allowance, ClientEvents, Outcome};
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::refusal::Refusal;
@@ -72,17 +74,20 @@ pub struct WebSocketBinding {
     config: WebSocketConfig,
     shutdown: watch::Receiver<bool>,
     registry: Registry,
+    /// What `emit` messages map to.
+    client_events: Arc<ClientEvents>,
 }
 
 impl WebSocketBinding {
     /// Routes `/ws` and `/ws/{channel}`; connections close with 1001 when `shutdown` turns true, and are listed in
-    /// `registry` while open.
+    /// `registry` while open; `emit` messages are mapped by `client_events`.
     pub fn router(
         core: Arc<dyn Engine>,
         access: Arc<Access>,
         config: WebSocketConfig,
         shutdown: watch::Receiver<bool>,
         registry: Registry,
+        client_events: Arc<ClientEvents>,
     ) -> Router {
         let binding = Arc::new(Self {
             core,
@@ -90,6 +95,7 @@ impl WebSocketBinding {
             config,
             shutdown,
             registry,
+            client_events,
         });
         Router::new()
             .route("/ws", get(multiplexed))
@@ -445,6 +451,8 @@ async fn run(
     let client = Client {
         access: b.access.clone(),
         identity,
+        publishes: b.client_events.allowance(),
+        events: b.client_events.clone(),
     };
     let worker = tokio::spawn(serve_requests(client, feed.clone(), pending));
     if let Some(subscribing) = initial {
@@ -607,12 +615,19 @@ struct ClientMessage {
     channel: Option<String>,
     since: Option<u64>,
     epoch: Option<String>,
+    /// `emit`: the client event's name.
+    event: Option<String>,
+    /// `emit`: its arguments.
+    args: Option<Vec<Value>>,
 }
 
-/// Who is on the other end, for permission checks.
+/// Who is on the other end, for permission checks, and what its `emit`s map to.
 struct Client {
     access: Arc<Access>,
     identity: Identity,
+    events: Arc<ClientEvents>,
+    /// Events it may still publish through mapped client events.
+    publishes: Allowance,
 }
 
 async fn serve_requests(
@@ -669,9 +684,17 @@ async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
                     epoch: msg.epoch,
                     gap: None,
                 };
-                return subscribe(client, feed, want, id).await;
+                // Answered either way.
+                let _ = subscribe(client, feed, want, id, None).await;
+                return;
             }
             Err(r) => r.frame(id),
+        },
+        "emit" => match msg.event {
+            Some(event) => {
+                return emit(client, feed, &event, msg.args.unwrap_or_default(), id).await;
+            }
+            None => Refusal::InvalidRequest("missing field `event`".to_owned()).frame(id),
         },
         "unsubscribe" => match channel() {
             Ok(channel) => {
@@ -687,25 +710,90 @@ async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
     let _ = outbox.push(Message::plain(reply));
 }
 
-/// Registers `want` if permitted, confirms, then queues the replay and live events.
-async fn subscribe(client: &Client, feed: &Arc<Feed<WsOutlet>>, want: Want, id: Option<Value>) {
+/// An `emit` of client event `event`: mapped as Socket.IO maps it, answered `{"type":"ack","id","event","data"}`
+/// with what a Socket.IO ack carries, or an error naming the event.
+async fn emit(
+    client: &Client,
+    feed: &Arc<Feed<WsOutlet>>,
+    event: &str,
+    args: Vec<Value>,
+    id: Option<Value>,
+) {
+    let outbox = &feed.outlet.outbox;
+    let outcome = client
+        .events
+        .handle(event, &args, &client.identity, &client.publishes)
+        .await;
+    let data = match outcome {
+        Ok(Outcome::Subscribe(channel)) => {
+            let subscribed = subscribe(client, feed, Want::new_events(channel), id, Some(event));
+            if let Err(r) = subscribed.await {
+                client.events.refused(&r);
+            }
+            return;
+        }
+        Ok(Outcome::Unsubscribe(channel)) => {
+            let _op = feed.serialize().await;
+            feed.unsubscribe(&channel);
+            json!({"ok": true, "channel": channel})
+        }
+        Ok(Outcome::Done(value)) => value,
+        Ok(Outcome::Reply { event: sent, data }) => {
+            let reply = json!({"type": "event", "event": sent, "data": data});
+            let _ = outbox.push(Message::plain(reply.to_string()));
+            json!({"ok": true})
+        }
+        Err(refused) => {
+            let _ = outbox.push(Message::plain(refused.emit_frame(id, event)));
+            return;
+        }
+    };
+    let _ = outbox.push(Message::plain(ack(id, event, data)));
+}
+
+/// The answer to an `emit` that succeeded.
+fn ack(id: Option<Value>, event: &str, data: Value) -> String {
+    json!({"type": "ack", "id": id, "event": event, "data": data}).to_string()
+}
+
+/// Registers `want` if permitted, confirms (`subscribed`, or for an `emit` of `event` its ack), then queues the
+/// replay and live events. A refusal of the registration is answered, then returned.
+async fn subscribe(
+    client: &Client,
+    feed: &Arc<Feed<WsOutlet>>,
+    want: Want,
+    id: Option<Value>,
+    event: Option<&str>,
+) -> Result<(), Refusal> {
     let outbox = &feed.outlet.outbox;
     let subscribing =
         match path::subscribe(feed, &client.access, &client.identity, vec![want]).await {
             Ok(subscribing) => subscribing,
             Err(refused) => {
-                let _ = outbox.push(Message::plain(refused.frame(id)));
-                return;
+                let frame = match event {
+                    Some(event) => refused.emit_frame(id, event),
+                    None => refused.frame(id),
+                };
+                let _ = outbox.push(Message::plain(frame));
+                return Err(refused);
             }
         };
     if let Some(r) = subscribing.registrations().first() {
         let p = &r.position;
-        let reply = json!({"type": "subscribed", "id": id, "channel": r.channel, "offset": p.last_offset, "epoch": p.epoch});
-        let _ = outbox.push(Message::plain(reply.to_string()));
+        let reply = match event {
+            Some(event) => ack(
+                id,
+                event,
+                json!({"ok": true, "channel": r.channel, "offset": p.last_offset, "epoch": p.epoch}),
+            ),
+            None => json!({"type": "subscribed", "id": id, "channel": r.channel, "offset": p.last_offset, "epoch": p.epoch}).to_string(),
+        };
+        let _ = outbox.push(Message::plain(reply));
     }
     if let Err(refused) = subscribing.complete().await {
         let _ = outbox.push(Message::plain(refused.frame(None)));
     }
+    Ok(())
 }
 
 /// Writes what is queued; false if the peer is gone or has not taken the bytes within `limit` (it stopped reading).

@@ -39,6 +39,12 @@ pub struct LimitsConfig {
     pub publishes_per_second_per_key: u32,
     /// Publish requests a key may make at once before the rate applies; unset: `publishes_per_second_per_key`.
     pub publishes_burst: Option<u32>,
+    /// Events per second one connection may publish through mapped client events (`publish = "…"`); 0: no limit.
+    pub client_publishes_per_second: u32,
+    /// Client publishes a connection may make at once before the rate applies; unset: twice the rate.
+    pub client_publishes_burst: Option<u32>,
+    /// Largest data a client publish may carry, in bytes (also bounded by `max_event_bytes`).
+    pub client_publish_max_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -55,6 +61,9 @@ impl Default for LimitsConfig {
             subscriptions_per_connection: 500,
             publishes_per_second_per_key: 5000,
             publishes_burst: None,
+            client_publishes_per_second: 10,
+            client_publishes_burst: None,
+            client_publish_max_bytes: 16 << 10,
         }
     }
 }
@@ -73,6 +82,12 @@ impl LimitsConfig {
     pub fn messages_burst(&self) -> u32 {
         self.messages_burst
             .unwrap_or(self.messages_per_second.saturating_mul(2))
+    }
+
+    /// The per-connection client publish bucket's size.
+    pub fn client_publishes_burst(&self) -> u32 {
+        self.client_publishes_burst
+            .unwrap_or(self.client_publishes_per_second.saturating_mul(2))
     }
 
     /// The per-key publish bucket's size.
@@ -110,6 +125,7 @@ impl LimitsConfig {
             ("connections_burst", self.connections_burst),
             ("messages_burst", self.messages_burst),
             ("publishes_burst", self.publishes_burst),
+            ("client_publishes_burst", self.client_publishes_burst),
         ];
         if let Some((name, _)) = bursts.iter().find(|(_, b)| *b == Some(0)) {
             return Err(InvalidConfig(format!(
@@ -161,5 +177,21 @@ mod tests {
         assert_eq!((l.sockets_per_ip(), l.request_head_timeout()), (7, None));
         let l: LimitsConfig = toml::from_str("messages_burst = 0\n").unwrap();
         assert!(l.validate().is_err(), "a burst of 0 is refused");
+    }
+
+    #[test]
+    fn client_publish_limits_default_and_refuse_a_zero_burst() {
+        let l = LimitsConfig::default();
+        assert_eq!(
+            (
+                l.client_publishes_per_second,
+                l.client_publishes_burst(),
+                l.client_publish_max_bytes
+            ),
+            (10, 20, 16 << 10)
+        );
+        let l: LimitsConfig = toml::from_str("client_publishes_burst = 0\n").unwrap();
+        let e = l.validate().unwrap_err().to_string();
+        assert!(e.contains("client_publishes_burst"), "{e}");
     }
 }

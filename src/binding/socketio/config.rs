@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::binding::client_events::ClientEvent;
 use crate::config_error::InvalidConfig;
 use crate::core::channel::ChannelName;
 
@@ -38,19 +39,6 @@ pub struct SocketIoConfig {
     pub client_events: HashMap<String, ClientEvent>,
 }
 
-/// What a mapped client event does. In a channel, `{arg}` is the event's first argument and `{arg.FIELD}` a field
-/// of it (see [`crate::binding::template`]).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum ClientEvent {
-    /// Subscribes to the channel.
-    Subscribe(String),
-    /// Unsubscribes from the channel.
-    Unsubscribe(String),
-    /// Runs a named action (`monitor.refresh`).
-    Action(String),
-}
-
 impl Default for SocketIoConfig {
     fn default() -> Self {
         // The protocol layer's defaults are the reference server's; keep one copy of them.
@@ -75,29 +63,9 @@ impl SocketIoConfig {
     /// only one of those.
     pub fn validate(&self, actions: &[&str]) -> Result<(), InvalidConfig> {
         for (event, mapping) in &self.client_events {
-            let bad = |m: &str| {
-                Err(InvalidConfig(format!(
-                    "socketio.client_events {event:?}: {m}"
-                )))
-            };
-            if crate::transport::socketio::packet::RESERVED_EVENTS.contains(&event.as_str())
-                || ["subscribe", "unsubscribe"].contains(&event.as_str())
-                || event.is_empty()
-            {
-                return bad("this event name is reserved");
-            }
-            match mapping {
-                ClientEvent::Subscribe(t) | ClientEvent::Unsubscribe(t) => {
-                    // Placeholders are filled in per event; the rest must already be a valid channel name.
-                    if let Err(e) = crate::binding::template::check(t) {
-                        return bad(&format!("channel {t:?}: {e}"));
-                    }
-                }
-                ClientEvent::Action(a) if !actions.contains(&a.as_str()) => {
-                    return bad(&format!("unknown action; known: {}", actions.join(", ")));
-                }
-                ClientEvent::Action(_) => {}
-            }
+            mapping
+                .validate(event, actions)
+                .map_err(|m| InvalidConfig(format!("socketio.client_events {event:?}: {m}")))?;
         }
         for name in &self.server_side_channels {
             ChannelName::new(name)

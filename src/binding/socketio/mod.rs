@@ -18,10 +18,10 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::access::Access;
+use super::client_events::{Allowance, ClientEvents, Outcome};
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::refusal::Refusal;
 use super::subscribe::{self as path, Subscribing};
-use super::template;
 use crate::auth::Identity;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
@@ -35,7 +35,6 @@ use crate::transport::socketio::{
     Accept, AckResponder, BoxFuture, ConnectError, DisconnectReason, EncodedPacket,
     NamespaceHandler, Payload, Socket, encode_event_raw,
 };
-use config::ClientEvent;
 use session::{Cursor, Entry, SessionRecord};
 
 /// The event slot holding the shared Socket.IO packet of a live event.
@@ -55,10 +54,8 @@ pub struct ChannelsNamespace {
     core: Arc<dyn Engine>,
     access: Arc<Access>,
     max_held_bytes: usize,
-    /// Application events mapped to subscriptions or actions (`[socketio.client_events]`).
-    client_events: HashMap<String, ClientEvent>,
-    /// Runs the actions client events are mapped to.
-    actions: Arc<dyn Actions>,
+    /// Application events mapped by the config (`[socketio.client_events]`).
+    client_events: Arc<ClientEvents>,
     /// Connected sockets by socket id.
     conns: Mutex<HashMap<String, Arc<Conn>>>,
     /// This node's connections of every transport.
@@ -76,6 +73,8 @@ struct Conn {
     registration: OnceLock<Registration>,
     /// Messages the client may still send.
     messages: Mutex<MessageLimit>,
+    /// Events the client may still publish through mapped client events.
+    publishes: Allowance,
     /// Ends the connection when its token expires.
     expiry: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pid: String,
@@ -181,18 +180,6 @@ fn refuse(socket: &Socket, event: &str, ack: Option<AckResponder>, refusal: &Ref
     }
 }
 
-/// Runs the named actions that client events can be mapped to (the sources', e.g. `monitor.refresh`).
-pub trait Actions: Send + Sync {
-    /// Runs `action` with the event's arguments; `may_subscribe` tells whether the client may read a channel.
-    /// `Err((code, message))` refuses.
-    fn run<'a>(
-        &'a self,
-        action: &'a str,
-        args: &'a [Value],
-        may_subscribe: &'a (dyn Fn(&ChannelName) -> bool + Send + Sync),
-    ) -> futures_util::future::BoxFuture<'a, Result<Value, (&'static str, String)>>;
-}
-
 fn reply(ack: Option<AckResponder>, value: Value) {
     if let Some(ack) = ack {
         let _ = ack.send(Payload::new(vec![value]));
@@ -205,8 +192,7 @@ impl ChannelsNamespace {
         core: Arc<dyn Engine>,
         access: Arc<Access>,
         max_held_bytes: usize,
-        client_events: HashMap<String, ClientEvent>,
-        actions: Arc<dyn Actions>,
+        client_events: Arc<ClientEvents>,
         registry: Registry,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -214,7 +200,6 @@ impl ChannelsNamespace {
             access,
             max_held_bytes,
             client_events,
-            actions,
             conns: Mutex::new(HashMap::new()),
             registry,
         })
@@ -326,6 +311,7 @@ impl ChannelsNamespace {
             _slot: slot,
             registration: OnceLock::new(),
             messages: Mutex::new(self.access.message_limit()),
+            publishes: self.client_events.allowance(),
             expiry: Mutex::new(None),
             pending: Mutex::new(None),
         });
@@ -483,77 +469,66 @@ impl ChannelsNamespace {
         ack: Option<AckResponder>,
     ) {
         match parse_subscribe(args) {
-            Ok(want) => self.subscribe_want(conn, event, want, ack).await,
+            Ok(want) => {
+                // Answered either way.
+                let _ = self.subscribe_want(conn, event, want, ack).await;
+            }
             Err(r) => refuse(&conn.feed.outlet.0, event, ack, &r),
         }
     }
 
-    /// Subscribes to `want` if permitted, answering the client event `event`.
+    /// Subscribes to `want` if permitted, answering the client event `event`; the refusal, if any, is returned
+    /// too, answered already.
     async fn subscribe_want(
         &self,
         conn: &Arc<Conn>,
         event: &str,
         want: Want,
         ack: Option<AckResponder>,
-    ) {
+    ) -> Result<(), Refusal> {
         let unacked = ack.is_none();
+        let result = self.subscribe_all(conn, vec![want], ack).await;
         // With an ack, `subscribe_all` has answered already.
-        if let Err(r) = self.subscribe_all(conn, vec![want], ack).await
+        if let Err(r) = &result
             && unacked
         {
-            refuse(&conn.feed.outlet.0, event, None, &r);
+            refuse(&conn.feed.outlet.0, event, None, r);
         }
+        result
     }
 
-    /// A client event mapped in the config: a subscription change or an action. A channel template's `{arg}` and
-    /// `{arg.FIELD}` come from the event's first argument ([`template`]).
+    /// A client event mapped in the config ([`ClientEvents`]); an unmapped one is refused as `unknown_event`.
     async fn mapped(
         &self,
         conn: &Arc<Conn>,
-        mapping: &ClientEvent,
         event: &str,
         args: &Payload,
         ack: Option<AckResponder>,
     ) {
         let socket = &conn.feed.outlet.0;
-        match mapping {
-            ClientEvent::Subscribe(t) | ClientEvent::Unsubscribe(t) => {
-                let name = match template::fill(t, args.args.first()) {
-                    Ok(name) => name,
-                    Err(e) => {
-                        let refusal = Refusal::InvalidRequest(format!("{event}: {e}"));
-                        return refuse(socket, event, ack, &refusal);
-                    }
-                };
-                let channel = match ChannelName::new(&name) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let refusal = Refusal::InvalidChannel {
-                            message: format!("{event}: {name:?}: {e}"),
-                            reason: e,
-                        };
-                        return refuse(socket, event, ack, &refusal);
-                    }
-                };
-                if matches!(mapping, ClientEvent::Unsubscribe(_)) {
-                    self.unsubscribe_channel(conn, event, channel, ack).await;
-                } else {
-                    self.subscribe_want(conn, event, Want::new_events(channel), ack)
-                        .await;
+        let outcome = self
+            .client_events
+            .handle(event, &args.args, &conn.identity, &conn.publishes)
+            .await;
+        match outcome {
+            Ok(Outcome::Subscribe(channel)) => {
+                let want = Want::new_events(channel);
+                if let Err(r) = self.subscribe_want(conn, event, want, ack).await {
+                    self.client_events.refused(&r);
                 }
             }
-            ClientEvent::Action(action) => {
-                let may = |c: &ChannelName| self.access.subscribe(&conn.identity, c).is_ok();
-                let result = self
-                    .actions
-                    .run(action, &args.args, &may)
-                    .await
-                    .map_err(|(code, message)| Refusal::Action { code, message });
-                match result {
-                    Ok(v) => reply(ack, json!({"ok": true, "result": v})),
-                    Err(r) => refuse(socket, event, ack, &r),
+            Ok(Outcome::Unsubscribe(channel)) => {
+                if let Err(r) = self.unsubscribe_channel(conn, event, channel, ack).await {
+                    self.client_events.refused(&r);
                 }
             }
+            Ok(Outcome::Done(value)) => reply(ack, value),
+            Ok(Outcome::Reply { event: sent, data }) => {
+                // A connection gone meanwhile hears nothing either way.
+                let _ = socket.emit(&sent, Payload::new(vec![data]));
+                reply(ack, json!({"ok": true}));
+            }
+            Err(r) => refuse(socket, event, ack, &r),
         }
     }
 
@@ -571,21 +546,25 @@ impl ChannelsNamespace {
             .and_then(|a| a.get("channel"))
             .and_then(Value::as_str);
         let refusal = match name.map(ChannelName::new) {
-            Some(Ok(channel)) => return self.unsubscribe_channel(conn, event, channel, ack).await,
+            Some(Ok(channel)) => {
+                // Answered either way.
+                let _ = self.unsubscribe_channel(conn, event, channel, ack).await;
+                return;
+            }
             None => Refusal::InvalidRequest("expected {channel}".into()),
             Some(Err(e)) => Refusal::from(e),
         };
         refuse(&conn.feed.outlet.0, event, ack, &refusal);
     }
 
-    /// Unsubscribes from `channel`, answering the client event `event`.
+    /// Unsubscribes from `channel`, answering the client event `event` (a refusal is answered, then returned).
     async fn unsubscribe_channel(
         &self,
         conn: &Arc<Conn>,
         event: &str,
         channel: ChannelName,
         ack: Option<AckResponder>,
-    ) {
+    ) -> Result<(), Refusal> {
         let stored = {
             let _op = conn.feed.serialize().await;
             conn.feed.unsubscribe(&channel);
@@ -597,8 +576,15 @@ impl ChannelsNamespace {
             self.store_record(&conn.pid, &record).await
         };
         match stored {
-            Ok(()) => reply(ack, json!({"ok": true, "channel": channel})),
-            Err(e) => refuse(&conn.feed.outlet.0, event, ack, &Refusal::from(e)),
+            Ok(()) => {
+                reply(ack, json!({"ok": true, "channel": channel}));
+                Ok(())
+            }
+            Err(e) => {
+                let refusal = Refusal::from(e);
+                refuse(&conn.feed.outlet.0, event, ack, &refusal);
+                Err(refusal)
+            }
         }
     }
 
@@ -718,14 +704,7 @@ impl NamespaceHandler for Handler {
             match event.as_str() {
                 "subscribe" => ns.subscribe(&conn, &event, &args, ack).await,
                 "unsubscribe" => ns.unsubscribe(&conn, &event, &args, ack).await,
-                other => match ns.client_events.get(other) {
-                    Some(mapping) => ns.mapped(&conn, mapping, other, &args, ack).await,
-                    None => {
-                        let refusal =
-                            Refusal::UnknownEvent(format!("Herald does not handle {other:?}"));
-                        refuse(&socket, other, ack, &refusal);
-                    }
-                },
+                other => ns.mapped(&conn, other, &args, ack).await,
             }
         })
     }
