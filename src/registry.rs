@@ -366,6 +366,7 @@ impl std::fmt::Debug for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::presence::PresenceEvent;
     use std::sync::atomic::AtomicBool;
 
     struct Fake {
@@ -441,6 +442,43 @@ mod tests {
         assert!(new_live.closed.load(Ordering::Relaxed));
         assert!(!old_live.closed.load(Ordering::Relaxed));
         assert!(!r.close("nobody"));
+    }
+
+    #[tokio::test]
+    async fn with_an_online_channel_every_registered_connection_is_present_until_it_leaves() {
+        use crate::core::retention::{Limits, Retention};
+        let engine = crate::core::engine::memory::MemoryEngine::open(
+            Retention {
+                defaults: Limits::default(),
+                rules: vec![],
+            },
+            std::time::Duration::from_secs(60),
+        );
+        let online = ChannelName::internal("online").unwrap();
+        let r = Registry::new().with_online(engine.clone(), online.clone());
+        let mut changes =
+            engine.presence_events(crate::core::channel::Pattern::new("herald:online"));
+        let a = r.register(info("a", Transport::Sse), fake(&[]));
+        assert!(matches!(changes.recv().await, Some(PresenceEvent::Join(_, m)) if &*m.conn == "a"));
+        let conns = |ms: Vec<Member>| {
+            ms.into_iter()
+                .map(|m| m.conn.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(conns(engine.presence(&online).await.unwrap()), ["a"]);
+        // A registration gone before its join landed leaves at once: nothing stays behind.
+        let b = r.register(info("b", Transport::WebSocket), fake(&[]));
+        drop(b);
+        drop(a);
+        let mut seen = Vec::new();
+        while seen.last().map(String::as_str) != Some("leave b") {
+            seen.push(match changes.recv().await.unwrap() {
+                PresenceEvent::Join(_, m) => format!("join {}", m.conn),
+                PresenceEvent::Leave(_, m) => format!("leave {}", m.conn),
+            });
+        }
+        assert_eq!(seen, ["leave a", "join b", "leave b"]);
+        assert!(engine.presence(&online).await.unwrap().is_empty());
     }
 
     #[test]

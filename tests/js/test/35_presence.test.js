@@ -14,9 +14,10 @@
 // for the same user and role besides the seed's query, and the handshake replay is marked `todo`.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startHerald, client, publish, request, history, subscribeOk, waitFor, Recorder, Waitable } from '../lib/herald.js';
+import { startHerald, pause, client, publish, request, history, subscribeOk, waitFor, Recorder, Waitable } from '../lib/herald.js';
 import { sign, HMAC_SECRET } from '../lib/jwt.js';
 import { KEY_BLOCKS, rule } from '../lib/auth.js';
+import { openWs, openSse, wsBase } from '../lib/plain.js';
 
 const SEED_EVENTS = `
 [socketio]
@@ -172,6 +173,14 @@ async function seed001(t, h, identity) {
   assert.equal(rest.next, null);
   assert.notEqual(rest.connections[0].id, page.connections[0].id);
 
+  // The seed's ownerLeaveDashboard leaves the dashboard channel (the owner is still online, so still counted).
+  owner.leaveDashboard();
+  const left = Date.now() + 10_000;
+  while ((await presence(h.url, '/api/channels/dashboard/presence')).counts.connections !== 0) {
+    assert.ok(Date.now() < left, 'ownerLeaveDashboard left the dashboard channel');
+    await pause(10);
+  }
+
   // The owner tab closes: connectedOwners back to 0, the reader's list back to itself.
   owner.socket.disconnect();
   await reader.ui.until((ui) => ui.onlineUsers.join() === 'demoUser7', 10_000, 'the owner left the online list');
@@ -249,6 +258,40 @@ ${KEY_BLOCKS.HS256}`;
   const member = rec.named('presence:join')[1].args[0];
   assert.deepEqual(Object.keys(member).sort(), ['connected_at', 'id', 'roles', 'transport', 'user']);
   assert.equal(member.transport, 'socketio');
+  h.assertNoPanic();
+});
+
+test('connection-wide presence covers every transport, subscribed or not', async (t) => {
+  const config = '[[presence.values]]\nchannel = "stats"\nevent = "stats"\nvalue = { n = "connections" }\n';
+  const h = await startHerald(t, { config });
+  // Awaits the `stats` value reaching `n` by long-polling its history.
+  const until = async (n) => {
+    let since = 0;
+    for (;;) {
+      const r = await history(h.url, 'stats', { since, wait: 10 });
+      assert.equal(r.status, 200, r.text);
+      assert.ok(r.json.events.length > 0, `connections never reached ${n}`);
+      if (r.json.events.at(-1).data.n === n) return;
+      since = r.json.events.at(-1).offset;
+    }
+  };
+  const sio = client(t, h.url, { reconnection: false });
+  await waitFor(sio, 'connect');
+  const ws = await openWs(t, `${wsBase(h)}/ws`);
+  const sse = await openSse(t, `${h.url}/sse?channel=news`);
+  await until(3);
+  const online = await presence(h.url, '/api/presence');
+  assert.deepEqual(online.connections.map((c) => c.transport).sort(), ['socketio', 'sse', 'websocket']);
+  assert.deepEqual(online.counts, { connections: 3, users: 0, anonymous: 3, roles: {} });
+  assert.deepEqual(online.users, []);
+  const news = await presence(h.url, '/api/channels/news/presence');
+  assert.deepEqual(news.connections.map((c) => c.transport), ['sse'], 'only the SSE stream is on news');
+  ws.close();
+  await until(2);
+  sse.close();
+  await until(1);
+  sio.disconnect();
+  await until(0);
   h.assertNoPanic();
 });
 
