@@ -201,7 +201,7 @@ test('seed 001 with JWT identities: online users, connectedOwners 0→1→0, das
 });
 
 // `[auth] identity_from_handshake` is built by the client-events work; this replay runs the frontend exactly as
-// written (no token) once it is on main — drop `todo` then.
+// written (no token). It passes on a merge with that branch: drop `todo` once both are on main.
 test('seed 001 with handshake identities, frontend unchanged', { todo: 'needs [auth] identity_from_handshake (client-events)' }, async (t) => {
   const config = `${SEED_EVENTS}\n[auth]\nidentity_from_handshake = { user = "userId", roles = "role" }\n${RULES}`;
   const h = await startHerald(t, { config });
