@@ -93,6 +93,8 @@ pub struct Config {
     pub state: Vec<StateConfig>,
     /// The service monitor.
     pub monitor: crate::source::monitor::MonitorConfig,
+    /// Presence shown to clients and the API (`[presence]`); see `docs/presence.md`.
+    pub presence: crate::source::presence::PresenceConfig,
     /// Several nodes on one engine (`[cluster]`).
     pub cluster: crate::cluster::ClusterConfig,
 }
@@ -118,6 +120,7 @@ impl Default for Config {
             sources: SourcesConfig::default(),
             state: Vec::new(),
             monitor: crate::source::monitor::MonitorConfig::default(),
+            presence: crate::source::presence::PresenceConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
         }
     }
@@ -195,6 +198,7 @@ impl Config {
         self.limits.validate()?;
         self.auth.validate()?;
         self.sources.validate(&self.socketio.path)?;
+        self.presence.validate()?;
         // Herald's own notices (`herald:gap`, `herald:disconnect`) must stay recognisable: no configured
         // producer may use their prefix either (the HTTP API refuses it at publish).
         let m = &self.monitor.events;

@@ -7,6 +7,10 @@
 //! subscriptions are read from the connection when asked for, and those are bounded by
 //! `subscriptions_per_connection` (and 64 channels per SSE stream).
 //!
+//! With an online channel ([`Registry::with_online`]), each entry also holds its connection's presence on that
+//! channel (joined through the engine as it registers, left with the entry): connection-wide presence, "everyone
+//! connected", without subscribing to anything.
+//!
 //! Entries are ordered by id, so paging with `after` stays exact while connections come and go: a connection open
 //! through the whole walk is listed exactly once.
 
@@ -20,7 +24,9 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::auth::Identity;
+use crate::core::Engine;
 use crate::core::channel::ChannelName;
+use crate::core::engine::PresenceGuard;
 use crate::core::event::now_ms;
 use crate::core::presence::Member;
 
@@ -156,6 +162,8 @@ struct Entry {
     live: Arc<dyn Live>,
     /// Tells this registration from a later one under the same id (a resumed Socket.IO session keeps its id).
     serial: u64,
+    /// Its presence on the online channel, once the engine has it.
+    online: Option<PresenceGuard>,
 }
 
 #[derive(Default)]
@@ -169,12 +177,20 @@ struct Table {
 pub struct Registry {
     table: Arc<Mutex<Table>>,
     emptied: Arc<tokio::sync::Notify>,
+    /// The engine and channel every connection is present on, if any.
+    online: Option<(Arc<dyn Engine>, ChannelName)>,
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes every connection present on `channel` while it is registered.
+    pub fn with_online(mut self, engine: Arc<dyn Engine>, channel: ChannelName) -> Self {
+        self.online = Some((engine, channel));
+        self
     }
 
     /// Adds a connection until the returned registration is dropped. A live entry under the same id is replaced:
@@ -184,8 +200,26 @@ impl Registry {
         t.next_serial += 1;
         let serial = t.next_serial;
         let id = info.id().clone();
-        let entry = Entry { info, live, serial };
-        t.entries.insert(id.clone(), entry);
+        if let Some((engine, channel)) = &self.online {
+            // Joining may wait on the engine and this may run under a binding's lock: join in the background.
+            tokio::spawn(join_online(
+                self.table.clone(),
+                engine.clone(),
+                channel.clone(),
+                info.member.clone(),
+                serial,
+            ));
+        }
+        let entry = Entry {
+            info,
+            live,
+            serial,
+            online: None,
+        };
+        let replaced = t.entries.insert(id.clone(), entry);
+        drop(t);
+        // Its presence leaves outside the lock.
+        drop(replaced);
         Registration {
             table: self.table.clone(),
             emptied: self.emptied.clone(),
@@ -255,6 +289,32 @@ impl Registry {
     }
 }
 
+/// Puts connection `member` (registration `serial`) on the online channel, unless it left meanwhile.
+async fn join_online(
+    table: Arc<Mutex<Table>>,
+    engine: Arc<dyn Engine>,
+    channel: ChannelName,
+    member: Arc<Member>,
+    serial: u64,
+) {
+    let guard = match engine.join(&channel, member.clone()).await {
+        Ok(guard) => guard,
+        Err(e) => {
+            tracing::warn!(conn = %member.conn, error = %e, "connection not counted as online");
+            return;
+        }
+    };
+    let mut t = table.lock();
+    match t.entries.get_mut(&*member.conn) {
+        Some(e) if e.serial == serial => e.online = Some(guard),
+        // Gone already: the guard leaves as it drops (after the lock, below).
+        _ => {
+            drop(t);
+            drop(guard);
+        }
+    }
+}
+
 fn render(info: &Info, live: &dyn Live) -> Connection {
     Connection {
         id: info.id().clone(),
@@ -284,10 +344,13 @@ impl Drop for Registration {
             .get(&*self.id)
             .is_some_and(|e| e.serial == self.serial)
         {
-            t.entries.remove(&*self.id);
+            let gone = t.entries.remove(&*self.id);
             if t.entries.is_empty() {
                 self.emptied.notify_waiters();
             }
+            // Its presence leaves outside the lock.
+            drop(t);
+            drop(gone);
         }
     }
 }
@@ -303,6 +366,7 @@ impl std::fmt::Debug for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::presence::PresenceEvent;
     use std::sync::atomic::AtomicBool;
 
     struct Fake {
@@ -378,6 +442,43 @@ mod tests {
         assert!(new_live.closed.load(Ordering::Relaxed));
         assert!(!old_live.closed.load(Ordering::Relaxed));
         assert!(!r.close("nobody"));
+    }
+
+    #[tokio::test]
+    async fn with_an_online_channel_every_registered_connection_is_present_until_it_leaves() {
+        use crate::core::retention::{Limits, Retention};
+        let engine = crate::core::engine::memory::MemoryEngine::open(
+            Retention {
+                defaults: Limits::default(),
+                rules: vec![],
+            },
+            std::time::Duration::from_secs(60),
+        );
+        let online = ChannelName::internal("online").unwrap();
+        let r = Registry::new().with_online(engine.clone(), online.clone());
+        let mut changes =
+            engine.presence_events(crate::core::channel::Pattern::new("herald:online"));
+        let a = r.register(info("a", Transport::Sse), fake(&[]));
+        assert!(matches!(changes.recv().await, Some(PresenceEvent::Join(_, m)) if &*m.conn == "a"));
+        let conns = |ms: Vec<Member>| {
+            ms.into_iter()
+                .map(|m| m.conn.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(conns(engine.presence(&online).await.unwrap()), ["a"]);
+        // A registration gone before its join landed leaves at once: nothing stays behind.
+        let b = r.register(info("b", Transport::WebSocket), fake(&[]));
+        drop(b);
+        drop(a);
+        let mut seen = Vec::new();
+        while seen.last().map(String::as_str) != Some("leave b") {
+            seen.push(match changes.recv().await.unwrap() {
+                PresenceEvent::Join(_, m) => format!("join {}", m.conn),
+                PresenceEvent::Leave(_, m) => format!("leave {}", m.conn),
+            });
+        }
+        assert_eq!(seen, ["leave a", "join b", "leave b"]);
+        assert!(engine.presence(&online).await.unwrap().is_empty());
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl Server {
         let sections = source::Sections {
             sources: &config.sources,
             monitor: &config.monitor,
+            presence: &config.presence,
         };
         // Sources' own channels keep their bounds whatever the configured rules match.
         let mut retention = config.history.retention();
@@ -134,7 +135,14 @@ impl Server {
             .await?,
         );
         // Every binding lists its connections here; the API reads and closes them.
-        let registry = Registry::new();
+        // … and each is present on the online channel while it is open (connection-wide presence).
+        let registry = Registry::new().with_online(
+            core.clone(),
+            config
+                .presence
+                .online()
+                .map_err(crate::source::SourceError::from)?,
+        );
         // One mapping of client events for Socket.IO events and `/ws` emits.
         let client_events = ClientEvents::new(
             s.client_events.clone(),

@@ -1,6 +1,7 @@
 //! Built-in sources: producers inside Herald that publish through the engine like the HTTP API does.
 //!
-//! `monitor` checks services and publishes their status; `sql` polls database queries per subscribed channel and
+//! `monitor` checks services and publishes their status; `presence` announces who joins and leaves and keeps
+//! presence aggregates as state values; `sql` polls database queries per subscribed channel and
 //! pushes what changed. Each is a [`Kind`] listed in [`KINDS`], the one place a source is registered: the server
 //! starts them all with [`start_all`], mounts their [`Mounts`], routes the client-event actions they name to them
 //! and shuts them down; config validation accepts exactly the actions they name. [`keyed`] turns a state channel's
@@ -8,6 +9,7 @@
 
 pub mod keyed;
 pub mod monitor;
+pub mod presence;
 pub mod sql;
 
 use std::path::Path;
@@ -46,6 +48,8 @@ pub struct Sections<'a> {
     pub sources: &'a SourcesConfig,
     /// `[monitor]`.
     pub monitor: &'a monitor::MonitorConfig,
+    /// `[presence]`.
+    pub presence: &'a presence::PresenceConfig,
 }
 
 /// What the sources start from: their config sections and what they share with the server.
@@ -115,6 +119,12 @@ pub const KINDS: &[Kind] = &[
         start: monitor::start,
     },
     Kind {
+        name: "presence",
+        actions: &[],
+        retention: |_| Vec::new(),
+        start: presence::start,
+    },
+    Kind {
         name: "sql",
         actions: &[],
         retention: |_| Vec::new(),
@@ -138,6 +148,9 @@ pub enum SourceError {
     /// The monitor could not start (its storage or import, or a monitor declared in the config).
     #[error("monitor: {0}")]
     Monitor(#[from] monitor::MonitorError),
+    /// `[presence]` is invalid.
+    #[error(transparent)]
+    Presence(#[from] InvalidConfig),
     /// A `[[sources.sql]]` source is invalid (e.g. its SQL does not prepare).
     #[error(transparent)]
     Sql(#[from] sql::SourceError),
