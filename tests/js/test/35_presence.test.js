@@ -10,8 +10,8 @@
 // `totalBooks`/`totalFavorites` come from document counts (the collections work), not presence: not asserted here.
 //
 // Identities: seed 001 passes `userId`/`role` in the handshake query. Herald takes identities from the handshake
-// only with `[auth] identity_from_handshake` (built in parallel); until it lands, the first tests give each tab a JWT
-// for the same user and role besides the seed's query, and the handshake replay is marked `todo`.
+// only with `[auth] identity_from_handshake`: the last replay runs the frontend exactly so; the first ones give each
+// tab a JWT for the same user and role besides the seed's query (the production setup).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startHerald, pause, client, publish, request, history, subscribeOk, waitFor, Recorder, Waitable } from '../lib/herald.js';
@@ -200,9 +200,8 @@ test('seed 001 with JWT identities: online users, connectedOwners 0→1→0, das
   await seed001(t, h, (userId, role) => ({ auth: { token: token(userId, role) } }));
 });
 
-// `[auth] identity_from_handshake` is built by the client-events work; this replay runs the frontend exactly as
-// written (no token). It passes on a merge with that branch: drop `todo` once both are on main.
-test('seed 001 with handshake identities, frontend unchanged', { todo: 'needs [auth] identity_from_handshake (client-events)' }, async (t) => {
+// The frontend exactly as written (no token): identities from the handshake query.
+test('seed 001 with handshake identities, frontend unchanged', async (t) => {
   const config = `${SEED_EVENTS}\n[auth]\nidentity_from_handshake = { user = "userId", roles = "role" }\n${RULES}`;
   const h = await startHerald(t, { config });
   await seed001(t, h, () => ({}));
