@@ -72,6 +72,10 @@
 //! channel up from history before live delivery resumes, exactly once; where history no longer covers the
 //! outage (trimmed, or Redis lost its data), the subscribers are told to resume by their cursors, which report
 //! the gap ([`fanout`] explains both). Otherwise connected clients stay connected throughout.
+//!
+//! The engine's [`Engine::health`] follows the pub/sub connection: unavailable from the moment it drops (a
+//! server that went away closes both connections; the command connection fails on its next command), ok again
+//! once it is back and has caught its subscribers up. `/readyz` also `PING`s over the command connection.
 
 mod directory;
 mod fanout;
@@ -88,14 +92,14 @@ use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, RedisError};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    ChannelInfo, Demand, Engine, EngineError, Lane, Position, PresenceGuard, ReadLimit, Subscriber,
+    ChannelInfo, Demand, Engine, EngineError, Health, Lane, Position, PresenceGuard, ReadLimit, Subscriber,
     SubscriberId, Subscription,
 };
 use crate::core::channel::{ChannelName, Pattern};
-use crate::core::event::{Event, NewEvent, PublishResult, SharedEvent};
+use crate::core::event::{Event, NewEvent, PublishResult, SharedEvent, now_ms};
 use crate::core::hub::Hub;
 use crate::core::presence::{Member, Presence, PresenceEvent};
 use crate::core::retention::Retention;
@@ -152,6 +156,8 @@ pub struct RedisEngine {
     closed: AtomicBool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     leases: lease::Leases,
+    /// Follows the pub/sub connection ([`follow_health`]).
+    health: watch::Receiver<Health>,
 }
 
 /// Maps a client error: a server that cannot be reached (or is loading, read-only, out of memory) is
@@ -190,6 +196,8 @@ impl RedisEngine {
             &keys,
             hub.clone(),
         );
+        let (health_tx, health) = watch::channel(Health::Ok);
+        tasks.push(tokio::spawn(follow_health(fanout.connected(), health_tx)));
         let (sessions, ops) = mpsc::unbounded_channel();
         tasks.push(tokio::spawn(write_sessions(
             con.clone(),
@@ -213,6 +221,7 @@ impl RedisEngine {
             closed: AtomicBool::new(false),
             tasks: Mutex::new(tasks),
             leases,
+            health,
         }))
     }
 
@@ -410,6 +419,25 @@ async fn write_sessions(
         if let Err(e) = done {
             tracing::warn!(error = %e, "redis session write failed");
         }
+    }
+}
+
+/// Keeps the engine's health in step with the pub/sub connection: down, live delivery has stopped; up again, it
+/// has reconnected and caught its subscribers up. Repeats of a state are not changes.
+async fn follow_health(mut up: watch::Receiver<bool>, health: watch::Sender<Health>) {
+    while up.changed().await.is_ok() {
+        let connected = *up.borrow_and_update();
+        health.send_if_modified(|h| match (connected, &*h) {
+            (true, Health::Unavailable { .. }) => {
+                *h = Health::Ok;
+                true
+            }
+            (false, Health::Ok) => {
+                *h = Health::Unavailable { since: now_ms() };
+                true
+            }
+            _ => false,
+        });
     }
 }
 
@@ -695,6 +723,10 @@ impl Engine for RedisEngine {
             .query_async::<()>(&mut self.open_con()?)
             .await
             .map_err(map_err)
+    }
+
+    fn health(&self) -> watch::Receiver<Health> {
+        self.health.clone()
     }
 
     async fn shutdown(&self) {
