@@ -75,7 +75,8 @@
 //!
 //! The engine's [`Engine::health`] follows the pub/sub connection: unavailable from the moment it drops (a
 //! server that went away closes both connections; the command connection fails on its next command), ok again
-//! once it is back and has caught its subscribers up. `/readyz` also `PING`s over the command connection.
+//! once it is back, has caught its subscribers up and the command connection answers a `PING`. `/readyz` also
+//! `PING`s over the command connection.
 
 mod directory;
 mod fanout;
@@ -197,7 +198,11 @@ impl RedisEngine {
             hub.clone(),
         );
         let (health_tx, health) = watch::channel(Health::Ok);
-        tasks.push(tokio::spawn(follow_health(fanout.connected(), health_tx)));
+        tasks.push(tokio::spawn(follow_health(
+            fanout.connected(),
+            con.clone(),
+            health_tx,
+        )));
         let (sessions, ops) = mpsc::unbounded_channel();
         tasks.push(tokio::spawn(write_sessions(
             con.clone(),
@@ -423,10 +428,28 @@ async fn write_sessions(
 }
 
 /// Keeps the engine's health in step with the pub/sub connection: down, live delivery has stopped; up again, it
-/// has reconnected and caught its subscribers up. Repeats of a state are not changes.
-async fn follow_health(mut up: watch::Receiver<bool>, health: watch::Sender<Health>) {
-    while up.changed().await.is_ok() {
+/// has reconnected and caught its subscribers up — and the command connection answers a `PING` (it reconnects on
+/// its first command after an outage: that one is this `PING`, not a client's publish or subscription). Repeats of
+/// a state are not changes.
+async fn follow_health(
+    mut up: watch::Receiver<bool>,
+    mut con: ConnectionManager,
+    health: watch::Sender<Health>,
+) {
+    loop {
         let connected = *up.borrow_and_update();
+        if connected
+            && let Err(e) = redis::cmd("PING").query_async::<()>(&mut con).await
+        {
+            tracing::debug!(error = %e, "redis command connection not back yet");
+            tokio::select! {
+                () = tokio::time::sleep(fanout::RETRY_FIRST) => continue,
+                changed = up.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => return,
+                },
+            }
+        }
         health.send_if_modified(|h| match (connected, &*h) {
             (true, Health::Unavailable { .. }) => {
                 *h = Health::Ok;
@@ -438,6 +461,9 @@ async fn follow_health(mut up: watch::Receiver<bool>, health: watch::Sender<Heal
             }
             _ => false,
         });
+        if up.changed().await.is_err() {
+            return;
+        }
     }
 }
 
