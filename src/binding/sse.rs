@@ -192,8 +192,9 @@ impl Outlet for SseOutlet {
 
     fn status(&self, health: &Health) -> Result<(), Gone> {
         let data = crate::json::text(health);
-        self.outbox
-            .push(Bytes::from(format!("event: {STATUS_EVENT}\ndata: {data}\n\n")))
+        self.outbox.push(Bytes::from(format!(
+            "event: {STATUS_EVENT}\ndata: {data}\n\n"
+        )))
     }
 
     fn overflow(&self) {

@@ -34,7 +34,9 @@ use crate::auth::Identity;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::engine::Health;
-use crate::core::event::{EncodingSlot, Event, SOURCE_STATUS_EVENT, SharedEvent, SlotError, format_time};
+use crate::core::event::{
+    EncodingSlot, Event, SOURCE_STATUS_EVENT, SharedEvent, SlotError, format_time,
+};
 use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
 use crate::registry::{Info, Live, Registry, Transport, new_id};

@@ -96,8 +96,8 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    ChannelInfo, Demand, Engine, EngineError, Health, Lane, Position, PresenceGuard, ReadLimit, Subscriber,
-    SubscriberId, Subscription,
+    ChannelInfo, Demand, Engine, EngineError, Health, Lane, Position, PresenceGuard, ReadLimit,
+    Subscriber, SubscriberId, Subscription,
 };
 use crate::core::channel::{ChannelName, Pattern};
 use crate::core::event::{Event, NewEvent, PublishResult, SharedEvent, now_ms};
@@ -438,9 +438,7 @@ async fn follow_health(
 ) {
     loop {
         let connected = *up.borrow_and_update();
-        if connected
-            && let Err(e) = redis::cmd("PING").query_async::<()>(&mut con).await
-        {
+        if connected && let Err(e) = redis::cmd("PING").query_async::<()>(&mut con).await {
             tracing::debug!(error = %e, "redis command connection not back yet");
             tokio::select! {
                 () = tokio::time::sleep(fanout::RETRY_FIRST) => continue,
