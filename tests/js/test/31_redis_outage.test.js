@@ -5,7 +5,8 @@
 //   exactly once, in order (none acknowledged and lost);
 // - restarted with its append-only file: history and sessions survive, clients resume without a gap;
 // - restarted without its data: the epoch changes, resuming clients get `herald:gap` and the state snapshot, never
-//   reused offsets.
+//   reused offsets;
+// - seed 003's data-only frontend on direct `/ws/{unit}` URLs: the outage is a typed error it ignores, never data.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventSource } from 'eventsource';
@@ -15,6 +16,7 @@ import {
 } from '../lib/herald.js';
 import { wsBase, openWs } from '../lib/plain.js';
 import { startRedis, startNodes } from '../lib/cluster.js';
+import { useDashboardData } from '../lib/seed003.js';
 
 /** How long Redis stays down in the load test (the fault itself, not a synchronisation). */
 const OUTAGE_MS = 5000;
@@ -311,4 +313,40 @@ test('Redis restarted without its data: the epoch changes; resuming Socket.IO an
   assert.deepEqual(rec.named('herald:gap').slice(1).map((e) => [e.args[0].channel, e.args[0].reason, e.args[0].epoch]),
     [[pl, 'epoch_changed', after]], 'Socket.IO: the epoch gap');
   assert.deepEqual(rec.named('tick').slice(3).map((e) => e.args[0].n), [11, 12], 'Socket.IO: the new events once');
+});
+
+test('seed 003 on a Redis node: an outage never reaches its data (a typed error it ignores, then the last data '
+  + 'again), and it updates after', { timeout: 30_000 }, async (t) => {
+  const config = '[[state]]\nchannels = "Final *"\n[[websocket.direct]]\npattern = "Final *"\npayload = "data"\n';
+  const redis = await startRedis(t, { aof: true });
+  const [h] = await startNodes(t, redis, 1, { config });
+  const units = ['Final 1A', 'Final 2B'];
+  const put = async (unit, models) => {
+    const body = { channel: unit, event: 'result', data: { unit, models }, key: 'result' };
+    const r = await request(h.url, '/api/publish', { method: 'POST', body });
+    assert.equal(r.status, 200, r.text);
+  };
+  await put(units[0], [1]);
+  await put(units[1], [2]);
+  const view = useDashboardData(t, `127.0.0.1:${h.port}`, units);
+  await view.until((v) => v.state.dataVersion >= 1, 10_000, 'the first render');
+
+  await redis.stop();
+  const errorOf = (unit) => view.raw[unit].find((m) => m.type === 'error');
+  await view.until((v) => units.every((u) => errorOf(u)), 15_000, 'the outage notice on every unit socket');
+  await redis.start();
+  // The recovery re-sends each unit's last data: the frontend shows it again as current.
+  await view.until((v) => units.every((u) => v.raw[u].length === 3), 15_000, 'the last data again');
+  await put(units[0], [1, 3]);
+  await view.until((v) => v.state.data[0]?.models.length === 2, 10_000, 'an update after the outage');
+
+  assert.deepEqual(view.state.data, [{ unit: units[0], models: [1, 3] }, { unit: units[1], models: [2] }]);
+  for (const [i, unit] of units.entries()) {
+    const data = { unit, models: [i + 1] };
+    const error = errorOf(unit);
+    assert.equal(error.code, 'engine_unavailable', JSON.stringify(error));
+    assert.equal(typeof error.since, 'string');
+    const expected = [data, error, data, ...(i === 0 ? [{ unit, models: [1, 3] }] : [])];
+    assert.deepEqual(view.raw[unit].filter((m) => m.type !== 'heartbeat'), expected, `${unit}: what its socket got`);
+  }
 });
