@@ -14,7 +14,7 @@ import {
   connected, subscribeOk, subscribe, Recorder, Waitable, request, publishRetry, fullHistory, chan, pause, waitFor,
   withTimeout,
 } from '../lib/herald.js';
-import { wsBase, openWs } from '../lib/plain.js';
+import { wsBase, openWs, openSse } from '../lib/plain.js';
 import { startRedis, startNodes } from '../lib/cluster.js';
 import { useDashboardData } from '../lib/seed003.js';
 
@@ -171,7 +171,7 @@ test('Redis stopped for 5 s under load on two nodes: 2xx or 503 engine_unavailab
   for (const node of nodes) await node.assertHealthy();
 });
 
-test('a client connecting during an outage is told at once; /readyz agrees with what clients are told',
+test('a /ws client connecting during an outage is told at once, an SSE stream is refused 503; /readyz agrees',
   { timeout: 30_000 }, async (t) => {
     const redis = await startRedis(t, { aof: true });
     const [h] = await startNodes(t, redis, 1);
@@ -183,10 +183,13 @@ test('a client connecting during an outage is told at once; /readyz agrees with 
     assert.equal(r.json?.error?.code, 'engine_unavailable');
     assert.match(r.json.error.message, new RegExp(wsStatus(early)[0].since.replace(/[.]/g, '\\.')), 'the same outage');
 
-    // (A Socket.IO CONNECT stores its session record in the engine first, so it is refused until Redis is back.)
     const late = await openWs(t, `${wsBase(h)}/ws`);
     const first = await late.next(() => true, 10_000, 'a first message');
     assert.deepEqual(first, wsStatus(early)[0], 'the same notice, first thing');
+    // An SSE stream subscribes as it opens (and a Socket.IO CONNECT stores its session): refused until Redis is back.
+    const sse = await openSse(t, `${h.url}/sse/${encodeURIComponent(chan('during'))}`);
+    assert.equal(sse.status, 503, sse.text);
+    assert.equal(sse.json?.error?.code, 'unavailable', sse.text);
 
     await redis.start();
     await late.until((w) => wsStatus(w).length === 2, 15_000, 'the recovery notice');
