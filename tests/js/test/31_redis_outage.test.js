@@ -96,8 +96,9 @@ test('Redis stopped for 5 s under load on two nodes: 2xx or 503 engine_unavailab
   const ch = chan('outage');
 
   const clients = [];
-  for (const [label, node] of [['A', nodes[0]], ['B', nodes[1]]]) {
-    const socket = await connected(t, node.url, FAST);
+  // Socket.IO over WebSocket on A, over long-polling on B.
+  for (const [label, node, transports] of [['A', nodes[0], ['websocket']], ['B', nodes[1], ['polling']]]) {
+    const socket = await connected(t, node.url, { ...FAST, transports });
     const rec = new Recorder(socket);
     const disconnects = [];
     socket.on('disconnect', (reason) => disconnects.push(reason));
