@@ -11,6 +11,9 @@
 //! channel (joined through the engine as it registers, left with the entry): connection-wide presence, "everyone
 //! connected", without subscribing to anything.
 //!
+//! It is also how a node-wide notice reaches every connection: [`Registry::relay_health`] watches the engine's
+//! health (one watch for the node) and, at each change, asks every connection to tell its client.
+//!
 //! Entries are ordered by id, so paging with `after` stays exact while connections come and go: a connection open
 //! through the whole walk is listed exactly once.
 
@@ -22,11 +25,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::auth::Identity;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::engine::PresenceGuard;
+use crate::core::engine::Health;
 use crate::core::event::now_ms;
 use crate::core::presence::Member;
 
@@ -73,6 +78,8 @@ pub trait Live: Send + Sync + 'static {
     }
     /// Ends it at an administrator's request, the way its client reconnects and resumes from.
     fn close(&self);
+    /// Tells its client the engine's health now, if that changed since it was last told.
+    fn tell_status(&self);
 }
 
 /// What a connection is, fixed when it registers.
@@ -281,6 +288,22 @@ impl Registry {
         }
     }
 
+    /// At each change of `health`, asks every connection to tell its client (each tells a change once, reading
+    /// the health itself, so a connection registered meanwhile misses nothing); returns when `health` can no
+    /// longer change.
+    pub async fn relay_health(&self, mut health: watch::Receiver<Health>) {
+        while health.changed().await.is_ok() {
+            // Copied out under the lock, told outside it: telling takes each connection's own lock.
+            let lives: Vec<Arc<dyn Live>> = {
+                let t = self.table.lock();
+                t.entries.values().map(|e| e.live.clone()).collect()
+            };
+            for live in lives {
+                live.tell_status();
+            }
+        }
+    }
+
     /// Closes connection `id` (it reconnects and resumes); false if it is not live.
     pub fn close(&self, id: &str) -> bool {
         let live = self.table.lock().entries.get(id).map(|e| e.live.clone());
@@ -372,6 +395,7 @@ mod tests {
     struct Fake {
         channels: Vec<ChannelName>,
         closed: AtomicBool,
+        told: AtomicU64,
     }
 
     impl Live for Fake {
@@ -380,6 +404,9 @@ mod tests {
         }
         fn close(&self) {
             self.closed.store(true, Ordering::Relaxed);
+        }
+        fn tell_status(&self) {
+            self.told.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -390,6 +417,7 @@ mod tests {
                 .map(|c| ChannelName::new(c).unwrap())
                 .collect(),
             closed: AtomicBool::new(false),
+            told: AtomicU64::new(0),
         })
     }
 
@@ -453,7 +481,8 @@ mod tests {
                 rules: vec![],
             },
             std::time::Duration::from_secs(60),
-        );
+        )
+        .unwrap();
         let online = ChannelName::internal("online").unwrap();
         let r = Registry::new().with_online(engine.clone(), online.clone());
         let mut changes =
@@ -479,6 +508,28 @@ mod tests {
         }
         assert_eq!(seen, ["leave a", "join b", "leave b"]);
         assert!(engine.presence(&online).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn each_health_change_reaches_every_connection() {
+        let r = Registry::new();
+        let (a, b) = (fake(&[]), fake(&["x"]));
+        let _ra = r.register(info("a", Transport::SocketIo), a.clone());
+        let _rb = r.register(info("b", Transport::Sse), b.clone());
+        let (tx, rx) = watch::channel(Health::Ok);
+        let relay = tokio::spawn({
+            let r = r.clone();
+            async move { r.relay_health(rx).await }
+        });
+        tx.send_replace(Health::Unavailable { since: 1 });
+        let told = |f: &Fake| f.told.load(Ordering::Relaxed);
+        while told(&a) < 1 || told(&b) < 1 {
+            tokio::task::yield_now().await;
+        }
+        // The sender gone, health can no longer change: the relay ends.
+        drop(tx);
+        relay.await.unwrap();
+        assert_eq!((told(&a), told(&b)), (1, 1));
     }
 
     #[test]

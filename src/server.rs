@@ -288,6 +288,12 @@ impl Server {
                 }
             })
         };
+        // Every connection hears of the engine's outages from one watch.
+        let relay = {
+            let registry = self.registry.clone();
+            let health = self.core.health();
+            tokio::spawn(async move { registry.relay_health(health).await })
+        };
         let claims = match (&self.directory, listener.local_addr()) {
             (Some(directory), Ok(listen)) => {
                 match self.cluster.advertise_for(listen, self.tls.is_some()) {
@@ -323,6 +329,7 @@ impl Server {
             }
         }
         flusher.abort();
+        relay.abort();
         if let Some(claims) = claims {
             claims.abort();
         }

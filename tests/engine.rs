@@ -138,6 +138,7 @@ conformance!(
     resume_reports_a_gap_when_history_was_trimmed,
     a_hole_after_a_known_loss_is_announced_too,
     a_feed_is_present_on_the_channels_it_holds,
+    an_engine_that_answers_is_healthy,
     shutdown_refuses_later_publishes,
 );
 
@@ -753,6 +754,9 @@ impl herald::binding::feed::Outlet for Wire {
         self.0.lock().push(format!("gap {:?}..{:?}", g.from, g.to));
         Ok(())
     }
+    fn status(&self, _: &engine::Health) -> Result<(), herald::binding::feed::Gone> {
+        Ok(())
+    }
     fn overflow(&self) {}
     fn fail(&self) {}
     async fn room(&self) {}
@@ -879,11 +883,25 @@ async fn redis_publish_fails_unavailable_when_the_server_is_gone() {
     ));
 }
 
+async fn an_engine_that_answers_is_healthy(kind: &str) {
+    let core = open(kind, Retention::default()).await;
+    core.publish(vec![ev("a", 1, None)]).await.unwrap();
+    assert_eq!(*core.health().borrow(), engine::Health::Ok);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_ping_answers_until_the_server_is_gone() {
     let core = open_on("redis", Retention::default(), Some(RedisServer::private())).await;
     core.ping().await.unwrap();
+    let mut health = core.health();
     core.redis.as_ref().unwrap().stop();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        health.wait_for(|h| matches!(h, engine::Health::Unavailable { .. })),
+    )
+    .await
+    .expect("the engine reports the server gone")
+    .unwrap();
     let r = tokio::time::timeout(Duration::from_secs(30), core.ping())
         .await
         .expect("a ping of a stopped Redis fails instead of hanging");

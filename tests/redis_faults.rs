@@ -2,7 +2,8 @@
 //! during an outage fail as unavailable (never acknowledged and then lost), the pub/sub connection comes back by
 //! itself and catches its subscribers up from history exactly once, and a Redis that lost its data (or history
 //! trimmed past what a node missed) gives them the lost signal — after data loss with a new epoch, from which a
-//! feed's resume reports the gap. One test runs `herald serve` itself for the HTTP answers and an SSE client.
+//! feed's resume reports the gap. The engine's health is unavailable for the outage and ok once the subscribers
+//! are caught up. One test runs `herald serve` itself for the HTTP answers and an SSE client.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use herald::binding::feed::{Feed, Gone, Outlet, Registered, Want};
 use herald::core::Engine;
 use herald::core::channel::ChannelName;
 use herald::core::engine::{
-    self, EngineError, EngineKind, EngineOptions, Subscriber, SubscriberId,
+    self, EngineError, EngineKind, EngineOptions, Health, Subscriber, SubscriberId,
 };
 use herald::core::event::{Event, NewEvent, SharedEvent};
 use herald::core::gap::{Gap, GapReason};
@@ -151,7 +152,16 @@ async fn an_outage_fails_publishes_and_subscribers_catch_up_exactly_once() {
         out.acked.lock().len() >= 50
     })
     .await;
+    let mut health = core.health();
+    assert_eq!(*health.borrow_and_update(), Health::Ok);
     server.stop();
+    tokio::time::timeout(
+        DEADLINE,
+        health.wait_for(|h| matches!(h, Health::Unavailable { .. })),
+    )
+    .await
+    .expect("the engine reports the outage")
+    .unwrap();
     until("a publish to fail", || {
         out.failed.load(Ordering::SeqCst) > 0
     })
@@ -165,6 +175,10 @@ async fn an_outage_fails_publishes_and_subscribers_catch_up_exactly_once() {
         "nothing is acknowledged while Redis is down"
     );
     restart(&server).await;
+    tokio::time::timeout(DEADLINE, health.wait_for(|h| *h == Health::Ok))
+        .await
+        .expect("the engine reports it is back")
+        .unwrap();
     until("publishes after the restart", || {
         out.acked.lock().len() >= acked_before + 50
     })
@@ -207,6 +221,9 @@ impl Outlet for Wire {
     }
     fn gap(&self, g: &Gap) -> Result<(), Gone> {
         self.sent.lock().push(format!("gap {:?}", g.reason));
+        Ok(())
+    }
+    fn status(&self, _: &Health) -> Result<(), Gone> {
         Ok(())
     }
     fn overflow(&self) {}

@@ -22,6 +22,7 @@ pub use config::ApiKey;
 pub use error::ApiError;
 
 use crate::core::Engine;
+use crate::core::engine::Health;
 use crate::policy::Policy;
 use crate::registry::Registry;
 
@@ -99,8 +100,20 @@ pub fn router(state: ApiState, mounts: Mounts) -> Router {
         .merge(mounts.public)
 }
 
-/// `GET /readyz`: whether this node can serve (its engine answers), for a load balancer; `/healthz` is liveness.
+/// `GET /readyz`: whether this node can serve (its engine is healthy — the same health its clients are told —
+/// and answers now), for a load balancer; `/healthz` is liveness.
 async fn readyz(State(state): State<ApiState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let health = state.core.health().borrow().clone();
+    if let Health::Unavailable { since } = health {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine_unavailable",
+            format!(
+                "the engine is unreachable since {}",
+                crate::core::event::format_time(since)
+            ),
+        ));
+    }
     match state.core.ping().await {
         Ok(()) => Ok(axum::Json(json!({"status": "ready"}))),
         Err(e) => Err(ApiError::new(

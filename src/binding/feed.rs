@@ -9,6 +9,9 @@
 //!
 //! The feed is also where a connection's presence lives: every channel it holds, it holds with the connection's
 //! presence on it ([`Member`]), joined before the registration and left with it.
+//!
+//! It also remembers what its client was last told of the engine's health ([`Feed::tell_status`]), so each change
+//! reaches each connection once, however often the node's one relay asks.
 
 use std::sync::Arc;
 
@@ -17,7 +20,7 @@ use parking_lot::Mutex;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::engine::{
-    EngineError, Position, PresenceGuard, Subscriber, SubscriberId, Subscription,
+    EngineError, Health, Position, PresenceGuard, Subscriber, SubscriberId, Subscription,
 };
 use crate::core::event::{Event, SharedEvent, now_ms};
 use crate::core::gap::{Gap, GapReason};
@@ -40,6 +43,8 @@ pub trait Outlet: Send + Sync + 'static {
     fn replayed(&self, event: &Event, reg: &Registered) -> Result<(), Gone>;
     /// Tells the client that events were lost.
     fn gap(&self, gap: &Gap) -> Result<(), Gone>;
+    /// Tells the client the engine's health changed (out of band: not a channel event, no cursor).
+    fn status(&self, health: &Health) -> Result<(), Gone>;
     /// Closes the connection: it fell too far behind while a replay was queued.
     fn overflow(&self);
     /// Closes the connection because a replay could not be read: the client reconnects and resumes, instead of
@@ -110,6 +115,8 @@ struct State {
     held: Vec<Arc<SharedEvent>>,
     held_bytes: usize,
     closed: bool,
+    /// The engine health the client was last told; `None` until the binding opens the connection for notices.
+    told: Option<Health>,
 }
 
 /// One connection's subscriptions and delivery state.
@@ -430,6 +437,33 @@ impl<O: Outlet> Feed<O> {
                 st.closed = true;
                 return;
             }
+        }
+    }
+
+    /// From now on the client hears of the engine's health (Socket.IO: once its CONNECT reply is queued, which
+    /// must be its first packet): told at once if the engine is unavailable. A client assumes it is ok.
+    pub fn open_status(&self) {
+        self.state.lock().told.get_or_insert(Health::Ok);
+        self.tell_status();
+    }
+
+    /// Tells the client the engine's health now if it differs from what it was last told (nothing before
+    /// [`Feed::open_status`]). Read under the feed's lock, so concurrent calls never send an older state last.
+    pub fn tell_status(&self) {
+        let mut st = self.state.lock();
+        if st.closed {
+            return;
+        }
+        let now = self.engine.health().borrow().clone();
+        match &st.told {
+            Some(told) if *told != now => {
+                if self.outlet.status(&now).is_err() {
+                    st.closed = true;
+                } else {
+                    st.told = Some(now);
+                }
+            }
+            _ => {}
         }
     }
 

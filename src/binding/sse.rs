@@ -3,7 +3,8 @@
 //! Every event's `id:` is a compound cursor — `<epoch>:<offset>` for each channel of the stream, in URL order —
 //! so the browser's automatic reconnection (`Last-Event-ID`) resumes every channel exactly. The stream opens
 //! with an `id:` alone, which sets the browser's last event id without dispatching anything, so even a stream
-//! that received no event yet resumes from where it started. Losses arrive in-band as `herald:gap` events.
+//! that received no event yet resumes from where it started. Losses arrive in-band as `herald:gap` events; an
+//! engine outage and its end as `herald:status` events, without an `id:` (they move no cursor).
 
 pub mod config;
 
@@ -25,9 +26,10 @@ use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::refusal::Refusal;
 use super::subscribe as path;
-use super::wire::{channel_from_path, envelope};
+use super::wire::{STATUS_EVENT, channel_from_path, envelope};
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
+use crate::core::engine::Health;
 use crate::core::event::{EncodingSlot, Event, SharedEvent, SlotError};
 use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
@@ -147,6 +149,10 @@ impl Live for Feed<SseOutlet> {
     fn close(&self) {
         self.outlet.outbox.close(Closed::Disconnected);
     }
+
+    fn tell_status(&self) {
+        Feed::tell_status(self);
+    }
 }
 
 impl Outlet for SseOutlet {
@@ -182,6 +188,13 @@ impl Outlet for SseOutlet {
         let data = crate::json::text(gap);
         self.outbox
             .push(Bytes::from(format!("event: herald:gap\ndata: {data}\n\n")))
+    }
+
+    fn status(&self, health: &Health) -> Result<(), Gone> {
+        let data = crate::json::text(health);
+        self.outbox.push(Bytes::from(format!(
+            "event: {STATUS_EVENT}\ndata: {data}\n\n"
+        )))
     }
 
     fn overflow(&self) {
@@ -375,6 +388,7 @@ async fn open(
         render_cursor(&feed.outlet.cursor.lock())
     );
     let _ = outbox.push(Bytes::from(start));
+    feed.open_status();
     // A failed replay ends the stream; the browser resumes on reconnecting.
     tokio::spawn(async move {
         let _ = subscribing.complete().await;

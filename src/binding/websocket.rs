@@ -30,12 +30,15 @@ use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::refusal::Refusal;
 use super::subscribe::{self as path, Subscribing};
-use super::wire::{channel_from_path, envelope, gap_message};
+use super::wire::{channel_from_path, envelope, gap_message, status_message};
 use crate::api::ApiError;
 use crate::auth::Identity;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
-use crate::core::event::{EncodingSlot, Event, SOURCE_STATUS_EVENT, SharedEvent, SlotError};
+use crate::core::engine::Health;
+use crate::core::event::{
+    EncodingSlot, Event, SOURCE_STATUS_EVENT, SharedEvent, SlotError, format_time,
+};
 use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
 use crate::registry::{Info, Live, Registry, Transport, new_id};
@@ -134,16 +137,19 @@ struct WsOutlet {
     view: parking_lot::Mutex<DataView>,
 }
 
-/// What a data-shape connection last sent, so a source status never reaches the frontend as data: an error goes
-/// out typed (`{"type":"error","code":"source_error",…}`, which a data-only frontend ignores like any error), and
-/// a recovery re-sends the last data if an error notice followed it (a changed result needs no re-send: it
-/// is published before the recovery, and is itself the news).
+/// What a data-shape connection last sent, so a source status or an engine outage never reaches the frontend as
+/// data: an error goes out typed (`{"type":"error","code":"source_error"|"engine_unavailable",…}`, which a
+/// data-only frontend ignores like any error), and a recovery re-sends the last data if an error notice followed
+/// it and nothing else is still failing (a changed result needs no re-send: it is published before the recovery,
+/// and is itself the news).
 #[derive(Default)]
 struct DataView {
     /// The last data message sent, uncompressed, if at most `RESEND_MAX_BYTES`.
     last: Option<Bytes>,
     /// A source error notice went out after `last`.
     failing: bool,
+    /// An engine outage notice went out after `last`.
+    engine_down: bool,
 }
 
 fn text_of(e: &Event, shape: PayloadShape) -> Bytes {
@@ -168,6 +174,7 @@ impl WsOutlet {
             *view = DataView {
                 last: (text.len() <= RESEND_MAX_BYTES).then(|| text.clone()),
                 failing: false,
+                engine_down: false,
             };
             view
         });
@@ -188,16 +195,8 @@ impl WsOutlet {
         let mut notice: serde_json::Map<String, Value> = serde_json::from_str(e.data.get()).ok()?;
         let mut view = self.view.lock();
         if notice.get("status")?.as_str()? == "ok" {
-            if !std::mem::take(&mut view.failing) {
-                return Some(Ok(()));
-            }
-            // Nothing kept (no data yet, or too large to keep): the recovery sends nothing.
-            return Some(match view.last.clone() {
-                Some(last) => self
-                    .outbox
-                    .push(self.message(last, |t| deflate::compress(t))),
-                None => Ok(()),
-            });
+            let was = std::mem::take(&mut view.failing);
+            return Some(self.recovered(&view, was));
         }
         view.failing = true;
         notice.insert("type".into(), Value::from("error"));
@@ -206,6 +205,21 @@ impl WsOutlet {
             self.outbox
                 .push(Message::plain(Value::Object(notice).to_string())),
         )
+    }
+
+    /// A recovery on a data-shape connection: re-sends the last data if an error notice of this cause (`was`)
+    /// followed it and no other cause is still failing. Nothing kept (no data yet, or too large to keep): the
+    /// recovery sends nothing.
+    fn recovered(&self, view: &DataView, was: bool) -> Result<(), Gone> {
+        if !was || view.failing || view.engine_down {
+            return Ok(());
+        }
+        match view.last.clone() {
+            Some(last) => self
+                .outbox
+                .push(self.message(last, |t| deflate::compress(t))),
+            None => Ok(()),
+        }
     }
 
     fn message(&self, text: Bytes, deflated: impl FnOnce(&Bytes) -> Bytes) -> Message {
@@ -231,6 +245,10 @@ impl Live for Feed<WsOutlet> {
     /// Closes with [`DISCONNECTED`] once what is queued went out.
     fn close(&self) {
         self.outlet.outbox.close(Closed::Disconnected);
+    }
+
+    fn tell_status(&self) {
+        Feed::tell_status(self);
     }
 }
 
@@ -260,6 +278,31 @@ impl Outlet for WsOutlet {
 
     fn gap(&self, gap: &Gap) -> Result<(), Gone> {
         self.outbox.push(Message::plain(gap_message(gap)))
+    }
+
+    /// `{"type":"status",…}`; on a data-shape connection an outage is an error and a recovery is told as for a
+    /// source (see [`DataView`]).
+    fn status(&self, health: &Health) -> Result<(), Gone> {
+        if self.shape == PayloadShape::Envelope {
+            return self.outbox.push(Message::plain(status_message(health)));
+        }
+        let mut view = self.view.lock();
+        match health {
+            Health::Ok => {
+                let was = std::mem::take(&mut view.engine_down);
+                self.recovered(&view, was)
+            }
+            Health::Unavailable { since } => {
+                view.engine_down = true;
+                let error = json!({
+                    "type": "error",
+                    "code": "engine_unavailable",
+                    "message": "the engine is unreachable: live events resume, caught up, when it is back",
+                    "since": format_time(*since),
+                });
+                self.outbox.push(Message::plain(error.to_string()))
+            }
+        }
     }
 
     fn overflow(&self) {
@@ -399,6 +442,8 @@ async fn upgrade(
         info.member.clone(),
     );
     let registration = b.registry.register(info, feed.clone());
+    // Queued now, sent first once the connection is up.
+    feed.open_status();
     // Names the connection in log lines.
     let who = match peer(&req) {
         Some(addr) => format!("websocket from {}", addr.ip()),
@@ -892,6 +937,37 @@ mod tests {
         fresh.live(&event(SOURCE_STATUS_EVENT, ERROR)).unwrap();
         fresh.live(&event(SOURCE_STATUS_EVENT, OK)).unwrap();
         assert_eq!(sent(&fresh).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_engine_outage_is_typed_and_never_data() {
+        let down = Health::Unavailable { since: 0 };
+        let e = outlet(PayloadShape::Envelope);
+        e.status(&down).unwrap();
+        e.status(&Health::Ok).unwrap();
+        let got = sent(&e).await;
+        assert_eq!(got[0]["type"], "status");
+        assert_eq!(got[0]["engine"], "unavailable");
+        assert_eq!(got[0]["since"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(got[1], json!({"type": "status", "engine": "ok"}));
+
+        // Data shape: an error, then the last data again on recovery.
+        let d = outlet(PayloadShape::Data);
+        d.live(&event("result", r#"{"models":[1]}"#)).unwrap();
+        d.status(&down).unwrap();
+        d.status(&Health::Ok).unwrap();
+        let got = sent(&d).await;
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[1]["type"], "error");
+        assert_eq!(got[1]["code"], "engine_unavailable");
+        assert_eq!(got[2], json!({"models": [1]}));
+        // A source still failing when the engine recovers: no data re-sent until the source recovers too.
+        d.live(&event(SOURCE_STATUS_EVENT, ERROR)).unwrap();
+        d.status(&down).unwrap();
+        d.status(&Health::Ok).unwrap();
+        assert_eq!(sent(&d).await.len(), 2);
+        d.live(&event(SOURCE_STATUS_EVENT, OK)).unwrap();
+        assert_eq!(sent(&d).await, vec![json!({"models": [1]})]);
     }
 
     #[tokio::test]

@@ -1,9 +1,10 @@
-//! JSON shapes shared by the plain WebSocket and SSE bindings (the event envelope and gap notices), and the
-//! mapping from URL paths to channel names.
+//! JSON shapes shared by the plain WebSocket and SSE bindings (the event envelope, gap and status notices), and
+//! the mapping from URL paths to channel names.
 
 use serde_json::{Value, json};
 
 use crate::core::channel::{ChannelName, ChannelNameError};
+use crate::core::engine::Health;
 use crate::core::event::Event;
 use crate::core::gap::Gap;
 
@@ -25,6 +26,19 @@ pub fn gap_message(gap: &Gap) -> String {
     let mut v = crate::json::value(gap);
     if let Value::Object(map) = &mut v {
         map.insert("type".into(), Value::String("gap".into()));
+    }
+    v.to_string()
+}
+
+/// Event name of engine status notices (Socket.IO and SSE): `{"engine":"unavailable","since":…}`, then
+/// `{"engine":"ok"}`.
+pub const STATUS_EVENT: &str = "herald:status";
+
+/// `{"type":"status","engine":…}`: an engine status notice on the plain WebSocket.
+pub fn status_message(health: &Health) -> String {
+    let mut v = crate::json::value(health);
+    if let Value::Object(map) = &mut v {
+        map.insert("type".into(), Value::String("status".into()));
     }
     v.to_string()
 }
@@ -54,6 +68,23 @@ fn percent_decode(segment: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_notices_have_one_shape() {
+        let down = Health::Unavailable {
+            since: 1_795_000_000_000,
+        };
+        assert_eq!(
+            crate::json::value(&down),
+            json!({"engine": "unavailable", "since": "2026-11-18T11:06:40.000Z"})
+        );
+        assert_eq!(crate::json::value(&Health::Ok), json!({"engine": "ok"}));
+        let v: Value = serde_json::from_str(&status_message(&down)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "status", "engine": "unavailable", "since": "2026-11-18T11:06:40.000Z"})
+        );
+    }
 
     #[test]
     fn paths_map_to_channels() {

@@ -1,6 +1,7 @@
 //! The feed's state machine against a fake outlet that records what it is sent, on the memory engine: live
 //! delivery from the registered position, replays page by page under backpressure, held live events, gap
-//! notices, state snapshots, overflow, a gone connection, unsubscribing and a failing engine.
+//! notices, state snapshots, overflow, a gone connection, unsubscribing, a failing engine and engine status
+//! notices.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -38,6 +39,7 @@ enum Call {
     Live(Ev),
     Replayed(Ev),
     Gap(Gap),
+    Status(Health),
     Overflow,
     Fail,
 }
@@ -153,6 +155,10 @@ impl Outlet for Fake {
         self.push(Call::Gap(gap.clone()))
     }
 
+    fn status(&self, health: &Health) -> Result<(), Gone> {
+        self.push(Call::Status(health.clone()))
+    }
+
     fn overflow(&self) {
         self.wire.send_modify(|w| {
             w.calls.push(Call::Overflow);
@@ -180,12 +186,14 @@ impl Outlet for Fake {
     }
 }
 
-/// The memory engine behind a probe that counts history reads and can be told to fail them (or subscriptions).
+/// The memory engine behind a probe that counts history reads and can be told to fail them (or subscriptions),
+/// and whose health the test sets.
 struct Probe {
     inner: Arc<dyn Engine>,
     ranges: AtomicUsize,
     fail_range: AtomicBool,
     fail_subscribe: AtomicBool,
+    health: watch::Sender<Health>,
 }
 
 fn unavailable() -> EngineError {
@@ -295,6 +303,10 @@ impl Engine for Probe {
     async fn shutdown(&self) {
         self.inner.shutdown().await;
     }
+
+    fn health(&self) -> watch::Receiver<Health> {
+        self.health.subscribe()
+    }
 }
 
 /// A memory engine keeping `max_events` per channel.
@@ -311,6 +323,7 @@ fn engine(max_events: u64) -> Arc<Probe> {
         ranges: AtomicUsize::new(0),
         fail_range: AtomicBool::new(false),
         fail_subscribe: AtomicBool::new(false),
+        health: watch::Sender::new(Health::Ok),
     })
 }
 
@@ -1163,4 +1176,37 @@ async fn a_failed_registration_leaves_nothing_registered_and_live_delivery_runni
     publish(&engine, "b", 1..=1).await;
     assert_eq!(feed.outlet.calls(), live("a", 1..=1));
     assert!(demand.try_recv().is_err(), "b never had a subscriber");
+}
+
+#[tokio::test]
+async fn status_notices_go_out_once_per_change_and_only_once_opened() {
+    let e = engine(100);
+    let f = feed(&e, ROOMY);
+    let down = Health::Unavailable { since: 7 };
+    e.health.send_replace(down.clone());
+    // Not opened yet (a Socket.IO connection before its CONNECT reply): nothing is sent.
+    f.tell_status();
+    assert_eq!(f.outlet.calls(), vec![]);
+    // Opening during an outage tells it at once; asking again without a change sends nothing more.
+    f.open_status();
+    f.tell_status();
+    assert_eq!(f.outlet.calls(), vec![Call::Status(down.clone())]);
+    e.health.send_replace(Health::Ok);
+    f.tell_status();
+    f.tell_status();
+    assert_eq!(
+        f.outlet.calls(),
+        vec![Call::Status(down), Call::Status(Health::Ok)]
+    );
+    // A connection opened while the engine is healthy is told nothing: a client assumes it is.
+    let g = feed(&e, ROOMY);
+    g.open_status();
+    assert_eq!(g.outlet.calls(), vec![]);
+    // A gone connection is not told.
+    e.health.send_replace(Health::Unavailable { since: 9 });
+    g.outlet.close();
+    g.tell_status();
+    assert_eq!(g.outlet.refused(), 1);
+    g.tell_status();
+    assert_eq!(g.outlet.refused(), 1, "a closed feed stops trying");
 }

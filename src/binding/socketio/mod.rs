@@ -22,10 +22,11 @@ use super::client_events::{Allowance, ClientEvents, Outcome};
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::refusal::Refusal;
 use super::subscribe::{self as path, Subscribing};
+use super::wire::STATUS_EVENT;
 use crate::auth::Identity;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
-use crate::core::engine::EngineError;
+use crate::core::engine::{EngineError, Health};
 use crate::core::event::{EncodingSlot, Event, SharedEvent, SlotError};
 use crate::core::gap::{Gap, GapReason};
 use crate::policy::rate::{MessageLimit, REPORT_INTERVAL, Slot};
@@ -111,6 +112,10 @@ impl Live for Feed<SocketOutlet> {
     fn close(&self) {
         self.outlet.0.close_transport("closed by an administrator");
     }
+
+    fn tell_status(&self) {
+        Feed::tell_status(self);
+    }
 }
 
 impl Outlet for SocketOutlet {
@@ -134,6 +139,14 @@ impl Outlet for SocketOutlet {
         let notice = crate::json::value(gap);
         self.0
             .emit(GAP_EVENT, Payload::new(vec![notice]))
+            .map_err(|_| Gone)
+    }
+
+    /// `herald:status` with `{"engine",…}` and no cursor argument (the client's recovery offset stays).
+    fn status(&self, health: &Health) -> Result<(), Gone> {
+        let notice = crate::json::value(health);
+        self.0
+            .emit(STATUS_EVENT, Payload::new(vec![notice]))
             .map_err(|_| Gone)
     }
 
@@ -424,13 +437,15 @@ impl ChannelsNamespace {
         Ok(subscribing)
     }
 
-    /// The CONNECT reply is queued: now the replays (and the unknown-session notice) follow it, on a task of their
-    /// own so the connection's later packets are read meanwhile.
+    /// The CONNECT reply is queued: now status notices may go out, and the replays (and the unknown-session
+    /// notice) follow it, on a task of their own so the connection's later packets are read meanwhile.
     fn connected(&self, socket: &Arc<Socket>) {
         let conn = self.conns.lock().get(&*socket.id()).cloned();
         let Some(conn) = conn.filter(|c| Arc::ptr_eq(&c.feed.outlet.0, socket)) else {
             return;
         };
+        // After the CONNECT reply, before the replays: a client connecting during an outage hears of it first.
+        conn.feed.open_status();
         let Some(Pending {
             subscribing,
             session_unknown,

@@ -18,6 +18,12 @@
 //! now (never durable); demand reports a channel's first subscriber arriving and its last leaving; a lease names work
 //! one node of a cluster does at a time ([`lease`]).
 //!
+//! An engine also reports its **health** ([`Engine::health`]): [`Health::Unavailable`] while this node cannot reach
+//! the storage behind it (publishes then fail with [`EngineError::Unavailable`] and live delivery waits), back to
+//! [`Health::Ok`] once it can and its subscribers have been caught up on what was committed meanwhile. Subscribers
+//! are not dropped for an outage: the bindings tell their clients of each change, and `/readyz` reports it. Local
+//! engines are always healthy.
+//!
 //! # Implementations
 //! [`sqlite`] (the default: a SQLite file, in-process fan-out), [`memory`] (nothing on disk) and [`redis`] (history,
 //! state and sessions in a Redis 7 / Valkey server, fan-out through its pub/sub). All use the in-process
@@ -36,7 +42,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 pub use lease::Lease;
 
@@ -78,6 +84,26 @@ impl EngineError {
     pub fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self::Unavailable(e.into())
     }
+}
+
+/// Whether this node reaches the storage behind its engine, as [`Engine::health`] reports it. Serialises as the
+/// status notice clients get: `{"engine":"ok"}` or `{"engine":"unavailable","since":"<RFC 3339>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "engine", rename_all = "snake_case")]
+pub enum Health {
+    /// Reachable: publishes commit and live events flow.
+    Ok,
+    /// Unreachable since `since` (ms since the UNIX epoch): publishes fail, live delivery resumes (caught up from
+    /// history) when it is back.
+    Unavailable {
+        /// When this node lost the storage.
+        #[serde(serialize_with = "serialize_since")]
+        since: i64,
+    },
+}
+
+fn serialize_since<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&super::event::format_time(*ms))
 }
 
 /// A channel's position and bounds, as committed.
@@ -506,9 +532,16 @@ pub trait Engine: Send + Sync + 'static {
     /// publish is acknowledged on its commit; its fan-out follows in commit order). For graceful shutdown and tests.
     async fn delivered(&self) -> Result<(), EngineError>;
 
-    /// Whether the storage behind the engine answers now (what `/readyz` reports); in-process engines always do.
+    /// Whether the storage behind the engine answers now (what `/readyz` asks besides [`Engine::health`]);
+    /// in-process engines always do.
     async fn ping(&self) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    /// The engine's health now and each change of it (one watch per engine, so a node's connections share it).
+    /// In-process engines are always [`Health::Ok`]: their receiver never changes.
+    fn health(&self) -> watch::Receiver<Health> {
+        watch::channel(Health::Ok).1
     }
 
     /// Lease `name` for this holder for `ttl` (renewed while the guard is kept, released when it is dropped),

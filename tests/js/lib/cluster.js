@@ -1,9 +1,9 @@
 // A Herald cluster for the JS suite: a throw-away `redis-server`, Herald nodes that share it (the Redis engine) and a
 // TCP balancer in front whose upstream the test switches. The server listens on a free loopback port with persistence
-// off, in a temp dir; everything is killed in t.after. Each test gives its nodes a key prefix of its own, so tests
-// never see each other's channels.
+// off (or an append-only file, for restarts that keep the data), in a temp dir; everything is killed in t.after.
+// Each test gives its nodes a key prefix of its own, so tests never see each other's channels.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,16 +39,23 @@ function pings(port) {
 
 /**
  * Start `redis-server` on a free loopback port. Returns {url, port, proc, stop(), start(), alive()}:
- * `stop()` kills it (SIGKILL) and waits for the exit; `start()` starts it again on the same port, empty.
+ * `stop()` kills it (SIGKILL) and waits for the exit; `start()` starts it again on the same port — empty, or with
+ * `aof: true` (`appendonly yes`, `appendfsync always`: every acknowledged write is on disk) with what its
+ * append-only file holds, unless `start({ fresh: true })` deletes that first (a Redis that lost its data).
  */
-export async function startRedis(t) {
+export async function startRedis(t, { aof = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), `herald-redis-${process.pid}-`));
   const port = await freePort();
   const r = { port, url: `redis://127.0.0.1:${port}`, proc: null, stderrText: '' };
+  const persistence = aof ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no'];
 
-  r.start = async () => {
+  r.start = async ({ fresh = false } = {}) => {
+    if (fresh) {
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir);
+    }
     const proc = spawn('redis-server',
-      ['--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir],
+      ['--bind', '127.0.0.1', '--port', String(port), '--save', '', ...persistence, '--dir', dir],
       { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
     r.proc = proc;
     proc.stderr.setEncoding('utf8');

@@ -144,6 +144,11 @@ impl Fanout {
         bounded(sink.subscribe(&topics)).await
     }
 
+    /// Whether the connection is up and caught up, now and at each change (what the engine's health follows).
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.up.subscribe()
+    }
+
     /// How many times the connection has dropped so far: a subscription that saw it change between its
     /// [`Fanout::listen`] and its [`Fanout::started`] may have missed events nothing will catch up.
     pub fn drops(&self) -> u64 {

@@ -72,6 +72,11 @@
 //! channel up from history before live delivery resumes, exactly once; where history no longer covers the
 //! outage (trimmed, or Redis lost its data), the subscribers are told to resume by their cursors, which report
 //! the gap ([`fanout`] explains both). Otherwise connected clients stay connected throughout.
+//!
+//! The engine's [`Engine::health`] follows the pub/sub connection: unavailable from the moment it drops (a
+//! server that went away closes both connections; the command connection fails on its next command), ok again
+//! once it is back, has caught its subscribers up and the command connection answers a `PING`. `/readyz` also
+//! `PING`s over the command connection.
 
 mod directory;
 mod fanout;
@@ -88,14 +93,14 @@ use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, RedisError};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    ChannelInfo, Demand, Engine, EngineError, Lane, Position, PresenceGuard, ReadLimit, Subscriber,
-    SubscriberId, Subscription,
+    ChannelInfo, Demand, Engine, EngineError, Health, Lane, Position, PresenceGuard, ReadLimit,
+    Subscriber, SubscriberId, Subscription,
 };
 use crate::core::channel::{ChannelName, Pattern};
-use crate::core::event::{Event, NewEvent, PublishResult, SharedEvent};
+use crate::core::event::{Event, NewEvent, PublishResult, SharedEvent, now_ms};
 use crate::core::hub::Hub;
 use crate::core::presence::{Member, Presence, PresenceEvent};
 use crate::core::retention::Retention;
@@ -152,6 +157,8 @@ pub struct RedisEngine {
     closed: AtomicBool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     leases: lease::Leases,
+    /// Follows the pub/sub connection ([`follow_health`]).
+    health: watch::Receiver<Health>,
 }
 
 /// Maps a client error: a server that cannot be reached (or is loading, read-only, out of memory) is
@@ -190,6 +197,12 @@ impl RedisEngine {
             &keys,
             hub.clone(),
         );
+        let (health_tx, health) = watch::channel(Health::Ok);
+        tasks.push(tokio::spawn(follow_health(
+            fanout.connected(),
+            con.clone(),
+            health_tx,
+        )));
         let (sessions, ops) = mpsc::unbounded_channel();
         tasks.push(tokio::spawn(write_sessions(
             con.clone(),
@@ -213,6 +226,7 @@ impl RedisEngine {
             closed: AtomicBool::new(false),
             tasks: Mutex::new(tasks),
             leases,
+            health,
         }))
     }
 
@@ -409,6 +423,44 @@ async fn write_sessions(
         };
         if let Err(e) = done {
             tracing::warn!(error = %e, "redis session write failed");
+        }
+    }
+}
+
+/// Keeps the engine's health in step with the pub/sub connection: down, live delivery has stopped; up again, it
+/// has reconnected and caught its subscribers up — and the command connection answers a `PING` (it reconnects on
+/// its first command after an outage: that one is this `PING`, not a client's publish or subscription). Repeats of
+/// a state are not changes.
+async fn follow_health(
+    mut up: watch::Receiver<bool>,
+    mut con: ConnectionManager,
+    health: watch::Sender<Health>,
+) {
+    loop {
+        let connected = *up.borrow_and_update();
+        if connected && let Err(e) = redis::cmd("PING").query_async::<()>(&mut con).await {
+            tracing::debug!(error = %e, "redis command connection not back yet");
+            tokio::select! {
+                () = tokio::time::sleep(fanout::RETRY_FIRST) => continue,
+                changed = up.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => return,
+                },
+            }
+        }
+        health.send_if_modified(|h| match (connected, &*h) {
+            (true, Health::Unavailable { .. }) => {
+                *h = Health::Ok;
+                true
+            }
+            (false, Health::Ok) => {
+                *h = Health::Unavailable { since: now_ms() };
+                true
+            }
+            _ => false,
+        });
+        if up.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -700,6 +752,10 @@ impl Engine for RedisEngine {
             .query_async::<()>(&mut self.open_con()?)
             .await
             .map_err(map_err)
+    }
+
+    fn health(&self) -> watch::Receiver<Health> {
+        self.health.clone()
     }
 
     async fn shutdown(&self) {
