@@ -30,8 +30,8 @@ use tokio::sync::watch;
 use crate::auth::Identity;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
-use crate::core::engine::PresenceGuard;
 use crate::core::engine::Health;
+use crate::core::engine::PresenceGuard;
 use crate::core::event::now_ms;
 use crate::core::presence::Member;
 

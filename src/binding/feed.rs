@@ -224,9 +224,16 @@ impl<O: Outlet> Feed<O> {
                     .unwrap_or(position.last_offset)
                     .min(position.last_offset);
                 let mut gap = want.gap;
-                // An empty epoch is what a channel without events reports: any later epoch continues it.
+                // An empty epoch is what a channel without events reports: any later epoch continues it. A client
+                // that saw events of a channel which now has none (the engine lost it: Redis or memory restarted
+                // empty) must not take the next offsets for ones it has: that is a new epoch too.
                 let stale = want.epoch.as_deref().is_some_and(|e| {
-                    !e.is_empty() && !position.epoch.is_empty() && *e != *position.epoch
+                    !e.is_empty()
+                        && if position.epoch.is_empty() {
+                            want.after.is_some_and(|a| a > 0)
+                        } else {
+                            *e != *position.epoch
+                        }
                 });
                 if stale && gap.is_none() {
                     gap = Some(Gap {

@@ -664,22 +664,34 @@ async fn another_epoch_gets_a_gap_notice_then_all_history() {
 }
 
 #[tokio::test]
-async fn an_empty_epoch_on_either_side_continues_the_channel() {
+async fn an_empty_epoch_continues_the_channel_unless_the_client_had_events_it_lost() {
     let engine = engine(1000);
     publish(&engine, "a", 1..=4).await;
-    let feed = feed(&engine, ROOMY);
-    // The client saw the channel before it had events; and a channel that has none yet.
-    let regs = feed
+    let first = feed(&engine, ROOMY);
+    // The client saw the channel before it had events; a channel that has none yet, from nothing.
+    let regs = first
         .begin(vec![
             want("a", Some(2), Some("")),
-            want("b", Some(2), Some("e1")),
+            want("b", Some(0), Some("e1")),
         ])
         .await
         .unwrap();
     assert!(regs.iter().all(|r| r.gap.is_none()));
     assert_eq!((regs[0].after, regs[1].after), (2, 0));
-    feed.complete(&regs).await.unwrap();
-    assert_eq!(feed.outlet.calls(), replayed("a", 3..=4));
+    first.complete(&regs).await.unwrap();
+    assert_eq!(first.outlet.calls(), replayed("a", 3..=4));
+    // A client that had offset 2 of a channel that now has no events (the engine lost it) is told: the next
+    // events will reuse offsets 1 and 2.
+    let lost = feed(&engine, ROOMY);
+    let regs = lost
+        .begin(vec![want("c", Some(2), Some("e1"))])
+        .await
+        .unwrap();
+    assert_eq!(
+        regs[0].gap.as_ref().map(|g| g.reason.clone()),
+        Some(GapReason::EpochChanged)
+    );
+    assert_eq!(regs[0].after, 0);
 }
 
 #[tokio::test]
