@@ -6,8 +6,7 @@
 //! hyper-util's pooled client underneath): it streams both bodies frame by frame (nothing is buffered, a 10 MB
 //! upload holds a few frames of memory), strips the hop-by-hop headers of RFC 9110 §7.6.1 (those a `Connection`
 //! header names too) both ways, appends `X-Forwarded-For` and an RFC 7239 `Forwarded` element, sets
-//! `X-Forwarded-Host`/`-Proto`, bounds the wait for response headers, and tunnels WebSocket upgrades holding a
-//! guard for the tunnel's life. It was chosen over `hyper-reverse-proxy` (hyper 0.14) and over hand-written
+//! `X-Forwarded-Host`/`-Proto`, and tunnels WebSocket upgrades holding a guard for the tunnel's life. It was chosen over `hyper-reverse-proxy` (hyper 0.14) and over hand-written
 //! forwarding on the hyper-util client (the header rules are where hand-written proxies go wrong). Built without
 //! its default features: the client here is Herald's own, rustls on `ring` with the platform verifier (no
 //! aws-lc, no webpki-roots), with the configured connect timeout.
@@ -15,12 +14,14 @@
 //! What this module adds around it: the section and its checks (segment-boundary prefixes that shadow none of
 //! Herald's routes, refused at start-up), a bound on requests in flight per prefix (`503 proxy_limit`), JSON
 //! errors with codes instead of the crate's plain-text ones (`502 upstream_unavailable`, `504 upstream_timeout`),
-//! an idle timeout on the response body, forwarding headers from untrusted clients dropped before the crate
+//! a deadline for the answer that starts once the upload is sent (the crate's would count the upload), idle
+//! timeouts on both bodies, forwarding headers from untrusted clients dropped before the crate
 //! appends Herald's own, and aggregated logs of failures (the crate's own per-request error lines are switched
 //! off in `main.rs`'s default filter). Herald's origin policy applies to proxied routes: see [`Origins`].
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,13 +33,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum_reverse_proxy::{ProxyError, ProxyPolicy, ReverseProxy, TunnelGuard};
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::api::ApiError;
 use crate::api::paths;
@@ -74,11 +75,12 @@ pub struct ProxyConfig {
     /// Longest wait for the TCP (and TLS) connection to the upstream; failing it is `502 upstream_unavailable`.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Longest wait from forwarding a request (its body upload included) to the upstream's response headers;
+    /// Longest wait for the upstream's response headers once the whole request (its body included) was sent;
     /// past it the client gets `504 upstream_timeout`.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// Longest silence while the upstream streams a response body; past it the response is cut off.
+    /// Longest silence of a body: an upload standing still (`504 upstream_timeout`), or a response body the
+    /// upstream stopped streaming (cut off).
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Most requests forwarded under this prefix at once (until their response body ends, or their WebSocket
@@ -205,14 +207,14 @@ pub fn router(
         // The crate strips `path` off the request and appends the rest to the target: the target ends with
         // `path` so the upstream sees the request's own path.
         let target = format!("{}{}", p.upstream.trim_end_matches('/'), p.path);
-        let forwarding = ProxyPolicy::new()
-            .with_upstream_timeout(p.timeout)
-            .with_public_scheme(if tls { "https" } else { "http" });
+        // No upstream timeout of the crate's: it would count the upload too (see `Progress`).
+        let forwarding = ProxyPolicy::new().with_public_scheme(if tls { "https" } else { "http" });
         let upstream = Arc::new(Upstream {
             path: p.path.clone(),
             proxy: ReverseProxy::new_with_client(p.path.as_str(), target, client)
                 .with_policy(forwarding),
             permits: Arc::new(Semaphore::new(p.max_in_flight)),
+            timeout: p.timeout,
             idle_timeout: p.idle_timeout,
             trust_forwarded: p.trust_forwarded,
             policy: policy.clone(),
@@ -235,6 +237,7 @@ struct Upstream {
     path: String,
     proxy: ReverseProxy<HttpsConnector<HttpConnector>>,
     permits: Arc<Semaphore>,
+    timeout: Duration,
     idle_timeout: Duration,
     trust_forwarded: bool,
     policy: Arc<Policy>,
@@ -271,18 +274,21 @@ async fn forward(State(up): State<Arc<Upstream>>, mut req: Request) -> Response 
         }
     }
     req.extensions_mut().insert(TunnelGuard::new(permit));
-    let Ok(response) = up.proxy.proxy_request(req).await;
+    let progress = Arc::new(Progress::new());
+    let req = req.map(|body| Body::new(Uploading::new(body, progress.clone())));
+    // Dropping the forward on a timeout cancels the upstream request and frees the permit.
+    let response = tokio::select! {
+        forwarded = up.proxy.proxy_request(req) => match forwarded {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        () = progress.overdue(up.timeout, up.idle_timeout) => return late(&up),
+    };
     if let Some(failure) = response.extensions().get::<ProxyError>() {
         tracing::debug!(path = %up.path, error = failure.message(), "proxied request failed");
         return if response.status() == StatusCode::GATEWAY_TIMEOUT {
-            up.policy
-                .refusals
-                .record("proxy: upstream did not answer within timeout", None);
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                format!("the upstream of {} did not answer in time", up.path),
-            )
+            // The crate's own deadline: a WebSocket handshake the upstream did not complete.
+            late(&up)
         } else {
             up.policy
                 .refusals
@@ -292,11 +298,124 @@ async fn forward(State(up): State<Arc<Upstream>>, mut req: Request) -> Response 
                 "upstream_unavailable",
                 format!("the upstream of {} cannot be reached", up.path),
             )
-        }
-        .into_response();
+            .into_response()
+        };
     }
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, Body::new(IdleTimeout::new(body, up.idle_timeout)))
+}
+
+/// `504 upstream_timeout`, counted in the aggregated log.
+fn late(up: &Upstream) -> Response {
+    up.policy
+        .refusals
+        .record("proxy: upstream did not answer within timeout", None);
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream_timeout",
+        format!("the upstream of {} did not answer in time", up.path),
+    )
+    .into_response()
+}
+
+/// How far a request body has gone to the upstream. `timeout` counts from the moment all of it was sent — a
+/// 1 GB upload over a slow link is not late for taking long — and while it is being sent, `idle_timeout` bounds
+/// how long it may stand still (a stalled client, or an upstream that stopped reading).
+struct Progress {
+    start: tokio::time::Instant,
+    /// When a frame last went through, in ms after `start`.
+    moved_ms: AtomicU64,
+    sent: AtomicBool,
+    finished: Notify,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            moved_ms: AtomicU64::new(0),
+            sent: AtomicBool::new(false),
+            finished: Notify::new(),
+        }
+    }
+
+    fn moved(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.moved_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn finish(&self) {
+        if !self.sent.swap(true, Ordering::AcqRel) {
+            // Stored as a permit if the waiter is not waiting yet.
+            self.finished.notify_one();
+        }
+    }
+
+    /// Resolves once the upstream is late: `timeout` after the body was all sent, or `idle` without it moving.
+    async fn overdue(&self, timeout: Duration, idle: Duration) {
+        loop {
+            if self.sent.load(Ordering::Acquire) {
+                tokio::time::sleep(timeout).await;
+                return;
+            }
+            let idle_at =
+                self.start + Duration::from_millis(self.moved_ms.load(Ordering::Relaxed)) + idle;
+            if tokio::time::Instant::now() >= idle_at {
+                return;
+            }
+            tokio::select! {
+                () = self.finished.notified() => {}
+                () = tokio::time::sleep_until(idle_at) => {}
+            }
+        }
+    }
+}
+
+/// A request body on its way to the upstream, reporting its [`Progress`].
+struct Uploading {
+    inner: Body,
+    progress: Arc<Progress>,
+}
+
+impl Uploading {
+    fn new(inner: Body, progress: Arc<Progress>) -> Self {
+        if inner.is_end_stream() {
+            progress.finish();
+        }
+        Self { inner, progress }
+    }
+}
+
+impl http_body::Body for Uploading {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => {
+                this.progress.moved();
+                if this.inner.is_end_stream() {
+                    this.progress.finish();
+                }
+            }
+            Poll::Ready(None) => this.progress.finish(),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A response body cut off (with an error, so the client sees it incomplete) after `idle` without a frame.

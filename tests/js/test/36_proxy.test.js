@@ -37,7 +37,11 @@ async function startBackend(t) {
     for await (const c of req) chunks.push(c);
     return Buffer.concat(chunks).toString('utf8');
   };
-  const server = http.createServer(async (req, res) => {
+  const server = http.createServer((req, res) => route(req, res).catch((e) => {
+    // Herald cancelling a request it gave up on (a timeout) aborts its body here: that is expected.
+    if (e.code !== 'ECONNRESET') throw e;
+  }));
+  const route = async (req, res) => {
     const url = new URL(req.url, 'http://backend');
     const entry = { method: req.method, url: req.url, headers: req.headers, body: null };
     seen.push(entry);
@@ -68,7 +72,7 @@ async function startBackend(t) {
       res.writeHead(204);
       return res.end();
     }
-    if (url.pathname === '/lab/upload') {
+    if (url.pathname === '/files/upload' || url.pathname === '/lab/upload') {
       // Counts the bytes as they stream in; the first chunk is announced so the client can send the rest.
       let bytes = 0;
       for await (const c of req) {
@@ -77,7 +81,7 @@ async function startBackend(t) {
       }
       return json(res, 200, { bytes });
     }
-    if (url.pathname === '/lab/stream') {
+    if (url.pathname === '/files/stream') {
       res.writeHead(200, { 'content-type': 'text/plain' });
       res.write('first chunk\n');
       await once(events, 'finish-stream');
@@ -93,7 +97,7 @@ async function startBackend(t) {
       return events.emit('held', held.length);
     }
     json(res, 404, { error: 'no such backend route' });
-  });
+  };
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   t.after(() => { server.closeAllConnections(); server.close(); });
@@ -125,6 +129,9 @@ allowed_origins = ["${FRONTEND_ORIGIN}"]
 server_side_channels = ["books"]
 [[proxy]]
 path = "/books"
+upstream = "${backend.url}"
+[[proxy]]
+path = "/files"
 upstream = "${backend.url}"
 [[proxy]]
 path = "/lab"
@@ -301,7 +308,7 @@ test('bodies stream: an upload reaches the backend while it is still being sent,
   const SIZE = 64 << 20;
   const CHUNK = Buffer.alloc(1 << 20, 'x');
   const answered = new Promise((resolve, reject) => {
-    const req = http.request(new URL('/lab/upload', h.url), {
+    const req = http.request(new URL('/files/upload', h.url), {
       method: 'POST', headers: { 'content-type': 'application/octet-stream', 'content-length': SIZE },
     }, (res) => text(res).then((body) => resolve({ status: res.statusCode, body }), reject));
     req.on('error', reject);
@@ -321,7 +328,7 @@ test('bodies stream: an upload reaches the backend while it is still being sent,
   const grown = peak() - before;
   assert.ok(grown < SIZE / 4, `Herald's peak RSS grew by ${grown} bytes for a ${SIZE}-byte upload`);
 
-  const res = await raw(h.url, '/lab/stream');
+  const res = await raw(h.url, '/files/stream');
   assert.equal(res.statusCode, 200);
   res.setEncoding('utf8');
   const [first] = await withTimeout(once(res, 'data'), 5000, 'the first chunk while the backend still holds the rest');
@@ -331,7 +338,7 @@ test('bodies stream: an upload reaches the backend while it is still being sent,
   assert.equal(await rest, 'last chunk\n');
 });
 
-test('upstream down → 502 upstream_unavailable; no answer → 504 upstream_timeout within the timeout; a stalled body is cut off after idle_timeout', async (t) => {
+test('upstream down → 502 upstream_unavailable; no answer → 504 upstream_timeout within the timeout, counted from the end of the upload; a stalled body is cut off after idle_timeout', async (t) => {
   const { h } = await start(t);
   const down = await request(h.url, '/gone/anything', { method: 'POST', body: { a: 1 } });
   assertApiError(down, 502, 'upstream_unavailable');
@@ -343,6 +350,38 @@ test('upstream down → 502 upstream_unavailable; no answer → 504 upstream_tim
   const took = Date.now() - t0;
   assertApiError(slow, 504, 'upstream_timeout');
   assert.ok(took >= 900 && took < 5000, `504 after ${took} ms for a 1s timeout`);
+
+  // `timeout` counts once the request is sent: an upload taking longer, never still for idle_timeout, is answered.
+  const slowUpload = new Promise((resolve, reject) => {
+    const req = http.request(new URL('/lab/upload', h.url), { method: 'POST', headers: { 'content-length': 3 } },
+      (res) => text(res).then((body) => resolve({ status: res.statusCode, body }), reject));
+    req.on('error', reject);
+    (async () => {
+      for (const part of ['a', 'b', 'c']) {
+        req.write(part);
+        await new Promise((r) => setTimeout(r, 600)); // the client's own pace: 1.8 s in all, 0.6 s gaps
+      }
+      req.end();
+    })();
+  });
+  const uploaded = await slowUpload;
+  assert.equal(uploaded.status, 200, uploaded.body);
+  assert.deepEqual(JSON.parse(uploaded.body), { bytes: 3 });
+  // An upload that stops moving is over after idle_timeout.
+  const halted = await new Promise((resolve, reject) => {
+    const req = http.request(new URL('/lab/upload', h.url), { method: 'POST', headers: { 'content-length': 100 } },
+      (res) => {
+        let body = '';
+        res.on('data', (d) => { body += d; });
+        // Herald closes the connection after answering (the upload never ended): the answer is what counts.
+        res.on('end', () => resolve({ status: res.statusCode, body }));
+        res.on('error', () => {});
+      });
+    req.on('error', (e) => { if (e.code !== 'ECONNRESET') reject(e); });
+    req.write('only the first bytes');
+  });
+  assert.equal(halted.status, 504);
+  assert.equal(JSON.parse(halted.body).error.code, 'upstream_timeout');
 
   const stalled = await raw(h.url, '/lab/stall');
   assert.equal(stalled.statusCode, 200);
