@@ -14,6 +14,9 @@
 //! It is also how a node-wide notice reaches every connection: [`Registry::relay_health`] watches the engine's
 //! health (one watch for the node) and, at each change, asks every connection to tell its client.
 //!
+//! Registering and dropping a registration log `connection opened` / `connection closed` at `debug` (id, transport,
+//! address, user): the one place every transport's connections pass.
+//!
 //! Entries are ordered by id, so paging with `after` stays exact while connections come and go: a connection open
 //! through the whole walk is listed exactly once.
 
