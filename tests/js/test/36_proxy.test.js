@@ -4,14 +4,16 @@
 // Also: streaming both ways (the upstream sees an upload's first bytes before the client sent the rest, Herald's
 // peak RSS does not grow by the upload's size; a chunked answer's first chunk arrives before the upstream
 // finishes), forwarding headers and hop-by-hop stripping, the origin policy on proxied routes, `502
-// upstream_unavailable`, `504 upstream_timeout` within the timeout, `503 proxy_limit`, and start-up refusals.
+// upstream_unavailable`, `504 upstream_timeout` within the timeout, `503 proxy_limit`, WebSocket tunnels, and
+// start-up refusals.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { EventEmitter, once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { io } from 'socket.io-client';
-import { startHerald, request, waitFor, withTimeout, assertApiError } from '../lib/herald.js';
+import WebSocket, { WebSocketServer } from 'ws';
+import { startHerald, request, waitFor, withTimeout, assertApiError, pause } from '../lib/herald.js';
 
 /** The backend: seed 001's book routes plus test routes under /lab and /held; every request is recorded. */
 async function startBackend(t) {
@@ -98,9 +100,14 @@ async function startBackend(t) {
     }
     json(res, 404, { error: 'no such backend route' });
   };
+  // A WebSocket endpoint of the backend's: echoes each message with the path and forwarding header it saw.
+  const wss = new WebSocketServer({ noServer: true });
+  server.on('upgrade', (req, socket, head) => wss.handleUpgrade(req, socket, head, (ws) => {
+    ws.on('message', (m) => ws.send(JSON.stringify({ echo: m.toString(), path: req.url, xff: req.headers['x-forwarded-for'] })));
+  }));
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
-  t.after(() => { server.closeAllConnections(); server.close(); });
+  t.after(() => { wss.clients.forEach((c) => c.terminate()); server.closeAllConnections(); server.close(); });
   return {
     url: `http://127.0.0.1:${server.address().port}`,
     events, seen, held,
@@ -410,6 +417,38 @@ test('requests in flight are bounded per prefix: over max_in_flight → 503 prox
   await withTimeout(once(backend.events, 'held'), 5000, 'a new request admitted');
   backend.held.splice(0).forEach((release) => release());
   assert.equal((await again).status, 200);
+});
+
+test('a WebSocket upgrade under a prefix is tunnelled to the backend, and holds an in-flight permit while open', async (t) => {
+  const { h, backend } = await start(t);
+  const base = h.url.replace(/^http/, 'ws');
+  const open = async (path) => {
+    const ws = new WebSocket(base + path);
+    t.after(() => ws.terminate());
+    await withTimeout(once(ws, 'open'), 5000, `open ${path}`);
+    return ws;
+  };
+  const ws = await open('/files/socket?room=1');
+  ws.send('hello');
+  const [reply] = await withTimeout(once(ws, 'message'), 5000, 'the echo');
+  assert.deepEqual(JSON.parse(reply.toString()), { echo: 'hello', path: '/files/socket?room=1', xff: '127.0.0.1' });
+  // /held allows 2 at once: two open tunnels take both, a third request is refused until one closes.
+  const a = await open('/held/socket');
+  await open('/held/socket');
+  assertApiError(await request(h.url, '/held/x'), 503, 'proxy_limit');
+  a.close();
+  await once(a, 'close');
+  // The permit returns once both sides of the tunnel have closed: retry (with a backoff) until a request is let in.
+  const reached = once(backend.events, 'held');
+  let admitted = false;
+  for (const deadline = Date.now() + 5000; !admitted && Date.now() < deadline;) {
+    const r = request(h.url, '/held/after-close');
+    const first = await Promise.race([reached.then(() => 'admitted'), r.then((x) => x.status)]);
+    if (first === 'admitted') admitted = true;
+    else { assert.equal(first, 503); await pause(50); }
+  }
+  assert.ok(admitted, 'the closed tunnel gave its permit back');
+  backend.held.splice(0).forEach((release) => release());
 });
 
 test('a proxy path that would shadow Herald\'s own routes, or another proxy, refuses to start', async (t) => {
