@@ -6,10 +6,11 @@
 //! hyper-util's pooled client underneath): it streams both bodies frame by frame (nothing is buffered, a 10 MB
 //! upload holds a few frames of memory), strips the hop-by-hop headers of RFC 9110 §7.6.1 (those a `Connection`
 //! header names too) both ways, appends `X-Forwarded-For` and an RFC 7239 `Forwarded` element, sets
-//! `X-Forwarded-Host`/`-Proto`, and tunnels WebSocket upgrades holding a guard for the tunnel's life. It was chosen over `hyper-reverse-proxy` (hyper 0.14) and over hand-written
-//! forwarding on the hyper-util client (the header rules are where hand-written proxies go wrong). Built without
-//! its default features: the client here is Herald's own, rustls on `ring` with the platform verifier (no
-//! aws-lc, no webpki-roots), with the configured connect timeout.
+//! `X-Forwarded-Host`/`-Proto`, and tunnels WebSocket upgrades holding a guard for the tunnel's life. It was
+//! chosen over `hyper-reverse-proxy` (still on hyper 0.14) and over hand-written forwarding on the hyper-util
+//! client (the header rules are where hand-written proxies go wrong). Built without its default features: the
+//! client here is Herald's own, rustls on `ring` with the platform verifier (no aws-lc, no webpki-roots), with
+//! the configured connect timeout.
 //!
 //! What this module adds around it: the section and its checks (segment-boundary prefixes that shadow none of
 //! Herald's routes, refused at start-up), a bound on requests in flight per prefix (`503 proxy_limit`), JSON
@@ -173,7 +174,7 @@ fn check_upstream(upstream: &str) -> Result<(), String> {
 
 /// The proxy routes could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set up the proxy's TLS client: {0}")]
+#[error("cannot set up [[proxy]]: {0}")]
 pub struct ProxySetupError(String);
 
 /// The routes of every `[[proxy]]` entry, behind Herald's origin policy for any method (see
@@ -207,6 +208,16 @@ pub fn router(
         // The crate strips `path` off the request and appends the rest to the target: the target ends with
         // `path` so the upstream sees the request's own path.
         let target = format!("{}{}", p.upstream.trim_end_matches('/'), p.path);
+        // Checked by `validate`; checked again because the crate panics on a target without a host.
+        if target
+            .parse::<http::Uri>()
+            .map_or(true, |u| u.authority().is_none())
+        {
+            return Err(ProxySetupError(format!(
+                "unusable upstream {:?}",
+                p.upstream
+            )));
+        }
         // No upstream timeout of the crate's: it would count the upload too (see `Progress`).
         let forwarding = ProxyPolicy::new().with_public_scheme(if tls { "https" } else { "http" });
         let upstream = Arc::new(Upstream {
