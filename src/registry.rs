@@ -33,8 +33,8 @@ use tokio::sync::watch;
 use crate::auth::Identity;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
-use crate::core::engine::PresenceGuard;
 use crate::core::engine::Health;
+use crate::core::engine::PresenceGuard;
 use crate::core::event::now_ms;
 use crate::core::presence::Member;
 
@@ -381,7 +381,10 @@ impl Drop for Registration {
         let id = self.info.id();
         let mut t = self.table.lock();
         // A later registration under this id stays.
-        if t.entries.get(&**id).is_some_and(|e| e.serial == self.serial) {
+        if t.entries
+            .get(&**id)
+            .is_some_and(|e| e.serial == self.serial)
+        {
             let gone = t.entries.remove(&**id);
             if t.entries.is_empty() {
                 self.emptied.notify_waiters();
