@@ -4,7 +4,8 @@
 //! `api_keys` in [`crate::api`], `[tls]` in [`crate::tls`], `[limits]` in [`crate::policy`], `[engine]` in
 //! [`crate::core::engine`], `[history]` in [`crate::core::retention`], `[[state]]` in [`crate::core::state`],
 //! `[socketio]`, `[websocket]` and `[sse]` in their bindings, `[auth]` in [`crate::auth`], `[sources]` in
-//! [`crate::source`], `[monitor]` in [`crate::source::monitor`] and `[cluster]` in [`crate::cluster`]. The
+//! [`crate::source`], `[monitor]` in [`crate::source::monitor`], `[cluster]` in [`crate::cluster`] and
+//! `[[proxy]]` in [`crate::proxy`]. The
 //! imports run one way: this module names those
 //! sections and calls their `validate`, and none of them imports this module back (they share only the leaf
 //! [`InvalidConfig`]). What is left here is reading the file, applying the overrides, and the checks that span
@@ -97,6 +98,8 @@ pub struct Config {
     pub presence: crate::source::presence::PresenceConfig,
     /// Several nodes on one engine (`[cluster]`).
     pub cluster: crate::cluster::ClusterConfig,
+    /// Path prefixes forwarded to an upstream HTTP server (`[[proxy]]`); see `docs/proxy.md`.
+    pub proxy: Vec<crate::proxy::ProxyConfig>,
 }
 
 impl Default for Config {
@@ -122,6 +125,7 @@ impl Default for Config {
             monitor: crate::source::monitor::MonitorConfig::default(),
             presence: crate::source::presence::PresenceConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
+            proxy: Vec::new(),
         }
     }
 }
@@ -183,7 +187,7 @@ impl Config {
     }
 
     /// Checks every section, then what spans sections: a client event's action must be one something serves,
-    /// a SQL source's `history_path` must not take the Socket.IO path, no configured event name may take Herald's
+    /// a SQL source's `history_path` must not take the Socket.IO path nor lie under a `[[proxy]]` path, no configured event name may take Herald's
     /// reserved prefix (state, sources and the monitor name events), and the durations every section shares a
     /// rule for (ages under a century, positive pings) — one rule, one message, so it stays here.
     fn validate(&self) -> Result<(), InvalidConfig> {
@@ -199,6 +203,23 @@ impl Config {
         self.auth.validate()?;
         self.sources.validate(&self.socketio.path)?;
         self.presence.validate()?;
+        crate::proxy::validate(&self.proxy, &self.socketio.path)?;
+        // A SQL source's history route under a proxy prefix would be shadowed by it (or shadow it).
+        for s in &self.sources.sql {
+            let Some(path) = s.history_path.as_deref() else {
+                continue;
+            };
+            if let Some(p) = self
+                .proxy
+                .iter()
+                .find(|p| crate::api::paths::is_under(path, &p.path))
+            {
+                return Err(InvalidConfig(format!(
+                    "sources.sql (id {:?}) field `history_path`: {path:?} lies under the proxy at {:?}",
+                    s.id, p.path
+                )));
+            }
+        }
         // Herald's own notices (`herald:gap`, `herald:disconnect`) must stay recognisable: no configured
         // producer may use their prefix either (the HTTP API refuses it at publish).
         let m = &self.monitor.events;

@@ -9,6 +9,7 @@
 //! - [`api`]: the HTTP surface (JSON errors, key check, `Mounts`) and the engine's own routes.
 //! - [`binding`]: channels over each transport, through one subscribe path and one refusal type.
 //! - [`source`]: built-in producers (service monitor, live SQL) behind the `Source` trait.
+//! - [`proxy`]: `[[proxy]]` path prefixes forwarded to the user's backend (same origin as the socket).
 //! - [`cluster`]: several nodes without sticky sessions (`[cluster]`, the Engine.IO session directory).
 //! - [`config`], [`tls`], [`accept`], [`server`]: composing the sections, TLS, the accept loop, the wiring.
 //! - [`config_error`], [`json`], [`number`]: leaves every layer may use.
@@ -24,6 +25,7 @@ pub mod core;
 pub mod json;
 pub mod number;
 pub mod policy;
+pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod source;

@@ -45,6 +45,13 @@ enum Command {
         /// Prefix of the Redis engine's keys and channels, instead of `[engine] prefix`.
         #[arg(long, env = "HERALD_ENGINE_PREFIX")]
         engine_prefix: Option<String>,
+        /// What is logged, in tracing's EnvFilter syntax (`debug`, `herald=debug,warn`); without it `RUST_LOG`,
+        /// else `herald=info,warn`.
+        #[arg(long, env = "HERALD_LOG")]
+        log_level: Option<String>,
+        /// Log lines as human-readable `text` or as one JSON object per line (`json`), on stderr.
+        #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Publish one event and print the result.
     Publish {
@@ -73,6 +80,54 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's fields.
+    Json,
+}
+
+/// The filter when neither `--log-level`/`HERALD_LOG` nor `RUST_LOG` says otherwise.
+const DEFAULT_LOG: &str = "herald=info,warn";
+
+/// Sets up logging on stderr. The filter is `--log-level`/`HERALD_LOG` (refused when invalid), else `RUST_LOG` (as
+/// before these flags: an invalid one falls back to the default), else [`DEFAULT_LOG`]. The proxy crate's own
+/// per-request error lines are off unless the filter names its target: `herald::proxy` logs those failures
+/// aggregated instead.
+fn init_logs(level: Option<String>, format: LogFormat) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let (directives, filter) = match level {
+        Some(level) => {
+            let filter = EnvFilter::builder()
+                .parse(&level)
+                .with_context(|| format!("invalid --log-level / HERALD_LOG {level:?}"))?;
+            (level, filter)
+        }
+        None => match std::env::var(EnvFilter::DEFAULT_ENV) {
+            Ok(rust_log) => match EnvFilter::builder().parse(&rust_log) {
+                Ok(filter) => (rust_log, filter),
+                Err(_) => (DEFAULT_LOG.to_owned(), EnvFilter::new(DEFAULT_LOG)),
+            },
+            Err(_) => (DEFAULT_LOG.to_owned(), EnvFilter::new(DEFAULT_LOG)),
+        },
+    };
+    let filter = if directives.contains("axum_reverse_proxy") {
+        filter
+    } else {
+        filter.add_directive("axum_reverse_proxy=off".parse()?)
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -114,14 +169,10 @@ async fn main() -> anyhow::Result<()> {
             engine,
             engine_url,
             engine_prefix,
+            log_level,
+            log_format,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "herald=info,warn".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_logs(log_level, log_format)?;
             let overrides = Overrides {
                 listen,
                 data_dir,

@@ -14,6 +14,9 @@
 //! It is also how a node-wide notice reaches every connection: [`Registry::relay_health`] watches the engine's
 //! health (one watch for the node) and, at each change, asks every connection to tell its client.
 //!
+//! Registering and dropping a registration log `connection opened` / `connection closed` at `debug` (id, transport,
+//! address, user): the one place every transport's connections pass.
+//!
 //! Entries are ordered by id, so paging with `after` stays exact while connections come and go: a connection open
 //! through the whole walk is listed exactly once.
 
@@ -203,6 +206,7 @@ impl Registry {
     /// Adds a connection until the returned registration is dropped. A live entry under the same id is replaced:
     /// the newer connection is the one the id reaches (Socket.IO retires the older one itself).
     pub fn register(&self, info: Info, live: Arc<dyn Live>) -> Registration {
+        log_connection(&info, "connection opened");
         let mut t = self.table.lock();
         t.next_serial += 1;
         let serial = t.next_serial;
@@ -218,19 +222,19 @@ impl Registry {
             ));
         }
         let entry = Entry {
-            info,
+            info: info.clone(),
             live,
             serial,
             online: None,
         };
-        let replaced = t.entries.insert(id.clone(), entry);
+        let replaced = t.entries.insert(id, entry);
         drop(t);
         // Its presence leaves outside the lock.
         drop(replaced);
         Registration {
             table: self.table.clone(),
             emptied: self.emptied.clone(),
-            id,
+            info,
             serial,
         }
     }
@@ -351,23 +355,37 @@ fn render(info: &Info, live: &dyn Live) -> Connection {
     }
 }
 
+/// One `debug` line about a connection: its id, transport, address and user (for operators following one client).
+fn log_connection(info: &Info, what: &'static str) {
+    let address = info.address.map(|a| a.to_string());
+    tracing::debug!(
+        conn = &*info.member.conn,
+        transport = info.transport.name(),
+        address = address.as_deref(),
+        user = info.member.user.as_deref(),
+        "{what}"
+    );
+}
+
 /// A connection's place in the registry: dropping it removes the entry.
 pub struct Registration {
     table: Arc<Mutex<Table>>,
     emptied: Arc<tokio::sync::Notify>,
-    id: Arc<str>,
+    info: Info,
     serial: u64,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        log_connection(&self.info, "connection closed");
+        let id = self.info.id();
         let mut t = self.table.lock();
         // A later registration under this id stays.
         if t.entries
-            .get(&*self.id)
+            .get(&**id)
             .is_some_and(|e| e.serial == self.serial)
         {
-            let gone = t.entries.remove(&*self.id);
+            let gone = t.entries.remove(&**id);
             if t.entries.is_empty() {
                 self.emptied.notify_waiters();
             }
@@ -381,7 +399,7 @@ impl Drop for Registration {
 impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registration")
-            .field("id", &self.id)
+            .field("id", self.info.id())
             .finish_non_exhaustive()
     }
 }

@@ -40,6 +40,9 @@ pub enum ServerError {
     /// A source could not start.
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
+    /// The `[[proxy]]` client could not be built.
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxySetupError),
     /// The bindings' event encodings do not fit an event's cache.
     #[error(transparent)]
     Encodings(#[from] crate::core::event::SlotError),
@@ -228,7 +231,14 @@ impl Server {
             .layer(axum::middleware::from_fn_with_state(
                 access.policy.origins.clone(),
                 Origins::layer,
-            ));
+            ))
+            // Proxied prefixes carry the same origin policy, with preflights for every method.
+            .merge(crate::proxy::router(
+                &config.proxy,
+                access.policy.origins.clone(),
+                access.policy.clone(),
+                config.tls.is_some(),
+            )?);
         let tls = match &config.tls {
             Some(t) => Some(Tls::load(&t.cert, &t.key)?),
             None => None,

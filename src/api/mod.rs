@@ -5,6 +5,7 @@ mod channels;
 mod config;
 mod connections;
 mod error;
+pub mod paths;
 mod publish;
 
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! Why a binding refuses a client: one type for every refusal of every binding, each with its stable wire code,
 //! and one mapping per wire — Socket.IO (an ack `{ok:false,error}`, an `error` event, a CONNECT error), the `/ws`
 //! JSON error message, and the HTTP answer (status and `{"error":{code,message}}`) of `/sse` and of `/ws` before
-//! the upgrade.
+//! the upgrade. Each mapping logs the refusal at `debug` (code, reason, wire), so following a client's refusals
+//! needs no per-binding logging; warnings about floods are aggregated elsewhere (`policy::refusals`).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -135,19 +136,27 @@ impl Refusal {
         }
     }
 
+    /// One `debug` line: the refusal (its code and what the client is told, as `reason`) sent over `wire`.
+    fn log(&self, wire: &'static str) {
+        tracing::debug!(code = self.code(), reason = %self, wire, "refused");
+    }
+
     /// Socket.IO: the ack `{ok:false, error:{code, message}}`.
     pub fn ack(&self) -> Value {
+        self.log("socketio ack");
         json!({"ok": false, "error": {"code": self.code(), "message": self.to_string()}})
     }
 
     /// Socket.IO: the `error` event `{code, message, event}` telling a client that asked for no ack which of its
     /// events was refused.
     pub fn error_event(&self, event: &str) -> Value {
+        self.log("socketio error event");
         json!({"code": self.code(), "message": self.to_string(), "event": event})
     }
 
     /// Socket.IO: the CONNECT error (`err.message`, and `err.data.code` for programs).
     pub fn connect_error(&self) -> ConnectError {
+        self.log("socketio connect");
         ConnectError {
             message: self.to_string(),
             data: Some(json!({"code": self.code()})),
@@ -168,6 +177,7 @@ impl Refusal {
     }
 
     fn frame_value(&self, id: Option<Value>) -> Value {
+        self.log("websocket message");
         let message = match self {
             // What `/ws` has always said.
             Refusal::Unavailable => "storage is unavailable".to_owned(),
@@ -182,6 +192,7 @@ impl Refusal {
 
     /// HTTP (`/sse`, `/ws` before the upgrade): the status and `{"error":{"code","message"}}`.
     pub fn response(&self) -> Response {
+        self.log("http");
         let (status, message) = match self {
             Refusal::Unauthorized(_) => (StatusCode::UNAUTHORIZED, self.to_string()),
             // What HTTP refusals have always said: the status tells the rest.

@@ -44,6 +44,24 @@ impl Origins {
 
     /// Axum middleware: refuses disallowed origins with 403 JSON, answers preflights, adds CORS headers.
     pub async fn layer(origins: axum::extract::State<Self>, req: Request, next: Next) -> Response {
+        origins.answer("GET, HEAD, POST, OPTIONS", req, next).await
+    }
+
+    /// [`Origins::layer`] for routes that take any method (`[[proxy]]` prefixes): preflights allow PUT, PATCH
+    /// and DELETE too. With an allow-list, Herald answers preflights itself and its `Access-Control-Allow-Origin`
+    /// and `-Credentials` replace the upstream's; with none, requests and preflights pass through untouched.
+    pub async fn layer_any_method(
+        origins: axum::extract::State<Self>,
+        req: Request,
+        next: Next,
+    ) -> Response {
+        origins
+            .answer("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS", req, next)
+            .await
+    }
+
+    async fn answer(&self, methods: &'static str, req: Request, next: Next) -> Response {
+        let origins = self;
         let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
             return next.run(req).await;
         };
@@ -68,7 +86,7 @@ impl Origins {
             let h = r.headers_mut();
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("GET, HEAD, POST, OPTIONS"),
+                HeaderValue::from_static(methods),
             );
             if let Some(v) = requested_headers {
                 h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);

@@ -29,6 +29,7 @@ use crate::core::channel::ChannelName;
 use crate::core::engine::{EngineError, Health};
 use crate::core::event::{EncodingSlot, Event, SharedEvent, SlotError};
 use crate::core::gap::{Gap, GapReason};
+use crate::policy::Policy;
 use crate::policy::rate::{MessageLimit, REPORT_INTERVAL, Slot};
 use crate::registry::{Info, Live, Registration, Registry, Transport};
 use crate::transport::engineio::TransportKind;
@@ -92,8 +93,8 @@ struct Pending {
     session_unknown: bool,
 }
 
-/// Puts channel events on a Socket.IO socket.
-struct SocketOutlet(Arc<Socket>);
+/// Puts channel events on a Socket.IO socket; the policy's refusal log hears of slow consumers.
+struct SocketOutlet(Arc<Socket>, Arc<Policy>);
 
 impl Live for Feed<SocketOutlet> {
     fn subscriptions(&self) -> Vec<ChannelName> {
@@ -151,7 +152,12 @@ impl Outlet for SocketOutlet {
     }
 
     fn overflow(&self) {
-        tracing::warn!(socket = %self.0.id(), "slow consumer during replay; closing its transport");
+        // Aggregated: a client reconnecting slow on purpose must not write a warning each time.
+        tracing::debug!(socket = %self.0.id(), "slow consumer during replay; closing its transport");
+        let ip = self.0.handshake().request.remote_addr.map(|a| a.ip());
+        self.1
+            .refusals
+            .record("slow consumer during replay: transport closed", ip);
         self.0.close_transport("slow consumer");
     }
 
@@ -304,7 +310,7 @@ impl ChannelsNamespace {
         );
         let feed = Feed::new(
             self.core.clone(),
-            SocketOutlet(socket),
+            SocketOutlet(socket, self.access.policy.clone()),
             self.max_held_bytes,
             info.member.clone(),
         );

@@ -247,7 +247,7 @@ pub fn validate(sources: &[SqlSourceConfig], socketio_path: &str) -> Result<(), 
                     "needs history_sql, the query it serves".into(),
                 );
             }
-            if let Err(m) = check_history_path(path, socketio_path) {
+            if let Err(m) = crate::api::paths::check_literal(path, socketio_path) {
                 return bad("history_path", m);
             }
             if let Some(other) = paths.insert(path.as_str(), s.id.as_str()) {
@@ -264,52 +264,6 @@ pub fn validate(sources: &[SqlSourceConfig], socketio_path: &str) -> Result<(), 
             if l.is_empty() || l.len() > 63 {
                 return bad("listen", "must be 1 to 63 characters".into());
             }
-        }
-    }
-    Ok(())
-}
-
-/// Path prefixes Herald serves itself; a `history_path` may be none of them nor lie below one.
-const OWN_PATHS: [&str; 8] = [
-    "/api", "/ws", "/sse", "/healthz", "/readyz", "/metrics", "/status", "/badge",
-];
-
-/// A `history_path` is a literal path (no route patterns) that takes none of Herald's own routes.
-fn check_history_path(path: &str, socketio_path: &str) -> Result<(), String> {
-    let Some(rest) = path.strip_prefix('/') else {
-        return Err("must start with '/'".into());
-    };
-    if path.len() > 200 {
-        return Err("must be at most 200 characters".into());
-    }
-    let segments: Vec<&str> = rest.split('/').collect();
-    let last = segments.len() - 1;
-    for (i, seg) in segments.iter().enumerate() {
-        // A trailing slash (`/historical-data/`) is kept: the route is exactly the configured path.
-        if seg.is_empty() && i == last {
-            continue;
-        }
-        if seg.is_empty() || *seg == "." || *seg == ".." {
-            return Err("has an empty, '.' or '..' segment".into());
-        }
-        if !seg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
-        {
-            return Err("may contain only letters, digits, '-', '.', '_', '~' and '/'".into());
-        }
-    }
-    let socketio = socketio_path.trim_end_matches('/');
-    let own = OWN_PATHS
-        .iter()
-        .copied()
-        .chain((!socketio.is_empty()).then_some(socketio));
-    for prefix in own {
-        let under = path
-            .strip_prefix(prefix)
-            .is_some_and(|r| r.is_empty() || r.starts_with('/'));
-        if under {
-            return Err(format!("collides with Herald's own route {prefix}"));
         }
     }
     Ok(())

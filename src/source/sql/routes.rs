@@ -108,10 +108,17 @@ fn refused(id: &str, e: QueryError) -> ApiError {
             e.to_string(),
         ),
         QueryError::Db(d) => {
-            tracing::warn!(source = %id, error = %d, "one-shot query failed");
             let status = match d {
-                crate::source::sql::db::DbError::Query(_) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
+                // The request's parameters made the statement fail: the caller's error, answered, not warned of
+                // (a caller repeating it would flood the log).
+                crate::source::sql::db::DbError::Query(_) => {
+                    tracing::debug!(source = %id, error = %d, "one-shot query failed");
+                    StatusCode::BAD_REQUEST
+                }
+                _ => {
+                    tracing::warn!(source = %id, error = %d, "one-shot query failed");
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             };
             ApiError::new(status, "query_failed", d.to_string())
         }
