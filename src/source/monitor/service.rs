@@ -38,6 +38,7 @@ use crate::core::event::NewEvent;
 use crate::core::event::SharedEvent;
 use crate::core::event::now_ms;
 use crate::core::state::{Snapshot, StateChange};
+use crate::core::stats::Origin;
 use crate::source::keyed;
 
 /// Why a monitor operation failed.
@@ -1016,7 +1017,7 @@ impl Monitors {
         if events.is_empty() {
             return;
         }
-        if let Err(e) = self.core.publish(events).await {
+        if let Err(e) = self.core.publish_from(Origin::Monitor, events).await {
             tracing::error!(error = %e, "monitor could not publish its events");
         }
     }

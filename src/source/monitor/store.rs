@@ -32,6 +32,7 @@ use crate::core::engine::{EngineError, Lane, ReadLimit};
 use crate::core::event::{NewEvent, PublishResult, format_time};
 use crate::core::retention::Limits;
 use crate::core::state::StateChange;
+use crate::core::stats::Origin;
 
 /// The state channel of definitions and runtime states (after the internal prefix).
 const MONITORS: &str = "monitors";
@@ -295,7 +296,7 @@ impl MonitorStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.core.publish(events).await
+        self.core.publish_from(Origin::Monitor, events).await
     }
 
     /// The latest `limit` log entries of `id` after offset `after`, newest first.
