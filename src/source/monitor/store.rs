@@ -129,6 +129,8 @@ pub fn retention(cfg: &MonitorConfig) -> Vec<(Pattern, Limits)> {
 pub struct MonitorStore {
     core: Arc<dyn Engine>,
     monitors: ChannelName,
+    /// Why the last write failed, until one succeeds (the monitor's readiness).
+    failing: parking_lot::Mutex<Option<String>>,
 }
 
 impl MonitorStore {
@@ -137,6 +139,7 @@ impl MonitorStore {
         Ok(Self {
             core,
             monitors: internal(MONITORS)?,
+            failing: parking_lot::Mutex::new(None),
         })
     }
 
@@ -234,7 +237,14 @@ impl MonitorStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.core.publish(events).await
+        let result = self.core.publish(events).await;
+        *self.failing.lock() = result.as_ref().err().map(ToString::to_string);
+        result
+    }
+
+    /// Why the last write failed, if the last one did.
+    pub fn failing(&self) -> Option<String> {
+        self.failing.lock().clone()
     }
 
     /// The latest `limit` log entries of `id` after offset `after`, newest first.
