@@ -51,7 +51,33 @@ pub fn render(out: &mut String, engine: &dyn Engine) {
         "Storage failures the engine met (unreachable or failing storage).",
         core::ENGINE_ERRORS.get(),
     );
+    sql(&mut t);
     process::render(&mut t);
+}
+
+fn sql(t: &mut Text<'_>) {
+    use crate::source::sql::stats as sql;
+    let name = "herald_sql_polls_total";
+    t.family(
+        name,
+        Kind::Counter,
+        "SQL source polls, by result (error: the query failed or timed out, the result was over max_rows, or the change could not be published).",
+    )
+    .sample(name, &[("result", "ok")], sql::POLLS_OK.get())
+    .sample(name, &[("result", "error")], sql::POLLS_FAILED.get());
+    let name = "herald_sql_poll_duration_seconds";
+    t.family(
+        name,
+        Kind::Histogram,
+        "Time of each SQL source poll's query.",
+    )
+    .histogram(name, &[], &sql::POLL_SECONDS.snapshot());
+    t.single(
+        "herald_sql_rows_total",
+        Kind::Counter,
+        "Rows SQL source polls fetched.",
+        sql::ROWS.get(),
+    );
 }
 
 fn per_transport(
