@@ -51,7 +51,33 @@ pub fn render(out: &mut String, engine: &dyn Engine) {
         "Storage failures the engine met (unreachable or failing storage).",
         core::ENGINE_ERRORS.get(),
     );
+    sql(&mut t);
     process::render(&mut t);
+}
+
+fn sql(t: &mut Text<'_>) {
+    use crate::source::sql::stats as sql;
+    let name = "herald_sql_polls_total";
+    t.family(
+        name,
+        Kind::Counter,
+        "SQL source polls, by result (error: the query failed or timed out, the result was over max_rows, or the change could not be published).",
+    )
+    .sample(name, &[("result", "ok")], sql::POLLS_OK.get())
+    .sample(name, &[("result", "error")], sql::POLLS_FAILED.get());
+    let name = "herald_sql_poll_duration_seconds";
+    t.family(
+        name,
+        Kind::Histogram,
+        "Time of each SQL source poll's query.",
+    )
+    .histogram(name, &[], &sql::POLL_SECONDS.snapshot());
+    t.single(
+        "herald_sql_rows_total",
+        Kind::Counter,
+        "Rows SQL source polls fetched.",
+        sql::ROWS.get(),
+    );
 }
 
 fn per_transport(
@@ -137,14 +163,13 @@ fn deliveries(t: &mut Text<'_>) {
         "herald_written_bytes_total",
         Kind::Counter,
         "Bytes written to client sockets, by transport.",
-        |tr| binding::WRITTEN_BYTES[tr as usize].get(),
-    );
-    per_transport(
-        t,
-        "herald_queued_bytes",
-        Kind::Gauge,
-        "Bytes waiting in connections' outbound queues, by transport.",
-        |tr| binding::QUEUED_BYTES[tr as usize].get().unsigned_abs(),
+        |tr| match tr {
+            // The Engine.IO layer counts for Socket.IO (it knows nothing of Herald's counters).
+            Transport::SocketIo => {
+                crate::transport::engineio::WRITTEN_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+            }
+            other => binding::WRITTEN_BYTES[other as usize].get(),
+        },
     );
     per_transport(
         t,
@@ -157,7 +182,7 @@ fn deliveries(t: &mut Text<'_>) {
     t.family(
         name,
         Kind::Histogram,
-        "Time from an event's commit to its write on a client socket (the oldest live event of each write).",
+        "Time from an event's commit to its write on a /ws socket (the oldest live event of each write; millisecond resolution).",
     )
     .histogram(name, &[], &binding::DELIVERY_LAG.snapshot());
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 mod poller;
 mod routes;
+pub mod stats;
 pub mod template;
 
 use std::collections::{BTreeMap, HashMap};
