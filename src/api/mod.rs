@@ -5,6 +5,7 @@ mod channels;
 mod config;
 mod connections;
 mod error;
+pub mod openapi;
 pub mod paths;
 mod publish;
 pub mod ready;
@@ -70,7 +71,8 @@ impl Mounts {
     }
 }
 
-/// The API routes, `/api/*` behind the key check, plus `/healthz`, `/metrics` and `mounts`.
+/// The API routes, `/api/*` behind the key check (but `/api/openapi.json`), plus `/healthz`, `/readyz`, `/metrics`
+/// and `mounts`.
 pub fn router(state: ApiState, mounts: Mounts) -> Router {
     let api = Router::new()
         .route("/publish", post(publish::publish))
@@ -99,6 +101,7 @@ pub fn router(state: ApiState, mounts: Mounts) -> Router {
             get(|| async { axum::Json(json!({"ok": true})) }),
         )
         .route("/readyz", get(ready::readyz).with_state(state))
+        .route("/api/openapi.json", get(openapi::spec))
         .merge(keyed)
         .merge(mounts.public)
 }
