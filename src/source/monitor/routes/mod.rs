@@ -197,7 +197,10 @@ async fn log(
     query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|_| {
-        ApiError::field("limit", "must be a non-negative integer (entries, 1 to 1000)")
+        ApiError::field(
+            "limit",
+            "must be a non-negative integer (entries, 1 to 1000)",
+        )
     })?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     Ok(Json(json!({"log": state.monitors.log(&id, limit).await?})))
