@@ -360,3 +360,6 @@ impl Server {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
