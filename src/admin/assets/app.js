@@ -326,6 +326,7 @@ const overview = {
   },
 
   async poll() {
+    if (document.visibilityState === 'hidden') return;   // a background tab costs the server nothing
     let text;
     try {
       const r = await fetch('/metrics', { headers: authHeaders(), cache: 'no-store' });

@@ -203,6 +203,50 @@ test('a phone viewport renders every view without sideways scrolling', async (t)
   assert.deepEqual(errorsOf(context), [], 'no console errors');
 });
 
+test('the overview reads Prometheus text: sums by label, escaped labels and the p99 from bucket deltas', async (t) => {
+  const context = await browserContext(t);
+  if (!context) return;
+  const h = await startHerald(t);
+  const page = await context.newPage();
+  await page.goto(`${h.url}/admin#/channels`);
+  await waitPage(page, () => document.body.dataset.view === 'channels', null, 10_000, 'page ready');
+  const got = await page.evaluate(() => {
+    const text = (n) => `# HELP herald_publish_duration_seconds Publish latency.
+# TYPE herald_publish_duration_seconds histogram
+herald_publish_duration_seconds_bucket{le="0.001"} 0
+herald_publish_duration_seconds_bucket{le="0.005"} ${50 * n}
+herald_publish_duration_seconds_bucket{le="0.01"} ${90 * n}
+herald_publish_duration_seconds_bucket{le="+Inf"} ${100 * n}
+herald_publish_duration_seconds_sum ${0.5 * n}
+herald_publish_duration_seconds_count ${100 * n}
+herald_connections{transport="socketio"} 3
+herald_connections{transport="sse"} 2
+herald_refusals_total{code="rate_limited",why="a \\"quoted\\" } brace"} 4
+`;
+    const before = parseMetrics(text(1)), now = parseMetrics(text(3));
+    const b = buckets(before, 'herald_publish_duration_seconds'), a = buckets(now, 'herald_publish_duration_seconds');
+    return {
+      connections: total(now, 'herald_connections'),
+      byTransport: byLabel(now, 'herald_connections', 'transport'),
+      why: now.get('herald_refusals_total')[0].labels.why,
+      refusals: total(now, 'herald_refusals_total'),
+      missing: total(now, 'herald_deliveries_total'),
+      p50: quantile(0.5, b, a), p70: quantile(0.7, b, a), p99: quantile(0.99, b, a),
+      idle: quantile(0.99, a, a),
+    };
+  });
+  assert.equal(got.connections, 5);
+  assert.deepEqual(got.byTransport, { socketio: 3, sse: 2 });
+  assert.equal(got.why, 'a "quoted" } brace');
+  assert.equal(got.refusals, 4);
+  assert.equal(got.missing, null);
+  assert.ok(Math.abs(got.p50 - 0.005) < 1e-9, `p50 ${got.p50}`);
+  assert.ok(Math.abs(got.p70 - 0.0075) < 1e-9, `p70 ${got.p70}`);
+  assert.equal(got.p99, 0.01, 'in the +Inf bucket: the highest finite bound');
+  assert.equal(got.idle, null, 'no publish between the readings: no latency');
+  assert.deepEqual(errorsOf(context), [], 'no console errors');
+});
+
 test('with API keys the page asks for an admin key', async (t) => {
   const context = await browserContext(t);
   if (!context) return;
