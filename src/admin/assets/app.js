@@ -404,8 +404,8 @@ const channels = {
     el('td', { className: 'mono' }, el('a', { href: channelHash(c.channel), text: c.channel }),
       c.state ? el('span', { className: 'sub', text: 'state channel' }) : null),
     el('td', { className: 'num', text: c.last_offset }),
-    el('td', { className: 'num', text: c.first_offset }),
-    el('td', { className: 'mono', text: c.epoch }),
+    el('td', { className: 'num hide-phone', text: c.first_offset }),
+    el('td', { className: 'mono hide-phone', text: c.epoch }),
     el('td', { className: 'num', text: c.subscribers }),
     el('td', { className: 'num', text: c.users })));
     $('channels-table').tBodies[0].replaceChildren(...rows);
@@ -689,8 +689,8 @@ const connections = {
       el('td', {}, c.transport, c.carrier ? el('span', { className: 'sub', text: c.carrier }) : null),
       el('td', {}, c.user ?? el('span', { className: 'muted', text: 'anonymous' }),
         c.roles?.length ? el('span', { className: 'sub', text: c.roles.join(', ') }) : null),
-      el('td', { className: 'mono', text: c.address ?? '–' }),
-      el('td', { title: new Date(c.connected_at).toISOString(), text: fmtAgo(c.connected_at) }),
+      el('td', { className: 'mono hide-phone', text: c.address ?? '–' }),
+      el('td', { className: 'hide-phone', title: new Date(c.connected_at).toISOString(), text: fmtAgo(c.connected_at) }),
       el('td', { className: 'mono' }, subs.length ? shown : el('span', { className: 'muted', text: 'none' })),
       el('td', { className: 'num', text: fmtBytes(c.queued_bytes) }),
       el('td', {}, button));

@@ -103,6 +103,7 @@ test('every admin view works in Chromium, live, and keeps data as text', async (
   const cells = await page.$$eval(`${newsRow} td`, (tds) => tds.map((td) => td.textContent));
   assert.equal(cells[1], '6', `last offset: ${cells}`);
   assert.equal(cells[4], '1', `one subscriber: ${cells}`);
+  assert.equal(cells[5], '0', `no user (anonymous): ${cells}`);
   await page.fill('#channel-search', 'item');
   await waitPage(page, () => [...document.querySelectorAll('#channels-table tbody tr')]
     .every((tr) => tr.dataset.channel.includes('item')), null, 5_000, 'search narrows the table');
