@@ -558,7 +558,13 @@ const inspector = {
   async pollLoop(channel, ctl, why) {
     const signal = ctl.abort.signal;
     this.setTailStatus('polling', why);
-    let since = this.history.last;
+    // From the position now: the tail shows what comes, not what history already holds.
+    let since = 0;
+    try {
+      since = (await api(`/api/admin/channels/${encodeURIComponent(channel)}`)).last_offset;
+    } catch (e) {
+      if (e.code !== 'channel_not_found') this.setTailStatus('error', describe(e));
+    }
     while (!signal.aborted) {
       try {
         const page = await api(`/api/channels/${encodeURIComponent(channel)}/history?since=${since}&wait=25`,

@@ -2,9 +2,10 @@
 // through the page's own navigation, with no console error; the channel inspector's live tail shows an event
 // published after it opened, without a reload; the history browser pages by offset; the publish console publishes
 // (read back through the API); Disconnect closes a `/ws` client with 4000; monitors and SQL sources show their
-// status; payloads and event names holding HTML stay text; with API keys the page asks for one and refuses a key
-// without admin scope; a 390×844 phone viewport renders without sideways scrolling. Screenshots go to
-// tests/js/artifacts/ (gitignored).
+// status; payloads and event names holding HTML stay text; the page's own Prometheus parsing and p99; with JWT
+// client auth, identities show and the tail (refused by SSE) follows history; with API keys the page asks for one
+// and refuses a key without admin scope; a 390×844 phone viewport renders without sideways scrolling. Screenshots
+// go to tests/js/artifacts/ (gitignored).
 //
 // Needs /usr/bin/chromium (override with HERALD_CHROMIUM); HERALD_SKIP_BROWSER=1 skips explicitly.
 import { test } from 'node:test';
@@ -15,6 +16,8 @@ import WebSocket from 'ws';
 import { startHerald, request, publish, history, withTimeout, REPO_ROOT } from '../lib/herald.js';
 import { browserContext as newContext, waitPage } from '../lib/browser.js';
 import { sqliteDb } from '../lib/sqldb.js';
+import { KEY_BLOCKS, rule } from '../lib/auth.js';
+import { sign } from '../lib/jwt.js';
 
 const ARTIFACTS = join(REPO_ROOT, 'tests/js/artifacts');
 // Would run script if the page ever put data into HTML.
@@ -246,6 +249,33 @@ herald_refusals_total{code="rate_limited",why="a \\"quoted\\" } brace"} 4
   assert.equal(got.p99, 0.01, 'in the +Inf bucket: the highest finite bound');
   assert.equal(got.idle, null, 'no publish between the readings: no latency');
   assert.deepEqual(errorsOf(context), [], 'no console errors');
+});
+
+test('with client authentication the page shows identities, and its tail follows history', async (t) => {
+  const context = await browserContext(t);
+  if (!context) return;
+  const h = await startHerald(t, { config: `[auth]\n${KEY_BLOCKS.RS256}${rule({ pattern: 'room', subscribe: true })}` });
+  await publish(h.url, 'room', 'said', { text: 'first' });
+  const token = sign({ sub: 'alice', roles: ['owner', 'ops'] });
+  await wsClient(t, h, `/ws/room?token=${encodeURIComponent(token)}`);
+  const page = await context.newPage();
+  await page.goto(`${h.url}/admin#/connections`);
+  const row = '#connections-table tr[data-transport="websocket"]';
+  await page.waitForSelector(row);
+  assert.match(await page.textContent(`${row} td:nth-child(3)`), /^alice\s*owner, ops$/);
+
+  // An API key is no client token: SSE refuses the page, which long-polls history with its key instead.
+  await page.goto(`${h.url}/admin#/channel/room`);
+  await waitPage(page, () => document.getElementById('tail-status').dataset.status === 'polling'
+    && document.querySelectorAll('#history li').length === 1, null, 10_000, 'tail falls back to polling');
+  assert.match(await page.textContent('#inspect-position'), /1 subscriber \(1 user\)/);
+  const next = await publish(h.url, 'room', 'said', { text: 'second' });
+  await page.waitForSelector(`#tail li[data-offset="${next.offset}"]`, { timeout: 5_000 });
+  assert.deepEqual(await page.$$eval('#tail li', (lis) => lis.map((li) => li.dataset.offset)), [String(next.offset)],
+    'the tail starts at the position, not at the start of history');
+  await shot(page, 'channel_polling');
+  // The refused stream is the one error the browser logs.
+  for (const line of errorsOf(context)) assert.match(line, /status of 401/, line);
 });
 
 test('with API keys the page asks for an admin key', async (t) => {
