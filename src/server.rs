@@ -201,7 +201,9 @@ impl Server {
                 metrics: {
                     let sources = sources.clone();
                     let client_events = client_events.clone();
+                    let core = core.clone();
                     Arc::new(move |out: &mut String| {
+                        crate::metrics::render(out, &*core);
                         sources.metrics(out);
                         client_events.metrics(out);
                     })

@@ -500,6 +500,10 @@ async fn follow_demand(
     mut demand: tokio::sync::mpsc::UnboundedReceiver<crate::core::engine::Demand>,
 ) {
     while let Some(d) = demand.recv().await {
+        // Herald's own channels (a source following its store, say) are never a user's demand.
+        if d.channel.is_internal() {
+            continue;
+        }
         let Some(params) = source.template.bind(d.channel.as_str()) else {
             continue;
         };
