@@ -203,8 +203,9 @@ function quantile(q, before, now) {
 
 /** A small line chart on a canvas: several series over the same sample times, with a "no data" state. */
 class Chart {
-  constructor(title, series, format) {
-    this.series = series; this.format = format; this.points = [];
+  /** `floor`: the least top of the scale, so a flat zero line is not drawn as full scale. */
+  constructor(title, series, format, floor = 1) {
+    this.series = series; this.format = format; this.floor = floor; this.points = [];
     this.canvas = el('canvas', { role: 'img', 'aria-label': title });
     this.now = el('span', { className: 'now', text: '–' });
     this.nodata = el('div', { className: 'nodata', text: 'no data yet' });
@@ -247,7 +248,7 @@ class Chart {
     g.clearRect(0, 0, w, h);
     const css = getComputedStyle(document.documentElement);
     const colours = ['--c1', '--c2', '--c3', '--c4', '--c5'].map((v) => css.getPropertyValue(v).trim());
-    const max = Math.max(1e-9, ...this.points.flat().filter((v) => v !== null));
+    const max = Math.max(this.floor, ...this.points.flat().filter((v) => v !== null));
     const top = niceCeiling(max);
     const left = 4, bottom = h - 14, plotH = bottom - 8;
     g.strokeStyle = css.getPropertyValue('--line').trim();
@@ -300,8 +301,8 @@ const overview = {
     this.charts = {
       connections: new Chart('Connections', TRANSPORTS, (v) => fmtNumber(v)),
       deliveries: new Chart('Deliveries/s', TRANSPORTS, perSecond),
-      publishes: new Chart('Publishes/s', ['ok', 'refused or failed'], perSecond),
-      latency: new Chart('p99 publish latency', ['p99'], fmtSeconds),
+      publishes: new Chart('Publishes/s', ['ok', 'rejected or failed'], perSecond),
+      latency: new Chart('p99 publish latency', ['p99'], fmtSeconds, 0.001),
       errors: new Chart('Errors/s', ['engine errors', 'refusals'], perSecond),
     };
     $('charts').replaceChildren(...Object.values(this.charts).map((c) => c.root));

@@ -76,8 +76,7 @@ test('every admin view works in Chromium, live, and keeps data as text', async (
   await publish(h.url, 'news', NASTY, { html: NASTY });
   const subscriber = await wsClient(t, h, '/ws/news');
   const sqlWatcher = await wsClient(t, h, '/ws/items:a');
-  const metricsText = (await request(h.url, '/metrics')).text;
-  const haveMetrics = metricsText.includes('herald_connections');
+  const haveMetrics = (await request(h.url, '/metrics')).text.includes('herald_connections{');
 
   const page = await context.newPage();
   await page.goto(`${h.url}/admin`);
@@ -87,16 +86,12 @@ test('every admin view works in Chromium, live, and keeps data as text', async (
     && [...document.querySelectorAll('#charts figure')].every((f) => f.dataset.state), null, 10_000,
   'overview charts', () => document.body.innerText.slice(0, 500));
   assert.equal(await page.textContent('#tile-engine'), `${process.env.HERALD_TEST_ENGINE || 'sqlite'} · ok`);
-  if (haveMetrics) {
-    await waitPage(page, () => Number(document.getElementById('tile-connections').textContent) >= 2, null, 10_000,
-      'connections tile counts the two /ws clients');
-    await waitPage(page, () => document.querySelector('figure[data-chart="Publishes/s"]').dataset.state === 'data',
-      null, 10_000, 'publishes chart has data');
-  } else {
-    await waitPage(page, () => [...document.querySelectorAll('#charts figure')]
-      .every((f) => f.dataset.state === 'nodata' && f.textContent.includes('no data')), null, 10_000,
-    'charts say "no data" without the series');
-  }
+  assert.ok(haveMetrics, 'the core series are on /metrics');
+  await waitPage(page, () => Number(document.getElementById('tile-connections').textContent) >= 2, null, 10_000,
+    'connections tile counts the two /ws clients');
+  await waitPage(page, () => ['Connections', 'Deliveries/s', 'Publishes/s', 'Errors/s']
+    .every((c) => document.querySelector(`figure[data-chart="${c}"]`).dataset.state === 'data'),
+  null, 10_000, 'the charts have data after two readings');
   await shot(page, 'overview');
 
   // Channels: the table, subscribers included, and the search.
@@ -207,7 +202,7 @@ test('a phone viewport renders every view without sideways scrolling', async (t)
   assert.deepEqual(errorsOf(context), [], 'no console errors');
 });
 
-test('the overview reads Prometheus text: sums by label, escaped labels and the p99 from bucket deltas', async (t) => {
+test('the overview reads Prometheus text: sums by label, escaped labels, the p99 from bucket deltas, no data', async (t) => {
   const context = await browserContext(t);
   if (!context) return;
   const h = await startHerald(t);
@@ -229,7 +224,7 @@ herald_refusals_total{code="rate_limited",why="a \\"quoted\\" } brace"} 4
 `;
     const before = parseMetrics(text(1)), now = parseMetrics(text(3));
     const b = buckets(before, 'herald_publish_duration_seconds'), a = buckets(now, 'herald_publish_duration_seconds');
-    return {
+    const result = {
       connections: total(now, 'herald_connections'),
       byTransport: byLabel(now, 'herald_connections', 'transport'),
       why: now.get('herald_refusals_total')[0].labels.why,
@@ -238,6 +233,11 @@ herald_refusals_total{code="rate_limited",why="a \\"quoted\\" } brace"} 4
       p50: quantile(0.5, b, a), p70: quantile(0.7, b, a), p99: quantile(0.99, b, a),
       idle: quantile(0.99, a, a),
     };
+    // A server without these series: every chart says so instead of drawing zeros.
+    overview.build();
+    overview.sample(null, { t: 0, metrics: parseMetrics('# nothing\nother_metric 1\n') });
+    const states = [...document.querySelectorAll('#charts figure')].map((f) => [f.dataset.state, f.textContent]);
+    return { ...result, states };
   });
   assert.equal(got.connections, 5);
   assert.deepEqual(got.byTransport, { socketio: 3, sse: 2 });
@@ -248,6 +248,11 @@ herald_refusals_total{code="rate_limited",why="a \\"quoted\\" } brace"} 4
   assert.ok(Math.abs(got.p70 - 0.0075) < 1e-9, `p70 ${got.p70}`);
   assert.equal(got.p99, 0.01, 'in the +Inf bucket: the highest finite bound');
   assert.equal(got.idle, null, 'no publish between the readings: no latency');
+  assert.equal(got.states.length, 5);
+  for (const [state, text] of got.states) {
+    assert.equal(state, 'nodata', text);
+    assert.match(text, /no data: \/metrics has no herald_/);
+  }
   assert.deepEqual(errorsOf(context), [], 'no console errors');
 });
 
