@@ -208,6 +208,13 @@ impl Server {
                         client_events.metrics(out);
                     })
                 },
+                readiness: {
+                    let sources = sources.clone();
+                    Arc::new(move || {
+                        let sources = sources.clone();
+                        Box::pin(async move { sources.readiness().await })
+                    })
+                },
             },
             sources
                 .routes()

@@ -7,6 +7,7 @@ mod connections;
 mod error;
 pub mod paths;
 mod publish;
+pub mod ready;
 
 use std::sync::Arc;
 
@@ -23,7 +24,6 @@ pub use config::ApiKey;
 pub use error::ApiError;
 
 use crate::core::Engine;
-use crate::core::engine::Health;
 use crate::policy::Policy;
 use crate::registry::Registry;
 
@@ -44,6 +44,8 @@ pub struct ApiState {
     pub connections: Registry,
     /// Appends the Prometheus text of `/metrics` (the server's `crate::metrics`, then the sources').
     pub metrics: Arc<dyn Fn(&mut String) + Send + Sync>,
+    /// The sources' readiness, listed by `/readyz` after the engine's.
+    pub readiness: ready::ReadinessProbe,
 }
 
 /// Routes from outside the API (a source's), each router with its state applied.
@@ -96,33 +98,9 @@ pub fn router(state: ApiState, mounts: Mounts) -> Router {
             "/healthz",
             get(|| async { axum::Json(json!({"ok": true})) }),
         )
-        .route("/readyz", get(readyz).with_state(state))
+        .route("/readyz", get(ready::readyz).with_state(state))
         .merge(keyed)
         .merge(mounts.public)
-}
-
-/// `GET /readyz`: whether this node can serve (its engine is healthy — the same health its clients are told —
-/// and answers now), for a load balancer; `/healthz` is liveness.
-async fn readyz(State(state): State<ApiState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let health = state.core.health().borrow().clone();
-    if let Health::Unavailable { since } = health {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "engine_unavailable",
-            format!(
-                "the engine is unreachable since {}",
-                crate::core::event::format_time(since)
-            ),
-        ));
-    }
-    match state.core.ping().await {
-        Ok(()) => Ok(axum::Json(json!({"status": "ready"}))),
-        Err(e) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "engine_unavailable",
-            e.to_string(),
-        )),
-    }
 }
 
 /// `GET /metrics`: what the server assembled (its core figures, then the sources'), as Prometheus text.

@@ -637,6 +637,11 @@ impl Monitors {
         Ok(self.store.recent(id, e.log_after, limit).await?)
     }
 
+    /// Why the monitor's last write to the engine failed, if it did (cleared by the next that succeeds).
+    pub fn store_failing(&self) -> Option<String> {
+        self.store.failing()
+    }
+
     /// Check-time drift so far, and the number of checks run.
     pub fn lateness(&self) -> (Lateness, u64) {
         (*self.lateness.lock(), self.checks.load(Ordering::Relaxed))

@@ -148,6 +148,8 @@ pub struct MonitorStore {
     core: Arc<dyn Engine>,
     monitors: ChannelName,
     runtimes: ChannelName,
+    /// Why the last write failed, until one succeeds (the monitor's readiness).
+    failing: parking_lot::Mutex<Option<String>>,
 }
 
 impl MonitorStore {
@@ -157,6 +159,7 @@ impl MonitorStore {
             core,
             monitors: internal(MONITORS)?,
             runtimes: internal(RUNTIME)?,
+            failing: parking_lot::Mutex::new(None),
         })
     }
 
@@ -296,7 +299,14 @@ impl MonitorStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.core.publish_from(Origin::Monitor, events).await
+        let result = self.core.publish_from(Origin::Monitor, events).await;
+        *self.failing.lock() = result.as_ref().err().map(ToString::to_string);
+        result
+    }
+
+    /// Why the last write failed, if the last one did.
+    pub fn failing(&self) -> Option<String> {
+        self.failing.lock().clone()
     }
 
     /// The latest `limit` log entries of `id` after offset `after`, newest first.
