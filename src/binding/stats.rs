@@ -5,7 +5,7 @@
 //! Deliveries are counted per event and connection with one relaxed atomic add (the fan-out thread is the main
 //! writer, so the line rarely moves between cores); bytes and lag per write batch of a connection's writer.
 
-use crate::core::stats::{Buckets, Counter, Gauge, Histogram};
+use crate::core::stats::{Buckets, Counter, Histogram};
 use crate::registry::Transport;
 
 /// A counter per transport, indexed by [`Transport`].
@@ -17,9 +17,6 @@ pub static DELIVERIES: PerTransport = [const { Counter::new() }; 3];
 /// Bytes written to connections' sockets, by transport (`herald_written_bytes_total`).
 pub static WRITTEN_BYTES: PerTransport = [const { Counter::new() }; 3];
 
-/// Bytes waiting in connections' outbound queues now, by transport (`herald_queued_bytes`).
-pub static QUEUED_BYTES: [Gauge; 3] = [const { Gauge::new() }; 3];
-
 /// Connections closed for falling behind by more than their queue bound, by transport
 /// (`herald_slow_consumers_total`).
 pub static SLOW_CONSUMERS: PerTransport = [const { Counter::new() }; 3];
@@ -30,8 +27,9 @@ pub static REPLAYED: Counter = Counter::new();
 /// Lag buckets: 100 µs to 10 s, in nanoseconds.
 const LAG: Buckets = crate::core::stats::SECONDS;
 
-/// From an event's commit to the write of the batch holding it on a connection's socket, for live events: the
-/// oldest live event of each write batch (`herald_delivery_lag_seconds`).
+/// From an event's commit to the write of the batch holding it on a `/ws` connection's socket (whose queue
+/// carries each live event's commit time): the oldest live event of each write batch, to the millisecond of the
+/// event's commit time (`herald_delivery_lag_seconds`).
 pub static DELIVERY_LAG: Histogram = Histogram::new(&LAG);
 
 /// How a subscription with a cursor (a resume) started: the `outcome` label of `herald_resumes_total`.
@@ -71,4 +69,12 @@ pub fn resumed(outcome: Resume) {
 #[inline]
 pub fn delivered(transport: Transport) {
     DELIVERIES[transport as usize].inc();
+}
+
+/// Records the lag of a write batch whose oldest live event committed at `committed` (ms since the UNIX epoch).
+pub fn written_live(committed: i64) {
+    let lag_ms = crate::core::event::now_ms()
+        .saturating_sub(committed)
+        .max(0);
+    DELIVERY_LAG.observe(u64::try_from(lag_ms).unwrap_or(0).saturating_mul(1_000_000));
 }

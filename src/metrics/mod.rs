@@ -137,14 +137,13 @@ fn deliveries(t: &mut Text<'_>) {
         "herald_written_bytes_total",
         Kind::Counter,
         "Bytes written to client sockets, by transport.",
-        |tr| binding::WRITTEN_BYTES[tr as usize].get(),
-    );
-    per_transport(
-        t,
-        "herald_queued_bytes",
-        Kind::Gauge,
-        "Bytes waiting in connections' outbound queues, by transport.",
-        |tr| binding::QUEUED_BYTES[tr as usize].get().unsigned_abs(),
+        |tr| match tr {
+            // The Engine.IO layer counts for Socket.IO (it knows nothing of Herald's counters).
+            Transport::SocketIo => {
+                crate::transport::engineio::WRITTEN_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+            }
+            other => binding::WRITTEN_BYTES[other as usize].get(),
+        },
     );
     per_transport(
         t,
@@ -157,7 +156,7 @@ fn deliveries(t: &mut Text<'_>) {
     t.family(
         name,
         Kind::Histogram,
-        "Time from an event's commit to its write on a client socket (the oldest live event of each write).",
+        "Time from an event's commit to its write on a /ws socket (the oldest live event of each write; millisecond resolution).",
     )
     .histogram(name, &[], &binding::DELIVERY_LAG.snapshot());
 }
