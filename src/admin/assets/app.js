@@ -805,8 +805,10 @@ let current = null;
 function route() {
   if (document.body.dataset.state !== 'ready') return;
   const [, name = 'overview', ...rest] = location.hash.split('/');
-  const arg = rest.length ? decodeURIComponent(rest.join('/')) : null;
-  const view = VIEWS[name] ? name : 'overview';
+  let arg = null;
+  try { arg = rest.length ? decodeURIComponent(rest.join('/')) : null; } catch { /* a malformed hand-typed URL */ }
+  // The inspector needs a channel; without one, the table to pick it from.
+  const view = !VIEWS[name] ? 'overview' : name === 'channel' && !arg ? 'channels' : name;
   if (current) VIEWS[current].leave();
   current = view;
   for (const section of document.querySelectorAll('section.view')) section.hidden = section.id !== `view-${view}`;

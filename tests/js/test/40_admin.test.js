@@ -187,6 +187,11 @@ test('a phone viewport renders every view without sideways scrolling', async (t)
   const h = await startHerald(t);
   await publish(h.url, 'a rather long channel name:with parts:and more parts', 'x', { long: 'y'.repeat(300) });
   const page = await context.newPage();
+  // A hand-typed inspector URL without a (valid) channel lands on the table.
+  for (const hash of ['#/channel/', '#/channel/%E0%A4%A']) {
+    await page.goto(`${h.url}/admin${hash}`);
+    await waitPage(page, () => document.body.dataset.view === 'channels', null, 10_000, `${hash} → channels`);
+  }
   for (const view of ['overview', 'channels', 'publish', 'connections', 'sources']) {
     await page.goto(`${h.url}/admin#/${view}`);
     await waitPage(page, (v) => document.body.dataset.view === v, view, 10_000, `phone ${view}`);
