@@ -162,6 +162,10 @@ pub trait Live: Send + Sync + 'static {
     fn carrier(&self) -> Option<&'static str> {
         None
     }
+    /// Bytes queued for its client and not yet written, if its transport knows.
+    fn queued_bytes(&self) -> Option<usize> {
+        None
+    }
     /// Ends it at an administrator's request, the way its client reconnects and resumes from.
     fn close(&self);
     /// Tells its client the engine's health now, if that changed since it was last told.
@@ -239,6 +243,9 @@ pub struct Connection {
     pub connected_at: i64,
     /// Its channels now.
     pub subscriptions: Vec<ChannelName>,
+    /// Bytes queued for it and not yet written (its transport's outbound queue), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_bytes: Option<usize>,
 }
 
 /// One page of the list.
@@ -438,6 +445,7 @@ fn render(info: &Info, live: &dyn Live) -> Connection {
         address: info.address.map(|a| a.to_string()),
         connected_at: info.member.connected_at,
         subscriptions: live.subscriptions(),
+        queued_bytes: live.queued_bytes(),
     }
 }
 

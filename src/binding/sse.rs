@@ -145,6 +145,10 @@ impl Live for Feed<SseOutlet> {
         self.channels()
     }
 
+    fn queued_bytes(&self) -> Option<usize> {
+        Some(self.outlet.outbox.queued_bytes())
+    }
+
     /// Ends the stream once what is queued went out: the browser's EventSource reconnects by itself, sending the
     /// last cursor it got as `Last-Event-ID`.
     fn close(&self) {

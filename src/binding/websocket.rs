@@ -250,6 +250,10 @@ impl Live for Feed<WsOutlet> {
         self.channels()
     }
 
+    fn queued_bytes(&self) -> Option<usize> {
+        Some(self.outlet.outbox.queued_bytes())
+    }
+
     /// Closes with [`DISCONNECTED`] once what is queued went out.
     fn close(&self) {
         self.outlet.outbox.close(Closed::Disconnected);

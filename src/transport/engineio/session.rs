@@ -245,6 +245,11 @@ impl Session {
         self.engine.config.upgrade_timeout
     }
 
+    /// Bytes queued for the client and not yet taken by a writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().queued_bytes
+    }
+
     /// Whether the session is closed.
     pub fn is_closed(&self) -> bool {
         self.state.lock().closed.is_some()
