@@ -14,7 +14,7 @@ import {
 } from '../lib/herald.js';
 import { wsBase, openWs } from '../lib/plain.js';
 import { sign, nowSecs } from '../lib/jwt.js';
-import { KEY_BLOCKS, rule, sioRefused, assertConnectError } from '../lib/auth.js';
+import { KEY_BLOCKS, rule, sioRefused, assertConnectError, wsRefused } from '../lib/auth.js';
 
 const token = (claims) => sign({ exp: nowSecs() + 3600, ...claims }, { alg: 'HS256' });
 const barrier = (socket) => withTimeout(socket.emitWithAck('barrier'), 10_000, 'barrier');
@@ -444,5 +444,17 @@ retry_max = "200ms"
   s2.disconnect();
   await notices.until((b) => b.requests.some((r) => r.body.identity?.user === '8'), 10_000, 'the second notice');
   assert.equal(notices.requests.filter((r) => r.body.id === notice.body.id).length, 1);
+
+  // /ws: the same hooks (a refusal is the upgrade's HTTP answer).
+  const no = await wsRefused(t, h, `/ws?token=${encodeURIComponent(token({ sub: 'mallory' }))}`);
+  assert.deepEqual([no.status, no.json?.error?.code], [400, 'banned'], JSON.stringify(no));
+  const ws = await openWs(t, `${wsBase(h)}/ws?token=${encodeURIComponent(token({ sub: '9' }))}`);
+  await ws.barrier();
+  await publish(h.url, 'user_9', 'notification', { message: 'ws' });
+  const got = await ws.next((m) => m.type === 'event' && m.channel === 'user_9', 5000, 'the hook\'s room on /ws');
+  assert.deepEqual(got.data, { message: 'ws' });
+  await ws.close();
+  await notices.until((b) => b.requests.some((r) => r.body.identity?.user === '9'), 10_000, 'the /ws notice');
+  assert.equal(notices.requests.find((r) => r.body.identity?.user === '9').body.connection.transport, 'websocket');
   await h.assertHealthy();
 });
