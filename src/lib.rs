@@ -23,6 +23,7 @@ pub mod config;
 pub mod config_error;
 pub mod core;
 pub mod json;
+pub mod metrics;
 pub mod number;
 pub mod policy;
 pub mod proxy;

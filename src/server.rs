@@ -220,10 +220,19 @@ impl Server {
                     let sources = sources.clone();
                     let client_events = client_events.clone();
                     let forwarder = forwarder.clone();
+                    let core = core.clone();
                     Arc::new(move |out: &mut String| {
+                        crate::metrics::render(out, &*core);
                         sources.metrics(out);
                         client_events.metrics(out);
                         forwarder.metrics(out);
+                    })
+                },
+                readiness: {
+                    let sources = sources.clone();
+                    Arc::new(move || {
+                        let sources = sources.clone();
+                        Box::pin(async move { sources.readiness().await })
                     })
                 },
             },

@@ -7,6 +7,7 @@ mod connections;
 mod error;
 pub mod paths;
 mod publish;
+pub mod ready;
 
 use std::sync::Arc;
 
@@ -23,7 +24,6 @@ pub use config::ApiKey;
 pub use error::ApiError;
 
 use crate::core::Engine;
-use crate::core::engine::Health;
 use crate::policy::Policy;
 use crate::registry::Registry;
 
@@ -42,8 +42,10 @@ pub struct ApiState {
     pub max_event_bytes: usize,
     /// This node's live connections, of every transport.
     pub connections: Registry,
-    /// Appends the Prometheus text of the rest of the server (the sources) to `/metrics`.
+    /// Appends the Prometheus text of `/metrics` (the server's `crate::metrics`, then the sources').
     pub metrics: Arc<dyn Fn(&mut String) + Send + Sync>,
+    /// The sources' readiness, listed by `/readyz` after the engine's.
+    pub readiness: ready::ReadinessProbe,
 }
 
 /// Routes from outside the API (a source's), each router with its state applied.
@@ -96,49 +98,19 @@ pub fn router(state: ApiState, mounts: Mounts) -> Router {
             "/healthz",
             get(|| async { axum::Json(json!({"ok": true})) }),
         )
-        .route("/readyz", get(readyz).with_state(state))
+        .route("/readyz", get(ready::readyz).with_state(state))
         .merge(keyed)
         .merge(mounts.public)
 }
 
-/// `GET /readyz`: whether this node can serve (its engine is healthy — the same health its clients are told —
-/// and answers now), for a load balancer; `/healthz` is liveness.
-async fn readyz(State(state): State<ApiState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let health = state.core.health().borrow().clone();
-    if let Health::Unavailable { since } = health {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "engine_unavailable",
-            format!(
-                "the engine is unreachable since {}",
-                crate::core::event::format_time(since)
-            ),
-        ));
-    }
-    match state.core.ping().await {
-        Ok(()) => Ok(axum::Json(json!({"status": "ready"}))),
-        Err(e) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "engine_unavailable",
-            e.to_string(),
-        )),
-    }
-}
-
-/// `GET /metrics`: the sources' metrics, then the server's own counters.
+/// `GET /metrics`: what the server assembled (its core figures, then the sources'), as Prometheus text.
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let mut text = String::new();
+    let mut text = String::with_capacity(16 << 10);
     (state.metrics)(&mut text);
-    let refused = crate::policy::rate::MESSAGES_REFUSED.load(std::sync::atomic::Ordering::Relaxed);
-    text.push_str(&format!(
-        "# HELP herald_client_messages_refused_total Client messages refused by messages_per_second, all transports.\n\
-         # TYPE herald_client_messages_refused_total counter\n\
-         herald_client_messages_refused_total {refused}\n"
-    ));
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            "text/plain; version=0.0.4; charset=utf-8",
         )],
         text,
     )

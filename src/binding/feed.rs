@@ -26,6 +26,9 @@ use crate::core::event::{Event, SharedEvent, now_ms};
 use crate::core::gap::{Gap, GapReason};
 use crate::core::presence::Member;
 use crate::core::state;
+use crate::registry::Transport;
+
+use super::stats;
 
 /// Most bytes a replay keeps queued ahead of a connection's socket: thousands of connections may be catching up
 /// at once, and each holds its own encoding of what it replays (unlike live events, shared by all).
@@ -37,6 +40,8 @@ pub struct Gone;
 
 /// How a binding puts events on its wire.
 pub trait Outlet: Send + Sync + 'static {
+    /// The transport it writes to (what its deliveries are counted under).
+    const TRANSPORT: Transport;
     /// Sends a live event (use the event's shared encoding).
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone>;
     /// Sends an event replayed from history for registration `reg`.
@@ -148,6 +153,8 @@ impl<O: Outlet> Subscriber for Feed<O> {
             st.held.push(event.clone());
         } else if self.outlet.live(event).is_err() {
             st.closed = true;
+        } else {
+            stats::delivered(O::TRANSPORT);
         }
     }
 
@@ -378,7 +385,9 @@ impl<O: Outlet> Feed<O> {
                     self.state.lock().closed = true;
                     return Ok(false);
                 }
+                stats::delivered(O::TRANSPORT);
             }
+            stats::REPLAYED.add(events.len() as u64);
             after = last;
         }
     }
@@ -422,6 +431,7 @@ impl<O: Outlet> Feed<O> {
                 self.state.lock().closed = true;
                 return false;
             }
+            stats::delivered(O::TRANSPORT);
         }
         true
     }
@@ -444,6 +454,7 @@ impl<O: Outlet> Feed<O> {
                 st.closed = true;
                 return;
             }
+            stats::delivered(O::TRANSPORT);
         }
     }
 

@@ -156,6 +156,7 @@ impl Live for Feed<SseOutlet> {
 }
 
 impl Outlet for SseOutlet {
+    const TRANSPORT: Transport = Transport::Sse;
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
         if self.channels.len() == 1 {
             // Every single-channel stream has the same cursor after this event: share the whole record.

@@ -253,6 +253,7 @@ impl Live for Feed<WsOutlet> {
 }
 
 impl Outlet for WsOutlet {
+    const TRANSPORT: Transport = Transport::WebSocket;
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
         let (slot, zslot) = match self.shape {
             PayloadShape::Envelope => (&ENVELOPE, &ENVELOPE_DEFLATED),

@@ -25,6 +25,7 @@ use crate::core::engine::EngineError;
 use crate::core::engine::lease::{LEASE_TTL, Lease};
 use crate::core::event::NewEvent;
 use crate::core::state::StateChange;
+use crate::core::stats::Origin;
 use crate::source::keyed::{self, Change};
 
 /// Longest pause between two attempts while the database fails.
@@ -222,7 +223,7 @@ impl Poller {
         };
         let count = rows.len();
         if !events.is_empty() {
-            if let Err(e) = self.core.publish(events).await {
+            if let Err(e) = self.core.publish_from(Origin::Sql, events).await {
                 tracing::error!(source = %cfg.id, channel = %self.channel, error = %e, "cannot publish a change");
                 return Err(format!("cannot publish the change: {e}"));
             }
@@ -263,7 +264,7 @@ impl Poller {
             id: None,
             state: None,
         };
-        if let Err(e) = self.core.publish(vec![event]).await {
+        if let Err(e) = self.core.publish_from(Origin::Sql, vec![event]).await {
             tracing::error!(source = %cfg.id, channel = %self.channel, error = %e, "cannot publish a status event");
         }
     }
