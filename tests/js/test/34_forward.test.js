@@ -294,6 +294,7 @@ test('a backend that is down, slow, failing or talking garbage: a clear code wit
     '/refuse': (body, res) => json(res, { error: { code: 'scan_not_found', message: `no scan ${body.args[0]}` } }, 404),
     '/gate': (body, res, b) => { b.held.push(res); gate.push(() => json(res, { ack: { ok: true, n: body.args[0] } })); },
     '/kick': (body, res) => json(res, { ack: { ok: true, bye: true }, disconnect: true }),
+    '/late': (body, res, b) => { b.held.push(res); b.late = () => json(res, { subscribe: 'ghost' }); },
   });
   const h = await startHerald(t, {
     config: `[socketio.client_events]
@@ -304,6 +305,7 @@ test('a backend that is down, slow, failing or talking garbage: a clear code wit
 "refuse" = { forward = "${be.url}/refuse" }
 "gate" = { forward = "${be.url}/gate" }
 "kick" = { forward = "${be.url}/kick" }
+"late" = { forward = "${be.url}/late" }
 "join_room" = { subscribe = "{arg}" }
 [forward]
 timeout = "1s"
@@ -379,6 +381,20 @@ in_flight = 3
   assert.deepEqual(bye, { ok: true, bye: true });
   const [reason] = await gone;
   assert.equal(reason, 'io server disconnect');
+
+  // An answer that subscribes a connection which left meanwhile leaves nobody on the channel.
+  const c = await open();
+  c.emit('late');
+  await be.until((x) => x.late !== undefined, 5000, 'the late forward');
+  c.disconnect();
+  const okCount = async () => Number(/herald_forwards_total\{outcome="ok"\} (\d+)/.exec((await request(h.url, '/metrics')).text)?.[1] ?? 0);
+  const before = await okCount();
+  be.late();
+  await withTimeout((async () => { while (await okCount() === before) await new Promise((r) => setTimeout(r, 20)); })(), 5000, 'the late answer handled');
+  await barrier(other);
+  const ghost = await request(h.url, '/api/channels/ghost/presence');
+  assert.equal(ghost.status, 200, ghost.text);
+  assert.deepEqual(ghost.json.counts.connections, 0, JSON.stringify(ghost.json));
   await h.assertHealthy();
 });
 
