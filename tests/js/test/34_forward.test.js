@@ -4,7 +4,8 @@
 // ScanProgressIndicator compute what they would against the seed's own backend. A backend that is down, slow,
 // failing or talking garbage is answered with its own code within `[forward] timeout`, while another client is
 // unaffected; the in-flight limits answer `too_many_forwards`; the connect hook refuses or adds rooms; disconnect
-// notices come from the durable outbox, later, when the backend was down — across a Herald restart too.
+// notices come from the durable outbox, later, when the backend was down — across a Herald restart too — and on two
+// nodes of one Redis, once each from the cluster's one deliverer.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -15,6 +16,7 @@ import {
 import { wsBase, openWs } from '../lib/plain.js';
 import { sign, nowSecs } from '../lib/jwt.js';
 import { KEY_BLOCKS, rule, sioRefused, assertConnectError, wsRefused } from '../lib/auth.js';
+import { startRedis, startNodes } from '../lib/cluster.js';
 
 const token = (claims) => sign({ exp: nowSecs() + 3600, ...claims }, { alg: 'HS256' });
 const barrier = (socket) => withTimeout(socket.emitWithAck('barrier'), 10_000, 'barrier');
@@ -473,4 +475,23 @@ retry_max = "200ms"
   await notices.until((b) => b.requests.some((r) => r.body.identity?.user === '9'), 10_000, 'the /ws notice');
   assert.equal(notices.requests.find((r) => r.body.identity?.user === '9').body.connection.transport, 'websocket');
   await h.assertHealthy();
+});
+
+test('two nodes on one Redis: disconnects on either node reach the hook once each, from the cluster\'s one deliverer', async (t) => {
+  const notices = await backend(t, { '/disconnect': (body, res) => { res.writeHead(204); res.end(); } });
+  const redis = await startRedis(t);
+  const nodes = await startNodes(t, redis, 2, { config: `[forward]\ndisconnect = "${notices.url}/disconnect"\n` });
+  const ids = [];
+  for (const [i, node] of [nodes[0], nodes[1], nodes[1], nodes[0]].entries()) {
+    const s = io(node.url, { forceNew: true, reconnection: false, query: { n: String(i) } });
+    await waitFor(s, 'connect');
+    ids.push(s.id);
+    s.disconnect();
+  }
+  await notices.until((b) => ids.every((id) => b.requests.some((r) => r.body.connection?.id === id)), 15_000, 'every notice');
+  // Both nodes drained the outbox through the lease: nobody delivered a notice twice.
+  const delivered = notices.requests.map((r) => r.body.id);
+  assert.equal(new Set(delivered).size, delivered.length, `no duplicates: ${delivered}`);
+  assert.equal(delivered.length, 4);
+  for (const n of nodes) await n.assertHealthy();
 });
