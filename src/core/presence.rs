@@ -73,25 +73,28 @@ impl Presence {
 
     /// Counts one more registration of `member` on `channel`; true (and watchers told) if it was not there.
     pub fn add(&self, channel: &ChannelName, member: Arc<Member>) -> bool {
+        let fresh = self.add_quietly(channel, member.clone());
+        if fresh {
+            self.tell(PresenceEvent::Join(channel.clone(), (*member).clone()));
+        }
+        fresh
+    }
+
+    /// [`Presence::add`] without telling the watchers (the caller tells them once the join is recorded elsewhere).
+    pub fn add_quietly(&self, channel: &ChannelName, member: Arc<Member>) -> bool {
         let conn = member.conn.clone();
         let mut t = self.table.lock();
         let entries = t.channels.entry(channel.clone()).or_default();
-        let fresh = match entries.get_mut(&conn) {
+        match entries.get_mut(&conn) {
             Some((_, n)) => {
                 *n += 1;
                 false
             }
             None => {
-                entries.insert(conn, (member.clone(), 1));
+                entries.insert(conn, (member, 1));
                 true
             }
-        };
-        if fresh {
-            t.notify(channel, || {
-                PresenceEvent::Join(channel.clone(), (*member).clone())
-            });
         }
-        fresh
     }
 
     /// Counts one registration of `conn` on `channel` less; the member (and watchers told) if that was its last.

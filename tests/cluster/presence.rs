@@ -1,5 +1,5 @@
 //! Presence across two nodes of one cluster (two Redis engines sharing a prefix): a member joining on one node is
-//! in the other's presence reads and its watchers hear the join and the leave; a node that dies (its engine
+//! in the other's presence reads (under its own connection id) and its watchers hear the join and the leave; a node that dies (its engine
 //! dropped: no more heartbeats, nothing removed) has its members leave the other's reads within
 //! `PRESENCE_NODE_TTL` and announced within `PRESENCE_NODE_TTL + PRESENCE_HEARTBEAT`.
 
@@ -62,7 +62,7 @@ async fn conns(engine: &dyn Engine, channel: &ChannelName) -> Vec<String> {
         .await
         .unwrap()
         .into_iter()
-        .map(|m| m.conn.split('@').next().unwrap_or_default().to_owned())
+        .map(|m| m.conn.to_string())
         .collect();
     c.sort();
     c
@@ -83,11 +83,11 @@ async fn presence_is_cluster_wide_and_a_dead_nodes_members_leave_within_the_hear
     let mut on_b = b.presence_events(Pattern::new("room:*"));
     let quick = Duration::from_secs(5);
 
-    // A join on A: in B's reads (its id qualified by A's node) and heard by B's watcher.
+    // A join on A: in B's reads and heard by B's watcher.
     let first = a.join(&room, member("c1", "alice")).await.unwrap();
     let (joined, conn, user) = next(&mut on_b, quick).await;
     assert!(
-        joined && conn.starts_with("c1@") && user == "alice",
+        joined && conn == "c1" && user == "alice",
         "{joined} {conn} {user}"
     );
     assert_eq!(conns(&*b, &room).await, ["c1"]);
@@ -99,7 +99,7 @@ async fn presence_is_cluster_wide_and_a_dead_nodes_members_leave_within_the_hear
     // A leave on A: heard on B, gone from B's reads.
     drop(first);
     let (joined, conn, _) = next(&mut on_b, quick).await;
-    assert!(!joined && conn.starts_with("c1@"), "{joined} {conn}");
+    assert!(!joined && conn == "c1", "{joined} {conn}");
     assert_eq!(conns(&*b, &room).await, ["c2"]);
 
     // A dies with a member on the room: B stops listing it within the node ttl and announces its leave.
@@ -121,7 +121,7 @@ async fn presence_is_cluster_wide_and_a_dead_nodes_members_leave_within_the_hear
     let bound = PRESENCE_NODE_TTL + PRESENCE_HEARTBEAT + slack;
     let (joined, conn, user) = next(&mut on_b, bound).await;
     assert!(
-        !joined && conn.starts_with("c3@") && user == "carol",
+        !joined && conn == "c3" && user == "carol",
         "{joined} {conn} {user}"
     );
     assert!(

@@ -15,8 +15,8 @@
 //! was itself taken for dead (a stall longer than [`NODE_TTL`]), or whose writes failed while Redis was away,
 //! writes its entries again from its table and announces the difference.
 //!
-//! Other nodes' members are listed with their connection id qualified by their node (`websocket-7@1f…`): ids are
-//! unique per process only. The entries a node mirrors are bounded by [`MAX_NODE_ENTRIES`]; beyond it joins stay
+//! Connection ids are the nodes' own (unique across nodes: Socket.IO ids are random, `/ws` and SSE ids count from
+//! a random start). The entries a node mirrors are bounded by [`MAX_NODE_ENTRIES`]; beyond it joins stay
 //! on this node (logged once per minute) — connections and their subscription limits bound them well before.
 //! Another node's joins and leaves reach this node's watchers through its own pub/sub connection; when that drops,
 //! every watcher is let go (as one that falls behind), so it re-reads presence instead of missing changes.
@@ -152,15 +152,15 @@ impl Stored {
         .unwrap_or_default()
     }
 
-    /// The member of another node, its connection id qualified by the node.
-    fn member(json: &str, node: &str) -> Option<Member> {
+    /// The member of another node.
+    fn member(json: &str) -> Option<Member> {
         let s: Stored = serde_json::from_str(json).ok()?;
         let transport = ["socketio", "websocket", "sse"]
             .into_iter()
             .find(|t| *t == s.transport)
             .unwrap_or("other");
         Some(Member {
-            conn: format!("{}@{node}", s.conn).into(),
+            conn: s.conn.into(),
             user: s.user,
             roles: s.roles,
             transport,
@@ -188,6 +188,9 @@ pub(super) struct ClusterPresence {
     unmirrored: Mutex<std::collections::HashSet<(ChannelName, Arc<str>)>>,
     last_refusal_log: Mutex<Option<Instant>>,
     con: ConnectionManager,
+    /// Whether the last write or heartbeat succeeded: while not, joins do not wait for theirs (Redis is away;
+    /// the writer rewrites everything once it is back).
+    writing: AtomicBool,
 }
 
 impl ClusterPresence {
@@ -208,6 +211,7 @@ impl ClusterPresence {
             unmirrored: Mutex::default(),
             last_refusal_log: Mutex::new(None),
             con: con.clone(),
+            writing: AtomicBool::new(true),
         });
         this.beat(&mut con.clone()).await?;
         let (sink, stream) = client.get_async_pubsub().await.map_err(map_err)?.split();
@@ -241,7 +245,8 @@ impl ClusterPresence {
         member: Arc<Member>,
     ) -> PresenceGuard {
         let conn = member.conn.clone();
-        if self.local.add(channel, member.clone()) {
+        if self.local.add_quietly(channel, member.clone()) {
+            let event = PresenceEvent::Join(channel.clone(), (*member).clone());
             if self.mirrored.fetch_add(1, Ordering::AcqRel) >= MAX_NODE_ENTRIES {
                 self.mirrored.fetch_sub(1, Ordering::AcqRel);
                 self.unmirrored
@@ -257,10 +262,14 @@ impl ClusterPresence {
                 }
             } else {
                 let (tx, rx) = oneshot::channel();
-                if self.ops.send(Op::Join(channel.clone(), member, tx)).is_ok() {
+                if self.ops.send(Op::Join(channel.clone(), member, tx)).is_ok()
+                    && self.writing.load(Ordering::Acquire)
+                {
                     let _ = tokio::time::timeout(TIMEOUT, rx).await;
                 }
             }
+            // This node's watchers hear it once it is recorded for the cluster, as the others do.
+            self.local.tell(event);
         }
         let owner: Arc<dyn Leave> = self.clone();
         PresenceGuard::new(channel.clone(), conn, owner)
@@ -279,7 +288,7 @@ impl ClusterPresence {
             .await
             .map_err(map_err)?;
         for pair in remote.chunks_exact(2) {
-            if let Some(m) = Stored::member(&pair[1], &pair[0]) {
+            if let Some(m) = Stored::member(&pair[1]) {
                 members.push(m);
             }
         }
@@ -322,7 +331,7 @@ impl ClusterPresence {
             return None;
         }
         let channel = ChannelName::any(channel).ok()?;
-        let member = Stored::member(json, node)?;
+        let member = Stored::member(json)?;
         match kind {
             "J" => Some(PresenceEvent::Join(channel, member)),
             "L" => Some(PresenceEvent::Leave(channel, member)),
@@ -362,7 +371,9 @@ async fn write(
                 while batch.len() < BATCH && let Ok(op) = ops.try_recv() {
                     batch.push(op);
                 }
-                if let Err(e) = apply(&p, &mut con, batch).await {
+                let done = apply(&p, &mut con, batch).await;
+                p.writing.store(done.is_ok(), Ordering::Release);
+                if let Err(e) = done {
                     tracing::warn!(error = %e, "presence not mirrored to redis; rewriting it once redis answers");
                     dirty = true;
                 }
@@ -372,6 +383,7 @@ async fn write(
                     Ok(taken_for_dead) => dirty |= taken_for_dead,
                     Err(e) => {
                         tracing::debug!(error = %e, "presence heartbeat failed");
+                        p.writing.store(false, Ordering::Release);
                         dirty = true;
                         continue;
                     }
@@ -379,6 +391,7 @@ async fn write(
                 if dirty {
                     dirty = rewrite(&p, &mut con).await.is_err();
                 }
+                p.writing.store(!dirty, Ordering::Release);
             }
         }
     }
