@@ -5,7 +5,7 @@
 //! [`crate::core::engine`], `[history]` in [`crate::core::retention`], `[[state]]` in [`crate::core::state`],
 //! `[socketio]`, `[websocket]` and `[sse]` in their bindings, `[auth]` in [`crate::auth`], `[sources]` in
 //! [`crate::source`], `[monitor]` in [`crate::source::monitor`], `[cluster]` in [`crate::cluster`] and
-//! `[[proxy]]` in [`crate::proxy`]. The
+//! `[[proxy]]` in [`crate::proxy`], `[[collections]]` in [`crate::source::collection`]. The
 //! imports run one way: this module names those
 //! sections and calls their `validate`, and none of them imports this module back (they share only the leaf
 //! [`InvalidConfig`]). What is left here is reading the file, applying the overrides, and the checks that span
@@ -100,6 +100,8 @@ pub struct Config {
     pub cluster: crate::cluster::ClusterConfig,
     /// Path prefixes forwarded to an upstream HTTP server (`[[proxy]]`); see `docs/proxy.md`.
     pub proxy: Vec<crate::proxy::ProxyConfig>,
+    /// Collections of JSON documents served as REST (`[[collections]]`); see `docs/collections.md`.
+    pub collections: Vec<crate::source::collection::CollectionConfig>,
 }
 
 impl Default for Config {
@@ -126,6 +128,7 @@ impl Default for Config {
             presence: crate::source::presence::PresenceConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
             proxy: Vec::new(),
+            collections: Vec::new(),
         }
     }
 }
@@ -204,6 +207,33 @@ impl Config {
         self.sources.validate(&self.socketio.path)?;
         self.presence.validate()?;
         crate::proxy::validate(&self.proxy, &self.socketio.path)?;
+        crate::source::collection::config::validate(&self.collections, &self.socketio.path)?;
+        // A collection's path and a proxy prefix or a SQL history route would shadow each other.
+        for c in &self.collections {
+            let Some(path) = c.path.as_deref() else {
+                continue;
+            };
+            let taken = self
+                .proxy
+                .iter()
+                .map(|p| ("the proxy at", p.path.as_str()))
+                .chain(
+                    self.sources
+                        .sql
+                        .iter()
+                        .filter_map(|s| s.history_path.as_deref())
+                        .map(|h| ("the SQL history route", h)),
+                )
+                .find(|(_, p)| {
+                    crate::api::paths::is_under(path, p) || crate::api::paths::is_under(p, path)
+                });
+            if let Some((what, p)) = taken {
+                return Err(InvalidConfig(format!(
+                    "collections {:?} path {path:?} overlaps {what} {p:?}",
+                    c.name
+                )));
+            }
+        }
         // A SQL source's history route under a proxy prefix would be shadowed by it (or shadow it).
         for s in &self.sources.sql {
             let Some(path) = s.history_path.as_deref() else {

@@ -103,6 +103,7 @@ impl Server {
             sources: &config.sources,
             monitor: &config.monitor,
             presence: &config.presence,
+            collections: &config.collections,
         };
         // Sources' own channels keep their bounds whatever the configured rules match.
         let mut retention = config.history.retention();
@@ -134,6 +135,14 @@ impl Server {
                 legacy_dir: (config.engine.kind == EngineChoice::Sqlite)
                     .then_some(config.data_dir.as_path()),
                 max_body_bytes: config.max_body_bytes,
+                api_keys: &config.api_keys,
+                identify: {
+                    let access = access.clone();
+                    Arc::new(move |headers, query| {
+                        let access = access.clone();
+                        Box::pin(async move { access.identify(&headers, &query, None).await })
+                    })
+                },
             })
             .await?,
         );
@@ -190,6 +199,8 @@ impl Server {
             socketio = socketio.directory(Arc::new(directory.clone()));
         }
         let socketio = socketio.build();
+        let mut mounts = sources.routes();
+        let any_method = std::mem::take(&mut mounts.any_method);
         let api = api::router(
             ApiState {
                 core: core.clone(),
@@ -207,7 +218,7 @@ impl Server {
                     })
                 },
             },
-            sources.routes(),
+            mounts,
         );
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
         let router = api
@@ -232,7 +243,12 @@ impl Server {
                 access.policy.origins.clone(),
                 Origins::layer,
             ))
-            // Proxied prefixes carry the same origin policy, with preflights for every method.
+            // A collection's own REST paths and proxied prefixes carry the same origin policy, with preflights for
+            // every method.
+            .merge(any_method.layer(axum::middleware::from_fn_with_state(
+                access.policy.origins.clone(),
+                Origins::layer_any_method,
+            )))
             .merge(crate::proxy::router(
                 &config.proxy,
                 access.policy.origins.clone(),

@@ -688,7 +688,7 @@ async fn an_empty_epoch_continues_the_channel_unless_the_client_had_events_it_lo
         .await
         .unwrap();
     assert_eq!(
-        regs[0].gap.as_ref().map(|g| g.reason.clone()),
+        regs[0].gap.as_ref().map(|g| g.reason),
         Some(GapReason::EpochChanged)
     );
     assert_eq!(regs[0].after, 0);
