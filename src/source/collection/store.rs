@@ -750,13 +750,18 @@ impl Collection {
         } = how;
         let cfg = &self.cfg;
         let mut doc = Map::new();
+        // Listed fields the body lacks are `null` once checked, so a schema's `required` names them.
+        let mut nulls = Vec::new();
         if cfg.fields.is_empty() {
             doc = map;
         } else {
             for f in &cfg.fields {
-                let v = map.remove(f);
-                let v = v.unwrap_or_else(|| cfg.defaults.get(f).cloned().unwrap_or(Value::Null));
-                doc.insert(f.clone(), v);
+                match map.remove(f).or_else(|| cfg.defaults.get(f).cloned()) {
+                    Some(v) => {
+                        doc.insert(f.clone(), v);
+                    }
+                    None => nulls.push(f),
+                }
             }
         }
         if fill_defaults {
@@ -797,6 +802,9 @@ impl Collection {
         }
         doc.insert(cfg.id_field.clone(), id);
         cfg.rules.apply(&mut doc).map_err(StoreError::Invalid)?;
+        for f in nulls {
+            doc.insert(f.clone(), Value::Null);
+        }
         Ok(Value::Object(doc))
     }
 
