@@ -312,6 +312,60 @@ mod tests {
     use super::*;
 
     #[test]
+    fn seed_001_collection_config_is_valid_and_mistakes_are_named() {
+        let seed = include_str!("../examples/seed001/herald.toml");
+        let c: Config = toml::from_str(seed).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.collections[0].path.as_deref(), Some("/books"));
+        let base = "[[collections]]\nname = \"books\"\n";
+        for (extra, want) in [
+            (
+                "path = \"/api/books\"\n",
+                "collides with Herald's own route /api",
+            ),
+            ("path = \"/socket.io/x\"\n", "collides"),
+            ("[collections.access]\nlist = \"admins\"\n", "access.list"),
+            ("[collections.access]\nupdate = \"owner\"\n", "owner_field"),
+            (
+                "[[collections.values]]\nevent = \"s\"\nvalue = { n = \"total\" }\nchannel = \"d\"\n",
+                "expression \"total\"",
+            ),
+            (
+                "[[collections.values]]\nevent = \"s\"\nvalue = { n = \"count\" }\n",
+                "a channel of its own",
+            ),
+            ("schema = { type = \"nonsense\" }\n", "schema"),
+            ("[collections.events]\ncreated = \"herald:x\"\n", "herald:x"),
+            (
+                "[[collections.arrays]]\nfield = \"f\"\nmember = \"{x}\"\n",
+                "member",
+            ),
+            ("max_documents = 0\n", "max_documents"),
+        ] {
+            let c: Config = toml::from_str(&format!("{base}{extra}")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{extra}: {e}");
+            assert!(e.contains("\"books\""), "{extra}: {e}");
+        }
+        let twice = format!("{base}{base}");
+        let e = toml::from_str::<Config>(&twice)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("declared twice"), "{e}");
+        let proxied = format!(
+            "{base}path = \"/books\"\n[[proxy]]\npath = \"/books\"\nupstream = \"http://127.0.0.1:1\"\n"
+        );
+        let e = toml::from_str::<Config>(&proxied)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overlaps the proxy"), "{e}");
+    }
+
+    #[test]
     fn parses_documented_example() {
         let text = r#"
             listen = "127.0.0.1:7700"
