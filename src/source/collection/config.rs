@@ -236,11 +236,15 @@ pub struct ValueConfig {
     pub value: BTreeMap<String, String>,
 }
 
-/// Checks a name as event name.
+/// Checks an event name: not empty, not Herald's (`herald:…`), not one the Socket.IO client reserves.
 pub fn event_name(what: &str, name: &str) -> Result<(), InvalidConfig> {
-    if name.is_empty() || name.starts_with(RESERVED_PREFIX) {
+    if name.is_empty()
+        || name.starts_with(RESERVED_PREFIX)
+        || crate::transport::socketio::packet::RESERVED_EVENTS.contains(&name)
+    {
         return Err(InvalidConfig(format!(
-            "{what}: event {name:?} must be non-empty and not start with {RESERVED_PREFIX:?}"
+            "{what}: event {name:?} must be non-empty, not start with {RESERVED_PREFIX:?} and not be one \
+             the Socket.IO client reserves (connect, disconnect, …)"
         )));
     }
     Ok(())

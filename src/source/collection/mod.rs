@@ -337,6 +337,14 @@ async fn watch_presence(engine: Arc<dyn crate::core::Engine>, c: Arc<Collection>
     }
 }
 
+/// A metric: name, type, help, and how to read it from a collection's counters.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&store::Counts) -> u64,
+);
+
 /// The running collections.
 struct Collections {
     all: Arc<Vec<Arc<Collection>>>,
@@ -347,6 +355,43 @@ struct Collections {
 impl Source for Collections {
     fn routes(self: Arc<Self>) -> Mounts {
         routes::mounts(self.all.clone(), self.setup.clone())
+    }
+
+    fn metrics(&self, out: &mut String) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.all.is_empty() {
+            return;
+        }
+        let series: [Series; 3] = [
+            (
+                "herald_collection_documents",
+                "gauge",
+                "Documents of each collection, as of this node's last write.",
+                |c| c.documents.load(Relaxed),
+            ),
+            (
+                "herald_collection_writes_total",
+                "counter",
+                "Writes to each collection stored by this node.",
+                |c| c.writes.load(Relaxed),
+            ),
+            (
+                "herald_collection_refused_total",
+                "counter",
+                "Writes to each collection refused by this node.",
+                |c| c.refused.load(Relaxed),
+            ),
+        ];
+        for (name, kind, help, read) in series {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for c in self.all.iter() {
+                out.push_str(&format!(
+                    "{name}{{collection=\"{}\"}} {}\n",
+                    c.cfg.name,
+                    read(&c.counts)
+                ));
+            }
+        }
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

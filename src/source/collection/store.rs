@@ -196,6 +196,19 @@ pub struct Collection {
     write: tokio::sync::Mutex<Totals>,
     last_timestamp: AtomicI64,
     max_users: usize,
+    /// Counters for `/metrics`: writes stored, requests refused, documents after the last write.
+    pub counts: Counts,
+}
+
+/// A collection's counters.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Writes stored (an import counts once).
+    pub writes: std::sync::atomic::AtomicU64,
+    /// Writes refused (validation, versions, access, limits).
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Documents after the last write this node made.
+    pub documents: std::sync::atomic::AtomicU64,
 }
 
 /// What a write did.
@@ -215,6 +228,7 @@ impl Collection {
             write: tokio::sync::Mutex::new(Totals::default()),
             last_timestamp: AtomicI64::new(0),
             max_users,
+            counts: Counts::default(),
         }
     }
 
@@ -311,6 +325,12 @@ impl Collection {
     /// Stores `docs` (each with its id, or one generated) in one atomic batch: new ids are created, existing
     /// ones replaced. Returns how many were created and replaced.
     pub async fn import(&self, docs: Vec<Value>) -> Result<(usize, usize), StoreError> {
+        let result = self.import_once(docs).await;
+        self.count(result.is_ok());
+        result
+    }
+
+    async fn import_once(&self, docs: Vec<Value>) -> Result<(usize, usize), StoreError> {
         let mut totals = self.write.lock().await;
         let all = self.all().await?;
         let mut events = Vec::with_capacity(docs.len() + 1);
@@ -368,10 +388,34 @@ impl Collection {
         if !events.is_empty() {
             self.engine.publish(events).await?;
         }
+        self.counts
+            .documents
+            .store((all.len() + created) as u64, Ordering::Relaxed);
         Ok((created, replaced))
     }
 
     async fn write(
+        &self,
+        caller: &Caller,
+        id: Option<&str>,
+        change: Change,
+        if_match: Option<&str>,
+    ) -> Result<Written, StoreError> {
+        let result = self.write_once(caller, id, change, if_match).await;
+        self.count(result.is_ok());
+        result
+    }
+
+    fn count(&self, ok: bool) {
+        let c = if ok {
+            &self.counts.writes
+        } else {
+            &self.counts.refused
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn write_once(
         &self,
         caller: &Caller,
         id: Option<&str>,
@@ -593,8 +637,11 @@ impl Collection {
                 }
             }
         }
+        let deleted = new.is_none();
         events.extend(self.value_events(&mut totals, &all, &[(old, new)]).await?);
         self.engine.publish(events).await?;
+        let now = (all.len() + usize::from(created)).saturating_sub(usize::from(deleted));
+        self.counts.documents.store(now as u64, Ordering::Relaxed);
         Ok(Written { doc, created })
     }
 
@@ -602,6 +649,9 @@ impl Collection {
     pub async fn refresh_values(&self) -> Result<(), StoreError> {
         let mut totals = self.write.lock().await;
         let all = self.all().await?;
+        self.counts
+            .documents
+            .store(all.len() as u64, Ordering::Relaxed);
         let events = self.value_events(&mut totals, &all, &[]).await?;
         if !events.is_empty() {
             self.engine.publish(events).await?;

@@ -243,6 +243,10 @@ test('seed 001 against the config file: add/edit/favourite/delete reach both tab
   const after = (await request(h.url, '/books')).json;
   assert.equal(after.length, before.length, 'no refused body was stored');
   assert.deepEqual(after.map((b) => b.id), before.map((b) => b.id));
+  const metrics = (await request(h.url, '/metrics')).text;
+  assert.match(metrics, /^herald_collection_documents\{collection="books"\} 2$/m);
+  const refused = Number(/^herald_collection_refused_total\{collection="books"\} (\d+)$/m.exec(metrics)?.[1]);
+  assert.ok(refused >= 8, `refused writes are counted: ${refused}`);
 });
 
 test('a tab offline during three changes gets them on reconnect, in order, once; a restart loses nothing', DURABLE_ONLY, async (t) => {
