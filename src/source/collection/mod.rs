@@ -401,3 +401,236 @@ impl Source for Collections {
         Box::pin(async {})
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::access::Caller;
+    use super::store::{Collection, StoreError};
+    use super::*;
+    use crate::core::engine::memory::MemoryEngine;
+    use serde_json::json;
+
+    async fn books(extra: &str) -> (Arc<dyn crate::core::Engine>, Collection) {
+        let engine = MemoryEngine::open(Default::default(), Duration::from_secs(60)).unwrap();
+        let text = format!(
+            r#"
+            name = "books"
+            {extra}
+            id = "timestamp"
+            fields = ["title", "author", "favorites"]
+            defaults = {{ favorites = [] }}
+            trim = ["title"]
+            put = "merge"
+            schema = {{ type = "object", required = ["title"], properties = {{ title = {{ type = "string", minLength = 1 }} }} }}
+            events = {{ created = "bookAdded", updated = "bookUpdated", deleted = "bookDeleted" }}
+            [[arrays]]
+            field = "favorites"
+            [[values]]
+            channel = "dashboard"
+            event = "stats"
+            value = {{ total = "count", favs = "sum(len(favorites))", herbert = "count(author = Herbert)" }}
+            [[values]]
+            event = "favoriteUpdated"
+            per_document = true
+            value = {{ bookId = "id", favoritesCount = "len(favorites)" }}
+            "#
+        );
+        let c: CollectionConfig = toml::from_str(&text).unwrap();
+        let compiled = Compiled::new(&c, None).unwrap();
+        engine.declare_state(Pattern::new("books"), compiled.snapshot.clone());
+        engine.declare_state(Pattern::new("dashboard"), Snapshot::Each);
+        let col = Collection::new(compiled, engine.clone(), 100);
+        col.refresh_values().await.unwrap();
+        (engine, col)
+    }
+
+    fn user(name: &str) -> Caller {
+        Caller {
+            key: true,
+            identity: Some(crate::auth::Identity {
+                user: Some(name.into()),
+                ..crate::auth::Identity::anonymous()
+            }),
+        }
+    }
+
+    async fn names(engine: &Arc<dyn crate::core::Engine>, channel: &str) -> Vec<String> {
+        let ch = ChannelName::new(channel).unwrap();
+        let page = engine.history(&ch, 0, 1000).await.unwrap().unwrap();
+        page.events.iter().map(|e| e.name.to_string()).collect()
+    }
+
+    async fn stats(engine: &Arc<dyn crate::core::Engine>) -> Value {
+        let v = engine
+            .state_of(&ChannelName::new("dashboard").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(v.get("stats").unwrap().value.get()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn writes_publish_the_document_and_only_the_values_that_changed() {
+        let (engine, c) = books("").await;
+        let me = user("ann");
+        let a = c
+            .create(
+                &me,
+                json!({"title": " Dune ", "author": "Herbert", "extra": 1}),
+            )
+            .await
+            .unwrap();
+        assert!(a.created);
+        let doc: Value = serde_json::from_str(a.doc.json.get()).unwrap();
+        let id = doc["id"].as_i64().unwrap();
+        assert_eq!(
+            doc,
+            json!({"id": id, "title": "Dune", "author": "Herbert", "favorites": []})
+        );
+        let b = c.create(&me, json!({"title": "Emma"})).await.unwrap();
+        let emma: Value = serde_json::from_str(b.doc.json.get()).unwrap();
+        assert!(
+            emma["id"].as_i64().unwrap() > id,
+            "timestamp ids are unique"
+        );
+        assert_eq!(
+            emma["author"],
+            Value::Null,
+            "a missing listed field is null"
+        );
+        assert_eq!(
+            stats(&engine).await,
+            json!({"total": 2, "favs": 0, "herbert": 1})
+        );
+        let path = id.to_string();
+        // An update that changes no derived number publishes no value.
+        c.replace(&me, &path, json!({"title": "Dune!"}), None)
+            .await
+            .unwrap();
+        // The array operation is idempotent; the per-document value follows it.
+        for _ in 0..2 {
+            c.member(&me, &path, "favorites", json!("ann"), true, None)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            stats(&engine).await,
+            json!({"total": 2, "favs": 1, "herbert": 1})
+        );
+        c.member(&me, &path, "favorites", json!("ann"), false, None)
+            .await
+            .unwrap();
+        c.delete(&me, &path, None).await.unwrap();
+        assert_eq!(
+            names(&engine, "books").await,
+            [
+                "bookAdded",
+                "bookAdded",
+                "bookUpdated",
+                "bookUpdated",
+                "favoriteUpdated",
+                "bookUpdated",
+                "favoriteUpdated",
+                "bookDeleted"
+            ]
+        );
+        let totals: Vec<Value> = {
+            let ch = ChannelName::new("dashboard").unwrap();
+            let page = engine.history(&ch, 0, 100).await.unwrap().unwrap();
+            page.events
+                .iter()
+                .map(|e| serde_json::from_str(e.data.get()).unwrap())
+                .collect()
+        };
+        assert_eq!(
+            totals,
+            [
+                json!({"total": 0, "favs": 0, "herbert": 0}),
+                json!({"total": 1, "favs": 0, "herbert": 1}),
+                json!({"total": 2, "favs": 0, "herbert": 1}),
+                json!({"total": 2, "favs": 1, "herbert": 1}),
+                json!({"total": 2, "favs": 0, "herbert": 1}),
+                json!({"total": 1, "favs": 0, "herbert": 0}),
+            ],
+            "one value per change of a number, none for the title edit or the repeated favourite"
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_versions_bad_bodies_and_limits_change_nothing() {
+        let (engine, c) = books("max_documents = 2").await;
+        let me = user("ann");
+        let w = c.create(&me, json!({"title": "Dune"})).await.unwrap();
+        let id = serde_json::from_str::<Value>(w.doc.json.get()).unwrap()["id"].to_string();
+        let stale = w.doc.etag.clone();
+        let w2 = c
+            .patch(&me, &id, json!({"author": "Herbert"}), Some(&stale))
+            .await
+            .unwrap();
+        assert_ne!(w2.doc.etag, stale);
+        let before = names(&engine, "books").await.len();
+        match c
+            .patch(&me, &id, json!({"author": "X"}), Some(&stale))
+            .await
+        {
+            Err(StoreError::Stale { .. }) => {}
+            other => panic!("expected a stale version, got {:?}", other.map(|w| w.doc)),
+        }
+        match c.create(&me, json!({"title": "   "})).await {
+            Err(StoreError::Invalid(inv)) => assert_eq!(inv.field, "title"),
+            other => panic!("expected invalid, got {:?}", other.map(|w| w.doc)),
+        }
+        match c.create(&me, json!({"title": "T", "id": 5})).await {
+            Err(StoreError::Invalid(inv)) => assert_eq!(inv.field, "id"),
+            other => panic!("expected invalid, got {:?}", other.map(|w| w.doc)),
+        }
+        assert!(matches!(c.get("404").await, Err(StoreError::NotFound(_))));
+        c.create(&me, json!({"title": "Emma"})).await.unwrap();
+        assert!(matches!(
+            c.create(&me, json!({"title": "Third"})).await,
+            Err(StoreError::Full(2))
+        ));
+        assert_eq!(
+            names(&engine, "books").await.len(),
+            before + 1,
+            "only the one good create"
+        );
+        assert_eq!(c.get(&id).await.unwrap().etag, w2.doc.etag);
+    }
+
+    #[tokio::test]
+    async fn an_import_is_one_batch_creating_and_replacing() {
+        let (engine, c) = books("").await;
+        let docs = json!([
+            {"id": 1, "title": "A", "author": "Herbert", "favorites": ["x", "y"]},
+            {"id": 2, "title": "B"}
+        ]);
+        let Value::Array(docs) = docs else {
+            unreachable!()
+        };
+        assert_eq!(c.import(docs).await.unwrap(), (2, 0));
+        assert_eq!(
+            stats(&engine).await,
+            json!({"total": 2, "favs": 2, "herbert": 1})
+        );
+        let again = vec![
+            json!({"id": 2, "title": "B2"}),
+            json!({"id": 3, "title": ""}),
+        ];
+        match c.import(again).await {
+            Err(StoreError::Invalid(inv)) => assert_eq!(inv.field, "[1].title"),
+            other => panic!("expected invalid, got {other:?}"),
+        }
+        let again = vec![
+            json!({"id": 2, "title": "B2"}),
+            json!({"id": 3, "title": "C"}),
+        ];
+        assert_eq!(c.import(again).await.unwrap(), (1, 1));
+        let all = c.all().await.unwrap();
+        let titles: Vec<String> = all
+            .iter()
+            .map(|e| serde_json::from_str::<Value>(e.value.get()).unwrap()["title"].to_string())
+            .collect();
+        assert_eq!(titles, ["\"A\"", "\"B2\"", "\"C\""]);
+    }
+}
