@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -37,6 +37,7 @@ use crate::core::engine::Health;
 use crate::core::engine::PresenceGuard;
 use crate::core::event::now_ms;
 use crate::core::presence::Member;
+use crate::core::stats::{Counter, Gauge};
 
 /// The transport a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,12 +72,98 @@ impl Transport {
     }
 }
 
+/// Why a connection ended: the `reason` label of `herald_disconnects_total`. A binding says so on its
+/// [`Registration`] before dropping it; unsaid, the client went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// The client closed it or the network dropped it.
+    Client = 0,
+    /// Its heartbeat timed out (Socket.IO ping timeout, WebSocket idle).
+    Timeout,
+    /// It fell behind by more than its queue bound.
+    SlowConsumer,
+    /// The server is shutting down.
+    Shutdown,
+    /// An administrator closed it (`/api/connections/{id}/disconnect`).
+    Admin,
+    /// Its token expired.
+    Expired,
+    /// The server failed to serve it (a storage error mid-replay) or the client broke the protocol.
+    Error,
+}
+
+impl CloseReason {
+    /// Every reason, in label order.
+    pub const ALL: [CloseReason; 7] = [
+        CloseReason::Client,
+        CloseReason::Timeout,
+        CloseReason::SlowConsumer,
+        CloseReason::Shutdown,
+        CloseReason::Admin,
+        CloseReason::Expired,
+        CloseReason::Error,
+    ];
+
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::Timeout => "timeout",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Admin => "admin",
+            CloseReason::Expired => "expired",
+            CloseReason::Error => "error",
+        }
+    }
+}
+
+/// Connections counted by transport, for `/metrics`: open now, ever opened, and ended by reason.
+pub struct ConnectionCounts {
+    open: [Gauge; 3],
+    opened: [Counter; 3],
+    closed: [[Counter; 7]; 3],
+}
+
+impl ConnectionCounts {
+    const fn new() -> Self {
+        Self {
+            open: [const { Gauge::new() }; 3],
+            opened: [const { Counter::new() }; 3],
+            closed: [const { [const { Counter::new() }; 7] }; 3],
+        }
+    }
+
+    /// Connections of `transport` open now.
+    pub fn open(&self, transport: Transport) -> i64 {
+        self.open[transport as usize].get()
+    }
+
+    /// Connections of `transport` ever accepted.
+    pub fn opened(&self, transport: Transport) -> u64 {
+        self.opened[transport as usize].get()
+    }
+
+    /// Connections of `transport` ended for `reason`.
+    pub fn closed(&self, transport: Transport, reason: CloseReason) -> u64 {
+        self.closed[transport as usize][reason as usize].get()
+    }
+}
+
+/// Every registry's connections (one registry per process outside tests).
+pub static CONNECTIONS: ConnectionCounts = ConnectionCounts::new();
+
 /// What the registry asks of a live connection; each binding implements it for its connection's feed.
 pub trait Live: Send + Sync + 'static {
     /// The channels it is subscribed to now, in subscription order.
     fn subscriptions(&self) -> Vec<ChannelName>;
     /// What carries it now, for a transport that can change it (Socket.IO: `polling` or `websocket`).
     fn carrier(&self) -> Option<&'static str> {
+        None
+    }
+    /// Bytes queued for its client and not yet written, if its transport knows.
+    fn queued_bytes(&self) -> Option<usize> {
         None
     }
     /// Ends it at an administrator's request, the way its client reconnects and resumes from.
@@ -156,6 +243,9 @@ pub struct Connection {
     pub connected_at: i64,
     /// Its channels now.
     pub subscriptions: Vec<ChannelName>,
+    /// Bytes queued for it and not yet written (its transport's outbound queue), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_bytes: Option<usize>,
 }
 
 /// One page of the list.
@@ -207,6 +297,8 @@ impl Registry {
     /// the newer connection is the one the id reaches (Socket.IO retires the older one itself).
     pub fn register(&self, info: Info, live: Arc<dyn Live>) -> Registration {
         log_connection(&info, "connection opened");
+        CONNECTIONS.open[info.transport as usize].add(1);
+        CONNECTIONS.opened[info.transport as usize].inc();
         let mut t = self.table.lock();
         t.next_serial += 1;
         let serial = t.next_serial;
@@ -236,6 +328,7 @@ impl Registry {
             emptied: self.emptied.clone(),
             info,
             serial,
+            reason: AtomicU8::new(CloseReason::Client as u8),
         }
     }
 
@@ -352,6 +445,7 @@ fn render(info: &Info, live: &dyn Live) -> Connection {
         address: info.address.map(|a| a.to_string()),
         connected_at: info.member.connected_at,
         subscriptions: live.subscriptions(),
+        queued_bytes: live.queued_bytes(),
     }
 }
 
@@ -373,11 +467,32 @@ pub struct Registration {
     emptied: Arc<tokio::sync::Notify>,
     info: Info,
     serial: u64,
+    /// Why it ends, as [`CloseReason`]: the first reason said is kept.
+    reason: AtomicU8,
+}
+
+impl Registration {
+    /// Says why the connection is ending (the first reason said counts; unsaid, the client went away).
+    pub fn closing(&self, reason: CloseReason) {
+        let _ = self.reason.compare_exchange(
+            CloseReason::Client as u8,
+            reason as u8,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         log_connection(&self.info, "connection closed");
+        let transport = self.info.transport as usize;
+        CONNECTIONS.open[transport].add(-1);
+        let reason = CloseReason::ALL
+            .get(usize::from(self.reason.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or(CloseReason::Client);
+        CONNECTIONS.closed[transport][reason as usize].inc();
         let id = self.info.id();
         let mut t = self.table.lock();
         // A later registration under this id stays.

@@ -201,7 +201,9 @@ impl Server {
                 metrics: {
                     let sources = sources.clone();
                     let client_events = client_events.clone();
+                    let core = core.clone();
                     Arc::new(move |out: &mut String| {
+                        crate::metrics::render(out, &*core);
                         sources.metrics(out);
                         client_events.metrics(out);
                     })
@@ -214,7 +216,17 @@ impl Server {
                     })
                 },
             },
-            sources.routes(),
+            sources
+                .routes()
+                .merge(crate::admin::mounts(crate::admin::Setup {
+                    core: core.clone(),
+                    engine: match config.engine.kind {
+                        EngineChoice::Sqlite => "sqlite",
+                        EngineChoice::Memory => "memory",
+                        EngineChoice::Redis => "redis",
+                    },
+                    keyed: !config.api_keys.is_empty(),
+                })),
         );
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
         let router = api

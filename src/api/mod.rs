@@ -43,7 +43,7 @@ pub struct ApiState {
     pub max_event_bytes: usize,
     /// This node's live connections, of every transport.
     pub connections: Registry,
-    /// Appends the Prometheus text of the rest of the server (the sources) to `/metrics`.
+    /// Appends the Prometheus text of `/metrics` (the server's `crate::metrics`, then the sources').
     pub metrics: Arc<dyn Fn(&mut String) + Send + Sync>,
     /// The sources' readiness, listed by `/readyz` after the engine's.
     pub readiness: ready::ReadinessProbe,
@@ -135,20 +135,14 @@ async fn json_errors(response: Response) -> Response {
     ApiError::new(status, code, text).into_response()
 }
 
-/// `GET /metrics`: the sources' metrics, then the server's own counters.
+/// `GET /metrics`: what the server assembled (its core figures, then the sources'), as Prometheus text.
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let mut text = String::new();
+    let mut text = String::with_capacity(16 << 10);
     (state.metrics)(&mut text);
-    let refused = crate::policy::rate::MESSAGES_REFUSED.load(std::sync::atomic::Ordering::Relaxed);
-    text.push_str(&format!(
-        "# HELP herald_client_messages_refused_total Client messages refused by messages_per_second, all transports.\n\
-         # TYPE herald_client_messages_refused_total counter\n\
-         herald_client_messages_refused_total {refused}\n"
-    ));
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            "text/plain; version=0.0.4; charset=utf-8",
         )],
         text,
     )

@@ -9,6 +9,7 @@ pub mod outbox;
 pub mod refusal;
 pub mod socketio;
 pub mod sse;
+pub mod stats;
 pub mod subscribe;
 pub mod template;
 pub mod websocket;

@@ -68,6 +68,11 @@ impl<T: Weight> Outbox<T> {
         }
     }
 
+    /// Bytes queued and not yet taken by the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+
     /// Queues `item`; over the bound the outbox closes as a slow consumer.
     pub fn push(&self, item: T) -> Result<(), Gone> {
         self.queue(item, false)

@@ -139,6 +139,10 @@ impl Refusal {
     /// One `debug` line: the refusal (its code and what the client is told, as `reason`) sent over `wire`.
     fn log(&self, wire: &'static str) {
         tracing::debug!(code = self.code(), reason = %self, wire, "refused");
+        // The HTTP answer is an `ApiError`, which counts itself.
+        if wire != "http" {
+            crate::policy::refusals::REFUSALS.count(self.code());
+        }
     }
 
     /// Socket.IO: the ack `{ok:false, error:{code, message}}`.

@@ -29,6 +29,7 @@ use super::client_events::{Allowance, ClientEvents, Outcome};
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::refusal::Refusal;
+use super::stats;
 use super::subscribe::{self as path, Subscribing};
 use super::wire::{channel_from_path, envelope, gap_message, status_message};
 use crate::api::ApiError;
@@ -41,7 +42,7 @@ use crate::core::event::{
 };
 use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
-use crate::registry::{Info, Live, Registry, Transport, new_id};
+use crate::registry::{CloseReason, Info, Live, Registry, Transport, new_id};
 use crate::transport::websocket::{self as ws, Incoming, Reader, Writer, deflate};
 pub use config::{PayloadShape, WebSocketConfig};
 
@@ -111,6 +112,8 @@ impl WebSocketBinding {
 struct Message {
     payload: Bytes,
     deflated: bool,
+    /// A live event's commit time (ms since the UNIX epoch), for the delivery lag; 0 for anything else.
+    committed: i64,
 }
 
 impl Message {
@@ -118,6 +121,7 @@ impl Message {
         Self {
             payload: Bytes::from(text),
             deflated: false,
+            committed: 0,
         }
     }
 }
@@ -167,6 +171,7 @@ impl WsOutlet {
         text: Bytes,
         deflated: impl FnOnce(&Bytes) -> Bytes,
         bulk: bool,
+        committed: i64,
     ) -> Result<(), Gone> {
         // Held across the push: the view and the queue stay in the same order.
         let _view = (self.shape == PayloadShape::Data).then(|| {
@@ -178,7 +183,8 @@ impl WsOutlet {
             };
             view
         });
-        let message = self.message(text, deflated);
+        let mut message = self.message(text, deflated);
+        message.committed = committed;
         if bulk {
             self.outbox.push_bulk(message)
         } else {
@@ -227,11 +233,13 @@ impl WsOutlet {
             Message {
                 payload: deflated(&text),
                 deflated: true,
+                committed: 0,
             }
         } else {
             Message {
                 payload: text,
                 deflated: false,
+                committed: 0,
             }
         }
     }
@@ -240,6 +248,10 @@ impl WsOutlet {
 impl Live for Feed<WsOutlet> {
     fn subscriptions(&self) -> Vec<ChannelName> {
         self.channels()
+    }
+
+    fn queued_bytes(&self) -> Option<usize> {
+        Some(self.outlet.outbox.queued_bytes())
     }
 
     /// Closes with [`DISCONNECTED`] once what is queued went out.
@@ -253,6 +265,7 @@ impl Live for Feed<WsOutlet> {
 }
 
 impl Outlet for WsOutlet {
+    const TRANSPORT: Transport = Transport::WebSocket;
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
         let (slot, zslot) = match self.shape {
             PayloadShape::Envelope => (&ENVELOPE, &ENVELOPE_DEFLATED),
@@ -266,6 +279,7 @@ impl Outlet for WsOutlet {
             text,
             |t| event.encoded(zslot, |_| deflate::compress(t)),
             false,
+            event.event.time,
         )
     }
 
@@ -273,7 +287,12 @@ impl Outlet for WsOutlet {
         if let Some(sent) = self.source_status(event) {
             return sent;
         }
-        self.data(text_of(event, self.shape), |t| deflate::compress(t), true)
+        self.data(
+            text_of(event, self.shape),
+            |t| deflate::compress(t),
+            true,
+            0,
+        )
     }
 
     fn gap(&self, gap: &Gap) -> Result<(), Gone> {
@@ -464,7 +483,12 @@ async fn upgrade(
     tokio::spawn(async move {
         match upgrade.connect(b.config.max_message_bytes).await {
             Ok((reader, writer)) => {
-                run(b, identity, feed, reader, writer, initial, who).await;
+                let ending = run(b, identity, feed, reader, writer, initial, who).await;
+                let reason = close_reason(ending.as_ref());
+                if reason == CloseReason::SlowConsumer {
+                    stats::SLOW_CONSUMERS[Transport::WebSocket as usize].inc();
+                }
+                registration.closing(reason);
                 drop(registration);
                 drop(slot);
             }
@@ -486,7 +510,7 @@ async fn run(
     writer: Writer,
     initial: Option<Subscribing<WsOutlet>>,
     who: String,
-) {
+) -> Option<Ending> {
     let outbox = feed.outlet.outbox.clone();
     let (requests, pending) = mpsc::channel(PENDING_REQUESTS);
     let expires = b
@@ -509,6 +533,20 @@ async fn run(
     worker.abort();
     outbox.close(Closed::Gone);
     feed.detach();
+    ending
+}
+
+/// Why a connection ended, from the close frame we sent.
+fn close_reason(ending: Option<&Ending>) -> CloseReason {
+    match ending {
+        None | Some(Ending(1000, _)) => CloseReason::Client,
+        Some(Ending(1008, _)) => CloseReason::SlowConsumer,
+        Some(Ending(1001, _)) => CloseReason::Shutdown,
+        Some(Ending(DISCONNECTED, _)) => CloseReason::Admin,
+        Some(Ending(TOKEN_EXPIRED, _)) => CloseReason::Expired,
+        Some(Ending(1011, "ping timeout")) => CloseReason::Timeout,
+        Some(_) => CloseReason::Error,
+    }
 }
 
 /// How a connection ended: the close frame we sent, if any.
@@ -603,11 +641,21 @@ async fn pump(
                         Closed::Disconnected => Ending(DISCONNECTED, "closed by an administrator"),
                     });
                 }
+                let mut bytes = 0;
+                let mut oldest = i64::MAX;
                 for m in batch.drain(..) {
+                    bytes += m.payload.len() as u64;
+                    if m.committed > 0 {
+                        oldest = oldest.min(m.committed);
+                    }
                     writer.text(&m.payload, m.deflated);
                 }
                 if !flushed(&mut writer, config.ping_timeout).await {
                     return None;
+                }
+                stats::WRITTEN_BYTES[Transport::WebSocket as usize].add(bytes);
+                if oldest != i64::MAX {
+                    stats::written_live(oldest);
                 }
             }
             () = sleep_until(next_ping) => {

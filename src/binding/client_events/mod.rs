@@ -23,6 +23,7 @@ use crate::auth::Identity;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::event::NewEvent;
+use crate::core::stats;
 use crate::policy::rate::Bucket;
 pub use config::ClientEvent;
 
@@ -178,6 +179,9 @@ impl ClientEvents {
                 event: name,
                 data,
             } => {
+                let started = std::time::Instant::now();
+                let mut reached = false;
+                let result = async {
                 let channel = channel(event, t, ctx)?;
                 self.access.publish(identity, &channel)?;
                 let data = filled_data(event, data.as_ref(), ctx)?;
@@ -202,6 +206,7 @@ impl ClientEvents {
                         limits.client_publishes_burst()
                     )));
                 }
+                reached = true;
                 let published = self
                     .engine
                     .publish(vec![NewEvent {
@@ -211,13 +216,21 @@ impl ClientEvents {
                         id: None,
                         state: None,
                     }])
-                    .await?;
+                    .await;
+                stats::record_publish(stats::Origin::Client, 1, started, &published);
+                let published = published?;
                 let Some(r) = published.first() else {
                     return Err(Refusal::Unavailable);
                 };
                 Ok(Outcome::Done(
                     json!({"ok": true, "channel": r.channel, "offset": r.offset, "epoch": r.epoch, "id": r.id}),
                 ))
+                }
+                .await;
+                if result.is_err() && !reached {
+                    stats::PUBLISHES.record(stats::Origin::Client, stats::Outcome::Rejected, 1);
+                }
+                result
             }
         }
     }

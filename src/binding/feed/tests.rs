@@ -143,6 +143,7 @@ fn seen(e: &Event) -> Ev {
 }
 
 impl Outlet for Fake {
+    const TRANSPORT: crate::registry::Transport = crate::registry::Transport::WebSocket;
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
         self.push(Call::Live(seen(&event.event)))
     }

@@ -31,7 +31,7 @@ use crate::core::event::{EncodingSlot, Event, SharedEvent, SlotError};
 use crate::core::gap::{Gap, GapReason};
 use crate::policy::Policy;
 use crate::policy::rate::{MessageLimit, REPORT_INTERVAL, Slot};
-use crate::registry::{Info, Live, Registration, Registry, Transport};
+use crate::registry::{CloseReason, Info, Live, Registration, Registry, Transport};
 use crate::transport::engineio::TransportKind;
 use crate::transport::socketio::{
     Accept, AckResponder, BoxFuture, ConnectError, DisconnectReason, EncodedPacket,
@@ -109,6 +109,10 @@ impl Live for Feed<SocketOutlet> {
         })
     }
 
+    fn queued_bytes(&self) -> Option<usize> {
+        Some(self.outlet.0.session().queued_bytes())
+    }
+
     /// Closes the transport, not the namespace: the stock client reconnects by itself and recovers its session.
     fn close(&self) {
         self.outlet.0.close_transport("closed by an administrator");
@@ -120,6 +124,7 @@ impl Live for Feed<SocketOutlet> {
 }
 
 impl Outlet for SocketOutlet {
+    const TRANSPORT: crate::registry::Transport = crate::registry::Transport::SocketIo;
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
         let packet = event.encoded(&PACKET, |e| encode_event(e, &Cursor::live(e).to_string()));
         self.0.send_encoded(&packet).map_err(|_| Gone)
@@ -623,6 +628,23 @@ impl ChannelsNamespace {
             timer.abort();
         }
         conn.feed.detach();
+        let closing = match reason {
+            DisconnectReason::PingTimeout => CloseReason::Timeout,
+            DisconnectReason::ServerShutdown => CloseReason::Shutdown,
+            DisconnectReason::SlowConsumer => CloseReason::SlowConsumer,
+            DisconnectReason::TransportError | DisconnectReason::ParseError => CloseReason::Error,
+            // The server closed the transport on purpose (an administrator, an expired token, a failed replay).
+            DisconnectReason::ForcedClose => CloseReason::Admin,
+            DisconnectReason::ClientNamespaceDisconnect
+            | DisconnectReason::ServerDisconnect
+            | DisconnectReason::TransportClose => CloseReason::Client,
+        };
+        if closing == CloseReason::SlowConsumer {
+            super::stats::SLOW_CONSUMERS[Transport::SocketIo as usize].inc();
+        }
+        if let Some(registration) = conn.registration.get() {
+            registration.closing(closing);
+        }
         if reason.allows_recovery() {
             self.core.session_detached(&conn.pid);
         } else {

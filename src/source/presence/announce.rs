@@ -19,6 +19,7 @@ use crate::core::channel::{ChannelName, Pattern};
 use crate::core::engine::lease::{LEASE_TTL, while_held};
 use crate::core::event::NewEvent;
 use crate::core::presence::{Member, PresenceEvent};
+use crate::core::stats::Origin;
 
 /// Announces joins and leaves on `config.pattern` until the task is aborted (one node of a cluster at a time).
 pub async fn run(engine: Arc<dyn Engine>, config: AnnounceConfig) {
@@ -163,7 +164,7 @@ async fn publish(
         state: None,
     };
     // Presence is "now": an announcement the engine cannot take is logged, not retried later out of order.
-    if let Err(e) = engine.publish(vec![event]).await {
+    if let Err(e) = engine.publish_from(Origin::Presence, vec![event]).await {
         tracing::warn!(%channel, event = name, error = %e, "presence announcement not published");
     }
 }

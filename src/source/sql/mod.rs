@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 mod poller;
 mod routes;
+pub mod stats;
 pub mod template;
 
 use std::collections::{BTreeMap, HashMap};
@@ -534,6 +535,10 @@ async fn follow_demand(
     mut demand: tokio::sync::mpsc::UnboundedReceiver<crate::core::engine::Demand>,
 ) {
     while let Some(d) = demand.recv().await {
+        // Herald's own channels (a source following its store, say) are never a user's demand.
+        if d.channel.is_internal() {
+            continue;
+        }
         let Some(params) = source.template.bind(d.channel.as_str()) else {
             continue;
         };

@@ -28,6 +28,10 @@ const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Bytes a WebSocket writer takes per batch, so a ping is never stuck behind a huge backlog.
 const WS_BATCH_BYTES: usize = 64 * 1024;
 
+/// Bytes every session's writers took from their queues to write (WebSocket frames and polling responses), for
+/// the server's metrics.
+pub static WRITTEN_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Why a session closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -239,6 +243,11 @@ impl Session {
 
     pub(crate) fn upgrade_timeout(&self) -> std::time::Duration {
         self.engine.config.upgrade_timeout
+    }
+
+    /// Bytes queued for the client and not yet taken by a writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().queued_bytes
     }
 
     /// Whether the session is closed.
@@ -487,6 +496,7 @@ impl Session {
         }
         // Taking the queue (not draining it) releases its buffer while the session idles.
         frames.extend(std::mem::take(&mut st.queue));
+        WRITTEN_BYTES.fetch_add(st.queued_bytes as u64, Ordering::Relaxed);
         st.drained += st.queued_bytes as u64;
         st.queued_bytes = 0;
         self.drained.notify_waiters();
@@ -526,6 +536,7 @@ impl Session {
             frames.push(frame);
         }
         st.queued_bytes -= taken;
+        WRITTEN_BYTES.fetch_add(taken as u64, Ordering::Relaxed);
         st.drained += taken as u64;
         self.drained.notify_waiters();
         if st.queue.is_empty() {

@@ -76,6 +76,11 @@ impl From<MonitorError> for ApiError {
             MonitorError::TooSoon(..) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
             }
+            MonitorError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "monitor_unavailable",
+                e.to_string(),
+            ),
             MonitorError::Storage(_) | MonitorError::Migration(_) => {
                 tracing::error!(error = %e, "monitor storage failure");
                 ApiError::new(
