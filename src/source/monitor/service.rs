@@ -97,21 +97,23 @@ struct Entry {
     log_after: u64,
     /// Revision of the definition, incremented by each change.
     rev: AtomicU64,
-    /// Whether this node checks it now (holds its lease and runs its task).
-    held: tokio::sync::watch::Sender<bool>,
+    /// How many of its checking tasks run on this node (holding its lease): more than 0 while it is checked here.
+    /// A count, not a flag: a replaced task's guard is dropped when its abort takes effect, which may be after its
+    /// successor started and marked the entry, and must not unmark it.
+    held: tokio::sync::watch::Sender<usize>,
 }
 
 /// Marks an entry checked here while its checking task runs (dropped with the task when the lease is lost).
 struct Held(Arc<Entry>);
 impl Held {
     fn new(e: Arc<Entry>) -> Self {
-        e.held.send_replace(true);
+        e.held.send_modify(|n| *n += 1);
         Self(e)
     }
 }
 impl Drop for Held {
     fn drop(&mut self) {
-        self.0.held.send_replace(false);
+        self.0.held.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -307,7 +309,7 @@ impl Monitors {
                     changed = true;
                 }
                 Some(e) => {
-                    if !*e.held.borrow() {
+                    if *e.held.borrow() == 0 {
                         *e.rt.lock() = s.runtime;
                     }
                 }
@@ -406,7 +408,7 @@ impl Monitors {
             }),
             log_after,
             rev: AtomicU64::new(rev),
-            held: tokio::sync::watch::channel(false).0,
+            held: tokio::sync::watch::channel(0).0,
         });
         self.entries.lock().insert(id, e.clone());
         e
@@ -605,7 +607,7 @@ impl Monitors {
         }
         // Checked here only by the lease holder (its task may be just starting: a moment's wait).
         let mut held = e.held.subscribe();
-        let waited = tokio::time::timeout(Duration::from_secs(1), held.wait_for(|h| *h))
+        let waited = tokio::time::timeout(Duration::from_secs(1), held.wait_for(|n| *n > 0))
             .await
             .is_ok_and(|r| r.is_ok());
         if !waited {
