@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::feed::Gone;
+use crate::core::stats::Gauge;
 
 /// Why an outbox stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +49,35 @@ pub struct Outbox<T> {
     wake_writer: Notify,
     drained: Notify,
     max_bytes: usize,
+    /// Where its queued bytes are added up with other connections' (`herald_queued_bytes`).
+    gauge: Option<&'static Gauge>,
+}
+
+impl<T> State<T> {
+    /// Sets the queued bytes to `to`, moving `gauge` by the difference.
+    fn set_bytes(&mut self, to: usize, gauge: Option<&Gauge>) {
+        if let Some(g) = gauge {
+            g.add(to as i64 - self.bytes as i64);
+        }
+        self.bytes = to;
+    }
+}
+
+impl<T> Drop for Outbox<T> {
+    fn drop(&mut self) {
+        let gauge = self.gauge;
+        self.state.get_mut().set_bytes(0, gauge);
+    }
 }
 
 impl<T: Weight> Outbox<T> {
     /// An empty outbox holding at most `max_bytes` of live items.
     pub fn new(max_bytes: usize) -> Self {
+        Self::counted(max_bytes, None)
+    }
+
+    /// [`Outbox::new`], its queued bytes counted in `gauge`.
+    pub fn counted(max_bytes: usize, gauge: Option<&'static Gauge>) -> Self {
         Self {
             state: Mutex::new(State {
                 items: VecDeque::new(),
@@ -65,6 +90,7 @@ impl<T: Weight> Outbox<T> {
             wake_writer: Notify::new(),
             drained: Notify::new(),
             max_bytes,
+            gauge,
         }
     }
 
@@ -84,15 +110,17 @@ impl<T: Weight> Outbox<T> {
             return Err(Gone);
         }
         let weight = item.weight();
-        st.bytes += weight;
-        if st.bytes > self.max_bytes {
+        if st.bytes + weight > self.max_bytes {
             st.closed = Some(Closed::SlowConsumer);
             st.items.clear();
+            st.set_bytes(0, self.gauge);
             drop(st);
             self.wake_all();
             return Err(Gone);
         }
         st.items.push_back(item);
+        let bytes = st.bytes + weight;
+        st.set_bytes(bytes, self.gauge);
         st.pushed += weight as u64;
         if bulk {
             st.bulk_mark = st.pushed;
@@ -138,7 +166,7 @@ impl<T: Weight> Outbox<T> {
                 if !st.items.is_empty() {
                     out.extend(std::mem::take(&mut st.items));
                     st.drained += st.bytes as u64;
-                    st.bytes = 0;
+                    st.set_bytes(0, self.gauge);
                     drop(st);
                     self.drained.notify_waiters();
                     return None;

@@ -338,7 +338,10 @@ async fn open(
         Err(m) => return Refusal::InvalidCursor(m).response(),
     };
     let envelope = matches!(param("envelope"), Some("1" | "true"));
-    let outbox = Arc::new(Outbox::new(b.config.max_queue_bytes));
+    let outbox = Arc::new(Outbox::counted(
+        b.config.max_queue_bytes,
+        Some(&stats::QUEUED_BYTES[Transport::Sse as usize]),
+    ));
     let outlet = SseOutlet {
         outbox: outbox.clone(),
         channels: channels.clone(),

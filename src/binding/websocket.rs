@@ -437,7 +437,10 @@ async fn upgrade(
         }
         Err(e) => return bad_request("websocket_required", e.to_string()),
     };
-    let outbox = Arc::new(Outbox::new(b.config.max_queue_bytes));
+    let outbox = Arc::new(Outbox::counted(
+        b.config.max_queue_bytes,
+        Some(&stats::QUEUED_BYTES[Transport::WebSocket as usize]),
+    ));
     let outlet = WsOutlet {
         outbox,
         shape,

@@ -173,6 +173,19 @@ fn deliveries(t: &mut Text<'_>) {
     );
     per_transport(
         t,
+        "herald_queued_bytes",
+        Kind::Gauge,
+        "Bytes waiting in connections' outbound queues, by transport.",
+        |tr| match tr {
+            Transport::SocketIo => crate::transport::engineio::QUEUED_BYTES
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .max(0)
+                .unsigned_abs(),
+            other => binding::QUEUED_BYTES[other as usize].get().unsigned_abs(),
+        },
+    );
+    per_transport(
+        t,
         "herald_slow_consumers_total",
         Kind::Counter,
         "Connections closed for falling behind by more than their queue bound, by transport.",

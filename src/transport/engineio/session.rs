@@ -32,6 +32,18 @@ const WS_BATCH_BYTES: usize = 64 * 1024;
 /// the server's metrics.
 pub static WRITTEN_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Bytes waiting in every session's outbound queue now, for the server's metrics.
+pub static QUEUED_BYTES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Sets a session's queued bytes to `to`, moving [`QUEUED_BYTES`] by the difference.
+fn set_queued(st: &mut State, to: usize) {
+    let by = to as i64 - st.queued_bytes as i64;
+    if by != 0 {
+        QUEUED_BYTES.fetch_add(by, Ordering::Relaxed);
+    }
+    st.queued_bytes = to;
+}
+
 /// Why a session closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -166,6 +178,13 @@ pub struct Session {
     lane: Mutex<Lane>,
     ready: AtomicBool,
     created: Instant,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // What never went out leaves the node-wide figure with the session.
+        set_queued(self.state.get_mut(), 0);
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -320,7 +339,8 @@ impl Session {
             self.close(CloseReason::SlowConsumer);
             return Err(SendError::SlowConsumer);
         }
-        st.queued_bytes += added;
+        let queued = st.queued_bytes + added;
+        set_queued(&mut st, queued);
         st.pushed += added as u64;
         if bulk {
             st.bulk_mark = st.pushed;
@@ -493,7 +513,7 @@ impl Session {
         frames.extend(std::mem::take(&mut st.queue));
         WRITTEN_BYTES.fetch_add(st.queued_bytes as u64, Ordering::Relaxed);
         st.drained += st.queued_bytes as u64;
-        st.queued_bytes = 0;
+        set_queued(&mut st, 0);
         self.drained.notify_waiters();
         PollBatch::Frames(frames)
     }
@@ -512,7 +532,7 @@ impl Session {
                 _ => (Vec::new(), None),
             };
             st.queue = VecDeque::new();
-            st.queued_bytes = 0;
+            set_queued(&mut st, 0);
             return WsBatch::Close(frames, close);
         }
         if !st.ping_due && st.queue.is_empty() {
@@ -530,7 +550,8 @@ impl Session {
             taken += frame.weight();
             frames.push(frame);
         }
-        st.queued_bytes -= taken;
+        let queued = st.queued_bytes - taken;
+        set_queued(&mut st, queued);
         WRITTEN_BYTES.fetch_add(taken as u64, Ordering::Relaxed);
         st.drained += taken as u64;
         self.drained.notify_waiters();
