@@ -190,6 +190,9 @@ impl Server {
             socketio = socketio.directory(Arc::new(directory.clone()));
         }
         let socketio = socketio.build();
+        // The Engine.IO layer reports when the stamped (live) frames it queued are written: the delivery lag.
+        let _ =
+            crate::transport::engineio::ON_STAMPED_WRITE.set(crate::binding::stats::written_live);
         let api = api::router(
             ApiState {
                 core: core.clone(),

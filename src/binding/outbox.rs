@@ -40,6 +40,10 @@ struct State<T> {
     drained: u64,
     /// Where the last bulk item ends in the queue ([`Outbox::push_bulk`]).
     bulk_mark: u64,
+    /// The commit time (ms) of the first stamped item queued since the writer last took a batch.
+    stamp: Option<i64>,
+    /// The stamp of the batch the writer took last.
+    taken_stamp: Option<i64>,
     closed: Option<Closed>,
 }
 
@@ -85,6 +89,8 @@ impl<T: Weight> Outbox<T> {
                 pushed: 0,
                 drained: 0,
                 bulk_mark: 0,
+                stamp: None,
+                taken_stamp: None,
                 closed: None,
             }),
             wake_writer: Notify::new(),
@@ -97,6 +103,20 @@ impl<T: Weight> Outbox<T> {
     /// Queues `item`; over the bound the outbox closes as a slow consumer.
     pub fn push(&self, item: T) -> Result<(), Gone> {
         self.queue(item, false)
+    }
+
+    /// Queues a live event's item committed at `committed` (ms since the UNIX epoch): the writer learns the
+    /// oldest such time of each batch from [`Outbox::take_stamp`].
+    pub fn push_stamped(&self, item: T, committed: i64) -> Result<(), Gone> {
+        self.queue(item, false)?;
+        let mut st = self.state.lock();
+        st.stamp.get_or_insert(committed);
+        Ok(())
+    }
+
+    /// The oldest commit time of the batch [`Outbox::next_batch`] took last, once.
+    pub fn take_stamp(&self) -> Option<i64> {
+        self.state.lock().taken_stamp.take()
     }
 
     /// Queues an item of a bulk sender, which paces itself with [`Outbox::room`].
@@ -167,6 +187,7 @@ impl<T: Weight> Outbox<T> {
                     out.extend(std::mem::take(&mut st.items));
                     st.drained += st.bytes as u64;
                     st.set_bytes(0, self.gauge);
+                    st.taken_stamp = st.stamp.take();
                     drop(st);
                     self.drained.notify_waiters();
                     return None;

@@ -195,7 +195,7 @@ fn deliveries(t: &mut Text<'_>) {
     t.family(
         name,
         Kind::Histogram,
-        "Time from an event's commit to its write on a /ws socket (the oldest live event of each write; millisecond resolution).",
+        "Time from an event's commit to its write on a client socket, sampled once per write batch (millisecond resolution).",
     )
     .histogram(name, &[], &binding::DELIVERY_LAG.snapshot());
 }

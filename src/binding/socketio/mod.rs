@@ -123,7 +123,9 @@ impl Outlet for SocketOutlet {
     const TRANSPORT: crate::registry::Transport = crate::registry::Transport::SocketIo;
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
         let packet = event.encoded(&PACKET, |e| encode_event(e, &Cursor::live(e).to_string()));
-        self.0.send_encoded(&packet).map_err(|_| Gone)
+        self.0
+            .send_encoded_stamped(&packet, event.event.time)
+            .map_err(|_| Gone)
     }
 
     fn replayed(&self, event: &Event, reg: &Registered) -> Result<(), Gone> {
