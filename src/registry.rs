@@ -166,6 +166,10 @@ pub trait Live: Send + Sync + 'static {
     fn close(&self);
     /// Tells its client the engine's health now, if that changed since it was last told.
     fn tell_status(&self);
+    /// Bytes waiting in its outbound queue now (for `/metrics`).
+    fn queued_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// What a connection is, fixed when it registers.
@@ -392,6 +396,24 @@ impl Registry {
                 live.tell_status();
             }
         }
+    }
+
+    /// Bytes waiting in the outbound queues of every connection, by transport (indexed by [`Transport`]): read
+    /// when `/metrics` is scraped, so the delivery path counts nothing for it.
+    pub fn queued_bytes(&self) -> [u64; 3] {
+        // Copied out under the lock, read outside it: each queue has its own lock.
+        let lives: Vec<(Transport, Arc<dyn Live>)> = {
+            let t = self.table.lock();
+            t.entries
+                .values()
+                .map(|e| (e.info.transport, e.live.clone()))
+                .collect()
+        };
+        let mut out = [0; 3];
+        for (transport, live) in lives {
+            out[transport as usize] += live.queued_bytes() as u64;
+        }
+        out
     }
 
     /// Closes connection `id` (it reconnects and resumes); false if it is not live.

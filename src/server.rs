@@ -205,8 +205,9 @@ impl Server {
                     let sources = sources.clone();
                     let client_events = client_events.clone();
                     let core = core.clone();
+                    let registry = registry.clone();
                     Arc::new(move |out: &mut String| {
-                        crate::metrics::render(out, &*core);
+                        crate::metrics::render(out, &*core, &registry);
                         sources.metrics(out);
                         client_events.metrics(out);
                     })

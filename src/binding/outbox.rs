@@ -9,7 +9,6 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::feed::Gone;
-use crate::core::stats::Gauge;
 
 /// Why an outbox stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,35 +52,11 @@ pub struct Outbox<T> {
     wake_writer: Notify,
     drained: Notify,
     max_bytes: usize,
-    /// Where its queued bytes are added up with other connections' (`herald_queued_bytes`).
-    gauge: Option<&'static Gauge>,
-}
-
-impl<T> State<T> {
-    /// Sets the queued bytes to `to`, moving `gauge` by the difference.
-    fn set_bytes(&mut self, to: usize, gauge: Option<&Gauge>) {
-        if let Some(g) = gauge {
-            g.add(to as i64 - self.bytes as i64);
-        }
-        self.bytes = to;
-    }
-}
-
-impl<T> Drop for Outbox<T> {
-    fn drop(&mut self) {
-        let gauge = self.gauge;
-        self.state.get_mut().set_bytes(0, gauge);
-    }
 }
 
 impl<T: Weight> Outbox<T> {
     /// An empty outbox holding at most `max_bytes` of live items.
     pub fn new(max_bytes: usize) -> Self {
-        Self::counted(max_bytes, None)
-    }
-
-    /// [`Outbox::new`], its queued bytes counted in `gauge`.
-    pub fn counted(max_bytes: usize, gauge: Option<&'static Gauge>) -> Self {
         Self {
             state: Mutex::new(State {
                 items: VecDeque::new(),
@@ -96,22 +71,23 @@ impl<T: Weight> Outbox<T> {
             wake_writer: Notify::new(),
             drained: Notify::new(),
             max_bytes,
-            gauge,
         }
     }
 
     /// Queues `item`; over the bound the outbox closes as a slow consumer.
     pub fn push(&self, item: T) -> Result<(), Gone> {
-        self.queue(item, false)
+        self.queue(item, false, None)
     }
 
     /// Queues a live event's item committed at `committed` (ms since the UNIX epoch): the writer learns the
     /// oldest such time of each batch from [`Outbox::take_stamp`].
     pub fn push_stamped(&self, item: T, committed: i64) -> Result<(), Gone> {
-        self.queue(item, false)?;
-        let mut st = self.state.lock();
-        st.stamp.get_or_insert(committed);
-        Ok(())
+        self.queue(item, false, Some(committed))
+    }
+
+    /// Bytes waiting for the writer now.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
     }
 
     /// The oldest commit time of the batch [`Outbox::next_batch`] took last, once.
@@ -121,10 +97,10 @@ impl<T: Weight> Outbox<T> {
 
     /// Queues an item of a bulk sender, which paces itself with [`Outbox::room`].
     pub fn push_bulk(&self, item: T) -> Result<(), Gone> {
-        self.queue(item, true)
+        self.queue(item, true, None)
     }
 
-    fn queue(&self, item: T, bulk: bool) -> Result<(), Gone> {
+    fn queue(&self, item: T, bulk: bool, stamp: Option<i64>) -> Result<(), Gone> {
         let mut st = self.state.lock();
         if st.closed.is_some() {
             return Err(Gone);
@@ -133,15 +109,17 @@ impl<T: Weight> Outbox<T> {
         if st.bytes + weight > self.max_bytes {
             st.closed = Some(Closed::SlowConsumer);
             st.items.clear();
-            st.set_bytes(0, self.gauge);
+            st.bytes = 0;
             drop(st);
             self.wake_all();
             return Err(Gone);
         }
         st.items.push_back(item);
-        let bytes = st.bytes + weight;
-        st.set_bytes(bytes, self.gauge);
+        st.bytes += weight;
         st.pushed += weight as u64;
+        if let Some(stamp) = stamp {
+            st.stamp.get_or_insert(stamp);
+        }
         if bulk {
             st.bulk_mark = st.pushed;
         }
@@ -186,7 +164,7 @@ impl<T: Weight> Outbox<T> {
                 if !st.items.is_empty() {
                     out.extend(std::mem::take(&mut st.items));
                     st.drained += st.bytes as u64;
-                    st.set_bytes(0, self.gauge);
+                    st.bytes = 0;
                     st.taken_stamp = st.stamp.take();
                     drop(st);
                     self.drained.notify_waiters();

@@ -141,6 +141,10 @@ fn body_of(e: &Event, envelope_data: bool) -> Bytes {
 }
 
 impl Live for Feed<SseOutlet> {
+    fn queued_bytes(&self) -> usize {
+        self.outlet.outbox.queued_bytes()
+    }
+
     fn subscriptions(&self) -> Vec<ChannelName> {
         self.channels()
     }
@@ -338,10 +342,7 @@ async fn open(
         Err(m) => return Refusal::InvalidCursor(m).response(),
     };
     let envelope = matches!(param("envelope"), Some("1" | "true"));
-    let outbox = Arc::new(Outbox::counted(
-        b.config.max_queue_bytes,
-        Some(&stats::QUEUED_BYTES[Transport::Sse as usize]),
-    ));
+    let outbox = Arc::new(Outbox::new(b.config.max_queue_bytes));
     let outlet = SseOutlet {
         outbox: outbox.clone(),
         channels: channels.clone(),

@@ -5,7 +5,7 @@
 //! Deliveries are counted per event and connection with one relaxed atomic add (the fan-out thread is the main
 //! writer, so the line rarely moves between cores); bytes and lag per write batch of a connection's writer.
 
-use crate::core::stats::{Buckets, Counter, Gauge, Histogram};
+use crate::core::stats::{Buckets, Counter, Histogram};
 use crate::registry::Transport;
 
 /// A counter per transport, indexed by [`Transport`].
@@ -16,10 +16,6 @@ pub static DELIVERIES: PerTransport = [const { Counter::new() }; 3];
 
 /// Bytes written to connections' sockets, by transport (`herald_written_bytes_total`).
 pub static WRITTEN_BYTES: PerTransport = [const { Counter::new() }; 3];
-
-/// Bytes waiting in `/ws` and SSE connections' outbound queues now (`herald_queued_bytes`; the Engine.IO layer
-/// counts Socket.IO's).
-pub static QUEUED_BYTES: [Gauge; 3] = [const { Gauge::new() }; 3];
 
 /// Connections closed for falling behind by more than their queue bound, by transport
 /// (`herald_slow_consumers_total`).

@@ -250,6 +250,10 @@ impl Live for Feed<WsOutlet> {
         self.channels()
     }
 
+    fn queued_bytes(&self) -> usize {
+        self.outlet.outbox.queued_bytes()
+    }
+
     /// Closes with [`DISCONNECTED`] once what is queued went out.
     fn close(&self) {
         self.outlet.outbox.close(Closed::Disconnected);
@@ -437,10 +441,7 @@ async fn upgrade(
         }
         Err(e) => return bad_request("websocket_required", e.to_string()),
     };
-    let outbox = Arc::new(Outbox::counted(
-        b.config.max_queue_bytes,
-        Some(&stats::QUEUED_BYTES[Transport::WebSocket as usize]),
-    ));
+    let outbox = Arc::new(Outbox::new(b.config.max_queue_bytes));
     let outlet = WsOutlet {
         outbox,
         shape,

@@ -109,6 +109,10 @@ impl Live for Feed<SocketOutlet> {
         })
     }
 
+    fn queued_bytes(&self) -> usize {
+        self.outlet.0.session().queued_bytes()
+    }
+
     /// Closes the transport, not the namespace: the stock client reconnects by itself and recovers its session.
     fn close(&self) {
         self.outlet.0.close_transport("closed by an administrator");

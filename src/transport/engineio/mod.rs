@@ -33,8 +33,7 @@ pub use packet::{
     DecodeError, Frame, Message, Packet, decode_payload, decode_text, encode_payload, message_frame,
 };
 pub use session::{
-    CloseReason, ON_STAMPED_WRITE, QUEUED_BYTES, SendError, Session, TransportKind, WRITTEN_BYTES,
-    Work,
+    CloseReason, ON_STAMPED_WRITE, SendError, Session, TransportKind, WRITTEN_BYTES, Work,
 };
 
 /// Engine.IO server settings.

@@ -32,9 +32,6 @@ const WS_BATCH_BYTES: usize = 64 * 1024;
 /// the server's metrics.
 pub static WRITTEN_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Bytes waiting in every session's outbound queue now, for the server's metrics.
-pub static QUEUED_BYTES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-
 /// Told the stamp (ms since the UNIX epoch) of the oldest stamped frame of each batch a writer has written:
 /// how the server measures the lag from an event's commit to its socket write without this layer knowing of
 /// events. Set once, at start-up.
@@ -44,15 +41,6 @@ fn report_stamp(stamp: Option<i64>) {
     if let (Some(stamp), Some(report)) = (stamp, ON_STAMPED_WRITE.get()) {
         report(stamp);
     }
-}
-
-/// Sets a session's queued bytes to `to`, moving [`QUEUED_BYTES`] by the difference.
-fn set_queued(st: &mut State, to: usize) {
-    let by = to as i64 - st.queued_bytes as i64;
-    if by != 0 {
-        QUEUED_BYTES.fetch_add(by, Ordering::Relaxed);
-    }
-    st.queued_bytes = to;
 }
 
 /// Why a session closed.
@@ -196,13 +184,6 @@ pub struct Session {
     created: Instant,
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        // What never went out leaves the node-wide figure with the session.
-        set_queued(self.state.get_mut(), 0);
-    }
-}
-
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session").field("sid", &self.sid).finish()
@@ -267,6 +248,11 @@ impl Session {
     /// The HTTP request that opened the session.
     pub fn request(&self) -> &Arc<RequestInfo> {
         &self.request
+    }
+
+    /// Bytes waiting in the outbound queue now.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().queued_bytes
     }
 
     /// The transport currently carrying outbound data.
@@ -372,8 +358,7 @@ impl Session {
             self.close(CloseReason::SlowConsumer);
             return Err(SendError::SlowConsumer);
         }
-        let queued = st.queued_bytes + added;
-        set_queued(&mut st, queued);
+        st.queued_bytes += added;
         st.pushed += added as u64;
         if bulk {
             st.bulk_mark = st.pushed;
@@ -551,7 +536,7 @@ impl Session {
         frames.extend(std::mem::take(&mut st.queue));
         WRITTEN_BYTES.fetch_add(st.queued_bytes as u64, Ordering::Relaxed);
         st.drained += st.queued_bytes as u64;
-        set_queued(&mut st, 0);
+        st.queued_bytes = 0;
         let stamp = st.stamp.take().map(|(_, stamp)| stamp);
         drop(st);
         self.drained.notify_waiters();
@@ -574,7 +559,7 @@ impl Session {
                 _ => (Vec::new(), None),
             };
             st.queue = VecDeque::new();
-            set_queued(&mut st, 0);
+            st.queued_bytes = 0;
             return WsBatch::Close(frames, close);
         }
         if !st.ping_due && st.queue.is_empty() {
@@ -592,8 +577,7 @@ impl Session {
             taken += frame.weight();
             frames.push(frame);
         }
-        let queued = st.queued_bytes - taken;
-        set_queued(&mut st, queued);
+        st.queued_bytes -= taken;
         WRITTEN_BYTES.fetch_add(taken as u64, Ordering::Relaxed);
         st.drained += taken as u64;
         if let Some((end, stamp)) = st.stamp
