@@ -31,7 +31,7 @@ pub fn render(out: &mut String, engine: &dyn Engine, registry: &Registry) {
     t.single(
         "herald_subscriptions",
         Kind::Gauge,
-        "Channel subscriptions of this node's connections and sources.",
+        "Channel subscriptions held by this node's client connections.",
         counts.subscriptions,
     );
     t.single(
