@@ -219,6 +219,9 @@ impl Server {
         let socketio = socketio.build();
         let mut mounts = sources.routes();
         let any_method = std::mem::take(&mut mounts.any_method);
+        // The Engine.IO layer reports when the stamped (live) frames it queued are written: the delivery lag.
+        let _ =
+            crate::transport::engineio::ON_STAMPED_WRITE.set(crate::binding::stats::written_live);
         let api = api::router(
             ApiState {
                 core: core.clone(),
@@ -232,8 +235,9 @@ impl Server {
                     let client_events = client_events.clone();
                     let forwarder = forwarder.clone();
                     let core = core.clone();
+                    let registry = registry.clone();
                     Arc::new(move |out: &mut String| {
-                        crate::metrics::render(out, &*core);
+                        crate::metrics::render(out, &*core, &registry);
                         sources.metrics(out);
                         client_events.metrics(out);
                         forwarder.metrics(out);
