@@ -598,6 +598,68 @@ mod tests {
         assert_eq!(c.get(&id).await.unwrap().etag, w2.doc.etag);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_are_checked_in_turn_and_committed_in_groups() {
+        let (engine, c) = books("").await;
+        let c = Arc::new(c);
+        let me = user("ann");
+        let w = c.create(&me, json!({"title": "Dune"})).await.unwrap();
+        let id = serde_json::from_str::<Value>(w.doc.json.get()).unwrap()["id"].to_string();
+        let etag = w.doc.etag.clone();
+        // Twenty writers with the same version: exactly one wins.
+        let tries = (0..20).map(|i| {
+            let (c, id, etag, me) = (c.clone(), id.clone(), etag.clone(), me.clone());
+            tokio::spawn(async move {
+                c.patch(&me, &id, json!({"author": format!("a{i}")}), Some(&etag))
+                    .await
+                    .is_ok()
+            })
+        });
+        let won = futures_util::future::join_all(tries)
+            .await
+            .into_iter()
+            .filter(|r| *r.as_ref().unwrap())
+            .count();
+        assert_eq!(won, 1);
+        // Fifty users favourite at once, some twice, while twenty books are added.
+        let mut jobs = Vec::new();
+        for u in 0..50 {
+            let (c, id) = (c.clone(), id.clone());
+            jobs.push(tokio::spawn(async move {
+                for _ in 0..1 + u % 2 {
+                    c.member(
+                        &user(&format!("u{u}")),
+                        &id,
+                        "favorites",
+                        json!(format!("u{u}")),
+                        true,
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                }
+            }));
+        }
+        for i in 0..20 {
+            let c = c.clone();
+            jobs.push(tokio::spawn(async move {
+                c.create(&user("x"), json!({"title": format!("B{i}")}))
+                    .await
+                    .unwrap();
+            }));
+        }
+        for j in futures_util::future::join_all(jobs).await {
+            j.unwrap();
+        }
+        let doc: Value = serde_json::from_str(c.get(&id).await.unwrap().json.get()).unwrap();
+        assert_eq!(doc["favorites"].as_array().unwrap().len(), 50);
+        assert_eq!(c.all().await.unwrap().len(), 21);
+        assert_eq!(
+            stats(&engine).await,
+            json!({"total": 21, "favs": 50, "herbert": 0})
+        );
+    }
+
     #[tokio::test]
     async fn an_import_is_one_batch_creating_and_replacing() {
         let (engine, c) = books("").await;

@@ -182,10 +182,133 @@ struct Shape<'a> {
     trusted: bool,
 }
 
-/// Per-document contributions to the collection values, cached by entry so a write re-reads only what changed.
+/// Most events the committer merges into one publish (the first commit is always taken whole).
+const MAX_COMMIT_EVENTS: usize = 4096;
+
+/// A document not committed yet: its write's number, and its entry (`None`: deleted).
+type Pending = HashMap<String, (u64, Option<Arc<Entry>>)>;
+
+/// What the write lock guards: the writes handed to the committer and not committed yet (what the next write must
+/// see), and the per-document contributions to the collection values, cached by entry so a write re-reads only
+/// what changed.
 #[derive(Default)]
 struct Totals {
     cache: HashMap<String, (usize, Vec<f64>)>,
+    pending: Pending,
+    /// Collection values not committed yet, by `channel\0event`: the write's number and the JSON.
+    pending_values: HashMap<String, (u64, String)>,
+    /// The last write's number.
+    generation: u64,
+}
+
+/// One write handed to the committer.
+struct Commit {
+    events: Vec<NewEvent>,
+    keys: Vec<String>,
+    values: Vec<String>,
+    generation: u64,
+    reply: tokio::sync::oneshot::Sender<Result<(), EngineError>>,
+}
+
+/// The documents as the next write sees them: the engine's, with the pending writes over them.
+struct View {
+    all: Values,
+    pending: Pending,
+}
+
+impl View {
+    fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        match self.pending.get(key) {
+            Some((_, entry)) => entry.clone(),
+            None => self.all.get(key).cloned(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        let mut n = self.all.len();
+        for (key, (_, entry)) in &self.pending {
+            match (self.all.get(key).is_some(), entry.is_some()) {
+                (false, true) => n += 1,
+                (true, false) => n = n.saturating_sub(1),
+                _ => {}
+            }
+        }
+        n
+    }
+}
+
+fn value_key(channel: &ChannelName, event: &str) -> String {
+    format!("{}\0{event}", channel.as_str())
+}
+
+/// Publishes the commits in order, merging those waiting into one publish (one transaction, one fsync): writes to
+/// a collection are checked one at a time but committed in groups. A failed publish fails every write merged into
+/// it and every write queued behind it (they were checked against it), and forgets the pending state.
+async fn committer(
+    engine: Arc<dyn Engine>,
+    lock: Arc<tokio::sync::Mutex<Totals>>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Commit>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        let mut n = batch[0].events.len();
+        while n < MAX_COMMIT_EVENTS {
+            match queue.try_recv() {
+                Ok(c) => {
+                    n += c.events.len();
+                    batch.push(c);
+                }
+                Err(_) => break,
+            }
+        }
+        let events: Vec<NewEvent> = batch
+            .iter_mut()
+            .flat_map(|c| std::mem::take(&mut c.events))
+            .collect();
+        let result = engine.publish(events).await;
+        let mut totals = lock.lock().await;
+        match result {
+            Ok(_) => {
+                for c in batch {
+                    for k in &c.keys {
+                        if totals
+                            .pending
+                            .get(k)
+                            .is_some_and(|(g, _)| *g == c.generation)
+                        {
+                            totals.pending.remove(k);
+                        }
+                    }
+                    for k in &c.values {
+                        if totals
+                            .pending_values
+                            .get(k)
+                            .is_some_and(|(g, _)| *g == c.generation)
+                        {
+                            totals.pending_values.remove(k);
+                        }
+                    }
+                    let _ = c.reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, writes = batch.len(), "collection writes not committed");
+                totals.pending.clear();
+                totals.pending_values.clear();
+                let again = |e: &EngineError| match e {
+                    EngineError::Closed => EngineError::Closed,
+                    EngineError::Unavailable(c) => EngineError::unavailable(c.to_string()),
+                    EngineError::Invalid(m) => EngineError::Invalid(m.clone()),
+                };
+                for c in batch {
+                    let _ = c.reply.send(Err(again(&e)));
+                }
+                while let Ok(c) = queue.try_recv() {
+                    let _ = c.reply.send(Err(again(&e)));
+                }
+            }
+        }
+    }
 }
 
 /// One collection.
@@ -193,7 +316,8 @@ pub struct Collection {
     /// Its compiled configuration.
     pub cfg: Compiled,
     engine: Arc<dyn Engine>,
-    write: tokio::sync::Mutex<Totals>,
+    write: Arc<tokio::sync::Mutex<Totals>>,
+    commits: tokio::sync::mpsc::UnboundedSender<Commit>,
     last_timestamp: AtomicI64,
     max_users: usize,
     /// Counters for `/metrics`: writes stored, requests refused, documents after the last write.
@@ -222,10 +346,15 @@ pub struct Written {
 impl Collection {
     /// A collection over `engine`.
     pub fn new(cfg: Compiled, engine: Arc<dyn Engine>, max_users: usize) -> Self {
+        let write = Arc::new(tokio::sync::Mutex::new(Totals::default()));
+        // Unbounded, but each commit is a request waiting for its answer: bounded by the requests in flight.
+        let (commits, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(committer(engine.clone(), write.clone(), queue));
         Self {
             cfg,
             engine,
-            write: tokio::sync::Mutex::new(Totals::default()),
+            write,
+            commits,
             last_timestamp: AtomicI64::new(0),
             max_users,
             counts: Counts::default(),
@@ -332,7 +461,7 @@ impl Collection {
 
     async fn import_once(&self, docs: Vec<Value>) -> Result<(usize, usize), StoreError> {
         let mut totals = self.write.lock().await;
-        let all = self.all().await?;
+        let all = self.view(&totals).await?;
         let mut events = Vec::with_capacity(docs.len() + 1);
         let mut seen = std::collections::HashSet::new();
         let (mut created, mut replaced) = (0, 0);
@@ -385,9 +514,7 @@ impl Collection {
             return Err(StoreError::Full(self.cfg.max_documents));
         }
         events.extend(self.value_events(&mut totals, &all, &delta).await?);
-        if !events.is_empty() {
-            self.engine.publish(events).await?;
-        }
+        self.submit(totals, events).await?;
         self.counts
             .documents
             .store((all.len() + created) as u64, Ordering::Relaxed);
@@ -423,9 +550,9 @@ impl Collection {
         if_match: Option<&str>,
     ) -> Result<Written, StoreError> {
         let mut totals = self.write.lock().await;
-        let all = self.all().await?;
+        let all = self.view(&totals).await?;
         let key = id.map(key_of_path).transpose()?;
-        let entry = key.as_ref().and_then(|k| all.get(k)).cloned();
+        let entry = key.as_ref().and_then(|k| all.get(k));
         if let (Some(id), None, false) = (id, &entry, matches!(change, Change::Create(_))) {
             return Err(StoreError::NotFound(id.to_owned()));
         }
@@ -639,24 +766,80 @@ impl Collection {
         }
         let deleted = new.is_none();
         events.extend(self.value_events(&mut totals, &all, &[(old, new)]).await?);
-        self.engine.publish(events).await?;
         let now = (all.len() + usize::from(created)).saturating_sub(usize::from(deleted));
+        self.submit(totals, events).await?;
         self.counts.documents.store(now as u64, Ordering::Relaxed);
         Ok(Written { doc, created })
+    }
+
+    /// The documents the next write sees (call with the write lock held).
+    async fn view(&self, totals: &Totals) -> Result<View, StoreError> {
+        Ok(View {
+            all: self.all().await?,
+            pending: totals.pending.clone(),
+        })
+    }
+
+    /// Hands `events` to the committer as pending (the next write sees them), releases the lock and waits for the
+    /// commit.
+    async fn submit(
+        &self,
+        mut totals: tokio::sync::MutexGuard<'_, Totals>,
+        events: Vec<NewEvent>,
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        totals.generation += 1;
+        let generation = totals.generation;
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for e in &events {
+            let Some(state) = &e.state else { continue };
+            if e.channel == self.cfg.channel {
+                let entry = match state {
+                    StateChange::Set { key, value } => Some(Arc::new(Entry {
+                        key: key.clone(),
+                        name: e.name.clone(),
+                        value: value.clone(),
+                    })),
+                    StateChange::Remove { .. } => None,
+                };
+                totals
+                    .pending
+                    .insert(state.key().to_owned(), (generation, entry));
+                keys.push(state.key().to_owned());
+            } else if let StateChange::Set { key, value } = state {
+                let k = value_key(&e.channel, key);
+                totals
+                    .pending_values
+                    .insert(k.clone(), (generation, value.get().to_owned()));
+                values.push(k);
+            }
+        }
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.commits
+            .send(Commit {
+                events,
+                keys,
+                values,
+                generation,
+                reply,
+            })
+            .map_err(|_| EngineError::Closed)?;
+        drop(totals);
+        done.await.map_err(|_| EngineError::Closed)??;
+        Ok(())
     }
 
     /// Re-evaluates the collection values (after a presence change) and publishes those that changed.
     pub async fn refresh_values(&self) -> Result<(), StoreError> {
         let mut totals = self.write.lock().await;
-        let all = self.all().await?;
+        let all = self.view(&totals).await?;
         self.counts
             .documents
             .store(all.len() as u64, Ordering::Relaxed);
         let events = self.value_events(&mut totals, &all, &[]).await?;
-        if !events.is_empty() {
-            self.engine.publish(events).await?;
-        }
-        Ok(())
+        self.submit(totals, events).await
     }
 
     /// The collection values' events for the state `all` changed by `delta` (old, new document pairs): those whose
@@ -664,7 +847,7 @@ impl Collection {
     async fn value_events(
         &self,
         totals: &mut Totals,
-        all: &Values,
+        view: &View,
         delta: &[(Option<Value>, Option<Value>)],
     ) -> Result<Vec<NewEvent>, StoreError> {
         let values: Vec<&super::CompiledValue> =
@@ -684,6 +867,7 @@ impl Collection {
         };
         // Sum over the documents before the write (re-reading only entries not seen before), then apply it.
         let mut sum = vec![0.0; exprs.len()];
+        let all = &view.all;
         let mut fresh = HashMap::with_capacity(all.len());
         for e in all.iter() {
             let ptr = Arc::as_ptr(e) as usize;
@@ -697,6 +881,19 @@ impl Collection {
             fresh.insert(e.key.clone(), (ptr, c));
         }
         totals.cache = fresh;
+        // The pending writes over the engine's documents.
+        for (key, (_, entry)) in &view.pending {
+            if let Some((_, c)) = totals.cache.get(key) {
+                for (s, x) in sum.iter_mut().zip(c) {
+                    *s -= x;
+                }
+            }
+            if let Some(e) = entry {
+                for (s, x) in sum.iter_mut().zip(contributions(&parse(&e.value))) {
+                    *s += x;
+                }
+            }
+        }
         for (old, new) in delta {
             for (doc, sign) in [(old, -1.0), (new, 1.0)] {
                 if let Some(doc) = doc {
@@ -722,12 +919,17 @@ impl Collection {
                 i += 1;
             }
             let json = crate::json::text(&Value::Object(out));
-            let stored = self.engine.state_of(&v.channel).await?;
-            if stored
-                .as_ref()
-                .and_then(|s| s.get(&v.event))
-                .is_some_and(|e| e.value.get() == json)
-            {
+            let same = match totals.pending_values.get(&value_key(&v.channel, &v.event)) {
+                Some((_, pending)) => *pending == json,
+                None => self
+                    .engine
+                    .state_of(&v.channel)
+                    .await?
+                    .as_ref()
+                    .and_then(|s| s.get(&v.event))
+                    .is_some_and(|e| e.value.get() == json),
+            };
+            if same {
                 continue;
             }
             let data =
@@ -870,7 +1072,7 @@ impl Collection {
     }
 
     /// A new id by the collection's policy, not taken in `all`.
-    fn new_id(&self, all: &Values, _hint: Option<&Value>) -> Result<Value, StoreError> {
+    fn new_id(&self, all: &View, _hint: Option<&Value>) -> Result<Value, StoreError> {
         Ok(match self.cfg.id {
             IdPolicy::Uuid => Value::String(uuid::Uuid::new_v4().to_string()),
             IdPolicy::Ulid => Value::String(ulid::Ulid::generate().to_string()),

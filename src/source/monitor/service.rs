@@ -314,7 +314,7 @@ impl Monitors {
         tokio::spawn(async move {
             while let Some(id) = requests.recv().await {
                 let entry = this.entries.lock().get(&id).cloned();
-                if let Some(e) = entry.filter(|e| *e.held.borrow()) {
+                if let Some(e) = entry.filter(|e| *e.held.borrow() > 0) {
                     e.refresh.notify_one();
                 }
             }
@@ -705,7 +705,7 @@ impl Monitors {
         if last.is_some_and(|t| now_ms() - t < self.refresh_interval.as_millis() as i64) {
             return Err(MonitorError::TooSoon(id.to_owned(), self.refresh_interval));
         }
-        if *e.held.borrow() {
+        if *e.held.borrow() > 0 {
             e.refresh.notify_one();
         } else if let Ok(request) = self.store.request(id) {
             // Checked by another node of the cluster: ask it.
