@@ -100,6 +100,9 @@ pub struct Config {
     pub cluster: crate::cluster::ClusterConfig,
     /// Path prefixes forwarded to an upstream HTTP server (`[[proxy]]`); see `docs/proxy.md`.
     pub proxy: Vec<crate::proxy::ProxyConfig>,
+    /// Forwards to the user's backend: their bounds, and the connect/disconnect hooks (`[forward]`); see
+    /// `docs/client-events.md`.
+    pub forward: crate::binding::forward::ForwardConfig,
 }
 
 impl Default for Config {
@@ -126,6 +129,7 @@ impl Default for Config {
             presence: crate::source::presence::PresenceConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
             proxy: Vec::new(),
+            forward: Default::default(),
         }
     }
 }
@@ -147,7 +151,70 @@ pub struct Overrides {
     pub engine_prefix: Option<String>,
 }
 
+/// What a redacted secret reads as.
+pub const REDACTED: &str = "<redacted>";
+
+/// `url` with the password of its userinfo (`scheme://user:password@host`) replaced by [`REDACTED`].
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let secret = if userinfo.contains(':') {
+                format!(":{REDACTED}")
+            } else {
+                String::new()
+            };
+            format!("{scheme}://{user}{secret}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 impl Config {
+    /// This configuration with every secret replaced by [`REDACTED`] (what `herald config check` prints): API
+    /// keys, HMAC secrets, passwords in the engine's, SQL sources', proxies' and monitors' URLs, and monitors'
+    /// request header values.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for key in &mut c.api_keys {
+            match key {
+                ApiKey::Plain(k) | ApiKey::Scoped { key: k, .. } => *k = REDACTED.to_owned(),
+            }
+        }
+        for key in &mut c.auth.keys {
+            if let crate::auth::KeyConfig::Hmac {
+                secret: Some(secret),
+                ..
+            } = key
+            {
+                *secret = REDACTED.to_owned();
+            }
+        }
+        if let Some(url) = &mut c.engine.url {
+            *url = redact_url(url);
+        }
+        for source in &mut c.sources.sql {
+            source.url = redact_url(&source.url);
+        }
+        for proxy in &mut c.proxy {
+            proxy.upstream = redact_url(&proxy.upstream);
+        }
+        for monitor in &mut c.monitor.monitors {
+            if let crate::source::monitor::check::Check::Http(http) = &mut monitor.check {
+                http.url = redact_url(&http.url);
+                for value in http.headers.values_mut() {
+                    *value = REDACTED.to_owned();
+                }
+            }
+        }
+        c
+    }
+
     /// Reads `path` (if any) and applies `overrides`.
     pub fn load(path: Option<&PathBuf>, overrides: Overrides) -> Result<Self, ConfigError> {
         let mut config = match path {
@@ -203,6 +270,7 @@ impl Config {
         self.auth.validate()?;
         self.sources.validate(&self.socketio.path)?;
         self.presence.validate()?;
+        self.forward.validate()?;
         crate::proxy::validate(&self.proxy, &self.socketio.path)?;
         // A SQL source's history route under a proxy prefix would be shadowed by it (or shadow it).
         for s in &self.sources.sql {
@@ -280,6 +348,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/x?sslmode=require"),
+            "postgres://app:<redacted>@db:5432/x?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("redis://:pw@r:6379"),
+            "redis://:<redacted>@r:6379"
+        );
+        assert_eq!(redact_url("redis://user@r/0"), "redis://user@r/0");
+        assert_eq!(redact_url("sqlite:/tmp/a@b.db"), "sqlite:/tmp/a@b.db");
+        assert_eq!(redact_url("http://h/p@q"), "http://h/p@q");
+    }
 
     #[test]
     fn parses_documented_example() {

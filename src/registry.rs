@@ -162,14 +162,14 @@ pub trait Live: Send + Sync + 'static {
     fn carrier(&self) -> Option<&'static str> {
         None
     }
+    /// Bytes queued for its client and not yet written, if its transport knows.
+    fn queued_bytes(&self) -> Option<usize> {
+        None
+    }
     /// Ends it at an administrator's request, the way its client reconnects and resumes from.
     fn close(&self);
     /// Tells its client the engine's health now, if that changed since it was last told.
     fn tell_status(&self);
-    /// Bytes waiting in its outbound queue now (for `/metrics`).
-    fn queued_bytes(&self) -> usize {
-        0
-    }
 }
 
 /// What a connection is, fixed when it registers.
@@ -211,14 +211,17 @@ impl Info {
 }
 
 /// A fresh id for a connection whose transport names none (`/ws`, SSE): the transport's name and a number unique in
-/// this process (`websocket-7`, `sse-8`). Socket.IO socket ids are 20 random characters: a clash would need one
-/// to spell such a name exactly.
+/// this process (`websocket-7`, `sse-8`), counted from a random start below 2^40 so that the nodes of a cluster,
+/// whose presence lists each other's connections, practically never hand out the same one. Socket.IO socket ids
+/// are 20 random characters: a clash would need one to spell such a name exactly.
 pub fn new_id(transport: Transport) -> Arc<str> {
+    static START: std::sync::LazyLock<u64> =
+        std::sync::LazyLock::new(|| rand::random::<u64>() >> 24);
     static NEXT: AtomicU64 = AtomicU64::new(1);
     format!(
         "{}-{}",
         transport.name(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
+        *START + NEXT.fetch_add(1, Ordering::Relaxed)
     )
     .into()
 }
@@ -243,6 +246,9 @@ pub struct Connection {
     pub connected_at: i64,
     /// Its channels now.
     pub subscriptions: Vec<ChannelName>,
+    /// Bytes queued for it and not yet written (its transport's outbound queue), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_bytes: Option<usize>,
 }
 
 /// One page of the list.
@@ -411,7 +417,7 @@ impl Registry {
         };
         let mut out = [0; 3];
         for (transport, live) in lives {
-            out[transport as usize] += live.queued_bytes() as u64;
+            out[transport as usize] += live.queued_bytes().unwrap_or(0) as u64;
         }
         out
     }
@@ -460,6 +466,7 @@ fn render(info: &Info, live: &dyn Live) -> Connection {
         address: info.address.map(|a| a.to_string()),
         connected_at: info.member.connected_at,
         subscriptions: live.subscriptions(),
+        queued_bytes: live.queued_bytes(),
     }
 }
 

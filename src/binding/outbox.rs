@@ -23,6 +23,8 @@ pub enum Closed {
     Failed,
     /// An administrator closed the connection; the client may reconnect and resume.
     Disconnected,
+    /// The backend's answer to a forward asked to close it.
+    Backend,
 }
 
 /// Something with a size in bytes.
@@ -74,6 +76,11 @@ impl<T: Weight> Outbox<T> {
         }
     }
 
+    /// Bytes queued and not yet taken by the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+
     /// Queues `item`; over the bound the outbox closes as a slow consumer.
     pub fn push(&self, item: T) -> Result<(), Gone> {
         self.queue(item, false, None)
@@ -83,11 +90,6 @@ impl<T: Weight> Outbox<T> {
     /// oldest such time of each batch from [`Outbox::take_stamp`].
     pub fn push_stamped(&self, item: T, committed: i64) -> Result<(), Gone> {
         self.queue(item, false, Some(committed))
-    }
-
-    /// Bytes waiting for the writer now.
-    pub fn queued_bytes(&self) -> usize {
-        self.state.lock().bytes
     }
 
     /// The oldest commit time of the batch [`Outbox::next_batch`] took last, once.

@@ -141,12 +141,12 @@ fn body_of(e: &Event, envelope_data: bool) -> Bytes {
 }
 
 impl Live for Feed<SseOutlet> {
-    fn queued_bytes(&self) -> usize {
-        self.outlet.outbox.queued_bytes()
-    }
-
     fn subscriptions(&self) -> Vec<ChannelName> {
         self.channels()
+    }
+
+    fn queued_bytes(&self) -> Option<usize> {
+        Some(self.outlet.outbox.queued_bytes())
     }
 
     /// Ends the stream once what is queued went out: the browser's EventSource reconnects by itself, sending the
@@ -472,7 +472,7 @@ fn stream(
                             Closed::Shutdown => CloseReason::Shutdown,
                             Closed::Gone => CloseReason::Client,
                             Closed::Failed => CloseReason::Error,
-                            Closed::Disconnected => CloseReason::Admin,
+                            Closed::Disconnected | Closed::Backend => CloseReason::Admin,
                         };
                         if reason == CloseReason::SlowConsumer {
                             stats::SLOW_CONSUMERS[Transport::Sse as usize].inc();

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::Mounts;
+use crate::api::ready::Readiness;
 use crate::config_error::InvalidConfig;
 use crate::core::Engine;
 use crate::core::channel::{ChannelName, Pattern};
@@ -89,6 +90,11 @@ pub trait Source: Send + Sync {
         _may_subscribe: &'a MaySubscribe<'a>,
     ) -> BoxFuture<'a, Result<Value, Refused>> {
         Box::pin(async move { Err(unknown_action(action)) })
+    }
+
+    /// Whether each of its parts is ready (listed by `/readyz`); each answer is bounded by the caller's timeout.
+    fn readiness(&self) -> BoxFuture<'_, Vec<Readiness>> {
+        Box::pin(async { Vec::new() })
     }
 
     /// Stops its work and stores what must survive a restart.
@@ -184,6 +190,28 @@ impl Sources {
         for (_, s) in &self.running {
             s.metrics(out);
         }
+    }
+
+    /// Every source's readiness, asked concurrently; a source that does not answer within
+    /// [`PART_TIMEOUT`](crate::api::ready::PART_TIMEOUT) is listed as not ready (and required).
+    pub async fn readiness(&self) -> Vec<Readiness> {
+        let timeout = crate::api::ready::PART_TIMEOUT;
+        let asks = self.running.iter().map(|(kind, s)| async move {
+            match tokio::time::timeout(timeout, s.readiness()).await {
+                Ok(parts) => parts,
+                Err(_) => vec![Readiness::not_ready(
+                    kind.name,
+                    kind.name,
+                    true,
+                    format!("did not answer within {timeout:?}"),
+                )],
+            }
+        });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Runs the client-event action `action` on the source serving it.

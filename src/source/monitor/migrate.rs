@@ -110,7 +110,7 @@ pub async fn import(
             .and_then(|r| serde_json::from_str::<Runtime>(&r).ok())
             .unwrap_or_default();
         store
-            .publish(vec![store.record(&m.id, &spec, &runtime, 0)])
+            .publish(vec![store.record(&m.id, &spec, &runtime, 0, 0)])
             .await?;
         monitors_in += 1;
     }

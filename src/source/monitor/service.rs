@@ -4,6 +4,12 @@
 //! through the engine as well ([`super::store`]). In a cluster each monitor's task checks only while its node
 //! holds the lease `monitor:{id}` ([`crate::core::engine::lease`]); the other nodes wait for it, so a dead
 //! holder's monitors are checked again elsewhere within `LEASE_TTL + LEASE_TTL / 2` (15 s).
+//!
+//! Definitions are shared through the store's channels: every node follows `herald:monitors` and
+//! `herald:monitor-runtime` and reconciles its monitors with what is stored after each change (a monitor created,
+//! changed, paused or deleted through any node's API is so on every node; a node that does not check a monitor
+//! shows the runtime its checker stores). Changes and reconciling are serialised on one node, and a change is
+//! stored before it is answered, so what is stored is never older than what a node holds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,9 +32,10 @@ use super::store::{LogEntry, LoggedCheck, MonitorStore, RUNTIME_EVERY};
 use super::target;
 use crate::core::Engine;
 use crate::core::channel::{ChannelName, Pattern};
-use crate::core::engine::EngineError;
 use crate::core::engine::lease::{self, LEASE_TTL};
+use crate::core::engine::{EngineError, Subscriber, SubscriberId, Subscription};
 use crate::core::event::NewEvent;
+use crate::core::event::SharedEvent;
 use crate::core::event::now_ms;
 use crate::core::state::{Snapshot, StateChange};
 use crate::core::stats::Origin;
@@ -49,6 +56,11 @@ pub enum MonitorError {
     /// Checked too recently.
     #[error("monitor {0:?} was checked less than {1:?} ago")]
     TooSoon(String, Duration),
+    /// Another node of the cluster checks this monitor now.
+    #[error(
+        "monitor {0:?} is checked by another node of the cluster right now; its results reach every node on its channel, or ask again in a moment"
+    )]
+    Unavailable(String),
     /// Storage failed.
     #[error("monitor storage: {0}")]
     Storage(#[from] EngineError),
@@ -83,6 +95,36 @@ struct Entry {
     storing: tokio::sync::Mutex<Saved>,
     /// Offset of its log channel after which its own entries start (older ones are a deleted namesake's).
     log_after: u64,
+    /// Revision of the definition, incremented by each change.
+    rev: AtomicU64,
+    /// Whether this node checks it now (holds its lease and runs its task).
+    held: tokio::sync::watch::Sender<bool>,
+}
+
+/// Marks an entry checked here while its checking task runs (dropped with the task when the lease is lost).
+struct Held(Arc<Entry>);
+impl Held {
+    fn new(e: Arc<Entry>) -> Self {
+        e.held.send_replace(true);
+        Self(e)
+    }
+}
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.held.send_replace(false);
+    }
+}
+
+/// Wakes the reconciling task on any change of the stored definitions or runtimes (coalesced: a [`Notify`]
+/// holds one wake-up, so nothing queues however fast records change).
+struct Follow(Arc<Notify>);
+impl Subscriber for Follow {
+    fn deliver(&self, _event: &Arc<SharedEvent>) {
+        self.0.notify_one();
+    }
+    fn lost(&self, _channel: &ChannelName) {
+        self.0.notify_one();
+    }
 }
 
 impl Entry {
@@ -119,6 +161,10 @@ pub struct Monitors {
     stats: tokio::sync::Mutex<Option<Value>>,
     lateness: Mutex<Lateness>,
     checks: AtomicU64,
+    /// Serialises definition changes with reconciling them against the store.
+    defs: tokio::sync::Mutex<()>,
+    /// This node's registrations on the store's channels (see the module docs).
+    follow: Mutex<Vec<Subscription>>,
 }
 
 impl Monitors {
@@ -156,9 +202,11 @@ impl Monitors {
             stats: tokio::sync::Mutex::new(None),
             lateness: Mutex::new(Lateness::default()),
             checks: AtomicU64::new(0),
+            defs: tokio::sync::Mutex::new(()),
+            follow: Mutex::new(Vec::new()),
         });
         for s in stored {
-            this.insert(s.id, s.spec, s.runtime, s.log_after);
+            this.insert(s.id, s.spec, s.runtime, s.log_after, s.rev);
         }
         for (i, spec) in cfg.monitors.iter().enumerate() {
             let field = |e: FieldError| {
@@ -178,12 +226,13 @@ impl Monitors {
                 Some(e) => {
                     let before = e.channel(&this.channel);
                     *e.spec.lock() = spec.clone();
+                    e.rev.fetch_add(1, Ordering::Relaxed);
                     this.store_record(&e).await?;
                     this.left_channel(&e, before).await;
                 }
                 None => {
                     let log_after = this.store.log_end(&id).await?;
-                    let e = this.insert(id, spec.clone(), Runtime::default(), log_after);
+                    let e = this.insert(id, spec.clone(), Runtime::default(), log_after, 1);
                     this.store_record(&e).await?;
                 }
             }
@@ -201,7 +250,86 @@ impl Monitors {
             this.schedule(e, jitter);
         }
         this.publish_stats().await;
+        this.follow_store().await?;
         Ok(this)
+    }
+
+    /// Follows the store's channels (registered now, so no change after this point is missed) and reconciles on
+    /// each change.
+    async fn follow_store(self: &Arc<Self>) -> Result<(), MonitorError> {
+        let wake = Arc::new(Notify::new());
+        let subs = self
+            .core
+            .subscribe(
+                &self.store.channels(),
+                SubscriberId::next(),
+                Arc::new(Follow(wake.clone())),
+            )
+            .await?;
+        *self.follow.lock() = subs.into_iter().map(|(_, s)| s).collect();
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                wake.notified().await;
+                if let Err(e) = this.reconcile().await {
+                    tracing::warn!(error = %e, "monitor could not read the stored definitions; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    wake.notify_one();
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Makes this node's monitors what the store holds: monitors created, changed or deleted on other nodes are
+    /// so here; monitors this node does not check take the stored runtime.
+    async fn reconcile(self: &Arc<Self>) -> Result<(), MonitorError> {
+        let _defs = self.defs.lock().await;
+        let stored = self.store.load().await?;
+        let mut changed = false;
+        let mut ids = std::collections::HashSet::with_capacity(stored.len());
+        for s in stored {
+            ids.insert(s.id.clone());
+            let existing = self.entries.lock().get(&s.id).cloned();
+            match existing {
+                None => {
+                    let e = self.insert(s.id, s.spec, s.runtime, s.log_after, s.rev);
+                    self.declare();
+                    self.schedule(&e, Duration::ZERO);
+                    changed = true;
+                }
+                Some(e) if *e.spec.lock() != s.spec || e.rev.load(Ordering::Relaxed) != s.rev => {
+                    *e.spec.lock() = s.spec;
+                    *e.rt.lock() = s.runtime;
+                    e.rev.store(s.rev, Ordering::Relaxed);
+                    self.declare();
+                    self.schedule(&e, Duration::ZERO);
+                    changed = true;
+                }
+                Some(e) => {
+                    if !*e.held.borrow() {
+                        *e.rt.lock() = s.runtime;
+                    }
+                }
+            }
+        }
+        let gone: Vec<Arc<Entry>> = self
+            .all()
+            .into_iter()
+            .filter(|e| !ids.contains(&e.id))
+            .collect();
+        for e in gone {
+            let mut task = e.task.lock();
+            if let Some(t) = task.take() {
+                t.abort();
+            }
+            self.entries.lock().remove(&e.id);
+            changed = true;
+        }
+        if changed {
+            self.publish_stats().await;
+        }
+        Ok(())
     }
 
     /// Takes what subscribers already have (the durable state of the monitor channels) as what was last sent, so
@@ -244,7 +372,14 @@ impl Monitors {
         }
     }
 
-    fn insert(&self, id: String, spec: MonitorSpec, mut rt: Runtime, log_after: u64) -> Arc<Entry> {
+    fn insert(
+        &self,
+        id: String,
+        spec: MonitorSpec,
+        mut rt: Runtime,
+        log_after: u64,
+        rev: u64,
+    ) -> Arc<Entry> {
         let dirty = if spec.paused {
             rt.set_status(Status::Paused, now_ms())
         } else if rt.status == Status::Paused {
@@ -270,6 +405,8 @@ impl Monitors {
                 dirty,
             }),
             log_after,
+            rev: AtomicU64::new(rev),
+            held: tokio::sync::watch::channel(false).0,
         });
         self.entries.lock().insert(id, e.clone());
         e
@@ -311,15 +448,17 @@ impl Monitors {
             None => new_id(),
         };
         spec.id = Some(id.clone());
+        let defs = self.defs.lock().await;
         let log_after = self.store.log_end(&id).await?;
         if self.entries.lock().contains_key(&id) {
             return Err(MonitorError::Conflict(id));
         }
-        let e = self.insert(id.clone(), spec, Runtime::default(), log_after);
+        let e = self.insert(id.clone(), spec, Runtime::default(), log_after, 1);
         if let Err(err) = self.store_record(&e).await {
             self.entries.lock().remove(&id);
             return Err(err);
         }
+        drop(defs);
         self.declare();
         // The new monitor's first status event is its first check's, as with seed 000's backend: its frontend
         // pushes the POST answer onto its list and applies `target:updated` by id, so a status event published
@@ -353,10 +492,12 @@ impl Monitors {
         spec.check
             .validate_reachable(Duration::from_secs(5))
             .await?;
+        let defs = self.defs.lock().await;
         let e = self.entry(id)?;
         let paused = spec.paused;
         let before = e.channel(&self.channel);
         *e.spec.lock() = spec;
+        e.rev.fetch_add(1, Ordering::Relaxed);
         self.left_channel(&e, before).await;
         {
             let mut rt = e.rt.lock();
@@ -369,6 +510,7 @@ impl Monitors {
             rt.set_status(status, now_ms());
         }
         self.store_record(&e).await?;
+        drop(defs);
         self.declare();
         self.publish_status(&e, true).await;
         self.publish_stats().await;
@@ -378,6 +520,7 @@ impl Monitors {
 
     /// Deletes a monitor; subscribers get its removal.
     pub async fn delete(self: &Arc<Self>, id: &str) -> Result<(), MonitorError> {
+        let _defs = self.defs.lock().await;
         let e = self.entry(id)?;
         // The send lock keeps a status send that is under way from publishing after the removal, the store lock
         // a check's record from being stored after it.
@@ -387,10 +530,9 @@ impl Monitors {
             return Err(MonitorError::NotFound(id.to_owned()));
         }
         // Subscribers' removal and the stored record's, in one commit.
-        let removal = self.removal(&e, e.channel(&self.channel));
-        self.store
-            .publish(vec![removal, self.store.removal(id)])
-            .await?;
+        let mut batch = vec![self.removal(&e, e.channel(&self.channel))];
+        batch.extend(self.store.removal(id));
+        self.store.publish(batch).await?;
         {
             let mut task = e.task.lock();
             if let Some(t) = task.take() {
@@ -431,8 +573,10 @@ impl Monitors {
         id: &str,
         paused: bool,
     ) -> Result<Value, MonitorError> {
+        let defs = self.defs.lock().await;
         let e = self.entry(id)?;
         e.spec.lock().paused = paused;
+        e.rev.fetch_add(1, Ordering::Relaxed);
         {
             let mut rt = e.rt.lock();
             rt.failures = 0;
@@ -446,6 +590,7 @@ impl Monitors {
             );
         }
         self.store_record(&e).await?;
+        drop(defs);
         self.publish_status(&e, true).await;
         self.publish_stats().await;
         self.schedule(&e, Duration::ZERO);
@@ -457,6 +602,14 @@ impl Monitors {
         let e = self.entry(id)?;
         if e.spec.lock().paused {
             return Err(FieldError::new("paused", "the monitor is paused; resume it first").into());
+        }
+        // Checked here only by the lease holder (its task may be just starting: a moment's wait).
+        let mut held = e.held.subscribe();
+        let waited = tokio::time::timeout(Duration::from_secs(1), held.wait_for(|h| *h))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !waited {
+            return Err(MonitorError::Unavailable(id.to_owned()));
         }
         Ok(self.check(&e).await)
     }
@@ -484,6 +637,11 @@ impl Monitors {
         Ok(self.store.recent(id, e.log_after, limit).await?)
     }
 
+    /// Why the monitor's last write to the engine failed, if it did (cleared by the next that succeeds).
+    pub fn store_failing(&self) -> Option<String> {
+        self.store.failing()
+    }
+
     /// Check-time drift so far, and the number of checks run.
     pub fn lateness(&self) -> (Lateness, u64) {
         (*self.lateness.lock(), self.checks.load(Ordering::Relaxed))
@@ -497,7 +655,7 @@ impl Monitors {
         for e in &entries {
             let saved = e.storing.lock().await;
             if saved.dirty && self.is_current(e) {
-                batch.push(self.record_of(e));
+                batch.push(self.store.runtime(&e.id, &e.rt.lock()));
                 held.push(saved);
             }
         }
@@ -515,7 +673,13 @@ impl Monitors {
     fn record_of(&self, e: &Entry) -> NewEvent {
         let spec = e.spec.lock().clone();
         let rt = e.rt.lock();
-        self.store.record(&e.id, &spec, &rt, e.log_after)
+        self.store.record(
+            &e.id,
+            &spec,
+            &rt,
+            e.log_after,
+            e.rev.load(Ordering::Relaxed),
+        )
     }
 
     /// Stores `e`'s definition and runtime as they are now (unless it was deleted meanwhile).
@@ -524,7 +688,8 @@ impl Monitors {
         if !self.is_current(e) {
             return Ok(());
         }
-        self.store.publish(vec![self.record_of(e)]).await?;
+        let runtime = self.store.runtime(&e.id, &e.rt.lock());
+        self.store.publish(vec![self.record_of(e), runtime]).await?;
         *saved = Saved {
             at: Instant::now(),
             dirty: false,
@@ -549,7 +714,7 @@ impl Monitors {
         let due = changed || saved.at.elapsed() >= RUNTIME_EVERY;
         let mut batch = vec![event];
         if due {
-            batch.push(self.record_of(e));
+            batch.push(self.store.runtime(&e.id, &e.rt.lock()));
         }
         match self.store.publish(batch).await {
             Ok(results) => {
@@ -593,7 +758,12 @@ impl Monitors {
             let core = this.core.clone();
             let name = format!("monitor:{}", entry.id);
             lease::while_held(&*core, &name, LEASE_TTL, || {
-                this.clone().run(entry.clone(), first)
+                let held = Held::new(entry.clone());
+                let run = this.clone().run(entry.clone(), first);
+                async move {
+                    let _held = held;
+                    run.await
+                }
             })
             .await
         });

@@ -4,6 +4,9 @@
 //! - `herald:monitors`, a state channel: key = monitor id, value = its definition, its runtime state (status
 //!   machine, counters, uptime buckets) and where its log starts. Only the state is read; the channel keeps one
 //!   event of history.
+//! - `herald:monitor-runtime`, a state channel: key = monitor id, value = its latest runtime state. Checks store
+//!   their runtime here, never the definition, so a node checking with a definition another node has just changed
+//!   cannot write the old definition back (the record's runtime is the fallback for records stored before).
 //! - `herald:monitor-log:{id}`, one channel per monitor: each check is one event of its history, bounded by the
 //!   engine's retention to `log_keep` entries and `log_max_age` (see [`retention`]).
 //!
@@ -33,6 +36,8 @@ use crate::core::stats::Origin;
 
 /// The state channel of definitions and runtime states (after the internal prefix).
 const MONITORS: &str = "monitors";
+/// The state channel of runtime states (after the internal prefix).
+const RUNTIME: &str = "monitor-runtime";
 /// Prefix of the per-monitor log channels (after the internal prefix).
 const LOG: &str = "monitor-log:";
 /// Name of the events that store a record.
@@ -85,6 +90,8 @@ pub struct Stored {
     pub runtime: Runtime,
     /// Offset of its log channel after which its own entries start.
     pub log_after: u64,
+    /// Revision of the definition (incremented by each change).
+    pub rev: u64,
 }
 
 #[derive(Serialize)]
@@ -93,6 +100,7 @@ struct RecordOut<'a> {
     spec: &'a MonitorSpec,
     runtime: &'a Runtime,
     log_after: u64,
+    rev: u64,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +111,8 @@ struct RecordIn {
     runtime: Option<Value>,
     #[serde(default)]
     log_after: u64,
+    #[serde(default)]
+    rev: u64,
 }
 
 /// The retention rules the monitor's channels need, ahead of the configured ones: each log keeps
@@ -123,6 +133,13 @@ pub fn retention(cfg: &MonitorConfig) -> Vec<(Pattern, Limits)> {
                 max_age: Limits::default().max_age,
             },
         ),
+        (
+            Pattern::new(&format!("{INTERNAL_PREFIX}{RUNTIME}")),
+            Limits {
+                max_events: 1,
+                max_age: Limits::default().max_age,
+            },
+        ),
     ]
 }
 
@@ -130,6 +147,9 @@ pub fn retention(cfg: &MonitorConfig) -> Vec<(Pattern, Limits)> {
 pub struct MonitorStore {
     core: Arc<dyn Engine>,
     monitors: ChannelName,
+    runtimes: ChannelName,
+    /// Why the last write failed, until one succeeds (the monitor's readiness).
+    failing: parking_lot::Mutex<Option<String>>,
 }
 
 impl MonitorStore {
@@ -138,6 +158,8 @@ impl MonitorStore {
         Ok(Self {
             core,
             monitors: internal(MONITORS)?,
+            runtimes: internal(RUNTIME)?,
+            failing: parking_lot::Mutex::new(None),
         })
     }
 
@@ -146,6 +168,7 @@ impl MonitorStore {
         let Some(values) = self.core.state_of(&self.monitors).await? else {
             return Ok(Vec::new());
         };
+        let runtimes = self.core.state_of(&self.runtimes).await?;
         let mut out = Vec::with_capacity(values.len());
         for entry in values.iter() {
             let parsed = serde_json::from_str::<RecordIn>(entry.value.get())
@@ -158,18 +181,42 @@ impl MonitorStore {
                 tracing::warn!(id = %entry.key, "skipping a stored monitor whose definition no longer parses");
                 continue;
             };
-            let runtime = record
-                .runtime
-                .and_then(|r| serde_json::from_value::<Runtime>(r).ok())
+            let stored_runtime = runtimes
+                .as_ref()
+                .and_then(|r| r.get(&entry.key))
+                .and_then(|v| serde_json::from_str::<Runtime>(v.value.get()).ok());
+            let runtime = stored_runtime
+                .or_else(|| {
+                    record
+                        .runtime
+                        .and_then(|r| serde_json::from_value::<Runtime>(r).ok())
+                })
                 .unwrap_or_default();
             out.push(Stored {
                 id: entry.key.clone(),
                 spec,
                 runtime,
                 log_after: record.log_after,
+                rev: record.rev,
             });
         }
         Ok(out)
+    }
+
+    /// The stored runtime states by monitor id (records without one are absent).
+    pub async fn runtimes(&self) -> Result<Vec<(String, Runtime)>, EngineError> {
+        let Some(values) = self.core.state_of(&self.runtimes).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(values
+            .iter()
+            .filter_map(|v| Some((v.key.clone(), serde_json::from_str(v.value.get()).ok()?)))
+            .collect())
+    }
+
+    /// The channels whose changes other nodes follow (definitions, runtime states).
+    pub fn channels(&self) -> [ChannelName; 2] {
+        [self.monitors.clone(), self.runtimes.clone()]
     }
 
     /// The last offset of `id`'s log channel: a monitor created now starts its log after it.
@@ -185,11 +232,13 @@ impl MonitorStore {
         spec: &MonitorSpec,
         runtime: &Runtime,
         log_after: u64,
+        rev: u64,
     ) -> NewEvent {
         let record = RecordOut {
             spec,
             runtime,
             log_after,
+            rev,
         };
         NewEvent {
             channel: self.monitors.clone(),
@@ -204,13 +253,28 @@ impl MonitorStore {
     }
 
     /// The event that removes `id`'s record.
-    pub fn removal(&self, id: &str) -> NewEvent {
-        NewEvent {
-            channel: self.monitors.clone(),
+    pub fn removal(&self, id: &str) -> [NewEvent; 2] {
+        let removal = |channel: &ChannelName| NewEvent {
+            channel: channel.clone(),
             name: RECORD_EVENT.into(),
             data: crate::json::raw(&serde_json::json!({ "id": id })),
             id: None,
             state: Some(StateChange::Remove { key: id.to_owned() }),
+        };
+        [removal(&self.monitors), removal(&self.runtimes)]
+    }
+
+    /// The event that stores `id`'s runtime state alone (what a check stores).
+    pub fn runtime(&self, id: &str, runtime: &Runtime) -> NewEvent {
+        NewEvent {
+            channel: self.runtimes.clone(),
+            name: RECORD_EVENT.into(),
+            data: crate::json::raw(&serde_json::json!({ "id": id })),
+            id: None,
+            state: Some(StateChange::Set {
+                key: id.to_owned(),
+                value: crate::json::raw(runtime),
+            }),
         }
     }
 
@@ -235,7 +299,14 @@ impl MonitorStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.core.publish_from(Origin::Monitor, events).await
+        let result = self.core.publish_from(Origin::Monitor, events).await;
+        *self.failing.lock() = result.as_ref().err().map(ToString::to_string);
+        result
+    }
+
+    /// Why the last write failed, if the last one did.
+    pub fn failing(&self) -> Option<String> {
+        self.failing.lock().clone()
     }
 
     /// The latest `limit` log entries of `id` after offset `after`, newest first.
@@ -337,8 +408,8 @@ mod tests {
         let mut rt = Runtime::default();
         rt.message = "stored".into();
         s.publish(vec![
-            s.record("a", &spec("a"), &rt, 7),
-            s.record("b", &spec("b"), &rt, 0),
+            s.record("a", &spec("a"), &rt, 7, 0),
+            s.record("b", &spec("b"), &rt, 0, 0),
         ])
         .await
         .unwrap();
@@ -350,7 +421,7 @@ mod tests {
         assert_eq!(loaded[0].spec, spec("a"));
         assert_eq!(loaded[0].runtime.message, "stored");
         assert_eq!(loaded[0].log_after, 7);
-        s.publish(vec![s.removal("a")]).await.unwrap();
+        s.publish(s.removal("a").into()).await.unwrap();
         let ids: Vec<String> = s.load().await.unwrap().into_iter().map(|m| m.id).collect();
         assert_eq!(ids, ["b"]);
     }
@@ -381,7 +452,7 @@ mod tests {
     fn its_channels_are_internal() {
         let s = store(1);
         assert!(
-            s.record("a", &spec("a"), &Runtime::default(), 0)
+            s.record("a", &spec("a"), &Runtime::default(), 0, 0)
                 .channel
                 .is_internal()
         );

@@ -6,6 +6,7 @@ mod targets;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -75,6 +76,11 @@ impl From<MonitorError> for ApiError {
             MonitorError::TooSoon(..) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
             }
+            MonitorError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "monitor_unavailable",
+                e.to_string(),
+            ),
             MonitorError::Storage(_) | MonitorError::Migration(_) => {
                 tracing::error!(error = %e, "monitor storage failure");
                 ApiError::new(
@@ -193,8 +199,14 @@ struct LogQuery {
 async fn log(
     State(state): State<RouteState>,
     Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
+    query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|_| {
+        ApiError::field(
+            "limit",
+            "must be a non-negative integer (entries, 1 to 1000)",
+        )
+    })?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     Ok(Json(json!({"log": state.monitors.log(&id, limit).await?})))
 }
