@@ -583,6 +583,31 @@ mod tests {
     }
 
     #[test]
+    fn a_registration_counts_its_connection_and_the_first_reason_it_ends_for() {
+        // The counts are the process's; other tests register connections meanwhile, so only this test's reason
+        // (no other test ends an SSE connection as expired) is compared exactly.
+        let r = Registry::new();
+        let opened = CONNECTIONS.opened(Transport::Sse);
+        let expired = CONNECTIONS.closed(Transport::Sse, CloseReason::Expired);
+        let shutdown = CONNECTIONS.closed(Transport::Sse, CloseReason::Shutdown);
+        let reg = r.register(info("sse-expiring", Transport::Sse), fake(&[]));
+        assert!(CONNECTIONS.opened(Transport::Sse) > opened);
+        assert!(CONNECTIONS.open(Transport::Sse) >= 1);
+        reg.closing(CloseReason::Expired);
+        reg.closing(CloseReason::Shutdown);
+        drop(reg);
+        assert_eq!(
+            CONNECTIONS.closed(Transport::Sse, CloseReason::Expired),
+            expired + 1
+        );
+        assert_eq!(
+            CONNECTIONS.closed(Transport::Sse, CloseReason::Shutdown),
+            shutdown,
+            "the first reason said counts"
+        );
+    }
+
+    #[test]
     fn entries_leave_with_their_registration_and_pages_stay_exact_under_churn() {
         let r = Registry::new();
         let a = r.register(info("a", Transport::SocketIo), fake(&["x"]));

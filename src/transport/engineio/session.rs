@@ -250,7 +250,7 @@ impl Session {
         &self.request
     }
 
-    /// Bytes waiting in the outbound queue now.
+    /// Bytes queued for the client and not yet taken by a writer.
     pub fn queued_bytes(&self) -> usize {
         self.state.lock().queued_bytes
     }
