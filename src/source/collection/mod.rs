@@ -359,9 +359,7 @@ impl Source for Collections {
 
     fn metrics(&self, out: &mut String) {
         use std::sync::atomic::Ordering::Relaxed;
-        if self.all.is_empty() {
-            return;
-        }
+        // Every family is always present, with no sample while no collection is configured.
         let series: [Series; 3] = [
             (
                 "herald_collection_documents",
