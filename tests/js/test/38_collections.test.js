@@ -237,6 +237,19 @@ test('seed 001 against the config file: add/edit/favourite/delete reach both tab
   assertApiError(stale, 412, 'precondition_failed', 'stale If-Match');
   assert.equal((await request(h.url, `/books/${emma.id}`)).json.author, 'J. Austen', 'the stale write changed nothing');
 
+  // The favourite adds the caller: nobody identified → 401, and nothing changes.
+  assertApiError(await request(h.url, `/books/${emma.id}/favorite`, { method: 'POST' }), 401, 'unauthorized', 'anonymous favourite');
+  // The React dev server's origin may call PUT and DELETE (its preflight is answered); another origin may not.
+  const preflight = await request(h.url, `/books/${emma.id}`, {
+    method: 'OPTIONS',
+    headers: { origin: 'http://localhost:3000', 'access-control-request-method': 'PUT', 'access-control-request-headers': 'content-type' },
+  });
+  assert.equal(preflight.status, 204, preflight.text);
+  assert.match(preflight.headers.get('access-control-allow-methods'), /PUT/);
+  assert.equal(preflight.headers.get('access-control-allow-origin'), 'http://localhost:3000');
+  const foreign = await request(h.url, `/books/${emma.id}`, { method: 'DELETE', headers: { origin: 'http://evil.example' } });
+  assertApiError(foreign, 403, 'origin_not_allowed', 'another origin');
+
   // A 10 MB body is refused before it is stored.
   const huge = await request(h.url, '/books', { method: 'POST', rawBody: JSON.stringify({ title: 'x'.repeat(10 << 20), author: 'a' }), headers: { 'content-type': 'application/json' }, timeout: 30_000 });
   assertApiError(huge, 413, 'payload_too_large', '10 MB body');
