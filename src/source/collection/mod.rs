@@ -445,6 +445,7 @@ mod tests {
     fn user(name: &str) -> Caller {
         Caller {
             key: true,
+            backend: false,
             identity: Some(crate::auth::Identity {
                 user: Some(name.into()),
                 ..crate::auth::Identity::anonymous()

@@ -199,18 +199,21 @@ async fn caller(
         return Ok(Caller {
             key: true,
             identity: identity.filter(|i| !i.anonymous),
+            backend: false,
         });
     }
     if presented.is_some_and(|p| shared.api_keys.iter().any(|k| k.key() == p)) {
         return Ok(Caller {
             key: true,
             identity: None,
+            backend: false,
         });
     }
     match (shared.identify)(headers.clone(), query.to_vec()).await {
         Ok(id) => Ok(Caller {
             key: false,
             identity: (!id.anonymous).then_some(id),
+            backend: false,
         }),
         Err(AuthError::MissingToken) => Ok(Caller::default()),
         Err(e) => Err(ApiError::new(
@@ -225,6 +228,7 @@ fn backend() -> Caller {
     Caller {
         key: true,
         identity: None,
+        backend: true,
     }
 }
 
@@ -729,5 +733,6 @@ async fn api_member_caller(
     Ok(Caller {
         key: true,
         identity: identity.filter(|i| !i.anonymous),
+        backend: true,
     })
 }

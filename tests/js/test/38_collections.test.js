@@ -337,3 +337,45 @@ test('a 10,000-document import stays within 64 MiB of server memory; a new subsc
   const stats = (await history(h.url, 'dashboard')).json.events.at(-1).data;
   assert.deepEqual(stats, { totalBooks: 10_000, totalFavorites: 5_000, connectedOwners: 0 });
 });
+
+test('access rules on the frontend path with JWTs: users create, owners edit their own, admins any; API keys pass', async (t) => {
+  const { sign, HMAC_SECRET } = await import('../lib/jwt.js');
+  const { KEY_BLOCKS } = await import('../lib/auth.js');
+  const config = `
+api_keys = ["backend-key"]
+[auth]
+${KEY_BLOCKS.HS256}
+[[collections]]
+name = "notes"
+path = "/notes"
+id = "ulid"
+owner_field = "ownerId"
+created_field = "createdAt"
+access = { list = "owner | role:admin", read = "owner | role:admin", create = "user", update = "owner | role:admin", delete = "role:admin | api_key" }
+`;
+  const h = await startHerald(t, { config });
+  const bearer = (sub, roles = []) => ({ authorization: `Bearer ${sign({ sub, roles, exp: Math.floor(Date.now() / 1000) + 600 }, { alg: 'HS256', secret: HMAC_SECRET })}` });
+  const call = (method, path, headers, body) => request(h.url, path, { method, headers, body });
+  assertApiError(await call('POST', '/notes', {}, { text: 'x' }), 401, 'unauthorized', 'no token');
+  const a = await call('POST', '/notes', bearer('ann'), { text: 'mine', ownerId: 'zed' });
+  assert.equal(a.status, 201, a.text);
+  assert.equal(a.json.ownerId, 'ann', 'the owner is the caller, whatever the body says');
+  assert.match(a.json.id, /^[0-9A-HJKMNP-TV-Z]{26}$/, 'a ULID');
+  assert.ok(Date.parse(a.json.createdAt) > 0);
+  const b = await call('POST', '/notes', bearer('bob'), { text: 'his' });
+  const own = await call('GET', '/notes', bearer('ann'));
+  assert.equal(own.status, 200, own.text);
+  assert.deepEqual(own.json.map((n) => n.text), ['mine'], 'an owner lists only their own');
+  assert.equal((await call('GET', '/notes', bearer('root', ['admin']))).json.length, 2);
+  assertApiError(await call('PUT', `/notes/${b.json.id}`, bearer('ann'), { text: 'hijack' }), 403, 'forbidden', "another's note");
+  const edited = await call('PATCH', `/notes/${a.json.id}`, bearer('ann'), { text: 'edited', ownerId: 'zed', createdAt: 'never' });
+  assert.equal(edited.status, 200, edited.text);
+  assert.deepEqual([edited.json.ownerId, edited.json.createdAt], ['ann', a.json.createdAt], 'owner and creation time are kept');
+  assertApiError(await call('DELETE', `/notes/${a.json.id}`, bearer('ann')), 403, 'forbidden', 'delete is for admins');
+  assert.equal((await call('DELETE', `/notes/${a.json.id}`, { authorization: 'Bearer backend-key' })).status, 200, 'an API key passes api_key');
+  assertApiError(await call('GET', '/notes', { authorization: 'Bearer not-a-token' }), 401, 'unauthorized', 'a bad token');
+  // The backend's API needs its key and passes every rule.
+  assertApiError(await request(h.url, '/api/collections/notes'), 401, 'unauthorized', 'API without a key');
+  const all = await request(h.url, '/api/collections/notes', { headers: { authorization: 'Bearer backend-key' } });
+  assert.deepEqual(all.json.documents.map((n) => n.text), ['his']);
+});
