@@ -138,26 +138,35 @@ impl Server {
             &config.limits,
             config.socketio.server_side_channels(),
         )?;
-        let sources = Arc::new(
-            source::start_all(&source::Setup {
-                engine: &core,
-                sections,
-                // A `monitors.db` left by an earlier version is imported into a durable engine; the memory engine
-                // touches no file.
-                legacy_dir: (config.engine.kind == EngineChoice::Sqlite)
-                    .then_some(config.data_dir.as_path()),
-                max_body_bytes: config.max_body_bytes,
-                api_keys: &config.api_keys,
-                identify: {
-                    let access = access.clone();
-                    Arc::new(move |headers, query| {
+        let sources =
+            Arc::new(
+                source::start_all(&source::Setup {
+                    engine: &core,
+                    sections,
+                    // A `monitors.db` left by an earlier version is imported into a durable engine; the memory engine
+                    // touches no file.
+                    legacy_dir: (config.engine.kind == EngineChoice::Sqlite)
+                        .then_some(config.data_dir.as_path()),
+                    max_body_bytes: config.max_body_bytes,
+                    api_keys: &config.api_keys,
+                    identity_params: std::iter::once(config.auth.query_param.clone())
+                        .chain(
+                            config.auth.identity_from_handshake.iter().flat_map(|h| {
+                                std::iter::once(h.user.clone()).chain(h.roles.clone())
+                            }),
+                        )
+                        .filter(|p| !p.is_empty())
+                        .collect(),
+                    identify: {
                         let access = access.clone();
-                        Box::pin(async move { access.identify(&headers, &query, None).await })
-                    })
-                },
-            })
-            .await?,
-        );
+                        Arc::new(move |headers, query| {
+                            let access = access.clone();
+                            Box::pin(async move { access.identify(&headers, &query, None).await })
+                        })
+                    },
+                })
+                .await?,
+            );
         // Every binding lists its connections here; the API reads and closes them.
         // … and each is present on the online channel while it is open (connection-wide presence).
         let registry = Registry::new().with_online(

@@ -71,6 +71,8 @@ pub struct Setup<'a> {
     pub api_keys: &'a [crate::api::ApiKey],
     /// Identifies the caller of such a route from its headers and query (a token, or the handshake fields).
     pub identify: Arc<collection::Identify>,
+    /// The query parameters `identify` reads (the token's, the handshake fields): not filters of a listing.
+    pub identity_params: Vec<String>,
 }
 
 /// Whether the client that triggered an action may read a channel (its identity under the access rules).

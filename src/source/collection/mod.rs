@@ -305,6 +305,7 @@ pub fn start<'a>(setup: &'a Setup<'a>) -> BoxFuture<'a, Result<Arc<dyn Source>, 
             setup: routes::Shared {
                 api_keys: setup.api_keys.to_vec(),
                 identify: setup.identify.clone(),
+                identity_params: setup.identity_params.clone(),
                 max_body_bytes: setup.max_body_bytes,
             },
             tasks: parking_lot::Mutex::new(tasks),

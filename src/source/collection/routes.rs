@@ -35,6 +35,8 @@ pub struct Shared {
     pub api_keys: Vec<ApiKey>,
     /// How a frontend's request is identified.
     pub identify: Arc<Identify>,
+    /// The query parameters identifying the caller (not filters).
+    pub identity_params: Vec<String>,
     /// Largest request body.
     pub max_body_bytes: usize,
 }
@@ -234,12 +236,14 @@ fn backend() -> Caller {
 
 // --- listing ---
 
-/// The documents `caller` may list, filtered by the query's `FIELD=VALUE` pairs, after `after`, at most `limit`.
+/// The documents `caller` may list, filtered by the query's `FIELD=VALUE` pairs, after `after`, at most `limit`
+/// (default: a page when `paged`, else all).
 async fn list(
     c: &Collection,
     caller: &Caller,
     query: &[(String, String)],
     paged: bool,
+    identity_params: &[String],
 ) -> Result<(Vec<Box<RawValue>>, Option<String>), ApiError> {
     let decision = c.cfg.access.list.decide(caller);
     if decision == Decision::Deny {
@@ -254,7 +258,7 @@ async fn list(
     let mut filters = Vec::new();
     for (k, v) in query {
         match k.as_str() {
-            "limit" if paged => {
+            "limit" => {
                 limit = match v.parse::<usize>() {
                     Ok(0) | Err(_) => {
                         return Err(ApiError::field("limit", "must be a positive integer"));
@@ -262,9 +266,9 @@ async fn list(
                     Ok(n) => n.min(PAGE.1),
                 }
             }
-            "after" if paged => after = Some(key_of_path(v).map_err(api_error)?),
-            // Identity fields of the handshake are not filters.
-            "userId" | "role" | "token" => {}
+            "after" => after = Some(key_of_path(v).map_err(api_error)?),
+            // The token's and the handshake fields' parameters say who asks; they are not filters.
+            _ if identity_params.contains(k) => {}
             _ => filters.push((k.clone(), v.clone())),
         }
     }
@@ -428,7 +432,7 @@ async fn m_list(
 ) -> Result<Response, ApiError> {
     let query = pairs(q.as_deref());
     let caller = caller(&m.shared, &headers, &query).await?;
-    let (docs, _) = list(&m.c, &caller, &query, false).await?;
+    let (docs, _) = list(&m.c, &caller, &query, false, &m.shared.identity_params).await?;
     Ok(json_response(StatusCode::OK, json_array(&docs)))
 }
 
@@ -578,7 +582,7 @@ async fn api_list(
 ) -> Result<Response, ApiError> {
     let c = api.find(&name)?;
     let query = pairs(q.as_deref());
-    let (docs, next) = list(c, &backend(), &query, true).await?;
+    let (docs, next) = list(c, &backend(), &query, true, &api.shared.identity_params).await?;
     let next = crate::json::text(&next);
     Ok(json_response(
         StatusCode::OK,
