@@ -187,6 +187,11 @@ fn coded(dir: &Path, out: &mut BTreeSet<String>) {
         // The first string literal starting within `within` bytes after each `marker`.
         let mut literal_after = |marker: &str, within: usize| {
             for (i, _) in text.match_indices(marker) {
+                // A comment quotes examples (a forward backend's own `"code"`), not Herald's answers.
+                let line_start = text[..i].rfind('\n').map_or(0, |n| n + 1);
+                if text[line_start..i].trim_start().starts_with("//") {
+                    continue;
+                }
                 let after = &text[i + marker.len()..];
                 let Some(start) = after.find('"').filter(|s| *s <= within) else {
                     continue;
