@@ -100,6 +100,9 @@ pub struct Config {
     pub cluster: crate::cluster::ClusterConfig,
     /// Path prefixes forwarded to an upstream HTTP server (`[[proxy]]`); see `docs/proxy.md`.
     pub proxy: Vec<crate::proxy::ProxyConfig>,
+    /// Forwards to the user's backend: their bounds, and the connect/disconnect hooks (`[forward]`); see
+    /// `docs/client-events.md`.
+    pub forward: crate::binding::forward::ForwardConfig,
 }
 
 impl Default for Config {
@@ -126,6 +129,7 @@ impl Default for Config {
             presence: crate::source::presence::PresenceConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
             proxy: Vec::new(),
+            forward: Default::default(),
         }
     }
 }
@@ -266,6 +270,7 @@ impl Config {
         self.auth.validate()?;
         self.sources.validate(&self.socketio.path)?;
         self.presence.validate()?;
+        self.forward.validate()?;
         crate::proxy::validate(&self.proxy, &self.socketio.path)?;
         // A SQL source's history route under a proxy prefix would be shadowed by it (or shadow it).
         for s in &self.sources.sql {

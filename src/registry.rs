@@ -211,14 +211,17 @@ impl Info {
 }
 
 /// A fresh id for a connection whose transport names none (`/ws`, SSE): the transport's name and a number unique in
-/// this process (`websocket-7`, `sse-8`). Socket.IO socket ids are 20 random characters: a clash would need one
-/// to spell such a name exactly.
+/// this process (`websocket-7`, `sse-8`), counted from a random start below 2^40 so that the nodes of a cluster,
+/// whose presence lists each other's connections, practically never hand out the same one. Socket.IO socket ids
+/// are 20 random characters: a clash would need one to spell such a name exactly.
 pub fn new_id(transport: Transport) -> Arc<str> {
+    static START: std::sync::LazyLock<u64> =
+        std::sync::LazyLock::new(|| rand::random::<u64>() >> 24);
     static NEXT: AtomicU64 = AtomicU64::new(1);
     format!(
         "{}-{}",
         transport.name(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
+        *START + NEXT.fetch_add(1, Ordering::Relaxed)
     )
     .into()
 }

@@ -11,6 +11,7 @@ use crate::accept::{self, Edge};
 use crate::api::{self, ApiState};
 use crate::binding::access::Access;
 use crate::binding::client_events::{Actions, ClientEvents};
+use crate::binding::forward::{self, Forwarder};
 use crate::binding::socketio::ChannelsNamespace;
 use crate::binding::sse::SseBinding;
 use crate::binding::websocket::WebSocketBinding;
@@ -43,6 +44,9 @@ pub enum ServerError {
     /// The `[[proxy]]` client could not be built.
     #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxySetupError),
+    /// The `[forward]` HTTP client could not be built.
+    #[error("the forward client: {0}")]
+    Forward(String),
     /// The bindings' event encodings do not fit an event's cache.
     #[error(transparent)]
     Encodings(#[from] crate::core::event::SlotError),
@@ -69,6 +73,10 @@ pub struct Server {
     /// With a shared engine: this node's Engine.IO sessions, findable by the others.
     directory: Option<SessionDirectory>,
     cluster: ClusterConfig,
+    /// Forwards to the backend; its disconnect notices are stored before the engine stops.
+    forwarder: Arc<Forwarder>,
+    /// The disconnect outbox's deliverer, if a disconnect hook is configured.
+    outbox: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Client events mapped to actions run on the sources that serve them.
@@ -109,6 +117,10 @@ impl Server {
         retention
             .rules
             .splice(0..0, source::retention_rules(sections));
+        retention.rules.splice(
+            0..0,
+            forward::disconnects::retention(config.forward.outbox_max),
+        );
         let core = engine::open(EngineOptions {
             kind,
             retention,
@@ -146,12 +158,18 @@ impl Server {
                 .online()
                 .map_err(crate::source::SourceError::from)?,
         );
+        // Forwards to the user's backend; one deliverer per cluster drains the disconnect outbox.
+        let forwarder =
+            Forwarder::new(config.forward.clone(), core.clone(), config.max_event_bytes)
+                .map_err(ServerError::Forward)?;
+        let outbox = forwarder.start_outbox();
         // One mapping of client events for Socket.IO events and `/ws` emits.
         let client_events = ClientEvents::new(
             s.client_events.clone(),
             sources.clone(),
             core.clone(),
             access.clone(),
+            forwarder.clone(),
             config.max_event_bytes,
         );
         let namespace = ChannelsNamespace::new(
@@ -201,11 +219,13 @@ impl Server {
                 metrics: {
                     let sources = sources.clone();
                     let client_events = client_events.clone();
+                    let forwarder = forwarder.clone();
                     let core = core.clone();
                     Arc::new(move |out: &mut String| {
                         crate::metrics::render(out, &*core);
                         sources.metrics(out);
                         client_events.metrics(out);
+                        forwarder.metrics(out);
                     })
                 },
                 readiness: {
@@ -275,6 +295,8 @@ impl Server {
             keep_alive_timeout: config.limits.keep_alive_timeout(),
             directory,
             cluster: config.cluster.clone(),
+            forwarder,
+            outbox,
         })
     }
 
@@ -363,6 +385,11 @@ impl Server {
             claims.abort();
         }
         self.policy.refusals.flush();
+        // The last connections' disconnect notices go into the outbox before the engine stops.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.forwarder.stored()).await;
+        if let Some(outbox) = self.outbox {
+            outbox.abort();
+        }
         served?;
         self.sources.shutdown().await;
         self.core.shutdown().await;

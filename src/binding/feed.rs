@@ -221,6 +221,15 @@ impl<O: Outlet> Feed<O> {
         };
         let mut extra = Vec::new();
         let mut st = self.state.lock();
+        if st.closed {
+            // Detached meanwhile (a subscription asked for by a forward's answer that came after the disconnect):
+            // registering now would leave the engine holding a feed nobody detaches, present on the channel.
+            drop(st);
+            drop(positions);
+            drop(presence);
+            self.release();
+            return Ok(Vec::new());
+        }
         let regs = wants
             .into_iter()
             .zip(positions)

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod client_events;
 pub mod feed;
+pub mod forward;
 pub mod outbox;
 pub mod refusal;
 pub mod socketio;

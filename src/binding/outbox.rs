@@ -23,6 +23,8 @@ pub enum Closed {
     Failed,
     /// An administrator closed the connection; the client may reconnect and resume.
     Disconnected,
+    /// The backend's answer to a forward asked to close it.
+    Backend,
 }
 
 /// Something with a size in bytes.

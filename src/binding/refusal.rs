@@ -213,6 +213,10 @@ impl Refusal {
             Refusal::Unavailable | Refusal::Busy => {
                 (StatusCode::SERVICE_UNAVAILABLE, self.to_string())
             }
+            // A connect hook whose backend failed, or with no room for the forward: not the client's mistake.
+            Refusal::Action { code, .. } if crate::binding::forward::is_backend_failure(code) => {
+                (StatusCode::SERVICE_UNAVAILABLE, self.to_string())
+            }
             Refusal::InvalidRequest(_)
             | Refusal::InvalidChannel { .. }
             | Refusal::InvalidCursor(_)

@@ -472,7 +472,7 @@ fn stream(
                             Closed::Shutdown => CloseReason::Shutdown,
                             Closed::Gone => CloseReason::Client,
                             Closed::Failed => CloseReason::Error,
-                            Closed::Disconnected => CloseReason::Admin,
+                            Closed::Disconnected | Closed::Backend => CloseReason::Admin,
                         };
                         if reason == CloseReason::SlowConsumer {
                             stats::SLOW_CONSUMERS[Transport::Sse as usize].inc();

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
 use super::access::{Access, query_pairs};
-use super::client_events::{Allowance, ClientEvents, Outcome};
+use super::client_events::{Allowance, Call, ClientEvents, Outcome};
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::refusal::Refusal;
@@ -454,6 +454,31 @@ async fn upgrade(
         &identity,
         peer(&req),
     );
+    let connection =
+        crate::binding::forward::connection(&info.member.conn, "websocket", info.address);
+    // The connect hook may refuse the connection (an HTTP answer: nothing is upgraded yet), or add channels (held
+    // to the rules like any subscription).
+    let hooked = match b
+        .client_events
+        .forwarder()
+        .connect(&identity, &connection)
+        .await
+    {
+        Ok(channels) => channels,
+        Err(refused) => return refused.response(),
+    };
+    let mut wants: Vec<Want> = initial.into_iter().collect();
+    for channel in hooked {
+        if wants.iter().any(|w| w.channel == channel) {
+            continue;
+        }
+        match b.access.subscribe(&identity, &channel) {
+            Ok(()) => wants.push(Want::new_events(channel)),
+            Err(r) => {
+                tracing::debug!(code = r.code(), reason = %r, "a channel the connect hook added is refused")
+            }
+        }
+    }
     let feed = Feed::new(
         b.core.clone(),
         outlet,
@@ -470,20 +495,21 @@ async fn upgrade(
     };
     // A direct URL's channel (permitted already) is registered before the 101 goes out: an event published
     // the moment the client sees the upgrade is already this connection's (held until the connection is up).
-    let initial = match initial {
-        Some(want) => match path::register(&feed, vec![want]).await {
+    let initial = if wants.is_empty() {
+        None
+    } else {
+        match path::register(&feed, wants).await {
             Ok(subscribing) => Some(subscribing),
             Err(refused) => {
                 feed.detach();
                 return refused.response();
             }
-        },
-        None => None,
+        }
     };
     tokio::spawn(async move {
         match upgrade.connect(b.config.max_message_bytes).await {
             Ok((reader, writer)) => {
-                let ending = run(b, identity, feed, reader, writer, initial, who).await;
+                let ending = run(b, identity, connection, feed, reader, writer, initial, who).await;
                 let reason = close_reason(ending.as_ref());
                 if reason == CloseReason::SlowConsumer {
                     stats::SLOW_CONSUMERS[Transport::WebSocket as usize].inc();
@@ -502,9 +528,11 @@ async fn upgrade(
 }
 
 /// Serves one connection until it closes.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     b: Arc<WebSocketBinding>,
     identity: Identity,
+    connection: Value,
     feed: Arc<Feed<WsOutlet>>,
     reader: Reader,
     writer: Writer,
@@ -517,13 +545,13 @@ async fn run(
         .access
         .expires_in(&identity)
         .map(|left| Instant::now() + left);
-    let client = Client {
+    let client = Arc::new(Client {
         access: b.access.clone(),
         identity,
-        publishes: b.client_events.allowance(),
+        publishes: b.client_events.allowance(connection),
         events: b.client_events.clone(),
-    };
-    let worker = tokio::spawn(serve_requests(client, feed.clone(), pending));
+    });
+    let worker = tokio::spawn(serve_requests(client.clone(), feed.clone(), pending));
     if let Some(subscribing) = initial {
         let _ = requests.send(Work::Complete(subscribing)).await;
     }
@@ -533,6 +561,16 @@ async fn run(
     worker.abort();
     outbox.close(Closed::Gone);
     feed.detach();
+    let reason = match &ending {
+        Some(Ending(_, reason)) if !reason.is_empty() => reason,
+        Some(_) => "closed",
+        None => "transport close",
+    };
+    client.events.forwarder().disconnected(
+        &client.identity,
+        &client.publishes.forwards.connection,
+        reason,
+    );
     ending
 }
 
@@ -639,6 +677,7 @@ async fn pump(
                         Closed::Gone => Ending(1000, ""),
                         Closed::Failed => Ending(1011, "internal error; reconnect to resume"),
                         Closed::Disconnected => Ending(DISCONNECTED, "closed by an administrator"),
+                        Closed::Backend => Ending(DISCONNECTED, "closed by the backend"),
                     });
                 }
                 let mut bytes = 0;
@@ -724,7 +763,7 @@ struct Client {
 }
 
 async fn serve_requests(
-    client: Client,
+    client: Arc<Client>,
     feed: Arc<Feed<WsOutlet>>,
     mut pending: mpsc::Receiver<Work>,
 ) {
@@ -743,7 +782,7 @@ async fn serve_requests(
     }
 }
 
-async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
+async fn handle(client: &Arc<Client>, feed: &Arc<Feed<WsOutlet>>, text: &str) {
     let outbox = &feed.outlet.outbox;
     let refuse = |id: Option<Value>, refusal: Refusal| {
         let _ = outbox.push(Message::plain(refusal.frame(id)));
@@ -806,7 +845,7 @@ async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
 /// An `emit` of client event `event`: mapped as Socket.IO maps it, answered `{"type":"ack","id","event","data"}`
 /// with what a Socket.IO ack carries, or an error naming the event.
 async fn emit(
-    client: &Client,
+    client: &Arc<Client>,
     feed: &Arc<Feed<WsOutlet>>,
     event: &str,
     args: Vec<Value>,
@@ -836,12 +875,62 @@ async fn emit(
             let _ = outbox.push(Message::plain(reply.to_string()));
             json!({"ok": true})
         }
+        Ok(Outcome::Forward(call)) => {
+            // On a task of its own: later requests are not held behind a slow backend (the forward's permit bounds
+            // how many run).
+            let (client, feed, event) = (client.clone(), feed.clone(), event.to_owned());
+            tokio::spawn(async move { forwarded(&client, &feed, &event, call, id).await });
+            return;
+        }
         Err(refused) => {
             let _ = outbox.push(Message::plain(refused.emit_frame(id, event)));
             return;
         }
     };
     let _ = outbox.push(Message::plain(ack(id, event, data)));
+}
+
+/// Runs a forward of client event `event` and applies the backend's answer: unsubscriptions, subscriptions
+/// (each refusal an error message naming the event, without the request's id), then the ack, then a close if asked.
+async fn forwarded(
+    client: &Client,
+    feed: &Arc<Feed<WsOutlet>>,
+    event: &str,
+    call: Call,
+    id: Option<Value>,
+) {
+    let outbox = &feed.outlet.outbox;
+    let answer = match call.run().await {
+        Ok(answer) => answer,
+        Err(refused) => {
+            client.events.refused(&refused);
+            let _ = outbox.push(Message::plain(refused.emit_frame(id, event)));
+            return;
+        }
+    };
+    for channel in answer.unsubscribe {
+        let _op = feed.serialize().await;
+        feed.unsubscribe(&channel);
+    }
+    for channel in answer.subscribe {
+        let want = Want::new_events(channel);
+        match path::subscribe(feed, &client.access, &client.identity, vec![want]).await {
+            Ok(subscribing) => {
+                if let Err(refused) = subscribing.complete().await {
+                    let _ = outbox.push(Message::plain(refused.frame(None)));
+                }
+            }
+            Err(refused) => {
+                client.events.refused(&refused);
+                let _ = outbox.push(Message::plain(refused.emit_frame(None, event)));
+            }
+        }
+    }
+    let data = answer.ack.unwrap_or_else(|| json!({"ok": true}));
+    let _ = outbox.push(Message::plain(ack(id, event, data)));
+    if answer.disconnect {
+        outbox.close(Closed::Backend);
+    }
 }
 
 /// The answer to an `emit` that succeeded.

@@ -66,26 +66,84 @@ impl Presence {
     /// Adds `member` to `channel` until the returned guard is dropped; joining twice keeps one entry.
     pub fn join(self: &Arc<Self>, channel: &ChannelName, member: Arc<Member>) -> PresenceGuard {
         let conn = member.conn.clone();
+        self.add(channel, member);
+        let owner: Arc<dyn Leave> = self.clone();
+        PresenceGuard::new(channel.clone(), conn, owner)
+    }
+
+    /// Counts one more registration of `member` on `channel`; true (and watchers told) if it was not there.
+    pub fn add(&self, channel: &ChannelName, member: Arc<Member>) -> bool {
+        let fresh = self.add_quietly(channel, member.clone());
+        if fresh {
+            self.tell(PresenceEvent::Join(channel.clone(), (*member).clone()));
+        }
+        fresh
+    }
+
+    /// [`Presence::add`] without telling the watchers (the caller tells them once the join is recorded elsewhere).
+    pub fn add_quietly(&self, channel: &ChannelName, member: Arc<Member>) -> bool {
+        let conn = member.conn.clone();
         let mut t = self.table.lock();
         let entries = t.channels.entry(channel.clone()).or_default();
-        let fresh = match entries.get_mut(&conn) {
+        match entries.get_mut(&conn) {
             Some((_, n)) => {
                 *n += 1;
                 false
             }
             None => {
-                entries.insert(conn.clone(), (member.clone(), 1));
+                entries.insert(conn, (member, 1));
                 true
             }
+        }
+    }
+
+    /// Counts one registration of `conn` on `channel` less; the member (and watchers told) if that was its last.
+    pub fn remove(&self, channel: &ChannelName, conn: &str) -> Option<Arc<Member>> {
+        let mut t = self.table.lock();
+        let entries = t.channels.get_mut(channel)?;
+        let gone = match entries.get_mut(conn) {
+            Some((_, n)) if *n > 1 => {
+                *n -= 1;
+                None
+            }
+            Some(_) => entries.remove(conn).map(|(m, _)| m),
+            None => None,
         };
-        if fresh {
+        if entries.is_empty() {
+            t.channels.remove(channel);
+        }
+        if let Some(member) = &gone {
             t.notify(channel, || {
-                PresenceEvent::Join(channel.clone(), (*member).clone())
+                PresenceEvent::Leave(channel.clone(), (**member).clone())
             });
         }
-        drop(t);
-        let owner: Arc<dyn Leave> = self.clone();
-        PresenceGuard::new(channel.clone(), conn, owner)
+        gone
+    }
+
+    /// Tells the watchers of `event`'s channel about a change elsewhere (another node of a cluster).
+    pub fn tell(&self, event: PresenceEvent) {
+        let channel = match &event {
+            PresenceEvent::Join(c, _) | PresenceEvent::Leave(c, _) => c.clone(),
+        };
+        self.table.lock().notify(&channel, || event.clone());
+    }
+
+    /// Lets every watcher go (their receivers end, so they re-read presence): what a cluster node does when it
+    /// may have missed other nodes' changes.
+    pub fn drop_watchers(&self) {
+        self.table.lock().watchers.clear();
+    }
+
+    /// Every entry of this process: `(channel, member)`.
+    pub fn entries(&self) -> Vec<(ChannelName, Arc<Member>)> {
+        let t = self.table.lock();
+        t.channels
+            .iter()
+            .flat_map(|(c, m)| {
+                m.values()
+                    .map(move |(member, _)| (c.clone(), member.clone()))
+            })
+            .collect()
     }
 
     /// Who is on `channel`, by connection id.
@@ -109,25 +167,6 @@ impl Presence {
 
 impl Leave for Presence {
     fn leave(&self, channel: &ChannelName, conn: &str) {
-        let mut t = self.table.lock();
-        let Some(entries) = t.channels.get_mut(channel) else {
-            return;
-        };
-        let gone = match entries.get_mut(conn) {
-            Some((_, n)) if *n > 1 => {
-                *n -= 1;
-                None
-            }
-            Some(_) => entries.remove(conn).map(|(m, _)| m),
-            None => None,
-        };
-        if entries.is_empty() {
-            t.channels.remove(channel);
-        }
-        if let Some(member) = gone {
-            t.notify(channel, || {
-                PresenceEvent::Leave(channel.clone(), (*member).clone())
-            });
-        }
+        self.remove(channel, conn);
     }
 }

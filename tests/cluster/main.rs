@@ -1,12 +1,13 @@
 //! Several nodes of one cluster in one test process: Redis engines sharing a key prefix on a `redis-server` the
 //! tests start themselves. Leases (one holder at a time, handed over on release or expiry), sources that run on
-//! one node (monitors, SQL channels) (presence across nodes is a later step).
+//! one node (monitors, SQL channels), presence across nodes.
 
 #[path = "../support/redis_server.rs"]
 mod redis_server;
 
 mod leases;
 mod monitors;
+mod presence;
 mod sources;
 
 use std::time::{Duration, Instant};

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::access::Access;
-use super::client_events::{Allowance, ClientEvents, Outcome};
+use super::client_events::{Allowance, Call, ClientEvents, Outcome};
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::refusal::Refusal;
 use super::subscribe::{self as path, Subscribing};
@@ -263,7 +263,7 @@ impl ChannelsNamespace {
         };
         // Another user's session id is as good as unknown.
         let record = record.filter(|r| r.user == identity.user);
-        let (pid, sid, wants, next_k, session_unknown) = match (asked, record) {
+        let (pid, sid, mut wants, next_k, session_unknown) = match (asked, record) {
             (Some(pid), Some(record)) => {
                 // A socket still attached to this session is a stale transport: retire it first.
                 let stale = self.conns.lock().remove(&record.sid);
@@ -306,6 +306,25 @@ impl ChannelsNamespace {
                 (new_id(), socket.id().to_string(), wants, 0, asked.is_some())
             }
         };
+        let connection = crate::binding::forward::connection(&sid, "socketio", request.remote_addr);
+        // The connect hook may refuse the connection, or add channels (held to the rules like any subscription).
+        let hooked = self
+            .client_events
+            .forwarder()
+            .connect(&identity, &connection)
+            .await
+            .map_err(|r| r.connect_error())?;
+        for channel in hooked {
+            if wants.iter().any(|w| w.channel == channel) {
+                continue;
+            }
+            match self.access.subscribe(&identity, &channel) {
+                Ok(()) => wants.push(Want::new_events(channel)),
+                Err(r) => {
+                    tracing::debug!(code = r.code(), reason = %r, "a channel the connect hook added is refused")
+                }
+            }
+        }
         let expires_in = self.access.expires_in(&identity);
         let info = Info::new(
             sid.as_str().into(),
@@ -335,7 +354,7 @@ impl ChannelsNamespace {
             _slot: slot,
             registration: OnceLock::new(),
             messages: Mutex::new(self.access.message_limit()),
-            publishes: self.client_events.allowance(),
+            publishes: self.client_events.allowance(connection),
             expiry: Mutex::new(None),
             pending: Mutex::new(None),
         });
@@ -525,7 +544,7 @@ impl ChannelsNamespace {
 
     /// A client event mapped in the config ([`ClientEvents`]); an unmapped one is refused as `unknown_event`.
     async fn mapped(
-        &self,
+        self: &Arc<Self>,
         conn: &Arc<Conn>,
         event: &str,
         args: &Payload,
@@ -554,7 +573,47 @@ impl ChannelsNamespace {
                 let _ = socket.emit(&sent, Payload::new(vec![data]));
                 reply(ack, json!({"ok": true}));
             }
+            Ok(Outcome::Forward(call)) => {
+                // On a task of its own: the connection's next events are not held behind a slow backend (the
+                // forward's permit bounds how many run).
+                let (ns, conn, event) = (self.clone(), conn.clone(), event.to_owned());
+                tokio::spawn(async move { ns.forwarded(&conn, &event, call, ack).await });
+            }
             Err(r) => refuse(socket, event, ack, &r),
+        }
+    }
+
+    /// Runs a forward of client event `event` and applies the backend's answer: unsubscriptions, subscriptions
+    /// (each refusal an `error` event), then the ack, then a disconnect if asked.
+    async fn forwarded(
+        &self,
+        conn: &Arc<Conn>,
+        event: &str,
+        call: Call,
+        ack: Option<AckResponder>,
+    ) {
+        let socket = &conn.feed.outlet.0;
+        let answer = match call.run().await {
+            Ok(answer) => answer,
+            Err(r) => {
+                self.client_events.refused(&r);
+                return refuse(socket, event, ack, &r);
+            }
+        };
+        for channel in answer.unsubscribe {
+            if let Err(r) = self.unsubscribe_channel(conn, event, channel, None).await {
+                self.client_events.refused(&r);
+            }
+        }
+        for channel in answer.subscribe {
+            let want = Want::new_events(channel);
+            if let Err(r) = self.subscribe_want(conn, event, want, None).await {
+                self.client_events.refused(&r);
+            }
+        }
+        reply(ack, answer.ack.unwrap_or_else(|| json!({"ok": true})));
+        if answer.disconnect {
+            socket.disconnect();
         }
     }
 
@@ -645,11 +704,31 @@ impl ChannelsNamespace {
         if let Some(registration) = conn.registration.get() {
             registration.closing(closing);
         }
+        self.client_events.forwarder().disconnected(
+            &conn.identity,
+            &conn.publishes.forwards.connection,
+            reason_text(reason),
+        );
         if reason.allows_recovery() {
             self.core.session_detached(&conn.pid);
         } else {
             self.core.delete_session(&conn.pid);
         }
+    }
+}
+
+/// A disconnect's reason as the Socket.IO client names it, for the disconnect hook.
+fn reason_text(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::ClientNamespaceDisconnect => "client namespace disconnect",
+        DisconnectReason::ServerDisconnect => "server namespace disconnect",
+        DisconnectReason::TransportClose => "transport close",
+        DisconnectReason::TransportError => "transport error",
+        DisconnectReason::ParseError => "parse error",
+        DisconnectReason::PingTimeout => "ping timeout",
+        DisconnectReason::ServerShutdown => "server shutting down",
+        DisconnectReason::SlowConsumer => "slow consumer",
+        DisconnectReason::ForcedClose => "forced close",
     }
 }
 

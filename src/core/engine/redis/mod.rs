@@ -1,7 +1,7 @@
 //! The Redis engine: history, state, idempotency ids, sessions and the commit order in a Redis 7 / Valkey server,
 //! fan-out through its pub/sub (`[engine] kind = "redis"`). Leases make sources run once per cluster ([`lease`]);
 //! polling without sticky sessions uses `directory`; publishes go through [`instance`]'s verified connections;
-//! cluster-wide presence comes next.
+//! presence is cluster-wide ([`presence`]: each node's members in Redis under a heartbeat).
 //!
 //! # Client
 //! `redis` (redis-rs): the most used Rust client, maintained by the Redis organisation, with `EVALSHA` scripts that
@@ -26,6 +26,7 @@
 //! - `{herald}:sid:<sid>` — the address of the node holding an Engine.IO session (`directory`).
 //! - `{herald}:instance` — the `run_id` of the Redis instance the last verified publish connection met ([`instance`]).
 //! - Pub/sub channel `{herald}:c:<channel>` — each committed event, as `fanout::decode` reads it.
+//! - `{herald}:presence:*` and pub/sub `{herald}:presence` — cluster-wide presence ([`presence`]).
 //!
 //! # Scripts
 //! `scripts` holds one Lua script per operation. A publish batch is one script: per event the idempotency check,
@@ -59,8 +60,8 @@
 //! gap notice and the snapshot instead of reused offsets. A Redis that lost only its latest writes (`everysec`,
 //! an RDB snapshot, a promoted replica) is caught by [`instance`]: publishes use connections verified against the
 //! server instance, and a new instance that may lack writes moves every channel to a new epoch first. Leases (one node at a time per monitor and SQL channel)
-//! are keys with an expiry, renewed by their holder ([`lease`]). Presence is in this process ([`crate::core::presence`]),
-//! as in the local engines; cluster-wide presence is a later step. State-channel declarations are configuration,
+//! are keys with an expiry, renewed by their holder ([`lease`]). Presence is never durable: each node mirrors its
+//! connections into Redis and they leave with it ([`presence`]). State-channel declarations are configuration,
 //! kept in the hub.
 //!
 //! # Faults
@@ -82,7 +83,13 @@ mod directory;
 mod fanout;
 mod instance;
 mod lease;
+mod presence;
 mod scripts;
+
+pub use presence::{
+    HEARTBEAT as PRESENCE_HEARTBEAT, MAX_NODE_ENTRIES as PRESENCE_MAX_NODE_ENTRIES,
+    NODE_TTL as PRESENCE_NODE_TTL,
+};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,7 +109,7 @@ use super::{
 use crate::core::channel::{ChannelName, Pattern};
 use crate::core::event::{Event, NewEvent, PublishResult, SharedEvent, now_ms};
 use crate::core::hub::Hub;
-use crate::core::presence::{Member, Presence, PresenceEvent};
+use crate::core::presence::{Member, PresenceEvent};
 use crate::core::retention::Retention;
 use crate::core::state::{self, StateChange, Table, Values};
 use fanout::Fanout;
@@ -150,7 +157,7 @@ pub struct RedisEngine {
     /// `{prefix}`.
     keys: String,
     hub: Arc<Hub>,
-    presence: Arc<Presence>,
+    presence: Arc<presence::ClusterPresence>,
     fanout: Arc<Fanout>,
     retention: Retention,
     sessions: mpsc::UnboundedSender<SessionOp>,
@@ -213,13 +220,16 @@ impl RedisEngine {
         tasks.push(tokio::spawn(sweep(con.clone(), keys.clone())));
         let node = format!("{:016x}", rand::random::<u64>());
         let leases = lease::Leases::new(&keys, &node);
+        let (presence, presence_tasks) =
+            presence::ClusterPresence::start(client.clone(), con.clone(), &keys, &node).await?;
+        tasks.extend(presence_tasks);
         let writer = instance::Writer::new(&client, &keys)?;
         Ok(Arc::new(Self {
             con,
             writer,
             keys,
             hub,
-            presence: Arc::default(),
+            presence,
             fanout,
             retention: opts.retention,
             sessions,
@@ -731,11 +741,15 @@ impl Engine for RedisEngine {
         channel: &ChannelName,
         member: Arc<Member>,
     ) -> Result<PresenceGuard, EngineError> {
-        Ok(self.presence.join(channel, member))
+        if self.closed.load(Ordering::Acquire) {
+            return Err(EngineError::Closed);
+        }
+        Ok(self.presence.join(channel, member).await)
     }
 
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<Member>, EngineError> {
-        Ok(self.presence.members(channel))
+        self.open_con()?;
+        self.presence.members(channel).await
     }
 
     fn presence_events(&self, pattern: Pattern) -> mpsc::Receiver<PresenceEvent> {
@@ -770,6 +784,8 @@ impl Engine for RedisEngine {
         if self.sessions.send(SessionOp::Flush(tx)).is_ok() {
             let _ = rx.await;
         }
+        // This node's connections leave everyone's presence now rather than at the heartbeat's expiry.
+        self.presence.remove_node().await;
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
