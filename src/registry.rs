@@ -162,14 +162,14 @@ pub trait Live: Send + Sync + 'static {
     fn carrier(&self) -> Option<&'static str> {
         None
     }
-    /// Bytes queued for its client and not yet written, if its transport knows.
-    fn queued_bytes(&self) -> Option<usize> {
-        None
-    }
     /// Ends it at an administrator's request, the way its client reconnects and resumes from.
     fn close(&self);
     /// Tells its client the engine's health now, if that changed since it was last told.
     fn tell_status(&self);
+    /// Bytes queued for its client and not yet written (for `/metrics` and `/api/connections`).
+    fn queued_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// What a connection is, fixed when it registers.
@@ -246,9 +246,8 @@ pub struct Connection {
     pub connected_at: i64,
     /// Its channels now.
     pub subscriptions: Vec<ChannelName>,
-    /// Bytes queued for it and not yet written (its transport's outbound queue), when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub queued_bytes: Option<usize>,
+    /// Bytes queued for it and not yet written (its transport's outbound queue).
+    pub queued_bytes: usize,
 }
 
 /// One page of the list.
@@ -402,6 +401,24 @@ impl Registry {
                 live.tell_status();
             }
         }
+    }
+
+    /// Bytes waiting in the outbound queues of every connection, by transport (indexed by [`Transport`]): read
+    /// when `/metrics` is scraped, so the delivery path counts nothing for it.
+    pub fn queued_bytes(&self) -> [u64; 3] {
+        // Copied out under the lock, read outside it: each queue has its own lock.
+        let lives: Vec<(Transport, Arc<dyn Live>)> = {
+            let t = self.table.lock();
+            t.entries
+                .values()
+                .map(|e| (e.info.transport, e.live.clone()))
+                .collect()
+        };
+        let mut out = [0; 3];
+        for (transport, live) in lives {
+            out[transport as usize] += live.queued_bytes() as u64;
+        }
+        out
     }
 
     /// Closes connection `id` (it reconnects and resumes); false if it is not live.
@@ -563,6 +580,31 @@ mod tests {
 
     fn ids(page: &Page) -> Vec<&str> {
         page.connections.iter().map(|c| &*c.id).collect()
+    }
+
+    #[test]
+    fn a_registration_counts_its_connection_and_the_first_reason_it_ends_for() {
+        // The counts are the process's; other tests register connections meanwhile, so only this test's reason
+        // (no other test ends an SSE connection as expired) is compared exactly.
+        let r = Registry::new();
+        let opened = CONNECTIONS.opened(Transport::Sse);
+        let expired = CONNECTIONS.closed(Transport::Sse, CloseReason::Expired);
+        let shutdown = CONNECTIONS.closed(Transport::Sse, CloseReason::Shutdown);
+        let reg = r.register(info("sse-expiring", Transport::Sse), fake(&[]));
+        assert!(CONNECTIONS.opened(Transport::Sse) > opened);
+        assert!(CONNECTIONS.open(Transport::Sse) >= 1);
+        reg.closing(CloseReason::Expired);
+        reg.closing(CloseReason::Shutdown);
+        drop(reg);
+        assert_eq!(
+            CONNECTIONS.closed(Transport::Sse, CloseReason::Expired),
+            expired + 1
+        );
+        assert_eq!(
+            CONNECTIONS.closed(Transport::Sse, CloseReason::Shutdown),
+            shutdown,
+            "the first reason said counts"
+        );
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl SseOutlet {
         if bulk {
             self.outbox.push_bulk(record)
         } else {
-            self.outbox.push(record)
+            self.outbox.push_stamped(record, e.time)
         }
     }
 }
@@ -141,12 +141,12 @@ fn body_of(e: &Event, envelope_data: bool) -> Bytes {
 }
 
 impl Live for Feed<SseOutlet> {
-    fn subscriptions(&self) -> Vec<ChannelName> {
-        self.channels()
+    fn queued_bytes(&self) -> usize {
+        self.outlet.outbox.queued_bytes()
     }
 
-    fn queued_bytes(&self) -> Option<usize> {
-        Some(self.outlet.outbox.queued_bytes())
+    fn subscriptions(&self) -> Vec<ChannelName> {
+        self.channels()
     }
 
     /// Ends the stream once what is queued went out: the browser's EventSource reconnects by itself, sending the
@@ -176,7 +176,7 @@ impl Outlet for SseOutlet {
                 record.extend_from_slice(&body);
                 Bytes::from(record)
             });
-            return self.outbox.push(record);
+            return self.outbox.push_stamped(record, event.event.time);
         }
         let body = if self.envelope {
             event.encoded(&ENVELOPE_BODY, |e| body_of(e, true))
@@ -486,6 +486,9 @@ fn stream(
                     }
                     // Counted as handed to the response body, which hyper writes next.
                     stats::WRITTEN_BYTES[Transport::Sse as usize].add(out.len() as u64);
+                    if let Some(committed) = outbox.take_stamp() {
+                        stats::written_live(committed);
+                    }
                     Bytes::from(out)
                 }
                 () = tokio::time::sleep(heartbeat) => Bytes::from_static(b": heartbeat\n\n"),

@@ -27,9 +27,9 @@ pub static REPLAYED: Counter = Counter::new();
 /// Lag buckets: 100 µs to 10 s, in nanoseconds.
 const LAG: Buckets = crate::core::stats::SECONDS;
 
-/// From an event's commit to the write of the batch holding it on a `/ws` connection's socket (whose queue
-/// carries each live event's commit time): the oldest live event of each write batch, to the millisecond of the
-/// event's commit time (`herald_delivery_lag_seconds`).
+/// From an event's commit to the write of the batch holding it on a connection's socket, for live events: the
+/// oldest live event of each write batch (Socket.IO: the first one queued since the last write), to the
+/// millisecond of the event's commit time (`herald_delivery_lag_seconds`).
 pub static DELIVERY_LAG: Histogram = Histogram::new(&LAG);
 
 /// How a subscription with a cursor (a resume) started: the `outcome` label of `herald_resumes_total`.

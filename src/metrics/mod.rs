@@ -20,18 +20,18 @@ pub mod text;
 use crate::binding::stats as binding;
 use crate::core::Engine;
 use crate::core::stats::{self as core, Origin, Outcome};
-use crate::registry::{CONNECTIONS, CloseReason, Transport};
+use crate::registry::{CONNECTIONS, CloseReason, Registry, Transport};
 use text::{Kind, Text};
 
-/// Appends every core series to `out`, reading `engine`'s gauges.
-pub fn render(out: &mut String, engine: &dyn Engine) {
+/// Appends every core series to `out`, reading `engine`'s gauges and `registry`'s queues.
+pub fn render(out: &mut String, engine: &dyn Engine, registry: &Registry) {
     let mut t = Text::new(out);
     connections(&mut t);
     let counts = engine.counts();
     t.single(
         "herald_subscriptions",
         Kind::Gauge,
-        "Channel subscriptions of this node's connections and sources.",
+        "Channel subscriptions held by this node's client connections.",
         counts.subscriptions,
     );
     t.single(
@@ -41,7 +41,7 @@ pub fn render(out: &mut String, engine: &dyn Engine) {
         counts.channels,
     );
     publishes(&mut t);
-    deliveries(&mut t);
+    deliveries(&mut t, registry);
     commits(&mut t);
     resumes(&mut t);
     refusals(&mut t);
@@ -150,7 +150,7 @@ fn publishes(t: &mut Text<'_>) {
     .histogram(name, &[], &core::PUBLISH_SECONDS.snapshot());
 }
 
-fn deliveries(t: &mut Text<'_>) {
+fn deliveries(t: &mut Text<'_>, registry: &Registry) {
     per_transport(
         t,
         "herald_deliveries_total",
@@ -171,6 +171,14 @@ fn deliveries(t: &mut Text<'_>) {
             other => binding::WRITTEN_BYTES[other as usize].get(),
         },
     );
+    let queued = registry.queued_bytes();
+    per_transport(
+        t,
+        "herald_queued_bytes",
+        Kind::Gauge,
+        "Bytes waiting in connections' outbound queues, by transport.",
+        |tr| queued[tr as usize],
+    );
     per_transport(
         t,
         "herald_slow_consumers_total",
@@ -182,7 +190,7 @@ fn deliveries(t: &mut Text<'_>) {
     t.family(
         name,
         Kind::Histogram,
-        "Time from an event's commit to its write on a /ws socket (the oldest live event of each write; millisecond resolution).",
+        "Time from an event's commit to its write on a client socket, sampled once per write batch (millisecond resolution).",
     )
     .histogram(name, &[], &binding::DELIVERY_LAG.snapshot());
 }

@@ -109,8 +109,8 @@ impl Live for Feed<SocketOutlet> {
         })
     }
 
-    fn queued_bytes(&self) -> Option<usize> {
-        Some(self.outlet.0.session().queued_bytes())
+    fn queued_bytes(&self) -> usize {
+        self.outlet.0.session().queued_bytes()
     }
 
     /// Closes the transport, not the namespace: the stock client reconnects by itself and recovers its session.
@@ -127,7 +127,9 @@ impl Outlet for SocketOutlet {
     const TRANSPORT: crate::registry::Transport = crate::registry::Transport::SocketIo;
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
         let packet = event.encoded(&PACKET, |e| encode_event(e, &Cursor::live(e).to_string()));
-        self.0.send_encoded(&packet).map_err(|_| Gone)
+        self.0
+            .send_encoded_stamped(&packet, event.event.time)
+            .map_err(|_| Gone)
     }
 
     fn replayed(&self, event: &Event, reg: &Registered) -> Result<(), Gone> {
