@@ -117,6 +117,9 @@ test('Socket.IO: token expires mid-stream → herald:disconnect token_expired, a
   assertExactlyOnceInOrder(rec, channels, rounds);
   assert.deepEqual(rec.named('herald:gap'), [], 'no gap');
   assert.ok(socket.connected);
+  // /metrics: the first connection ended as expired; its resume recovered every channel.
+  await metricReaches(h, 'herald_disconnects_total{transport="socketio",reason="expired"}', 1);
+  await metricReaches(h, 'herald_resumes_total{outcome="recovered"}', channels.length);
   h.assertNoPanic();
 });
 
