@@ -1,6 +1,8 @@
 //! The binary's day-to-day commands against a running server, through its HTTP API: `tail`, `history`,
-//! `channels`, `connections`, and `bench` (a wrapper of `herald-bench`). Results go to stdout (tables, or JSON
+//! `channels`, `connections`, `bench` (a wrapper of `herald-bench`) and `collections`. Results go to stdout (tables, or JSON
 //! lines for events); progress of long work and notices (gaps) go to stderr.
+
+pub mod collections;
 
 use std::io::Write as _;
 

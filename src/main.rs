@@ -1,5 +1,5 @@
 //! The `herald` binary: `serve`, `config check`, and the commands against a running server (`publish` here; `tail`,
-//! `history`, `channels`, `connections`, `bench` in [`cli`]).
+//! `history`, `channels`, `connections`, `bench`, `collections` in [`cli`]).
 
 mod cli;
 
@@ -112,6 +112,39 @@ enum Command {
         /// Without `--since`, how many of the latest events to print first.
         #[arg(long, short = 'n', default_value_t = 10)]
         lines: u64,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// List, import or export the documents of `[[collections]]` (through a running server).
+    Collections {
+        #[command(subcommand)]
+        command: CollectionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CollectionsCommand {
+    /// Print each collection: name, channel, path, documents.
+    List {
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// Store the documents of a JSON array file (e.g. seed 001's `books.json`), in batches, each atomic.
+    Import {
+        /// Collection name.
+        name: String,
+        /// A file holding a JSON array of documents (`-`: standard input).
+        file: PathBuf,
+        /// Most bytes of documents sent in one batch (each batch is stored atomically).
+        #[arg(long, default_value_t = 256 << 10)]
+        batch_bytes: usize,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// Print every document as one JSON array (a backup `import` reads back).
+    Export {
+        /// Collection name.
+        name: String,
         #[command(flatten)]
         remote: cli::Remote,
     },
@@ -288,6 +321,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             lines,
             remote,
         } => cli::tail(&channel, since, lines, &remote).await?,
+        Command::Collections { command } => cli::collections::run(command).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

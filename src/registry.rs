@@ -162,14 +162,14 @@ pub trait Live: Send + Sync + 'static {
     fn carrier(&self) -> Option<&'static str> {
         None
     }
-    /// Bytes queued for its client and not yet written, if its transport knows.
-    fn queued_bytes(&self) -> Option<usize> {
-        None
-    }
     /// Ends it at an administrator's request, the way its client reconnects and resumes from.
     fn close(&self);
     /// Tells its client the engine's health now, if that changed since it was last told.
     fn tell_status(&self);
+    /// Bytes queued for its client and not yet written (for `/metrics` and `/api/connections`).
+    fn queued_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// What a connection is, fixed when it registers.
@@ -246,9 +246,8 @@ pub struct Connection {
     pub connected_at: i64,
     /// Its channels now.
     pub subscriptions: Vec<ChannelName>,
-    /// Bytes queued for it and not yet written (its transport's outbound queue), when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub queued_bytes: Option<usize>,
+    /// Bytes queued for it and not yet written (its transport's outbound queue).
+    pub queued_bytes: usize,
 }
 
 /// One page of the list.
@@ -417,7 +416,7 @@ impl Registry {
         };
         let mut out = [0; 3];
         for (transport, live) in lives {
-            out[transport as usize] += live.queued_bytes().unwrap_or(0) as u64;
+            out[transport as usize] += live.queued_bytes() as u64;
         }
         out
     }

@@ -111,6 +111,7 @@ impl Server {
             sources: &config.sources,
             monitor: &config.monitor,
             presence: &config.presence,
+            collections: &config.collections,
         };
         // Sources' own channels keep their bounds whatever the configured rules match.
         let mut retention = config.history.retention();
@@ -146,6 +147,14 @@ impl Server {
                 legacy_dir: (config.engine.kind == EngineChoice::Sqlite)
                     .then_some(config.data_dir.as_path()),
                 max_body_bytes: config.max_body_bytes,
+                api_keys: &config.api_keys,
+                identify: {
+                    let access = access.clone();
+                    Arc::new(move |headers, query| {
+                        let access = access.clone();
+                        Box::pin(async move { access.identify(&headers, &query, None).await })
+                    })
+                },
             })
             .await?,
         );
@@ -208,6 +217,8 @@ impl Server {
             socketio = socketio.directory(Arc::new(directory.clone()));
         }
         let socketio = socketio.build();
+        let mut mounts = sources.routes();
+        let any_method = std::mem::take(&mut mounts.any_method);
         // The Engine.IO layer reports when the stamped (live) frames it queued are written: the delivery lag.
         let _ =
             crate::transport::engineio::ON_STAMPED_WRITE.set(crate::binding::stats::written_live);
@@ -240,17 +251,15 @@ impl Server {
                     })
                 },
             },
-            sources
-                .routes()
-                .merge(crate::admin::mounts(crate::admin::Setup {
-                    core: core.clone(),
-                    engine: match config.engine.kind {
-                        EngineChoice::Sqlite => "sqlite",
-                        EngineChoice::Memory => "memory",
-                        EngineChoice::Redis => "redis",
-                    },
-                    keyed: !config.api_keys.is_empty(),
-                })),
+            mounts.merge(crate::admin::mounts(crate::admin::Setup {
+                core: core.clone(),
+                engine: match config.engine.kind {
+                    EngineChoice::Sqlite => "sqlite",
+                    EngineChoice::Memory => "memory",
+                    EngineChoice::Redis => "redis",
+                },
+                keyed: !config.api_keys.is_empty(),
+            })),
         );
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
         let router = api
@@ -275,7 +284,12 @@ impl Server {
                 access.policy.origins.clone(),
                 Origins::layer,
             ))
-            // Proxied prefixes carry the same origin policy, with preflights for every method.
+            // A collection's own REST paths and proxied prefixes carry the same origin policy, with preflights for
+            // every method.
+            .merge(any_method.layer(axum::middleware::from_fn_with_state(
+                access.policy.origins.clone(),
+                Origins::layer_any_method,
+            )))
             .merge(crate::proxy::router(
                 &config.proxy,
                 access.policy.origins.clone(),

@@ -568,3 +568,122 @@ async fn a_dropped_connection_to_the_same_redis_keeps_the_epoch() {
     let (after, offset) = publish_acked(&core, "a", 2).await;
     assert_eq!((after, offset), (epoch, 2));
 }
+
+/// A TCP pass-through to Redis whose existing connections can be frozen: they stay open but carry nothing more in
+/// either direction (a connection a firewall or NAT dropped silently). Connections made after a freeze work.
+struct FreezingProxy {
+    url: String,
+    frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+}
+
+impl FreezingProxy {
+    async fn start(server: &RedisServer) -> Self {
+        let target = server.url.trim_start_matches("redis://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let list = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let flag = Arc::new(AtomicBool::new(false));
+                list.lock().push(flag.clone());
+                let (cr, cw) = client.into_split();
+                let (ur, uw) = upstream.into_split();
+                tokio::spawn(pipe(cr, uw, flag.clone()));
+                tokio::spawn(pipe(ur, cw, flag));
+            }
+        });
+        Self { url, frozen }
+    }
+
+    /// Freezes every connection open now.
+    fn freeze(&self) {
+        for f in self.frozen.lock().iter() {
+            f.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Copies `from` to `to` until either ends; once `frozen`, holds both open and copies nothing.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            // Keep the sockets, drop the bytes: neither side learns anything.
+            let _keep = (from, to);
+            std::future::pending::<()>().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_broken_pub_sub_connection_is_replaced_and_nothing_is_lost() {
+    let server = RedisServer::private();
+    let proxy = FreezingProxy::start(&server).await;
+    let prefix = format!("silent{}", std::process::id());
+    let node = |url: String| {
+        let prefix = prefix.clone();
+        async move {
+            engine::open(EngineOptions {
+                kind: EngineKind::Redis { url, prefix },
+                retention: Retention::default(),
+                session_ttl: Duration::from_secs(3600),
+            })
+            .await
+            .unwrap()
+        }
+    };
+    // The subscriber's node reaches Redis through the proxy; the publisher's directly.
+    let behind = node(proxy.url.clone()).await;
+    let publisher = node(server.url.clone()).await;
+    let (rec, _sub) = subscribe(&behind, "a").await;
+    publish_acked(&publisher, "a", 1).await;
+    until("the first event", || rec.events.lock().len() == 1).await;
+
+    // Every connection of the subscriber's node goes silent: no error, no close.
+    proxy.freeze();
+    let frozen = Instant::now();
+    for n in 2..=5 {
+        publish_acked(&publisher, "a", n).await;
+    }
+    // Within PING_EVERY + the command timeout (8 s) the reader notices, reconnects and catches up from history.
+    until(
+        "the events published while the connection was silent",
+        || rec.events.lock().len() == 5,
+    )
+    .await;
+    let took = frozen.elapsed();
+    assert!(
+        took < Duration::from_secs(8) + Duration::from_secs(4),
+        "replaced after {took:?}"
+    );
+    let offsets: Vec<u64> = rec.events.lock().iter().map(|(_, o)| *o).collect();
+    assert_eq!(offsets, [1, 2, 3, 4, 5], "each event once, in order");
+    assert!(
+        !rec.lost.load(Ordering::SeqCst),
+        "history covered the silence: no loss signalled"
+    );
+
+    // Live delivery goes on over the new connection.
+    publish_acked(&publisher, "a", 6).await;
+    until("a live event after the replacement", || {
+        rec.events.lock().len() == 6
+    })
+    .await;
+}

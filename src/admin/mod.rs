@@ -33,5 +33,6 @@ pub fn mounts(setup: Setup) -> Mounts {
         }),
         keyed: Router::new(),
         public: page::router(setup.keyed),
+        any_method: Router::new(),
     }
 }

@@ -58,6 +58,9 @@ pub struct Mounts {
     pub keyed: Router,
     /// At the root, open to anyone.
     pub public: Router,
+    /// At the root, open to anyone, taking any method: the origin policy answers their preflights for PUT, PATCH
+    /// and DELETE too (a frontend's own REST paths).
+    pub any_method: Router,
 }
 
 impl Mounts {
@@ -67,6 +70,7 @@ impl Mounts {
             api: self.api.merge(other.api),
             keyed: self.keyed.merge(other.keyed),
             public: self.public.merge(other.public),
+            any_method: self.any_method.merge(other.any_method),
         }
     }
 }

@@ -141,12 +141,12 @@ fn body_of(e: &Event, envelope_data: bool) -> Bytes {
 }
 
 impl Live for Feed<SseOutlet> {
-    fn subscriptions(&self) -> Vec<ChannelName> {
-        self.channels()
+    fn queued_bytes(&self) -> usize {
+        self.outlet.outbox.queued_bytes()
     }
 
-    fn queued_bytes(&self) -> Option<usize> {
-        Some(self.outlet.outbox.queued_bytes())
+    fn subscriptions(&self) -> Vec<ChannelName> {
+        self.channels()
     }
 
     /// Ends the stream once what is queued went out: the browser's EventSource reconnects by itself, sending the

@@ -250,8 +250,8 @@ impl Live for Feed<WsOutlet> {
         self.channels()
     }
 
-    fn queued_bytes(&self) -> Option<usize> {
-        Some(self.outlet.outbox.queued_bytes())
+    fn queued_bytes(&self) -> usize {
+        self.outlet.outbox.queued_bytes()
     }
 
     /// Closes with [`DISCONNECTED`] once what is queued went out.

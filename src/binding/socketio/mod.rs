@@ -110,8 +110,8 @@ impl Live for Feed<SocketOutlet> {
         })
     }
 
-    fn queued_bytes(&self) -> Option<usize> {
-        Some(self.outlet.0.session().queued_bytes())
+    fn queued_bytes(&self) -> usize {
+        self.outlet.0.session().queued_bytes()
     }
 
     /// Closes the transport, not the namespace: the stock client reconnects by itself and recovers its session.

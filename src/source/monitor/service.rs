@@ -10,6 +10,10 @@
 //! changed, paused or deleted through any node's API is so on every node; a node that does not check a monitor
 //! shows the runtime its checker stores). Changes and reconciling are serialised on one node, and a change is
 //! stored before it is answered, so what is stored is never older than what a node holds.
+//!
+//! A check asked of a node that does not check the monitor (`POST /api/monitors/{id}/check`, a client's
+//! `request:refresh`) is forwarded to the one that does through `herald:monitor-requests`; "check now" then answers
+//! with the next entry of the monitor's log (or 503 `monitor_unavailable` if none comes in time: no node checks it).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,9 +60,9 @@ pub enum MonitorError {
     /// Checked too recently.
     #[error("monitor {0:?} was checked less than {1:?} ago")]
     TooSoon(String, Duration),
-    /// Another node of the cluster checks this monitor now.
+    /// No node of the cluster answered a forwarded check in time.
     #[error(
-        "monitor {0:?} is checked by another node of the cluster right now; its results reach every node on its channel, or ask again in a moment"
+        "monitor {0:?} is checked by another node of the cluster, which did not answer in time (it may be handing the monitor over); its results reach every node on its channel, or ask again in a moment"
     )]
     Unavailable(String),
     /// Storage failed.
@@ -97,21 +101,51 @@ struct Entry {
     log_after: u64,
     /// Revision of the definition, incremented by each change.
     rev: AtomicU64,
-    /// Whether this node checks it now (holds its lease and runs its task).
-    held: tokio::sync::watch::Sender<bool>,
+    /// How many of its checking tasks run on this node (holding its lease): more than 0 while it is checked here.
+    /// A count, not a flag: a replaced task's guard is dropped when its abort takes effect, which may be after its
+    /// successor started and marked the entry, and must not unmark it.
+    held: tokio::sync::watch::Sender<usize>,
+}
+
+/// Most check requests from other nodes waiting to be handed to their monitors (beyond, a request is dropped:
+/// the monitor is checked on schedule anyway).
+pub const REQUESTS_QUEUE: usize = 256;
+
+/// Takes other nodes' check requests (the monitor ids) to the task that wakes their monitors.
+struct Requests(tokio::sync::mpsc::Sender<String>);
+impl Subscriber for Requests {
+    fn deliver(&self, event: &Arc<SharedEvent>) {
+        #[derive(serde::Deserialize)]
+        struct Request {
+            id: String,
+        }
+        if let Ok(r) = serde_json::from_str::<Request>(event.event.data.get()) {
+            let _ = self.0.try_send(r.id);
+        }
+    }
+}
+
+/// Hands the first event it gets to a waiting "check now" (a check's log entry).
+struct FirstEvent(Mutex<Option<tokio::sync::oneshot::Sender<Arc<SharedEvent>>>>);
+impl Subscriber for FirstEvent {
+    fn deliver(&self, event: &Arc<SharedEvent>) {
+        if let Some(tx) = self.0.lock().take() {
+            let _ = tx.send(event.clone());
+        }
+    }
 }
 
 /// Marks an entry checked here while its checking task runs (dropped with the task when the lease is lost).
 struct Held(Arc<Entry>);
 impl Held {
     fn new(e: Arc<Entry>) -> Self {
-        e.held.send_replace(true);
+        e.held.send_modify(|n| *n += 1);
         Self(e)
     }
 }
 impl Drop for Held {
     fn drop(&mut self) {
-        self.0.held.send_replace(false);
+        self.0.held.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -266,7 +300,25 @@ impl Monitors {
                 Arc::new(Follow(wake.clone())),
             )
             .await?;
-        *self.follow.lock() = subs.into_iter().map(|(_, s)| s).collect();
+        let (requests_tx, mut requests) = tokio::sync::mpsc::channel(REQUESTS_QUEUE);
+        let more = self
+            .core
+            .subscribe(
+                &[self.store.requests()?],
+                SubscriberId::next(),
+                Arc::new(Requests(requests_tx)),
+            )
+            .await?;
+        *self.follow.lock() = subs.into_iter().chain(more).map(|(_, s)| s).collect();
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(id) = requests.recv().await {
+                let entry = this.entries.lock().get(&id).cloned();
+                if let Some(e) = entry.filter(|e| *e.held.borrow() > 0) {
+                    e.refresh.notify_one();
+                }
+            }
+        });
         let this = self.clone();
         tokio::spawn(async move {
             loop {
@@ -307,7 +359,7 @@ impl Monitors {
                     changed = true;
                 }
                 Some(e) => {
-                    if !*e.held.borrow() {
+                    if *e.held.borrow() == 0 {
                         *e.rt.lock() = s.runtime;
                     }
                 }
@@ -406,7 +458,7 @@ impl Monitors {
             }),
             log_after,
             rev: AtomicU64::new(rev),
-            held: tokio::sync::watch::channel(false).0,
+            held: tokio::sync::watch::channel(0).0,
         });
         self.entries.lock().insert(id, e.clone());
         e
@@ -605,13 +657,44 @@ impl Monitors {
         }
         // Checked here only by the lease holder (its task may be just starting: a moment's wait).
         let mut held = e.held.subscribe();
-        let waited = tokio::time::timeout(Duration::from_secs(1), held.wait_for(|h| *h))
+        let waited = tokio::time::timeout(Duration::from_secs(1), held.wait_for(|n| *n > 0))
             .await
             .is_ok_and(|r| r.is_ok());
         if !waited {
-            return Err(MonitorError::Unavailable(id.to_owned()));
+            return self.check_elsewhere(&e).await;
         }
         Ok(self.check(&e).await)
+    }
+
+    /// Asks the node that checks `e` for a check now and returns what the check logged (the next log entry,
+    /// awaited for the check's timeout and 5 s more).
+    async fn check_elsewhere(&self, e: &Arc<Entry>) -> Result<Outcome, MonitorError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let log = self.store.log_of(&e.id)?;
+        // Registered before the request is published, so the entry its check logs cannot be missed.
+        let _sub = self
+            .core
+            .subscribe(
+                &[log],
+                SubscriberId::next(),
+                Arc::new(FirstEvent(Mutex::new(Some(tx)))),
+            )
+            .await?;
+        self.store.publish(vec![self.store.request(&e.id)?]).await?;
+        let within = e.spec.lock().timeout() + Duration::from_secs(5);
+        let event = tokio::time::timeout(within, rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| MonitorError::Unavailable(e.id.clone()))?;
+        let logged: LoggedCheck = serde_json::from_str(event.event.data.get())
+            .map_err(|_| MonitorError::Unavailable(e.id.clone()))?;
+        Ok(Outcome {
+            ok: matches!(logged.status.as_str(), "up" | "degraded"),
+            response_ms: logged.ms,
+            message: logged.message,
+            cert_days: None,
+        })
     }
 
     /// A client asked for a fresh check (`request:refresh`): wakes the monitor's task unless it was checked
@@ -622,7 +705,17 @@ impl Monitors {
         if last.is_some_and(|t| now_ms() - t < self.refresh_interval.as_millis() as i64) {
             return Err(MonitorError::TooSoon(id.to_owned(), self.refresh_interval));
         }
-        e.refresh.notify_one();
+        if *e.held.borrow() > 0 {
+            e.refresh.notify_one();
+        } else if let Ok(request) = self.store.request(id) {
+            // Checked by another node of the cluster: ask it.
+            let core = self.core.clone();
+            tokio::spawn(async move {
+                if let Err(e) = core.publish(vec![request]).await {
+                    tracing::warn!(error = %e, "monitor check request not forwarded");
+                }
+            });
+        }
         Ok(())
     }
 

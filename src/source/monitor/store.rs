@@ -38,6 +38,8 @@ use crate::core::stats::Origin;
 const MONITORS: &str = "monitors";
 /// The state channel of runtime states (after the internal prefix).
 const RUNTIME: &str = "monitor-runtime";
+/// The channel of check requests for the node checking a monitor (after the internal prefix).
+const REQUESTS: &str = "monitor-requests";
 /// Prefix of the per-monitor log channels (after the internal prefix).
 const LOG: &str = "monitor-log:";
 /// Name of the events that store a record.
@@ -134,6 +136,13 @@ pub fn retention(cfg: &MonitorConfig) -> Vec<(Pattern, Limits)> {
             },
         ),
         (
+            Pattern::new(&format!("{INTERNAL_PREFIX}{REQUESTS}")),
+            Limits {
+                max_events: 1,
+                max_age: Limits::default().max_age,
+            },
+        ),
+        (
             Pattern::new(&format!("{INTERNAL_PREFIX}{RUNTIME}")),
             Limits {
                 max_events: 1,
@@ -212,6 +221,27 @@ impl MonitorStore {
             .iter()
             .filter_map(|v| Some((v.key.clone(), serde_json::from_str(v.value.get()).ok()?)))
             .collect())
+    }
+
+    /// The channel check requests go to (another node asking the checking node for a check now).
+    pub fn requests(&self) -> Result<ChannelName, EngineError> {
+        internal(REQUESTS)
+    }
+
+    /// The event asking the node that checks `id` for a check now.
+    pub fn request(&self, id: &str) -> Result<NewEvent, EngineError> {
+        Ok(NewEvent {
+            channel: self.requests()?,
+            name: CHECK_EVENT.into(),
+            data: crate::json::raw(&serde_json::json!({ "id": id })),
+            id: None,
+            state: None,
+        })
+    }
+
+    /// `id`'s log channel (each check is one event, its data a [`LoggedCheck`]).
+    pub fn log_of(&self, id: &str) -> Result<ChannelName, EngineError> {
+        log_channel(id)
     }
 
     /// The channels whose changes other nodes follow (definitions, runtime states).

@@ -250,6 +250,11 @@ impl Session {
         &self.request
     }
 
+    /// Bytes queued for the client and not yet taken by a writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().queued_bytes
+    }
+
     /// The transport currently carrying outbound data.
     pub fn transport(&self) -> TransportKind {
         self.state.lock().transport
@@ -261,11 +266,6 @@ impl Session {
 
     pub(crate) fn upgrade_timeout(&self) -> std::time::Duration {
         self.engine.config.upgrade_timeout
-    }
-
-    /// Bytes queued for the client and not yet taken by a writer.
-    pub fn queued_bytes(&self) -> usize {
-        self.state.lock().queued_bytes
     }
 
     /// Whether the session is closed.

@@ -1,6 +1,6 @@
 // 32. Sources run once per cluster: three Herald nodes on one Redis and a real PostgreSQL. A monitor created through
-// one node's API is known to every node and checked by exactly one of them (the lease holder; "check now" elsewhere
-// answers 503 monitor_unavailable); a SQL source channel with subscribers on all three nodes is polled by one node,
+// one node's API is known to every node and checked by exactly one of them (the lease holder; "check now" on another
+// node is forwarded to it and answered with its result); a SQL source channel with subscribers on all three nodes is polled by one node,
 // so PostgreSQL (pg_stat_statements) sees one query per interval; `kill -9` of the runners hands both over to a
 // survivor within the documented LEASE_TTL + LEASE_TTL / 2 (15 s), and subscribers on the survivors keep getting
 // the results.
@@ -93,17 +93,21 @@ interval = "${INTERVAL_MS}ms"
     subs.push(ws);
   }
 
-  // One checker: its "check now" answers, the others' say where the monitor is checked.
+  // One checker. "Check now" on any node is answered with a check's result; only the checker runs checks.
   const checkers = await runners(nodes, checksOf, 3, 'monitor checks');
   assert.equal(checkers.length, 1, `monitor checked on ${checkers.map((h) => h.url)}`);
+  const before = await Promise.all(nodes.map(checksOf));
   for (const h of nodes) {
     const r = await request(h.url, '/api/monitors/shared/check', { method: 'POST' });
-    if (h === checkers[0]) assert.equal(r.status, 200, r.text);
-    else {
-      assert.equal(r.status, 503, r.text);
-      assert.equal(r.json.error.code, 'monitor_unavailable', r.text);
-    }
+    assert.equal(r.status, 200, `${h === checkers[0] ? 'checker' : 'forwarded'}: ${r.text}`);
+    assert.equal(r.json.outcome.ok, true, r.text);
+    assert.equal(r.json.monitor.id, 'shared', r.text);
   }
+  const after = await Promise.all(nodes.map(checksOf));
+  nodes.forEach((h, i) => {
+    if (h !== checkers[0]) assert.equal(after[i], before[i], `a forwarded check ran on ${h.url}`);
+  });
+  assert.ok(after[nodes.indexOf(checkers[0])] >= before[nodes.indexOf(checkers[0])] + 3, 'the checker ran the three checks');
 
   // One poller, one query per interval for the cluster (three would be three per interval).
   const pollers = await runners(nodes, queriesOf, 3, 'polls of u1');

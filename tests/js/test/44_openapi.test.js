@@ -39,3 +39,23 @@ test('a query string an extractor cannot read is a JSON 400, not plain text', as
   assertApiError(r, 400, 'invalid_request', 'a path that is not UTF-8');
   assert.match(r.json.error.message, /UTF-8|utf-8|decode/i);
 });
+
+// Found by scripts/openapi-fuzz: a monitor rescheduled (updated, resumed) and checked at once answered 503
+// `monitor_unavailable` on a single node, because the replaced task's guard, dropped after its successor started,
+// cleared the "checked here" flag the new task had just set.
+test('a monitor checked right after each update or resume is checked, never "checked by another node"', async (t) => {
+  const h = await startHerald(t);
+  const spec = (name) => ({ id: 'local', name, check: { kind: 'tcp', host: '127.0.0.1', port: 9 }, interval: 60 });
+  assert.equal((await request(h.url, '/api/monitors', { method: 'POST', body: spec('a') })).status, 201);
+  for (let i = 0; i < 25; i++) {
+    if (i % 2) {
+      assert.equal((await request(h.url, '/api/monitors/local/pause', { method: 'POST' })).status, 200);
+      assert.equal((await request(h.url, '/api/monitors/local/resume', { method: 'POST' })).status, 200);
+    } else {
+      assert.equal((await request(h.url, '/api/monitors/local', { method: 'PUT', body: spec(`n${i}`) })).status, 200);
+    }
+    const r = await request(h.url, '/api/monitors/local/check', { method: 'POST' });
+    assert.equal(r.status, 200, `round ${i}: ${r.text}`);
+    assert.equal(r.json.outcome.ok, false, 'port 9 refuses');
+  }
+});

@@ -17,6 +17,11 @@
 //! disconnect, getting the gap notice (epoch changed or history trimmed) and, on state channels, the snapshot.
 //! That reuses the one resume path every binding already has instead of inventing a live gap message.
 //!
+//! A connection can also break silently (a stateful firewall or NAT dropping it, a half-open TCP connection): no
+//! error, just no more messages. The reader therefore `PING`s it every [`PING_EVERY`] while it is quiet and treats
+//! a reply missing for the command timeout as a drop — reconnect, resubscribe, catch up from history — so such a
+//! connection is replaced within `PING_EVERY + TIMEOUT` (8 s) and nothing published meanwhile is lost.
+//!
 //! A publish to a channel with local subscribers waits, in its barrier, for the connection to be back and caught
 //! up (at most the command timeout), and cuts the backoff short: its commit shows Redis is reachable again.
 
@@ -27,7 +32,7 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
+use redis::aio::{PubSubSink, PubSubStream};
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
@@ -44,6 +49,9 @@ pub const RETRY_FIRST: Duration = Duration::from_millis(100);
 /// Longest wait between reconnection attempts.
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How long the pub/sub connection may stay quiet before the reader checks it with a `PING`.
+pub const PING_EVERY: Duration = Duration::from_secs(3);
+
 /// Where a channel's live delivery on this node stands.
 #[derive(Debug, Clone)]
 struct Mark {
@@ -55,9 +63,8 @@ struct Mark {
 
 /// The Redis subscriptions of this process.
 pub struct Fanout {
+    /// For the pub/sub connection and the catch-up reads after it drops.
     client: redis::Client,
-    /// For catch-up reads.
-    con: ConnectionManager,
     /// Orders SUBSCRIBE and UNSUBSCRIBE (and the resubscription after a reconnect): each decision is taken and
     /// sent under this lock. `None` while the connection is down.
     sink: tokio::sync::Mutex<Option<PubSubSink>>,
@@ -87,7 +94,6 @@ impl Fanout {
     /// needs.
     pub fn start(
         client: redis::Client,
-        con: ConnectionManager,
         sink: PubSubSink,
         stream: PubSubStream,
         keys: &str,
@@ -96,7 +102,6 @@ impl Fanout {
         let (barrier, barriers) = mpsc::unbounded_channel();
         let fanout = Arc::new(Self {
             client,
-            con,
             ping: Mutex::new(Some(sink.clone())),
             sink: tokio::sync::Mutex::new(Some(sink)),
             pending: Mutex::default(),
@@ -270,19 +275,50 @@ impl Fanout {
         self.hub.dispatch(&[SharedEvent::new(event)]);
     }
 
-    /// Reads `stream` until it ends, dispatching in arrival order and answering barriers.
+    /// Reads `stream` until it ends (or stops answering `PING`s), dispatching in arrival order and answering
+    /// barriers.
     async fn read(
         &self,
         stream: &mut PubSubStream,
         barriers: &mut mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     ) {
+        let mut probe: Option<futures_util::future::BoxFuture<'static, bool>> = None;
+        let mut quiet_since = tokio::time::Instant::now();
         loop {
+            let check_at = quiet_since + PING_EVERY;
             tokio::select! {
                 biased;
                 msg = stream.next() => match msg {
-                    Some(msg) => self.dispatch(msg),
+                    Some(msg) => {
+                        quiet_since = tokio::time::Instant::now();
+                        self.dispatch(msg);
+                    }
                     None => return,
                 },
+                alive = async {
+                    match probe.as_mut() {
+                        Some(p) => p.await,
+                        None => std::future::pending().await,
+                    }
+                }, if probe.is_some() => {
+                    probe = None;
+                    if !alive {
+                        tracing::warn!(
+                            "redis pub/sub connection did not answer a PING: treating it as lost"
+                        );
+                        return;
+                    }
+                    quiet_since = tokio::time::Instant::now();
+                }
+                () = tokio::time::sleep_until(check_at), if probe.is_none() => {
+                    let Some(mut sink) = self.ping.lock().clone() else { return };
+                    probe = Some(Box::pin(async move {
+                        matches!(
+                            tokio::time::timeout(TIMEOUT, sink.ping::<()>()).await,
+                            Ok(Ok(()))
+                        )
+                    }));
+                }
                 Some(done) = barriers.recv() => {
                     // The PING's reply came after these messages, so they are queued already.
                     while let Some(Some(msg)) = stream.next().now_or_never() {
@@ -337,9 +373,31 @@ impl Fanout {
             *current = Some(sink);
             channels
         };
-        // Subscribed first, so whatever commits after a channel's catch-up read arrives on the new stream.
+        // Subscribed first, so whatever commits after a channel's catch-up read arrives on the new stream. Read
+        // over a connection of its own: the command connection may be as silently broken as the old pub/sub one
+        // was (its client does not replace a connection that only times out).
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT));
+        let reader = tokio::time::timeout(
+            TIMEOUT,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| EngineError::unavailable("redis connect timed out"))
+        .and_then(|r| r.map_err(map_err));
+        let reader = match reader {
+            Ok(r) => r,
+            Err(e) => {
+                self.drops.fetch_add(1, Ordering::AcqRel);
+                *self.sink.lock().await = None;
+                *self.ping.lock() = None;
+                return Err(e);
+            }
+        };
         for c in &channels {
-            if let Err(e) = self.catch_up(c).await {
+            if let Err(e) = self.catch_up(reader.clone(), c).await {
                 // Subscriptions made on this connection meanwhile are as unsure of their start as at a drop.
                 self.drops.fetch_add(1, Ordering::AcqRel);
                 *self.sink.lock().await = None;
@@ -351,13 +409,17 @@ impl Fanout {
     }
 
     /// Dispatches `channel`'s history after its mark, or tells its subscribers that events were lost.
-    async fn catch_up(&self, channel: &ChannelName) -> Result<(), EngineError> {
+    async fn catch_up(
+        &self,
+        con: redis::aio::MultiplexedConnection,
+        channel: &ChannelName,
+    ) -> Result<(), EngineError> {
         let Some(mut mark) = self.marks.lock().get(channel).cloned() else {
             return Ok(());
         };
         loop {
             let page = read_range(
-                self.con.clone(),
+                con.clone(),
                 &self.keys,
                 channel,
                 mark.offset,

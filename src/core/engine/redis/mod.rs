@@ -196,14 +196,7 @@ impl RedisEngine {
         let (sink, stream) = client.get_async_pubsub().await.map_err(map_err)?.split();
         let keys = format!("{{{}}}", opts.prefix);
         let hub = Arc::new(Hub::default());
-        let (fanout, mut tasks) = Fanout::start(
-            client.clone(),
-            con.clone(),
-            sink,
-            stream,
-            &keys,
-            hub.clone(),
-        );
+        let (fanout, mut tasks) = Fanout::start(client.clone(), sink, stream, &keys, hub.clone());
         let (health_tx, health) = watch::channel(Health::Ok);
         tasks.push(tokio::spawn(follow_health(
             fanout.connected(),
@@ -348,7 +341,7 @@ impl Subscriber for Gate {
 
 /// A channel's position and its history after `after` (through `upto`), as one script reads them.
 async fn read_range(
-    mut con: ConnectionManager,
+    mut con: impl redis::aio::ConnectionLike + Send,
     keys: &str,
     channel: &ChannelName,
     after: u64,

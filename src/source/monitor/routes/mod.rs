@@ -58,8 +58,8 @@ pub fn mounts(monitors: Arc<Monitors>, max_body_bytes: usize, status_page: bool)
     };
     Mounts {
         api: api.with_state(state.clone()),
-        keyed: Router::new(),
         public: public.with_state(state),
+        ..Mounts::default()
     }
 }
 
