@@ -5,7 +5,7 @@
 //! [`crate::core::engine`], `[history]` in [`crate::core::retention`], `[[state]]` in [`crate::core::state`],
 //! `[socketio]`, `[websocket]` and `[sse]` in their bindings, `[auth]` in [`crate::auth`], `[sources]` in
 //! [`crate::source`], `[monitor]` in [`crate::source::monitor`], `[cluster]` in [`crate::cluster`] and
-//! `[[proxy]]` in [`crate::proxy`]. The
+//! `[[proxy]]` in [`crate::proxy`], `[[collections]]` in [`crate::source::collection`]. The
 //! imports run one way: this module names those
 //! sections and calls their `validate`, and none of them imports this module back (they share only the leaf
 //! [`InvalidConfig`]). What is left here is reading the file, applying the overrides, and the checks that span
@@ -100,6 +100,11 @@ pub struct Config {
     pub cluster: crate::cluster::ClusterConfig,
     /// Path prefixes forwarded to an upstream HTTP server (`[[proxy]]`); see `docs/proxy.md`.
     pub proxy: Vec<crate::proxy::ProxyConfig>,
+    /// Forwards to the user's backend: their bounds, and the connect/disconnect hooks (`[forward]`); see
+    /// `docs/client-events.md`.
+    pub forward: crate::binding::forward::ForwardConfig,
+    /// Collections of JSON documents served as REST (`[[collections]]`); see `docs/collections.md`.
+    pub collections: Vec<crate::source::collection::CollectionConfig>,
 }
 
 impl Default for Config {
@@ -126,6 +131,8 @@ impl Default for Config {
             presence: crate::source::presence::PresenceConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
             proxy: Vec::new(),
+            forward: Default::default(),
+            collections: Vec::new(),
         }
     }
 }
@@ -147,7 +154,80 @@ pub struct Overrides {
     pub engine_prefix: Option<String>,
 }
 
+/// What a redacted secret reads as.
+pub const REDACTED: &str = "<redacted>";
+
+/// `url` with the password of its userinfo (`scheme://user:password@host`) replaced by [`REDACTED`].
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let secret = if userinfo.contains(':') {
+                format!(":{REDACTED}")
+            } else {
+                String::new()
+            };
+            format!("{scheme}://{user}{secret}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 impl Config {
+    /// This configuration with every secret replaced by [`REDACTED`] (what `herald config check` prints): API
+    /// keys, HMAC secrets, passwords in the engine's, SQL sources', proxies' and monitors' URLs, and monitors'
+    /// request header values.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for key in &mut c.api_keys {
+            match key {
+                ApiKey::Plain(k) | ApiKey::Scoped { key: k, .. } => *k = REDACTED.to_owned(),
+            }
+        }
+        for key in &mut c.auth.keys {
+            if let crate::auth::KeyConfig::Hmac {
+                secret: Some(secret),
+                ..
+            } = key
+            {
+                *secret = REDACTED.to_owned();
+            }
+        }
+        if let Some(url) = &mut c.engine.url {
+            *url = redact_url(url);
+        }
+        for source in &mut c.sources.sql {
+            source.url = redact_url(&source.url);
+        }
+        for proxy in &mut c.proxy {
+            proxy.upstream = redact_url(&proxy.upstream);
+        }
+        for url in [&mut c.forward.connect, &mut c.forward.disconnect]
+            .into_iter()
+            .flatten()
+        {
+            *url = redact_url(url);
+        }
+        // Headers sent to the backend usually carry its credentials.
+        for value in c.forward.headers.values_mut() {
+            *value = REDACTED.to_owned();
+        }
+        for monitor in &mut c.monitor.monitors {
+            if let crate::source::monitor::check::Check::Http(http) = &mut monitor.check {
+                http.url = redact_url(&http.url);
+                for value in http.headers.values_mut() {
+                    *value = REDACTED.to_owned();
+                }
+            }
+        }
+        c
+    }
+
     /// Reads `path` (if any) and applies `overrides`.
     pub fn load(path: Option<&PathBuf>, overrides: Overrides) -> Result<Self, ConfigError> {
         let mut config = match path {
@@ -203,7 +283,35 @@ impl Config {
         self.auth.validate()?;
         self.sources.validate(&self.socketio.path)?;
         self.presence.validate()?;
+        self.forward.validate()?;
         crate::proxy::validate(&self.proxy, &self.socketio.path)?;
+        crate::source::collection::config::validate(&self.collections, &self.socketio.path)?;
+        // A collection's path and a proxy prefix or a SQL history route would shadow each other.
+        for c in &self.collections {
+            let Some(path) = c.path.as_deref() else {
+                continue;
+            };
+            let taken = self
+                .proxy
+                .iter()
+                .map(|p| ("the proxy at", p.path.as_str()))
+                .chain(
+                    self.sources
+                        .sql
+                        .iter()
+                        .filter_map(|s| s.history_path.as_deref())
+                        .map(|h| ("the SQL history route", h)),
+                )
+                .find(|(_, p)| {
+                    crate::api::paths::is_under(path, p) || crate::api::paths::is_under(p, path)
+                });
+            if let Some((what, p)) = taken {
+                return Err(InvalidConfig(format!(
+                    "collections {:?} path {path:?} overlaps {what} {p:?}",
+                    c.name
+                )));
+            }
+        }
         // A SQL source's history route under a proxy prefix would be shadowed by it (or shadow it).
         for s in &self.sources.sql {
             let Some(path) = s.history_path.as_deref() else {
@@ -280,6 +388,75 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/x?sslmode=require"),
+            "postgres://app:<redacted>@db:5432/x?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("redis://:pw@r:6379"),
+            "redis://:<redacted>@r:6379"
+        );
+        assert_eq!(redact_url("redis://user@r/0"), "redis://user@r/0");
+        assert_eq!(redact_url("sqlite:/tmp/a@b.db"), "sqlite:/tmp/a@b.db");
+        assert_eq!(redact_url("http://h/p@q"), "http://h/p@q");
+    }
+
+    #[test]
+    fn seed_001_collection_config_is_valid_and_mistakes_are_named() {
+        let seed = include_str!("../examples/seed001/herald.toml");
+        let c: Config = toml::from_str(seed).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.collections[0].path.as_deref(), Some("/books"));
+        let base = "[[collections]]\nname = \"books\"\n";
+        for (extra, want) in [
+            (
+                "path = \"/api/books\"\n",
+                "collides with Herald's own route /api",
+            ),
+            ("path = \"/socket.io/x\"\n", "collides"),
+            ("[collections.access]\nlist = \"admins\"\n", "access.list"),
+            ("[collections.access]\nupdate = \"owner\"\n", "owner_field"),
+            (
+                "[[collections.values]]\nevent = \"s\"\nvalue = { n = \"total\" }\nchannel = \"d\"\n",
+                "expression \"total\"",
+            ),
+            (
+                "[[collections.values]]\nevent = \"s\"\nvalue = { n = \"count\" }\n",
+                "a channel of its own",
+            ),
+            ("schema = { type = \"nonsense\" }\n", "schema"),
+            ("[collections.events]\ncreated = \"herald:x\"\n", "herald:x"),
+            (
+                "[[collections.arrays]]\nfield = \"f\"\nmember = \"{x}\"\n",
+                "member",
+            ),
+            ("max_documents = 0\n", "max_documents"),
+        ] {
+            let c: Config = toml::from_str(&format!("{base}{extra}")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{extra}: {e}");
+            assert!(e.contains("\"books\""), "{extra}: {e}");
+        }
+        let twice = format!("{base}{base}");
+        let e = toml::from_str::<Config>(&twice)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("declared twice"), "{e}");
+        let proxied = format!(
+            "{base}path = \"/books\"\n[[proxy]]\npath = \"/books\"\nupstream = \"http://127.0.0.1:1\"\n"
+        );
+        let e = toml::from_str::<Config>(&proxied)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overlaps the proxy"), "{e}");
+    }
 
     #[test]
     fn parses_documented_example() {

@@ -9,12 +9,14 @@
 //! - [`api`]: the HTTP surface (JSON errors, key check, `Mounts`) and the engine's own routes.
 //! - [`binding`]: channels over each transport, through one subscribe path and one refusal type.
 //! - [`source`]: built-in producers (service monitor, live SQL) behind the `Source` trait.
+//! - [`admin`]: the admin dashboard at `/admin` (embedded page, its `/api/admin` routes).
 //! - [`proxy`]: `[[proxy]]` path prefixes forwarded to the user's backend (same origin as the socket).
 //! - [`cluster`]: several nodes without sticky sessions (`[cluster]`, the Engine.IO session directory).
 //! - [`config`], [`tls`], [`accept`], [`server`]: composing the sections, TLS, the accept loop, the wiring.
 //! - [`config_error`], [`json`], [`number`]: leaves every layer may use.
 
 pub mod accept;
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod binding;
@@ -23,6 +25,7 @@ pub mod config;
 pub mod config_error;
 pub mod core;
 pub mod json;
+pub mod metrics;
 pub mod number;
 pub mod policy;
 pub mod proxy;

@@ -1,7 +1,11 @@
-//! The `herald` binary: `serve`, `publish` and `tail`.
+//! The `herald` binary: `serve`, `config check`, and the commands against a running server (`publish` here; `tail`,
+//! `history`, `channels`, `connections`, `bench`, `collections` in [`cli`]).
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -27,24 +31,8 @@ enum Command {
         /// TOML config file.
         #[arg(long, env = "HERALD_CONFIG")]
         config: Option<PathBuf>,
-        /// Address to listen on (port 0 picks a free one).
-        #[arg(long, env = "HERALD_LISTEN")]
-        listen: Option<SocketAddr>,
-        /// Directory for the SQLite database.
-        #[arg(long, env = "HERALD_DATA_DIR")]
-        data_dir: Option<PathBuf>,
-        /// API key for the HTTP API (repeatable; the env var takes a comma-separated list).
-        #[arg(long = "api-key", env = "HERALD_API_KEY", value_delimiter = ',')]
-        api_keys: Vec<String>,
-        /// Engine: `sqlite` (durable, the default), `memory` (nothing written to disk) or `redis`.
-        #[arg(long, env = "HERALD_ENGINE")]
-        engine: Option<herald::core::engine::EngineChoice>,
-        /// The Redis engine's server (`redis://…` or `rediss://…`), instead of `[engine] url`.
-        #[arg(long, env = "HERALD_ENGINE_URL")]
-        engine_url: Option<String>,
-        /// Prefix of the Redis engine's keys and channels, instead of `[engine] prefix`.
-        #[arg(long, env = "HERALD_ENGINE_PREFIX")]
-        engine_prefix: Option<String>,
+        #[command(flatten)]
+        settings: Settings,
         /// What is logged, in tracing's EnvFilter syntax (`debug`, `herald=debug,warn`); without it `RUST_LOG`,
         /// else `herald=info,warn`.
         #[arg(long, env = "HERALD_LOG")]
@@ -52,6 +40,11 @@ enum Command {
         /// Log lines as human-readable `text` or as one JSON object per line (`json`), on stderr.
         #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+    },
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Publish one event and print the result.
     Publish {
@@ -65,7 +58,49 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
         #[command(flatten)]
-        remote: Remote,
+        remote: cli::Remote,
+    },
+    /// Print a channel's history as JSON lines (every event after `--since`); with `--follow`, then new ones.
+    History {
+        /// Channel name.
+        channel: String,
+        /// Start after this offset.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Keep printing new events as they are published.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// List the channels: name, position (last offset), epoch and subscribers on this node.
+    Channels {
+        /// One JSON object per channel instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// List this node's connections, or close one (its client reconnects and resumes).
+    Connections {
+        /// Close the connection with this id instead of listing.
+        #[arg(long, value_name = "ID")]
+        disconnect: Option<String>,
+        /// Only connections of this transport: `socketio`, `websocket` or `sse`.
+        #[arg(long)]
+        transport: Option<String>,
+        /// One JSON object per connection instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// Run the load generator (`herald-bench`, built from bench/) with these arguments; `herald bench --help`.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Arguments for `herald-bench`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Print a channel's events as JSON lines, then follow new ones.
     Tail {
@@ -78,8 +113,90 @@ enum Command {
         #[arg(long, short = 'n', default_value_t = 10)]
         lines: u64,
         #[command(flatten)]
-        remote: Remote,
+        remote: cli::Remote,
     },
+    /// List, import or export the documents of `[[collections]]` (through a running server).
+    Collections {
+        #[command(subcommand)]
+        command: CollectionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CollectionsCommand {
+    /// Print each collection: name, channel, path, documents.
+    List {
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// Store the documents of a JSON array file (e.g. seed 001's `books.json`), in batches, each atomic.
+    Import {
+        /// Collection name.
+        name: String,
+        /// A file holding a JSON array of documents (`-`: standard input).
+        file: PathBuf,
+        /// Most bytes of documents sent in one batch (each batch is stored atomically).
+        #[arg(long, default_value_t = 256 << 10)]
+        batch_bytes: usize,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+    /// Print every document as one JSON array (a backup `import` reads back).
+    Export {
+        /// Collection name.
+        name: String,
+        #[command(flatten)]
+        remote: cli::Remote,
+    },
+}
+
+/// `herald config …`.
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE (with the environment's overrides, as `serve` would) and print the effective configuration
+    /// with secrets redacted; exit code 1 with the error when it is invalid.
+    Check {
+        /// TOML config file.
+        file: PathBuf,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+/// The settings flags and environment variables override in the config file.
+#[derive(clap::Args)]
+struct Settings {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, env = "HERALD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Directory for the SQLite database.
+    #[arg(long, env = "HERALD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// API key for the HTTP API (repeatable; the env var takes a comma-separated list).
+    #[arg(long = "api-key", env = "HERALD_API_KEY", value_delimiter = ',')]
+    api_keys: Vec<String>,
+    /// Engine: `sqlite` (durable, the default), `memory` (nothing written to disk) or `redis`.
+    #[arg(long, env = "HERALD_ENGINE")]
+    engine: Option<herald::core::engine::EngineChoice>,
+    /// The Redis engine's server (`redis://…` or `rediss://…`), instead of `[engine] url`.
+    #[arg(long, env = "HERALD_ENGINE_URL")]
+    engine_url: Option<String>,
+    /// Prefix of the Redis engine's keys and channels, instead of `[engine] prefix`.
+    #[arg(long, env = "HERALD_ENGINE_PREFIX")]
+    engine_prefix: Option<String>,
+}
+
+impl From<Settings> for Overrides {
+    fn from(s: Settings) -> Self {
+        Overrides {
+            listen: s.listen,
+            data_dir: s.data_dir,
+            api_keys: s.api_keys,
+            engine: s.engine,
+            engine_url: s.engine_url,
+            engine_prefix: s.engine_prefix,
+        }
+    }
 }
 
 /// How log lines are written.
@@ -130,60 +247,25 @@ fn init_logs(level: Option<String>, format: LogFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(clap::Args)]
-struct Remote {
-    /// Server URL.
-    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:7700")]
-    url: String,
-    /// API key.
-    #[arg(long = "api-key", env = "HERALD_API_KEY", value_delimiter = ',')]
-    api_key: Vec<String>,
-}
-
-impl Remote {
-    fn request(
-        &self,
-        client: &reqwest::Client,
-        method: reqwest::Method,
-        path: &str,
-    ) -> reqwest::RequestBuilder {
-        let req = client.request(method, format!("{}{path}", self.url.trim_end_matches('/')));
-        match self.api_key.first() {
-            Some(key) => req.bearer_auth(key),
-            None => req,
-        }
-    }
-}
-
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     // reqwest is built without a default TLS provider (it would pull aws-lc): ring serves every client here.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve {
             config,
-            listen,
-            data_dir,
-            api_keys,
-            engine,
-            engine_url,
-            engine_prefix,
+            settings,
             log_level,
             log_format,
         } => {
             init_logs(log_level, log_format)?;
-            let overrides = Overrides {
-                listen,
-                data_dir,
-                api_keys,
-                engine,
-                engine_url,
-                engine_prefix,
-            };
-            let config = Config::load(config.as_ref(), overrides)?;
-            serve(config).await
+            let config = Config::load(config.as_ref(), settings.into())?;
+            serve(config).await?;
         }
+        Command::Config {
+            command: ConfigCommand::Check { file, settings },
+        } => return Ok(config_check(&file, settings)),
         Command::Publish {
             channel,
             event,
@@ -218,14 +300,52 @@ async fn main() -> anyhow::Result<()> {
             }
             let result = body["results"].get(0).cloned().unwrap_or(body);
             println!("{result}");
-            Ok(())
         }
+        Command::History {
+            channel,
+            since,
+            follow,
+            remote,
+        } => cli::history(&channel, since, follow, &remote).await?,
+        Command::Channels { json, remote } => cli::channels(&remote, json).await?,
+        Command::Connections {
+            disconnect,
+            transport,
+            json,
+            remote,
+        } => cli::connections(&remote, disconnect, transport, json).await?,
+        Command::Bench { args } => return cli::bench(args).await,
         Command::Tail {
             channel,
             since,
             lines,
             remote,
-        } => tail(&channel, since, lines, &remote).await,
+        } => cli::tail(&channel, since, lines, &remote).await?,
+        Command::Collections { command } => cli::collections::run(command).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `herald config check FILE`: the effective configuration with secrets redacted on stdout, or the error on stderr
+/// and exit code 1.
+fn config_check(file: &std::path::Path, settings: Settings) -> ExitCode {
+    use std::io::Write as _;
+    match Config::load(Some(&file.to_path_buf()), settings.into()) {
+        Ok(config) => {
+            let mut out = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not an error of the configuration.
+            let _ = writeln!(
+                out,
+                "{} is valid; the effective configuration (secrets redacted):\n{:#?}",
+                file.display(),
+                config.redacted()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -284,83 +404,4 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutting down");
-}
-
-async fn tail(
-    channel: &str,
-    since: Option<u64>,
-    lines: u64,
-    remote: &Remote,
-) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let path = format!("/api/channels/{}/history", percent_encode(channel));
-    let mut after = match since {
-        Some(s) => s,
-        None => {
-            let head = format!("{path}?limit=1&since={}", u64::MAX);
-            let resp = remote
-                .request(&client, reqwest::Method::GET, &head)
-                .send()
-                .await;
-            match resp {
-                Ok(r) if r.status().is_success() => {
-                    let last = r.json::<Value>().await?["last_offset"]
-                        .as_u64()
-                        .unwrap_or(0);
-                    last.saturating_sub(lines)
-                }
-                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => 0,
-                Ok(r) => bail!(
-                    "tail failed ({}): {}",
-                    r.status(),
-                    r.text().await.unwrap_or_default()
-                ),
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("cannot reach Herald at {}", remote.url));
-                }
-            }
-        }
-    };
-    loop {
-        let resp = remote
-            .request(
-                &client,
-                reqwest::Method::GET,
-                &format!("{path}?since={after}&wait=30&limit=1000"),
-            )
-            .send()
-            .await
-            .with_context(|| format!("cannot reach Herald at {}", remote.url))?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            continue;
-        }
-        let body: Value = resp.json().await?;
-        if !status.is_success() {
-            bail!("tail failed ({status}): {body}");
-        }
-        if let Some(gap) = body.get("gap") {
-            eprintln!(
-                "gap: events {} to {} are no longer in history",
-                gap["from"], gap["to"]
-            );
-        }
-        for ev in body["events"].as_array().into_iter().flatten() {
-            println!("{ev}");
-            after = ev["offset"].as_u64().unwrap_or(after);
-        }
-    }
-}
-
-/// Percent-encodes a channel name for a URL path segment.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

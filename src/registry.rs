@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -37,6 +37,7 @@ use crate::core::engine::Health;
 use crate::core::engine::PresenceGuard;
 use crate::core::event::now_ms;
 use crate::core::presence::Member;
+use crate::core::stats::{Counter, Gauge};
 
 /// The transport a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,6 +72,88 @@ impl Transport {
     }
 }
 
+/// Why a connection ended: the `reason` label of `herald_disconnects_total`. A binding says so on its
+/// [`Registration`] before dropping it; unsaid, the client went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// The client closed it or the network dropped it.
+    Client = 0,
+    /// Its heartbeat timed out (Socket.IO ping timeout, WebSocket idle).
+    Timeout,
+    /// It fell behind by more than its queue bound.
+    SlowConsumer,
+    /// The server is shutting down.
+    Shutdown,
+    /// An administrator closed it (`/api/connections/{id}/disconnect`).
+    Admin,
+    /// Its token expired.
+    Expired,
+    /// The server failed to serve it (a storage error mid-replay) or the client broke the protocol.
+    Error,
+}
+
+impl CloseReason {
+    /// Every reason, in label order.
+    pub const ALL: [CloseReason; 7] = [
+        CloseReason::Client,
+        CloseReason::Timeout,
+        CloseReason::SlowConsumer,
+        CloseReason::Shutdown,
+        CloseReason::Admin,
+        CloseReason::Expired,
+        CloseReason::Error,
+    ];
+
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::Timeout => "timeout",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Admin => "admin",
+            CloseReason::Expired => "expired",
+            CloseReason::Error => "error",
+        }
+    }
+}
+
+/// Connections counted by transport, for `/metrics`: open now, ever opened, and ended by reason.
+pub struct ConnectionCounts {
+    open: [Gauge; 3],
+    opened: [Counter; 3],
+    closed: [[Counter; 7]; 3],
+}
+
+impl ConnectionCounts {
+    const fn new() -> Self {
+        Self {
+            open: [const { Gauge::new() }; 3],
+            opened: [const { Counter::new() }; 3],
+            closed: [const { [const { Counter::new() }; 7] }; 3],
+        }
+    }
+
+    /// Connections of `transport` open now.
+    pub fn open(&self, transport: Transport) -> i64 {
+        self.open[transport as usize].get()
+    }
+
+    /// Connections of `transport` ever accepted.
+    pub fn opened(&self, transport: Transport) -> u64 {
+        self.opened[transport as usize].get()
+    }
+
+    /// Connections of `transport` ended for `reason`.
+    pub fn closed(&self, transport: Transport, reason: CloseReason) -> u64 {
+        self.closed[transport as usize][reason as usize].get()
+    }
+}
+
+/// Every registry's connections (one registry per process outside tests).
+pub static CONNECTIONS: ConnectionCounts = ConnectionCounts::new();
+
 /// What the registry asks of a live connection; each binding implements it for its connection's feed.
 pub trait Live: Send + Sync + 'static {
     /// The channels it is subscribed to now, in subscription order.
@@ -83,6 +166,10 @@ pub trait Live: Send + Sync + 'static {
     fn close(&self);
     /// Tells its client the engine's health now, if that changed since it was last told.
     fn tell_status(&self);
+    /// Bytes queued for its client and not yet written (for `/metrics` and `/api/connections`).
+    fn queued_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// What a connection is, fixed when it registers.
@@ -159,6 +246,8 @@ pub struct Connection {
     pub connected_at: i64,
     /// Its channels now.
     pub subscriptions: Vec<ChannelName>,
+    /// Bytes queued for it and not yet written (its transport's outbound queue).
+    pub queued_bytes: usize,
 }
 
 /// One page of the list.
@@ -210,6 +299,8 @@ impl Registry {
     /// the newer connection is the one the id reaches (Socket.IO retires the older one itself).
     pub fn register(&self, info: Info, live: Arc<dyn Live>) -> Registration {
         log_connection(&info, "connection opened");
+        CONNECTIONS.open[info.transport as usize].add(1);
+        CONNECTIONS.opened[info.transport as usize].inc();
         let mut t = self.table.lock();
         t.next_serial += 1;
         let serial = t.next_serial;
@@ -239,6 +330,7 @@ impl Registry {
             emptied: self.emptied.clone(),
             info,
             serial,
+            reason: AtomicU8::new(CloseReason::Client as u8),
         }
     }
 
@@ -311,6 +403,24 @@ impl Registry {
         }
     }
 
+    /// Bytes waiting in the outbound queues of every connection, by transport (indexed by [`Transport`]): read
+    /// when `/metrics` is scraped, so the delivery path counts nothing for it.
+    pub fn queued_bytes(&self) -> [u64; 3] {
+        // Copied out under the lock, read outside it: each queue has its own lock.
+        let lives: Vec<(Transport, Arc<dyn Live>)> = {
+            let t = self.table.lock();
+            t.entries
+                .values()
+                .map(|e| (e.info.transport, e.live.clone()))
+                .collect()
+        };
+        let mut out = [0; 3];
+        for (transport, live) in lives {
+            out[transport as usize] += live.queued_bytes() as u64;
+        }
+        out
+    }
+
     /// Closes connection `id` (it reconnects and resumes); false if it is not live.
     pub fn close(&self, id: &str) -> bool {
         let live = self.table.lock().entries.get(id).map(|e| e.live.clone());
@@ -355,6 +465,7 @@ fn render(info: &Info, live: &dyn Live) -> Connection {
         address: info.address.map(|a| a.to_string()),
         connected_at: info.member.connected_at,
         subscriptions: live.subscriptions(),
+        queued_bytes: live.queued_bytes(),
     }
 }
 
@@ -376,11 +487,32 @@ pub struct Registration {
     emptied: Arc<tokio::sync::Notify>,
     info: Info,
     serial: u64,
+    /// Why it ends, as [`CloseReason`]: the first reason said is kept.
+    reason: AtomicU8,
+}
+
+impl Registration {
+    /// Says why the connection is ending (the first reason said counts; unsaid, the client went away).
+    pub fn closing(&self, reason: CloseReason) {
+        let _ = self.reason.compare_exchange(
+            CloseReason::Client as u8,
+            reason as u8,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         log_connection(&self.info, "connection closed");
+        let transport = self.info.transport as usize;
+        CONNECTIONS.open[transport].add(-1);
+        let reason = CloseReason::ALL
+            .get(usize::from(self.reason.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or(CloseReason::Client);
+        CONNECTIONS.closed[transport][reason as usize].inc();
         let id = self.info.id();
         let mut t = self.table.lock();
         // A later registration under this id stays.

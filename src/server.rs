@@ -11,6 +11,7 @@ use crate::accept::{self, Edge};
 use crate::api::{self, ApiState};
 use crate::binding::access::Access;
 use crate::binding::client_events::{Actions, ClientEvents};
+use crate::binding::forward::{self, Forwarder};
 use crate::binding::socketio::ChannelsNamespace;
 use crate::binding::sse::SseBinding;
 use crate::binding::websocket::WebSocketBinding;
@@ -43,6 +44,9 @@ pub enum ServerError {
     /// The `[[proxy]]` client could not be built.
     #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxySetupError),
+    /// The `[forward]` HTTP client could not be built.
+    #[error("the forward client: {0}")]
+    Forward(String),
     /// The bindings' event encodings do not fit an event's cache.
     #[error(transparent)]
     Encodings(#[from] crate::core::event::SlotError),
@@ -69,6 +73,10 @@ pub struct Server {
     /// With a shared engine: this node's Engine.IO sessions, findable by the others.
     directory: Option<SessionDirectory>,
     cluster: ClusterConfig,
+    /// Forwards to the backend; its disconnect notices are stored before the engine stops.
+    forwarder: Arc<Forwarder>,
+    /// The disconnect outbox's deliverer, if a disconnect hook is configured.
+    outbox: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Client events mapped to actions run on the sources that serve them.
@@ -103,12 +111,17 @@ impl Server {
             sources: &config.sources,
             monitor: &config.monitor,
             presence: &config.presence,
+            collections: &config.collections,
         };
         // Sources' own channels keep their bounds whatever the configured rules match.
         let mut retention = config.history.retention();
         retention
             .rules
             .splice(0..0, source::retention_rules(sections));
+        retention.rules.splice(
+            0..0,
+            forward::disconnects::retention(config.forward.outbox_max),
+        );
         let core = engine::open(EngineOptions {
             kind,
             retention,
@@ -134,6 +147,14 @@ impl Server {
                 legacy_dir: (config.engine.kind == EngineChoice::Sqlite)
                     .then_some(config.data_dir.as_path()),
                 max_body_bytes: config.max_body_bytes,
+                api_keys: &config.api_keys,
+                identify: {
+                    let access = access.clone();
+                    Arc::new(move |headers, query| {
+                        let access = access.clone();
+                        Box::pin(async move { access.identify(&headers, &query, None).await })
+                    })
+                },
             })
             .await?,
         );
@@ -146,12 +167,18 @@ impl Server {
                 .online()
                 .map_err(crate::source::SourceError::from)?,
         );
+        // Forwards to the user's backend; one deliverer per cluster drains the disconnect outbox.
+        let forwarder =
+            Forwarder::new(config.forward.clone(), core.clone(), config.max_event_bytes)
+                .map_err(ServerError::Forward)?;
+        let outbox = forwarder.start_outbox();
         // One mapping of client events for Socket.IO events and `/ws` emits.
         let client_events = ClientEvents::new(
             s.client_events.clone(),
             sources.clone(),
             core.clone(),
             access.clone(),
+            forwarder.clone(),
             config.max_event_bytes,
         );
         let namespace = ChannelsNamespace::new(
@@ -190,6 +217,11 @@ impl Server {
             socketio = socketio.directory(Arc::new(directory.clone()));
         }
         let socketio = socketio.build();
+        let mut mounts = sources.routes();
+        let any_method = std::mem::take(&mut mounts.any_method);
+        // The Engine.IO layer reports when the stamped (live) frames it queued are written: the delivery lag.
+        let _ =
+            crate::transport::engineio::ON_STAMPED_WRITE.set(crate::binding::stats::written_live);
         let api = api::router(
             ApiState {
                 core: core.clone(),
@@ -201,13 +233,33 @@ impl Server {
                 metrics: {
                     let sources = sources.clone();
                     let client_events = client_events.clone();
+                    let forwarder = forwarder.clone();
+                    let core = core.clone();
+                    let registry = registry.clone();
                     Arc::new(move |out: &mut String| {
+                        crate::metrics::render(out, &*core, &registry);
                         sources.metrics(out);
                         client_events.metrics(out);
+                        forwarder.metrics(out);
+                    })
+                },
+                readiness: {
+                    let sources = sources.clone();
+                    Arc::new(move || {
+                        let sources = sources.clone();
+                        Box::pin(async move { sources.readiness().await })
                     })
                 },
             },
-            sources.routes(),
+            mounts.merge(crate::admin::mounts(crate::admin::Setup {
+                core: core.clone(),
+                engine: match config.engine.kind {
+                    EngineChoice::Sqlite => "sqlite",
+                    EngineChoice::Memory => "memory",
+                    EngineChoice::Redis => "redis",
+                },
+                keyed: !config.api_keys.is_empty(),
+            })),
         );
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
         let router = api
@@ -232,7 +284,12 @@ impl Server {
                 access.policy.origins.clone(),
                 Origins::layer,
             ))
-            // Proxied prefixes carry the same origin policy, with preflights for every method.
+            // A collection's own REST paths and proxied prefixes carry the same origin policy, with preflights for
+            // every method.
+            .merge(any_method.layer(axum::middleware::from_fn_with_state(
+                access.policy.origins.clone(),
+                Origins::layer_any_method,
+            )))
             .merge(crate::proxy::router(
                 &config.proxy,
                 access.policy.origins.clone(),
@@ -256,6 +313,8 @@ impl Server {
             keep_alive_timeout: config.limits.keep_alive_timeout(),
             directory,
             cluster: config.cluster.clone(),
+            forwarder,
+            outbox,
         })
     }
 
@@ -344,6 +403,11 @@ impl Server {
             claims.abort();
         }
         self.policy.refusals.flush();
+        // The last connections' disconnect notices go into the outbox before the engine stops.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.forwarder.stored()).await;
+        if let Some(outbox) = self.outbox {
+            outbox.abort();
+        }
         served?;
         self.sources.shutdown().await;
         self.core.shutdown().await;
@@ -351,3 +415,6 @@ impl Server {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -738,6 +738,7 @@ async fn resume_reports_a_gap_when_history_was_trimmed(kind: &str) {
 /// Records what a feed sends: gap notices as `gap from..to`, replayed events as their offsets.
 struct Wire(Mutex<Vec<String>>);
 impl herald::binding::feed::Outlet for Wire {
+    const TRANSPORT: herald::registry::Transport = herald::registry::Transport::WebSocket;
     fn live(&self, e: &Arc<SharedEvent>) -> Result<(), herald::binding::feed::Gone> {
         self.0.lock().push(format!("live {}", e.event.offset));
         Ok(())

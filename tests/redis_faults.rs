@@ -211,6 +211,7 @@ struct Wire {
     failed: AtomicBool,
 }
 impl Outlet for Wire {
+    const TRANSPORT: herald::registry::Transport = herald::registry::Transport::WebSocket;
     fn live(&self, e: &Arc<SharedEvent>) -> Result<(), Gone> {
         self.sent.lock().push(format!("live {}", e.event.offset));
         Ok(())

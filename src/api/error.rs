@@ -79,6 +79,9 @@ impl From<EngineError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.status.is_client_error() {
+            crate::policy::refusals::REFUSALS.count(self.code);
+        }
         let mut body = json!({"error": {"code": self.code, "message": self.message}});
         if let Some(field) = self.field {
             body["error"]["field"] = field.into();

@@ -5,8 +5,10 @@ mod channels;
 mod config;
 mod connections;
 mod error;
+pub mod openapi;
 pub mod paths;
 mod publish;
+pub mod ready;
 
 use std::sync::Arc;
 
@@ -23,7 +25,6 @@ pub use config::ApiKey;
 pub use error::ApiError;
 
 use crate::core::Engine;
-use crate::core::engine::Health;
 use crate::policy::Policy;
 use crate::registry::Registry;
 
@@ -42,8 +43,10 @@ pub struct ApiState {
     pub max_event_bytes: usize,
     /// This node's live connections, of every transport.
     pub connections: Registry,
-    /// Appends the Prometheus text of the rest of the server (the sources) to `/metrics`.
+    /// Appends the Prometheus text of `/metrics` (the server's `crate::metrics`, then the sources').
     pub metrics: Arc<dyn Fn(&mut String) + Send + Sync>,
+    /// The sources' readiness, listed by `/readyz` after the engine's.
+    pub readiness: ready::ReadinessProbe,
 }
 
 /// Routes from outside the API (a source's), each router with its state applied.
@@ -55,6 +58,9 @@ pub struct Mounts {
     pub keyed: Router,
     /// At the root, open to anyone.
     pub public: Router,
+    /// At the root, open to anyone, taking any method: the origin policy answers their preflights for PUT, PATCH
+    /// and DELETE too (a frontend's own REST paths).
+    pub any_method: Router,
 }
 
 impl Mounts {
@@ -64,11 +70,13 @@ impl Mounts {
             api: self.api.merge(other.api),
             keyed: self.keyed.merge(other.keyed),
             public: self.public.merge(other.public),
+            any_method: self.any_method.merge(other.any_method),
         }
     }
 }
 
-/// The API routes, `/api/*` behind the key check, plus `/healthz`, `/metrics` and `mounts`.
+/// The API routes, `/api/*` behind the key check (but `/api/openapi.json`), plus `/healthz`, `/readyz`, `/metrics`
+/// and `mounts`.
 pub fn router(state: ApiState, mounts: Mounts) -> Router {
     let api = Router::new()
         .route("/publish", post(publish::publish))
@@ -96,49 +104,49 @@ pub fn router(state: ApiState, mounts: Mounts) -> Router {
             "/healthz",
             get(|| async { axum::Json(json!({"ok": true})) }),
         )
-        .route("/readyz", get(readyz).with_state(state))
+        .route("/readyz", get(ready::readyz).with_state(state))
+        .route("/api/openapi.json", get(openapi::spec))
         .merge(keyed)
         .merge(mounts.public)
+        .layer(middleware::map_response(json_errors))
 }
 
-/// `GET /readyz`: whether this node can serve (its engine is healthy — the same health its clients are told —
-/// and answers now), for a load balancer; `/healthz` is liveness.
-async fn readyz(State(state): State<ApiState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let health = state.core.health().borrow().clone();
-    if let Health::Unavailable { since } = health {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "engine_unavailable",
-            format!(
-                "the engine is unreachable since {}",
-                crate::core::event::format_time(since)
-            ),
-        ));
+/// Largest plain-text error body rewrapped by [`json_errors`]; an extractor's rejection is one short line.
+const REJECTION_LIMIT: usize = 4096;
+
+/// Every client error of these routes is JSON: a plain-text 4xx (an axum extractor's rejection, such as a query
+/// string that does not deserialise) becomes `{"error":{"code","message"}}` with the same status and its text as
+/// the message, so no handler can leak a non-JSON error by forgetting to map one.
+async fn json_errors(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/plain"));
+    if !response.status().is_client_error() || !plain {
+        return response;
     }
-    match state.core.ping().await {
-        Ok(()) => Ok(axum::Json(json!({"status": "ready"}))),
-        Err(e) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "engine_unavailable",
-            e.to_string(),
-        )),
-    }
+    let status = response.status();
+    let text = axum::body::to_bytes(response.into_body(), REJECTION_LIMIT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|_| "invalid request".to_owned());
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "invalid_request",
+    };
+    ApiError::new(status, code, text).into_response()
 }
 
-/// `GET /metrics`: the sources' metrics, then the server's own counters.
+/// `GET /metrics`: what the server assembled (its core figures, then the sources'), as Prometheus text.
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let mut text = String::new();
+    let mut text = String::with_capacity(16 << 10);
     (state.metrics)(&mut text);
-    let refused = crate::policy::rate::MESSAGES_REFUSED.load(std::sync::atomic::Ordering::Relaxed);
-    text.push_str(&format!(
-        "# HELP herald_client_messages_refused_total Client messages refused by messages_per_second, all transports.\n\
-         # TYPE herald_client_messages_refused_total counter\n\
-         herald_client_messages_refused_total {refused}\n"
-    ));
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            "text/plain; version=0.0.4; charset=utf-8",
         )],
         text,
     )

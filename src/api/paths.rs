@@ -3,8 +3,8 @@
 
 /// Path prefixes Herald serves itself (besides the Socket.IO path): a configured path may be none of them nor lie
 /// below one.
-const OWN_PATHS: [&str; 8] = [
-    "/api", "/ws", "/sse", "/healthz", "/readyz", "/metrics", "/status", "/badge",
+const OWN_PATHS: [&str; 9] = [
+    "/api", "/ws", "/sse", "/healthz", "/readyz", "/metrics", "/status", "/badge", "/admin",
 ];
 
 /// Whether `path` is `prefix` or lies below it, on a segment boundary (`/books/1` is under `/books`,
@@ -74,6 +74,8 @@ mod tests {
             "/ws",
             "/sse/a",
             "/metrics",
+            "/admin",
+            "/admin/app.js",
             "/socket.io",
             "/socket.io/x",
         ] {
@@ -84,6 +86,7 @@ mod tests {
             );
         }
         assert!(check_literal("/apis", "/socket.io/").is_ok());
+        assert!(check_literal("/administration", "/socket.io/").is_ok());
         assert!(check_literal("/books", "/socket.io/").is_ok());
     }
 }

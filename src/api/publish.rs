@@ -13,6 +13,7 @@ use super::{ApiState, Caller};
 use crate::core::channel::ChannelName;
 use crate::core::event::{NewEvent, RESERVED_PREFIX};
 use crate::core::state::StateChange;
+use crate::core::stats::{self, Origin, Outcome};
 use crate::transport::socketio::packet::RESERVED_EVENTS;
 
 /// Most events in one request.
@@ -36,12 +37,31 @@ struct Body1 {
     events: Option<Vec<Body1>>,
 }
 
-/// The handler.
+/// The handler: counts the request's events under `api` (a request refused before its events are known counts as
+/// one), and its latency from here to the commit.
 pub async fn publish(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let started = std::time::Instant::now();
+    let mut events = 1;
+    let result = publish_counted(&state, &caller, headers, body, &mut events, started).await;
+    if result.as_ref().is_err_and(|e| e.status.is_client_error()) {
+        stats::PUBLISHES.record(Origin::Api, Outcome::Rejected, events);
+    }
+    result
+}
+
+/// The publish itself; sets `events` once the request's events are known, and counts what reaches the engine.
+async fn publish_counted(
+    state: &ApiState,
+    caller: &Caller,
+    headers: HeaderMap,
+    body: Body,
+    count: &mut usize,
+    started: std::time::Instant,
 ) -> Result<Json<Value>, ApiError> {
     if !state.policy.publish(caller.rate_key()) {
         return Err(ApiError::new(
@@ -59,6 +79,7 @@ pub async fn publish(
     let events = to_events(parsed, state.max_event_bytes, &|c| {
         engine.is_state_channel(c)
     })?;
+    *count = events.len();
     if let Some(e) = events
         .iter()
         .find(|e| !caller.may_publish(e.channel.as_str()))
@@ -69,7 +90,9 @@ pub async fn publish(
             format!("this API key may not publish to {:?}", e.channel.as_str()),
         ));
     }
-    let results = state.core.publish(events).await?;
+    let result = state.core.publish(events).await;
+    stats::record_publish(Origin::Api, *count, started, &result);
+    let results = result?;
     Ok(Json(serde_json::json!({ "results": results })))
 }
 

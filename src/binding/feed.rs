@@ -26,6 +26,9 @@ use crate::core::event::{Event, SharedEvent, now_ms};
 use crate::core::gap::{Gap, GapReason};
 use crate::core::presence::Member;
 use crate::core::state;
+use crate::registry::Transport;
+
+use super::stats;
 
 /// Most bytes a replay keeps queued ahead of a connection's socket: thousands of connections may be catching up
 /// at once, and each holds its own encoding of what it replays (unlike live events, shared by all).
@@ -37,6 +40,8 @@ pub struct Gone;
 
 /// How a binding puts events on its wire.
 pub trait Outlet: Send + Sync + 'static {
+    /// The transport it writes to (what its deliveries are counted under).
+    const TRANSPORT: Transport;
     /// Sends a live event (use the event's shared encoding).
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone>;
     /// Sends an event replayed from history for registration `reg`.
@@ -148,6 +153,8 @@ impl<O: Outlet> Subscriber for Feed<O> {
             st.held.push(event.clone());
         } else if self.outlet.live(event).is_err() {
             st.closed = true;
+        } else {
+            stats::delivered(O::TRANSPORT);
         }
     }
 
@@ -214,6 +221,15 @@ impl<O: Outlet> Feed<O> {
         };
         let mut extra = Vec::new();
         let mut st = self.state.lock();
+        if st.closed {
+            // Detached meanwhile (a subscription asked for by a forward's answer that came after the disconnect):
+            // registering now would leave the engine holding a feed nobody detaches, present on the channel.
+            drop(st);
+            drop(positions);
+            drop(presence);
+            self.release();
+            return Ok(Vec::new());
+        }
         let regs = wants
             .into_iter()
             .zip(positions)
@@ -310,22 +326,34 @@ impl<O: Outlet> Feed<O> {
         for reg in regs {
             // A state channel catches a client up with its snapshot when it has nothing yet or lost events.
             if reg.position.state.is_some() && (reg.fresh || reg.gap.is_some()) {
+                if !reg.fresh {
+                    stats::resumed(stats::Resume::Snapshot);
+                }
                 if !self.send_snapshot(reg, reg.gap.as_ref()).await {
                     return Ok(());
                 }
                 continue;
             }
-            if !self.replay_one(reg).await? {
+            let mut lost = reg.gap.is_some();
+            if !self.replay_one(reg, &mut lost).await? {
                 return Ok(());
+            }
+            // A cursor (a resume): what it came to.
+            if !reg.fresh {
+                stats::resumed(match (lost, reg.position.state.is_some()) {
+                    (true, true) => stats::Resume::Snapshot,
+                    (true, false) => stats::Resume::Gap,
+                    (false, _) => stats::Resume::Recovered,
+                });
             }
         }
         Ok(())
     }
 
     /// Replays `reg`'s range page by page, each page read only once the connection has room for it, so a
-    /// subscriber far behind holds one page of history, not its whole backlog. Returns false when the connection
-    /// is gone.
-    async fn replay_one(&self, reg: &Registered) -> Result<bool, EngineError> {
+    /// subscriber far behind holds one page of history, not its whole backlog; sets `lost` when it announces a
+    /// hole. Returns false when the connection is gone.
+    async fn replay_one(&self, reg: &Registered, lost: &mut bool) -> Result<bool, EngineError> {
         let upto = reg.position.last_offset;
         let mut after = reg.after;
         let mut gap = reg.gap.clone();
@@ -357,6 +385,7 @@ impl<O: Outlet> Feed<O> {
                 from: Some(after + 1),
                 to: Some((start - 1).min(upto)),
             });
+            *lost |= hole.is_some();
             for g in [gap.take(), hole].into_iter().flatten() {
                 // A state channel's snapshot stands for everything through the position.
                 if reg.position.state.is_some() {
@@ -378,7 +407,9 @@ impl<O: Outlet> Feed<O> {
                     self.state.lock().closed = true;
                     return Ok(false);
                 }
+                stats::delivered(O::TRANSPORT);
             }
+            stats::REPLAYED.add(events.len() as u64);
             after = last;
         }
     }
@@ -422,6 +453,7 @@ impl<O: Outlet> Feed<O> {
                 self.state.lock().closed = true;
                 return false;
             }
+            stats::delivered(O::TRANSPORT);
         }
         true
     }
@@ -444,6 +476,7 @@ impl<O: Outlet> Feed<O> {
                 st.closed = true;
                 return;
             }
+            stats::delivered(O::TRANSPORT);
         }
     }
 

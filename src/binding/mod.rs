@@ -5,10 +5,12 @@
 pub mod access;
 pub mod client_events;
 pub mod feed;
+pub mod forward;
 pub mod outbox;
 pub mod refusal;
 pub mod socketio;
 pub mod sse;
+pub mod stats;
 pub mod subscribe;
 pub mod template;
 pub mod websocket;

@@ -23,6 +23,8 @@ pub enum Closed {
     Failed,
     /// An administrator closed the connection; the client may reconnect and resume.
     Disconnected,
+    /// The backend's answer to a forward asked to close it.
+    Backend,
 }
 
 /// Something with a size in bytes.
@@ -39,6 +41,10 @@ struct State<T> {
     drained: u64,
     /// Where the last bulk item ends in the queue ([`Outbox::push_bulk`]).
     bulk_mark: u64,
+    /// The commit time (ms) of the first stamped item queued since the writer last took a batch.
+    stamp: Option<i64>,
+    /// The stamp of the batch the writer took last.
+    taken_stamp: Option<i64>,
     closed: Option<Closed>,
 }
 
@@ -60,6 +66,8 @@ impl<T: Weight> Outbox<T> {
                 pushed: 0,
                 drained: 0,
                 bulk_mark: 0,
+                stamp: None,
+                taken_stamp: None,
                 closed: None,
             }),
             wake_writer: Notify::new(),
@@ -68,32 +76,52 @@ impl<T: Weight> Outbox<T> {
         }
     }
 
+    /// Bytes queued and not yet taken by the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+
     /// Queues `item`; over the bound the outbox closes as a slow consumer.
     pub fn push(&self, item: T) -> Result<(), Gone> {
-        self.queue(item, false)
+        self.queue(item, false, None)
+    }
+
+    /// Queues a live event's item committed at `committed` (ms since the UNIX epoch): the writer learns the
+    /// oldest such time of each batch from [`Outbox::take_stamp`].
+    pub fn push_stamped(&self, item: T, committed: i64) -> Result<(), Gone> {
+        self.queue(item, false, Some(committed))
+    }
+
+    /// The oldest commit time of the batch [`Outbox::next_batch`] took last, once.
+    pub fn take_stamp(&self) -> Option<i64> {
+        self.state.lock().taken_stamp.take()
     }
 
     /// Queues an item of a bulk sender, which paces itself with [`Outbox::room`].
     pub fn push_bulk(&self, item: T) -> Result<(), Gone> {
-        self.queue(item, true)
+        self.queue(item, true, None)
     }
 
-    fn queue(&self, item: T, bulk: bool) -> Result<(), Gone> {
+    fn queue(&self, item: T, bulk: bool, stamp: Option<i64>) -> Result<(), Gone> {
         let mut st = self.state.lock();
         if st.closed.is_some() {
             return Err(Gone);
         }
         let weight = item.weight();
-        st.bytes += weight;
-        if st.bytes > self.max_bytes {
+        if st.bytes + weight > self.max_bytes {
             st.closed = Some(Closed::SlowConsumer);
             st.items.clear();
+            st.bytes = 0;
             drop(st);
             self.wake_all();
             return Err(Gone);
         }
         st.items.push_back(item);
+        st.bytes += weight;
         st.pushed += weight as u64;
+        if let Some(stamp) = stamp {
+            st.stamp.get_or_insert(stamp);
+        }
         if bulk {
             st.bulk_mark = st.pushed;
         }
@@ -139,6 +167,7 @@ impl<T: Weight> Outbox<T> {
                     out.extend(std::mem::take(&mut st.items));
                     st.drained += st.bytes as u64;
                     st.bytes = 0;
+                    st.taken_stamp = st.stamp.take();
                     drop(st);
                     self.drained.notify_waiters();
                     return None;

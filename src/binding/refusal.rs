@@ -139,6 +139,10 @@ impl Refusal {
     /// One `debug` line: the refusal (its code and what the client is told, as `reason`) sent over `wire`.
     fn log(&self, wire: &'static str) {
         tracing::debug!(code = self.code(), reason = %self, wire, "refused");
+        // The HTTP answer is an `ApiError`, which counts itself.
+        if wire != "http" {
+            crate::policy::refusals::REFUSALS.count(self.code());
+        }
     }
 
     /// Socket.IO: the ack `{ok:false, error:{code, message}}`.
@@ -207,6 +211,10 @@ impl Refusal {
             ),
             Refusal::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, self.to_string()),
             Refusal::Unavailable | Refusal::Busy => {
+                (StatusCode::SERVICE_UNAVAILABLE, self.to_string())
+            }
+            // A connect hook whose backend failed, or with no room for the forward: not the client's mistake.
+            Refusal::Action { code, .. } if crate::binding::forward::is_backend_failure(code) => {
                 (StatusCode::SERVICE_UNAVAILABLE, self.to_string())
             }
             Refusal::InvalidRequest(_)

@@ -25,6 +25,7 @@ use super::access::Access;
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::refusal::Refusal;
+use super::stats;
 use super::subscribe as path;
 use super::wire::{STATUS_EVENT, channel_from_path, envelope};
 use crate::core::Engine;
@@ -33,7 +34,7 @@ use crate::core::engine::Health;
 use crate::core::event::{EncodingSlot, Event, SharedEvent, SlotError};
 use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
-use crate::registry::{Info, Live, Registration, Registry, Transport, new_id};
+use crate::registry::{CloseReason, Info, Live, Registration, Registry, Transport, new_id};
 use axum::extract::ConnectInfo;
 pub use config::SseConfig;
 use std::net::SocketAddr;
@@ -123,7 +124,7 @@ impl SseOutlet {
         if bulk {
             self.outbox.push_bulk(record)
         } else {
-            self.outbox.push(record)
+            self.outbox.push_stamped(record, e.time)
         }
     }
 }
@@ -140,6 +141,10 @@ fn body_of(e: &Event, envelope_data: bool) -> Bytes {
 }
 
 impl Live for Feed<SseOutlet> {
+    fn queued_bytes(&self) -> usize {
+        self.outlet.outbox.queued_bytes()
+    }
+
     fn subscriptions(&self) -> Vec<ChannelName> {
         self.channels()
     }
@@ -156,6 +161,7 @@ impl Live for Feed<SseOutlet> {
 }
 
 impl Outlet for SseOutlet {
+    const TRANSPORT: Transport = Transport::Sse;
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
         if self.channels.len() == 1 {
             // Every single-channel stream has the same cursor after this event: share the whole record.
@@ -170,7 +176,7 @@ impl Outlet for SseOutlet {
                 record.extend_from_slice(&body);
                 Bytes::from(record)
             });
-            return self.outbox.push(record);
+            return self.outbox.push_stamped(record, event.event.time);
         }
         let body = if self.envelope {
             event.encoded(&ENVELOPE_BODY, |e| body_of(e, true))
@@ -460,17 +466,36 @@ fn stream(
             let outbox = attached.feed.outlet.outbox.clone();
             let chunk = tokio::select! {
                 closed = outbox.next_batch(&mut batch) => {
-                    if closed.is_some() {
+                    if let Some(closed) = closed {
+                        let reason = match closed {
+                            Closed::SlowConsumer => CloseReason::SlowConsumer,
+                            Closed::Shutdown => CloseReason::Shutdown,
+                            Closed::Gone => CloseReason::Client,
+                            Closed::Failed => CloseReason::Error,
+                            Closed::Disconnected | Closed::Backend => CloseReason::Admin,
+                        };
+                        if reason == CloseReason::SlowConsumer {
+                            stats::SLOW_CONSUMERS[Transport::Sse as usize].inc();
+                        }
+                        attached._registration.closing(reason);
                         return None;
                     }
                     let mut out = Vec::with_capacity(batch.iter().map(Bytes::len).sum());
                     for b in batch.drain(..) {
                         out.extend_from_slice(&b);
                     }
+                    // Counted as handed to the response body, which hyper writes next.
+                    stats::WRITTEN_BYTES[Transport::Sse as usize].add(out.len() as u64);
+                    if let Some(committed) = outbox.take_stamp() {
+                        stats::written_live(committed);
+                    }
                     Bytes::from(out)
                 }
                 () = tokio::time::sleep(heartbeat) => Bytes::from_static(b": heartbeat\n\n"),
-                _ = shutdown.changed() => return None,
+                _ = shutdown.changed() => {
+                    attached._registration.closing(CloseReason::Shutdown);
+                    return None;
+                }
             };
             Some((Ok(chunk), (attached, shutdown, batch)))
         },

@@ -25,10 +25,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
 use super::access::{Access, query_pairs};
-use super::client_events::{Allowance, ClientEvents, Outcome};
+use super::client_events::{Allowance, Call, ClientEvents, Outcome};
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::outbox::{Closed, Outbox, Weight};
 use super::refusal::Refusal;
+use super::stats;
 use super::subscribe::{self as path, Subscribing};
 use super::wire::{channel_from_path, envelope, gap_message, status_message};
 use crate::api::ApiError;
@@ -41,7 +42,7 @@ use crate::core::event::{
 };
 use crate::core::gap::Gap;
 use crate::policy::rate::Slot;
-use crate::registry::{Info, Live, Registry, Transport, new_id};
+use crate::registry::{CloseReason, Info, Live, Registry, Transport, new_id};
 use crate::transport::websocket::{self as ws, Incoming, Reader, Writer, deflate};
 pub use config::{PayloadShape, WebSocketConfig};
 
@@ -111,6 +112,8 @@ impl WebSocketBinding {
 struct Message {
     payload: Bytes,
     deflated: bool,
+    /// A live event's commit time (ms since the UNIX epoch), for the delivery lag; 0 for anything else.
+    committed: i64,
 }
 
 impl Message {
@@ -118,6 +121,7 @@ impl Message {
         Self {
             payload: Bytes::from(text),
             deflated: false,
+            committed: 0,
         }
     }
 }
@@ -167,6 +171,7 @@ impl WsOutlet {
         text: Bytes,
         deflated: impl FnOnce(&Bytes) -> Bytes,
         bulk: bool,
+        committed: i64,
     ) -> Result<(), Gone> {
         // Held across the push: the view and the queue stay in the same order.
         let _view = (self.shape == PayloadShape::Data).then(|| {
@@ -178,7 +183,8 @@ impl WsOutlet {
             };
             view
         });
-        let message = self.message(text, deflated);
+        let mut message = self.message(text, deflated);
+        message.committed = committed;
         if bulk {
             self.outbox.push_bulk(message)
         } else {
@@ -227,11 +233,13 @@ impl WsOutlet {
             Message {
                 payload: deflated(&text),
                 deflated: true,
+                committed: 0,
             }
         } else {
             Message {
                 payload: text,
                 deflated: false,
+                committed: 0,
             }
         }
     }
@@ -240,6 +248,10 @@ impl WsOutlet {
 impl Live for Feed<WsOutlet> {
     fn subscriptions(&self) -> Vec<ChannelName> {
         self.channels()
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.outlet.outbox.queued_bytes()
     }
 
     /// Closes with [`DISCONNECTED`] once what is queued went out.
@@ -253,6 +265,7 @@ impl Live for Feed<WsOutlet> {
 }
 
 impl Outlet for WsOutlet {
+    const TRANSPORT: Transport = Transport::WebSocket;
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
         let (slot, zslot) = match self.shape {
             PayloadShape::Envelope => (&ENVELOPE, &ENVELOPE_DEFLATED),
@@ -266,6 +279,7 @@ impl Outlet for WsOutlet {
             text,
             |t| event.encoded(zslot, |_| deflate::compress(t)),
             false,
+            event.event.time,
         )
     }
 
@@ -273,7 +287,12 @@ impl Outlet for WsOutlet {
         if let Some(sent) = self.source_status(event) {
             return sent;
         }
-        self.data(text_of(event, self.shape), |t| deflate::compress(t), true)
+        self.data(
+            text_of(event, self.shape),
+            |t| deflate::compress(t),
+            true,
+            0,
+        )
     }
 
     fn gap(&self, gap: &Gap) -> Result<(), Gone> {
@@ -435,6 +454,31 @@ async fn upgrade(
         &identity,
         peer(&req),
     );
+    let connection =
+        crate::binding::forward::connection(&info.member.conn, "websocket", info.address);
+    // The connect hook may refuse the connection (an HTTP answer: nothing is upgraded yet), or add channels (held
+    // to the rules like any subscription).
+    let hooked = match b
+        .client_events
+        .forwarder()
+        .connect(&identity, &connection)
+        .await
+    {
+        Ok(channels) => channels,
+        Err(refused) => return refused.response(),
+    };
+    let mut wants: Vec<Want> = initial.into_iter().collect();
+    for channel in hooked {
+        if wants.iter().any(|w| w.channel == channel) {
+            continue;
+        }
+        match b.access.subscribe(&identity, &channel) {
+            Ok(()) => wants.push(Want::new_events(channel)),
+            Err(r) => {
+                tracing::debug!(code = r.code(), reason = %r, "a channel the connect hook added is refused")
+            }
+        }
+    }
     let feed = Feed::new(
         b.core.clone(),
         outlet,
@@ -451,20 +495,26 @@ async fn upgrade(
     };
     // A direct URL's channel (permitted already) is registered before the 101 goes out: an event published
     // the moment the client sees the upgrade is already this connection's (held until the connection is up).
-    let initial = match initial {
-        Some(want) => match path::register(&feed, vec![want]).await {
+    let initial = if wants.is_empty() {
+        None
+    } else {
+        match path::register(&feed, wants).await {
             Ok(subscribing) => Some(subscribing),
             Err(refused) => {
                 feed.detach();
                 return refused.response();
             }
-        },
-        None => None,
+        }
     };
     tokio::spawn(async move {
         match upgrade.connect(b.config.max_message_bytes).await {
             Ok((reader, writer)) => {
-                run(b, identity, feed, reader, writer, initial, who).await;
+                let ending = run(b, identity, connection, feed, reader, writer, initial, who).await;
+                let reason = close_reason(ending.as_ref());
+                if reason == CloseReason::SlowConsumer {
+                    stats::SLOW_CONSUMERS[Transport::WebSocket as usize].inc();
+                }
+                registration.closing(reason);
                 drop(registration);
                 drop(slot);
             }
@@ -478,28 +528,30 @@ async fn upgrade(
 }
 
 /// Serves one connection until it closes.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     b: Arc<WebSocketBinding>,
     identity: Identity,
+    connection: Value,
     feed: Arc<Feed<WsOutlet>>,
     reader: Reader,
     writer: Writer,
     initial: Option<Subscribing<WsOutlet>>,
     who: String,
-) {
+) -> Option<Ending> {
     let outbox = feed.outlet.outbox.clone();
     let (requests, pending) = mpsc::channel(PENDING_REQUESTS);
     let expires = b
         .access
         .expires_in(&identity)
         .map(|left| Instant::now() + left);
-    let client = Client {
+    let client = Arc::new(Client {
         access: b.access.clone(),
         identity,
-        publishes: b.client_events.allowance(),
+        publishes: b.client_events.allowance(connection),
         events: b.client_events.clone(),
-    };
-    let worker = tokio::spawn(serve_requests(client, feed.clone(), pending));
+    });
+    let worker = tokio::spawn(serve_requests(client.clone(), feed.clone(), pending));
     if let Some(subscribing) = initial {
         let _ = requests.send(Work::Complete(subscribing)).await;
     }
@@ -509,6 +561,30 @@ async fn run(
     worker.abort();
     outbox.close(Closed::Gone);
     feed.detach();
+    let reason = match &ending {
+        Some(Ending(_, reason)) if !reason.is_empty() => reason,
+        Some(_) => "closed",
+        None => "transport close",
+    };
+    client.events.forwarder().disconnected(
+        &client.identity,
+        &client.publishes.forwards.connection,
+        reason,
+    );
+    ending
+}
+
+/// Why a connection ended, from the close frame we sent.
+fn close_reason(ending: Option<&Ending>) -> CloseReason {
+    match ending {
+        None | Some(Ending(1000, _)) => CloseReason::Client,
+        Some(Ending(1008, _)) => CloseReason::SlowConsumer,
+        Some(Ending(1001, _)) => CloseReason::Shutdown,
+        Some(Ending(DISCONNECTED, _)) => CloseReason::Admin,
+        Some(Ending(TOKEN_EXPIRED, _)) => CloseReason::Expired,
+        Some(Ending(1011, "ping timeout")) => CloseReason::Timeout,
+        Some(_) => CloseReason::Error,
+    }
 }
 
 /// How a connection ended: the close frame we sent, if any.
@@ -601,13 +677,24 @@ async fn pump(
                         Closed::Gone => Ending(1000, ""),
                         Closed::Failed => Ending(1011, "internal error; reconnect to resume"),
                         Closed::Disconnected => Ending(DISCONNECTED, "closed by an administrator"),
+                        Closed::Backend => Ending(DISCONNECTED, "closed by the backend"),
                     });
                 }
+                let mut bytes = 0;
+                let mut oldest = i64::MAX;
                 for m in batch.drain(..) {
+                    bytes += m.payload.len() as u64;
+                    if m.committed > 0 {
+                        oldest = oldest.min(m.committed);
+                    }
                     writer.text(&m.payload, m.deflated);
                 }
                 if !flushed(&mut writer, config.ping_timeout).await {
                     return None;
+                }
+                stats::WRITTEN_BYTES[Transport::WebSocket as usize].add(bytes);
+                if oldest != i64::MAX {
+                    stats::written_live(oldest);
                 }
             }
             () = sleep_until(next_ping) => {
@@ -676,7 +763,7 @@ struct Client {
 }
 
 async fn serve_requests(
-    client: Client,
+    client: Arc<Client>,
     feed: Arc<Feed<WsOutlet>>,
     mut pending: mpsc::Receiver<Work>,
 ) {
@@ -695,7 +782,7 @@ async fn serve_requests(
     }
 }
 
-async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
+async fn handle(client: &Arc<Client>, feed: &Arc<Feed<WsOutlet>>, text: &str) {
     let outbox = &feed.outlet.outbox;
     let refuse = |id: Option<Value>, refusal: Refusal| {
         let _ = outbox.push(Message::plain(refusal.frame(id)));
@@ -758,7 +845,7 @@ async fn handle(client: &Client, feed: &Arc<Feed<WsOutlet>>, text: &str) {
 /// An `emit` of client event `event`: mapped as Socket.IO maps it, answered `{"type":"ack","id","event","data"}`
 /// with what a Socket.IO ack carries, or an error naming the event.
 async fn emit(
-    client: &Client,
+    client: &Arc<Client>,
     feed: &Arc<Feed<WsOutlet>>,
     event: &str,
     args: Vec<Value>,
@@ -788,12 +875,62 @@ async fn emit(
             let _ = outbox.push(Message::plain(reply.to_string()));
             json!({"ok": true})
         }
+        Ok(Outcome::Forward(call)) => {
+            // On a task of its own: later requests are not held behind a slow backend (the forward's permit bounds
+            // how many run).
+            let (client, feed, event) = (client.clone(), feed.clone(), event.to_owned());
+            tokio::spawn(async move { forwarded(&client, &feed, &event, call, id).await });
+            return;
+        }
         Err(refused) => {
             let _ = outbox.push(Message::plain(refused.emit_frame(id, event)));
             return;
         }
     };
     let _ = outbox.push(Message::plain(ack(id, event, data)));
+}
+
+/// Runs a forward of client event `event` and applies the backend's answer: unsubscriptions, subscriptions
+/// (each refusal an error message naming the event, without the request's id), then the ack, then a close if asked.
+async fn forwarded(
+    client: &Client,
+    feed: &Arc<Feed<WsOutlet>>,
+    event: &str,
+    call: Call,
+    id: Option<Value>,
+) {
+    let outbox = &feed.outlet.outbox;
+    let answer = match call.run().await {
+        Ok(answer) => answer,
+        Err(refused) => {
+            client.events.refused(&refused);
+            let _ = outbox.push(Message::plain(refused.emit_frame(id, event)));
+            return;
+        }
+    };
+    for channel in answer.unsubscribe {
+        let _op = feed.serialize().await;
+        feed.unsubscribe(&channel);
+    }
+    for channel in answer.subscribe {
+        let want = Want::new_events(channel);
+        match path::subscribe(feed, &client.access, &client.identity, vec![want]).await {
+            Ok(subscribing) => {
+                if let Err(refused) = subscribing.complete().await {
+                    let _ = outbox.push(Message::plain(refused.frame(None)));
+                }
+            }
+            Err(refused) => {
+                client.events.refused(&refused);
+                let _ = outbox.push(Message::plain(refused.emit_frame(None, event)));
+            }
+        }
+    }
+    let data = answer.ack.unwrap_or_else(|| json!({"ok": true}));
+    let _ = outbox.push(Message::plain(ack(id, event, data)));
+    if answer.disconnect {
+        outbox.close(Closed::Backend);
+    }
 }
 
 /// The answer to an `emit` that succeeded.

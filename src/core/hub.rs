@@ -164,6 +164,19 @@ impl Hub {
             .is_some_and(|c| !c.subscribers.is_empty())
     }
 
+    /// How many channels the hub knows and how many registrations they hold (for `/metrics`).
+    pub fn counts(&self) -> super::stats::Counts {
+        let st = self.state.lock();
+        super::stats::Counts {
+            channels: st.channels.len() as u64,
+            subscriptions: st
+                .channels
+                .values()
+                .map(|c| c.subscribers.len() as u64)
+                .sum(),
+        }
+    }
+
     /// The channels with a subscriber in this process.
     pub fn subscribed_channels(&self) -> Vec<ChannelName> {
         self.state

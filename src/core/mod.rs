@@ -12,6 +12,7 @@ pub(crate) mod hub;
 pub mod presence;
 pub mod retention;
 pub mod state;
+pub mod stats;
 
 pub use engine::Engine;
 

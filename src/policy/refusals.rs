@@ -12,6 +12,40 @@ pub const INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Addresses tracked per interval; beyond it, refusals are counted under "other addresses".
 const MAX_KEYS: usize = 4096;
 
+/// Refusals told to clients, by their stable code (`herald_refusals_total`): every binding's and the HTTP API's
+/// 4xx answers. Codes are `&'static str`s of the binary, so the set is bounded.
+#[derive(Default)]
+pub struct RefusalCounts {
+    counts: Mutex<Vec<(&'static str, u64)>>,
+}
+
+impl RefusalCounts {
+    const fn new() -> Self {
+        Self {
+            counts: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Counts one refusal with `code`.
+    pub fn count(&self, code: &'static str) {
+        let mut counts = self.counts.lock();
+        match counts.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((code, 1)),
+        }
+    }
+
+    /// Every code counted so far and its count, by code.
+    pub fn all(&self) -> Vec<(&'static str, u64)> {
+        let mut all = self.counts.lock().clone();
+        all.sort_unstable();
+        all
+    }
+}
+
+/// The refusals of this process, by code.
+pub static REFUSALS: RefusalCounts = RefusalCounts::new();
+
 /// Refusals seen since the last flush, per kind and address (`None`: no address, or beyond `MAX_KEYS`).
 #[derive(Default)]
 pub struct RefusalLog {

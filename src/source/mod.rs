@@ -2,11 +2,12 @@
 //!
 //! `monitor` checks services and publishes their status; `presence` announces who joins and leaves and keeps
 //! presence aggregates as state values; `sql` polls database queries per subscribed channel and
-//! pushes what changed. Each is a [`Kind`] listed in [`KINDS`], the one place a source is registered: the server
+//! pushes what changed; `collection` stores documents of `[[collections]]` and serves them as REST. Each is a [`Kind`] listed in [`KINDS`], the one place a source is registered: the server
 //! starts them all with [`start_all`], mounts their [`Mounts`], routes the client-event actions they name to them
 //! and shuts them down; config validation accepts exactly the actions they name. [`keyed`] turns a state channel's
 //! new values into the set/remove changes every source publishes.
 
+pub mod collection;
 pub mod keyed;
 pub mod monitor;
 pub mod presence;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::Mounts;
+use crate::api::ready::Readiness;
 use crate::config_error::InvalidConfig;
 use crate::core::Engine;
 use crate::core::channel::{ChannelName, Pattern};
@@ -50,6 +52,8 @@ pub struct Sections<'a> {
     pub monitor: &'a monitor::MonitorConfig,
     /// `[presence]`.
     pub presence: &'a presence::PresenceConfig,
+    /// `[[collections]]`.
+    pub collections: &'a [collection::CollectionConfig],
 }
 
 /// What the sources start from: their config sections and what they share with the server.
@@ -63,6 +67,10 @@ pub struct Setup<'a> {
     pub legacy_dir: Option<&'a Path>,
     /// Largest HTTP request body.
     pub max_body_bytes: usize,
+    /// The accepted API keys (routes outside `/api` that check them themselves).
+    pub api_keys: &'a [crate::api::ApiKey],
+    /// Identifies the caller of such a route from its headers and query (a token, or the handshake fields).
+    pub identify: Arc<collection::Identify>,
 }
 
 /// Whether the client that triggered an action may read a channel (its identity under the access rules).
@@ -89,6 +97,11 @@ pub trait Source: Send + Sync {
         _may_subscribe: &'a MaySubscribe<'a>,
     ) -> BoxFuture<'a, Result<Value, Refused>> {
         Box::pin(async move { Err(unknown_action(action)) })
+    }
+
+    /// Whether each of its parts is ready (listed by `/readyz`); each answer is bounded by the caller's timeout.
+    fn readiness(&self) -> BoxFuture<'_, Vec<Readiness>> {
+        Box::pin(async { Vec::new() })
     }
 
     /// Stops its work and stores what must survive a restart.
@@ -125,6 +138,12 @@ pub const KINDS: &[Kind] = &[
         start: presence::start,
     },
     Kind {
+        name: "collections",
+        actions: &[],
+        retention: |_| Vec::new(),
+        start: collection::start,
+    },
+    Kind {
         name: "sql",
         actions: &[],
         retention: |_| Vec::new(),
@@ -151,6 +170,9 @@ pub enum SourceError {
     /// `[presence]` is invalid.
     #[error(transparent)]
     Presence(#[from] InvalidConfig),
+    /// A collection could not start.
+    #[error("{0}")]
+    Collection(String),
     /// A `[[sources.sql]]` source is invalid (e.g. its SQL does not prepare).
     #[error(transparent)]
     Sql(#[from] sql::SourceError),
@@ -184,6 +206,28 @@ impl Sources {
         for (_, s) in &self.running {
             s.metrics(out);
         }
+    }
+
+    /// Every source's readiness, asked concurrently; a source that does not answer within
+    /// [`PART_TIMEOUT`](crate::api::ready::PART_TIMEOUT) is listed as not ready (and required).
+    pub async fn readiness(&self) -> Vec<Readiness> {
+        let timeout = crate::api::ready::PART_TIMEOUT;
+        let asks = self.running.iter().map(|(kind, s)| async move {
+            match tokio::time::timeout(timeout, s.readiness()).await {
+                Ok(parts) => parts,
+                Err(_) => vec![Readiness::not_ready(
+                    kind.name,
+                    kind.name,
+                    true,
+                    format!("did not answer within {timeout:?}"),
+                )],
+            }
+        });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Runs the client-event action `action` on the source serving it.

@@ -8,6 +8,7 @@
 //! "request:refresh" = { action = "monitor.refresh" }
 //! "connection:status" = { reply = "connection:status", data = { connected = true } }
 //! "chat:send" = { publish = "chat:{arg.room}", event = "chat:message", data = { from = "{sub}", text = "{arg.text}" } }
+//! "start_scan" = { forward = "http://127.0.0.1:4001/hooks/start_scan" }
 //! ```
 
 use serde::Deserialize;
@@ -47,6 +48,8 @@ pub enum ClientEvent {
         /// The data template; absent: the event's first argument.
         data: Option<Value>,
     },
+    /// POSTs the event to the backend at this URL ([`crate::binding::forward`]); its answer is the ack.
+    Forward(String),
 }
 
 /// The table as written, before it is known which action it names.
@@ -58,6 +61,7 @@ struct Raw {
     action: Option<String>,
     reply: Option<String>,
     publish: Option<String>,
+    forward: Option<String>,
     event: Option<String>,
     data: Option<Value>,
 }
@@ -72,10 +76,12 @@ impl TryFrom<Raw> for ClientEvent {
             r.action.is_some(),
             r.reply.is_some(),
             r.publish.is_some(),
+            r.forward.is_some(),
         ];
         if kinds.iter().filter(|k| **k).count() != 1 {
             return Err(
-                "name exactly one of subscribe, unsubscribe, action, reply, publish".into(),
+                "name exactly one of subscribe, unsubscribe, action, reply, publish, forward"
+                    .into(),
             );
         }
         let extra = |what: &str| -> Result<(), String> {
@@ -92,6 +98,9 @@ impl TryFrom<Raw> for ClientEvent {
         } else if let Some(t) = r.unsubscribe {
             extra("unsubscribe")?;
             ClientEvent::Unsubscribe(t)
+        } else if let Some(url) = r.forward {
+            extra("forward")?;
+            ClientEvent::Forward(url)
         } else if let Some(a) = r.action {
             extra("action")?;
             ClientEvent::Action(a)
@@ -151,6 +160,7 @@ impl ClientEvent {
                 Err(format!("unknown action; known: {}", actions.join(", ")))
             }
             ClientEvent::Action(_) => Ok(()),
+            ClientEvent::Forward(url) => crate::binding::forward::config::check_url(url),
             ClientEvent::Reply {
                 event: sent,
                 data: d,
@@ -224,7 +234,8 @@ mod tests {
                 r#"{ reply = "x", event = "y" }"#,
                 "`event` goes with publish",
             ),
-            (r#"{ forward = "http://x" }"#, "unknown field"),
+            (r#"{ forward = "http://x", data = 1 }"#, "not forward"),
+            (r#"{ forwards = "http://x" }"#, "unknown field"),
         ] {
             let e = parse(table).unwrap_err();
             assert!(e.contains(expected), "{table}: {e}");
@@ -236,6 +247,9 @@ mod tests {
         let ok = |t: &str| parse(t).unwrap().validate("e", &[]);
         assert!(ok(r#"{ publish = "chat:{arg.room}" }"#).is_ok());
         assert!(ok(r#"{ reply = "connection:status" }"#).is_ok());
+        assert!(ok(r#"{ forward = "http://127.0.0.1:4001/hooks/start_scan" }"#).is_ok());
+        let e = ok(r#"{ forward = "file:///etc/passwd" }"#).unwrap_err();
+        assert!(e.contains("http:// or https://"), "{e}");
         let e = ok(r#"{ publish = "chat:{room}" }"#).unwrap_err();
         assert!(e.contains("unknown placeholder {room}"), "{e}");
         let e = ok(r#"{ reply = "connect" }"#).unwrap_err();

@@ -3,7 +3,9 @@
 //!
 //! [`ClientEvents::handle`] fills the mapping's templates from the event's first argument and the connection's
 //! identity, runs what needs no transport (actions, client publishes, replies) and hands subscription changes
-//! back to the binding, which owns its subscriptions. Every failure is a [`Refusal`] with a code, which the
+//! back to the binding, which owns its subscriptions; a `forward` mapping hands back a [`Call`] the binding runs
+//! on a task of its own (so the connection's later events are not held behind a slow backend) and whose
+//! [`crate::binding::forward::Answer`] it applies. Every failure is a [`Refusal`] with a code, which the
 //! binding answers as the ack or an `error` message: nothing is dropped silently.
 
 pub mod config;
@@ -17,12 +19,14 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::access::Access;
+use super::forward::{Answer, Forwarder, Permit, Slots};
 use super::refusal::Refusal;
 use super::template::{self, Context, FillError};
 use crate::auth::Identity;
 use crate::core::Engine;
 use crate::core::channel::ChannelName;
 use crate::core::event::NewEvent;
+use crate::core::stats;
 use crate::policy::rate::Bucket;
 pub use config::ClientEvent;
 
@@ -44,14 +48,36 @@ pub struct ClientEvents {
     actions: Arc<dyn Actions>,
     engine: Arc<dyn Engine>,
     access: Arc<Access>,
+    /// Runs `forward` mappings and the connect/disconnect hooks.
+    forwarder: Arc<Forwarder>,
     /// Largest data of a client publish: `[limits] client_publish_max_bytes`, within `max_event_bytes`.
     max_publish_bytes: usize,
     /// For `/metrics`: events received, and refusals by code.
     counts: Mutex<(u64, BTreeMap<&'static str, u64>)>,
 }
 
-/// One connection's allowance of client publishes (`[limits] client_publishes_per_second`).
-pub struct Allowance(Mutex<Bucket>);
+/// One connection's allowance: client publishes (`[limits] client_publishes_per_second`) and forwards in flight
+/// (`[forward] per_connection`), with what the backend is told of the connection.
+pub struct Allowance {
+    publishes: Mutex<Bucket>,
+    /// Its forwards in flight, and its description.
+    pub forwards: Slots,
+}
+
+/// A forward to run: the backend's URL, the body, and the forward's place in the in-flight bounds.
+pub struct Call {
+    forwarder: Arc<Forwarder>,
+    url: String,
+    body: Value,
+    _permit: Permit,
+}
+
+impl Call {
+    /// POSTs the event and reads the answer (its publishes made), within `[forward] timeout`.
+    pub async fn run(self) -> Result<Answer, Refusal> {
+        self.forwarder.call(&self.url, &self.body).await
+    }
+}
 
 /// What the binding does once an event is mapped.
 #[derive(Debug, PartialEq)]
@@ -69,15 +95,31 @@ pub enum Outcome {
         /// Its data.
         data: Value,
     },
+    /// Run the forward (on a task of the binding's), then apply its answer.
+    Forward(Call),
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call").field("url", &self.url).finish()
+    }
+}
+
+impl PartialEq for Call {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url && self.body == other.body
+    }
 }
 
 impl ClientEvents {
-    /// The mapping `map`, running actions on `actions` and publishes on `engine`, checked by `access`.
+    /// The mapping `map`, running actions on `actions`, publishes on `engine` and forwards on `forwarder`,
+    /// checked by `access`.
     pub fn new(
         map: HashMap<String, ClientEvent>,
         actions: Arc<dyn Actions>,
         engine: Arc<dyn Engine>,
         access: Arc<Access>,
+        forwarder: Arc<Forwarder>,
         max_event_bytes: usize,
     ) -> Arc<Self> {
         let max_publish_bytes = access
@@ -90,6 +132,7 @@ impl ClientEvents {
             actions,
             engine,
             access,
+            forwarder,
             max_publish_bytes,
             counts: Mutex::new((0, BTreeMap::new())),
         })
@@ -120,9 +163,18 @@ impl ClientEvents {
         }
     }
 
-    /// A new connection's publish allowance.
-    pub fn allowance(&self) -> Allowance {
-        Allowance(Mutex::new(self.access.client_publish_bucket()))
+    /// A new connection's allowance; `connection` describes it to the backend
+    /// ([`crate::binding::forward::connection`]).
+    pub fn allowance(&self, connection: Value) -> Allowance {
+        Allowance {
+            publishes: Mutex::new(self.access.client_publish_bucket()),
+            forwards: Slots::new(connection),
+        }
+    }
+
+    /// The forwarder: the connect and disconnect hooks.
+    pub fn forwarder(&self) -> &Arc<Forwarder> {
+        &self.forwarder
     }
 
     /// Maps client event `event` with arguments `args` from `identity`; counted, and so is a refusal.
@@ -158,6 +210,21 @@ impl ClientEvents {
             identity,
         };
         match mapping {
+            ClientEvent::Forward(url) => {
+                let permit = self.forwarder.permit(&allowance.forwards)?;
+                let body = json!({
+                    "event": event,
+                    "args": args,
+                    "identity": super::forward::identity(identity),
+                    "connection": allowance.forwards.connection,
+                });
+                Ok(Outcome::Forward(Call {
+                    forwarder: self.forwarder.clone(),
+                    url: url.clone(),
+                    body,
+                    _permit: permit,
+                }))
+            }
             ClientEvent::Subscribe(t) => Ok(Outcome::Subscribe(channel(event, t, ctx)?)),
             ClientEvent::Unsubscribe(t) => Ok(Outcome::Unsubscribe(channel(event, t, ctx)?)),
             ClientEvent::Action(action) => {
@@ -178,6 +245,9 @@ impl ClientEvents {
                 event: name,
                 data,
             } => {
+                let started = std::time::Instant::now();
+                let mut reached = false;
+                let result = async {
                 let channel = channel(event, t, ctx)?;
                 self.access.publish(identity, &channel)?;
                 let data = filled_data(event, data.as_ref(), ctx)?;
@@ -194,7 +264,7 @@ impl ClientEvents {
                     .map_err(|e| Refusal::InvalidRequest(e.to_string()))?;
                 // Counted last: only publishes that would be made take from the allowance (every message, refused
                 // or not, counts against `messages_per_second` already).
-                if !allowance.0.lock().take() {
+                if !allowance.publishes.lock().take() {
                     let limits = &self.access.policy.per_connection;
                     return Err(Refusal::RateLimited(format!(
                         "{event}: too many client publishes; at most {} per second (burst {})",
@@ -202,6 +272,7 @@ impl ClientEvents {
                         limits.client_publishes_burst()
                     )));
                 }
+                reached = true;
                 let published = self
                     .engine
                     .publish(vec![NewEvent {
@@ -211,13 +282,21 @@ impl ClientEvents {
                         id: None,
                         state: None,
                     }])
-                    .await?;
+                    .await;
+                stats::record_publish(stats::Origin::Client, 1, started, &published);
+                let published = published?;
                 let Some(r) = published.first() else {
                     return Err(Refusal::Unavailable);
                 };
                 Ok(Outcome::Done(
                     json!({"ok": true, "channel": r.channel, "offset": r.offset, "epoch": r.epoch, "id": r.id}),
                 ))
+                }
+                .await;
+                if result.is_err() && !reached {
+                    stats::PUBLISHES.record(stats::Origin::Client, stats::Outcome::Rejected, 1);
+                }
+                result
             }
         }
     }

@@ -143,6 +143,7 @@ fn seen(e: &Event) -> Ev {
 }
 
 impl Outlet for Fake {
+    const TRANSPORT: crate::registry::Transport = crate::registry::Transport::WebSocket;
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
         self.push(Call::Live(seen(&event.event)))
     }
@@ -1188,6 +1189,32 @@ async fn a_failed_registration_leaves_nothing_registered_and_live_delivery_runni
     publish(&engine, "b", 1..=1).await;
     assert_eq!(feed.outlet.calls(), live("a", 1..=1));
     assert!(demand.try_recv().is_err(), "b never had a subscriber");
+}
+
+#[tokio::test]
+async fn a_feed_detached_before_it_registers_stays_unregistered_and_absent() {
+    let engine = engine(1000);
+    let mut demand = engine.demand(Pattern::new("*"));
+    let feed = feed(&engine, ROOMY);
+    feed.detach();
+    let regs = feed
+        .begin(vec![Want::new_events(ch("late"))])
+        .await
+        .unwrap();
+    assert!(regs.is_empty());
+    assert!(feed.channels().is_empty());
+    assert!(
+        engine.presence(&ch("late")).await.unwrap().is_empty(),
+        "not present"
+    );
+    // The engine took the subscription and gave it back at once: first subscriber, then none.
+    let first = next_demand(&mut demand).await;
+    if first.active {
+        assert!(
+            !next_demand(&mut demand).await.active,
+            "the registration was ended"
+        );
+    }
 }
 
 #[tokio::test]

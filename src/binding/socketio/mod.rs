@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::access::Access;
-use super::client_events::{Allowance, ClientEvents, Outcome};
+use super::client_events::{Allowance, Call, ClientEvents, Outcome};
 use super::feed::{Feed, Gone, Outlet, REPLAY_WINDOW, Registered, Want};
 use super::refusal::Refusal;
 use super::subscribe::{self as path, Subscribing};
@@ -31,7 +31,7 @@ use crate::core::event::{EncodingSlot, Event, SharedEvent, SlotError};
 use crate::core::gap::{Gap, GapReason};
 use crate::policy::Policy;
 use crate::policy::rate::{MessageLimit, REPORT_INTERVAL, Slot};
-use crate::registry::{Info, Live, Registration, Registry, Transport};
+use crate::registry::{CloseReason, Info, Live, Registration, Registry, Transport};
 use crate::transport::engineio::TransportKind;
 use crate::transport::socketio::{
     Accept, AckResponder, BoxFuture, ConnectError, DisconnectReason, EncodedPacket,
@@ -109,6 +109,10 @@ impl Live for Feed<SocketOutlet> {
         })
     }
 
+    fn queued_bytes(&self) -> usize {
+        self.outlet.0.session().queued_bytes()
+    }
+
     /// Closes the transport, not the namespace: the stock client reconnects by itself and recovers its session.
     fn close(&self) {
         self.outlet.0.close_transport("closed by an administrator");
@@ -120,9 +124,12 @@ impl Live for Feed<SocketOutlet> {
 }
 
 impl Outlet for SocketOutlet {
+    const TRANSPORT: crate::registry::Transport = crate::registry::Transport::SocketIo;
     fn live(&self, event: &Arc<SharedEvent>) -> Result<(), Gone> {
         let packet = event.encoded(&PACKET, |e| encode_event(e, &Cursor::live(e).to_string()));
-        self.0.send_encoded(&packet).map_err(|_| Gone)
+        self.0
+            .send_encoded_stamped(&packet, event.event.time)
+            .map_err(|_| Gone)
     }
 
     fn replayed(&self, event: &Event, reg: &Registered) -> Result<(), Gone> {
@@ -258,7 +265,7 @@ impl ChannelsNamespace {
         };
         // Another user's session id is as good as unknown.
         let record = record.filter(|r| r.user == identity.user);
-        let (pid, sid, wants, next_k, session_unknown) = match (asked, record) {
+        let (pid, sid, mut wants, next_k, session_unknown) = match (asked, record) {
             (Some(pid), Some(record)) => {
                 // A socket still attached to this session is a stale transport: retire it first.
                 let stale = self.conns.lock().remove(&record.sid);
@@ -301,6 +308,25 @@ impl ChannelsNamespace {
                 (new_id(), socket.id().to_string(), wants, 0, asked.is_some())
             }
         };
+        let connection = crate::binding::forward::connection(&sid, "socketio", request.remote_addr);
+        // The connect hook may refuse the connection, or add channels (held to the rules like any subscription).
+        let hooked = self
+            .client_events
+            .forwarder()
+            .connect(&identity, &connection)
+            .await
+            .map_err(|r| r.connect_error())?;
+        for channel in hooked {
+            if wants.iter().any(|w| w.channel == channel) {
+                continue;
+            }
+            match self.access.subscribe(&identity, &channel) {
+                Ok(()) => wants.push(Want::new_events(channel)),
+                Err(r) => {
+                    tracing::debug!(code = r.code(), reason = %r, "a channel the connect hook added is refused")
+                }
+            }
+        }
         let expires_in = self.access.expires_in(&identity);
         let info = Info::new(
             sid.as_str().into(),
@@ -330,7 +356,7 @@ impl ChannelsNamespace {
             _slot: slot,
             registration: OnceLock::new(),
             messages: Mutex::new(self.access.message_limit()),
-            publishes: self.client_events.allowance(),
+            publishes: self.client_events.allowance(connection),
             expiry: Mutex::new(None),
             pending: Mutex::new(None),
         });
@@ -520,7 +546,7 @@ impl ChannelsNamespace {
 
     /// A client event mapped in the config ([`ClientEvents`]); an unmapped one is refused as `unknown_event`.
     async fn mapped(
-        &self,
+        self: &Arc<Self>,
         conn: &Arc<Conn>,
         event: &str,
         args: &Payload,
@@ -549,7 +575,47 @@ impl ChannelsNamespace {
                 let _ = socket.emit(&sent, Payload::new(vec![data]));
                 reply(ack, json!({"ok": true}));
             }
+            Ok(Outcome::Forward(call)) => {
+                // On a task of its own: the connection's next events are not held behind a slow backend (the
+                // forward's permit bounds how many run).
+                let (ns, conn, event) = (self.clone(), conn.clone(), event.to_owned());
+                tokio::spawn(async move { ns.forwarded(&conn, &event, call, ack).await });
+            }
             Err(r) => refuse(socket, event, ack, &r),
+        }
+    }
+
+    /// Runs a forward of client event `event` and applies the backend's answer: unsubscriptions, subscriptions
+    /// (each refusal an `error` event), then the ack, then a disconnect if asked.
+    async fn forwarded(
+        &self,
+        conn: &Arc<Conn>,
+        event: &str,
+        call: Call,
+        ack: Option<AckResponder>,
+    ) {
+        let socket = &conn.feed.outlet.0;
+        let answer = match call.run().await {
+            Ok(answer) => answer,
+            Err(r) => {
+                self.client_events.refused(&r);
+                return refuse(socket, event, ack, &r);
+            }
+        };
+        for channel in answer.unsubscribe {
+            if let Err(r) = self.unsubscribe_channel(conn, event, channel, None).await {
+                self.client_events.refused(&r);
+            }
+        }
+        for channel in answer.subscribe {
+            let want = Want::new_events(channel);
+            if let Err(r) = self.subscribe_want(conn, event, want, None).await {
+                self.client_events.refused(&r);
+            }
+        }
+        reply(ack, answer.ack.unwrap_or_else(|| json!({"ok": true})));
+        if answer.disconnect {
+            socket.disconnect();
         }
     }
 
@@ -623,11 +689,48 @@ impl ChannelsNamespace {
             timer.abort();
         }
         conn.feed.detach();
+        let closing = match reason {
+            DisconnectReason::PingTimeout => CloseReason::Timeout,
+            DisconnectReason::ServerShutdown => CloseReason::Shutdown,
+            DisconnectReason::SlowConsumer => CloseReason::SlowConsumer,
+            DisconnectReason::TransportError | DisconnectReason::ParseError => CloseReason::Error,
+            // The server closed the transport on purpose (an administrator, an expired token, a failed replay).
+            DisconnectReason::ForcedClose => CloseReason::Admin,
+            DisconnectReason::ClientNamespaceDisconnect
+            | DisconnectReason::ServerDisconnect
+            | DisconnectReason::TransportClose => CloseReason::Client,
+        };
+        if closing == CloseReason::SlowConsumer {
+            super::stats::SLOW_CONSUMERS[Transport::SocketIo as usize].inc();
+        }
+        if let Some(registration) = conn.registration.get() {
+            registration.closing(closing);
+        }
+        self.client_events.forwarder().disconnected(
+            &conn.identity,
+            &conn.publishes.forwards.connection,
+            reason_text(reason),
+        );
         if reason.allows_recovery() {
             self.core.session_detached(&conn.pid);
         } else {
             self.core.delete_session(&conn.pid);
         }
+    }
+}
+
+/// A disconnect's reason as the Socket.IO client names it, for the disconnect hook.
+fn reason_text(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::ClientNamespaceDisconnect => "client namespace disconnect",
+        DisconnectReason::ServerDisconnect => "server namespace disconnect",
+        DisconnectReason::TransportClose => "transport close",
+        DisconnectReason::TransportError => "transport error",
+        DisconnectReason::ParseError => "parse error",
+        DisconnectReason::PingTimeout => "ping timeout",
+        DisconnectReason::ServerShutdown => "server shutting down",
+        DisconnectReason::SlowConsumer => "slow consumer",
+        DisconnectReason::ForcedClose => "forced close",
     }
 }
 

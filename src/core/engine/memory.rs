@@ -342,6 +342,10 @@ impl Engine for MemoryEngine {
         self.presence.events(pattern)
     }
 
+    fn counts(&self) -> crate::core::stats::Counts {
+        self.hub.counts()
+    }
+
     async fn shutdown(&self) {
         self.data.lock().closed = true;
     }

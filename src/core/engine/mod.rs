@@ -80,8 +80,10 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    /// An `Unavailable` error from any cause.
+    /// An `Unavailable` error from any cause, counted in [`super::stats::ENGINE_ERRORS`] (every engine raises its
+    /// storage failures here).
     pub fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        super::stats::ENGINE_ERRORS.inc();
         Self::Unavailable(e.into())
     }
 }
@@ -435,6 +437,19 @@ pub trait Engine: Send + Sync + 'static {
     /// Publishes events atomically (all or none); returns one result per event, in order, once they are durable.
     async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<PublishResult>, EngineError>;
 
+    /// [`Engine::publish`], counted under `origin` in [`super::stats`] (events by outcome, latency, failures).
+    async fn publish_from(
+        &self,
+        origin: super::stats::Origin,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<PublishResult>, EngineError> {
+        let started = std::time::Instant::now();
+        let count = events.len();
+        let result = self.publish(events).await;
+        super::stats::record_publish(origin, count, started, &result);
+        result
+    }
+
     /// Registers `sub` (as `id`) on every channel in `channels` at one position, returned per channel in order with
     /// the handle that ends the registration. Registering `id` again on a channel it is on keeps one registration.
     async fn subscribe(
@@ -536,6 +551,11 @@ pub trait Engine: Send + Sync + 'static {
     /// in-process engines always do.
     async fn ping(&self) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    /// How many channels and subscriptions this node's fan-out holds now (for `/metrics`).
+    fn counts(&self) -> super::stats::Counts {
+        super::stats::Counts::default()
     }
 
     /// The engine's health now and each change of it (one watch per engine, so a node's connections share it).

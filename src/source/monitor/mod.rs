@@ -28,6 +28,7 @@ pub use service::{MonitorError, Monitors};
 
 use super::{MaySubscribe, Refused, Setup, Source, SourceError};
 use crate::api::Mounts;
+use crate::api::ready::Readiness;
 
 /// Client events mapped to `monitor.refresh` with a monitor id check it now.
 const REFRESH: &str = "monitor.refresh";
@@ -80,6 +81,20 @@ impl Source for MonitorSource {
             }
             self.refresh(args, may_subscribe)
         })
+    }
+
+    /// Ready while its writes to the engine succeed (its definitions and check logs live there); required.
+    fn readiness(&self) -> BoxFuture<'_, Vec<Readiness>> {
+        let part = match self.monitors.store_failing() {
+            None => Readiness::ready("monitor", "monitor", true),
+            Some(e) => Readiness::not_ready(
+                "monitor",
+                "monitor",
+                true,
+                format!("cannot store its data: {e}"),
+            ),
+        };
+        Box::pin(async move { vec![part] })
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

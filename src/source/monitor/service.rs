@@ -42,6 +42,7 @@ use crate::core::event::NewEvent;
 use crate::core::event::SharedEvent;
 use crate::core::event::now_ms;
 use crate::core::state::{Snapshot, StateChange};
+use crate::core::stats::Origin;
 use crate::source::keyed;
 
 /// Why a monitor operation failed.
@@ -100,8 +101,10 @@ struct Entry {
     log_after: u64,
     /// Revision of the definition, incremented by each change.
     rev: AtomicU64,
-    /// Whether this node checks it now (holds its lease and runs its task).
-    held: tokio::sync::watch::Sender<bool>,
+    /// How many of its checking tasks run on this node (holding its lease): more than 0 while it is checked here.
+    /// A count, not a flag: a replaced task's guard is dropped when its abort takes effect, which may be after its
+    /// successor started and marked the entry, and must not unmark it.
+    held: tokio::sync::watch::Sender<usize>,
 }
 
 /// Most check requests from other nodes waiting to be handed to their monitors (beyond, a request is dropped:
@@ -136,13 +139,13 @@ impl Subscriber for FirstEvent {
 struct Held(Arc<Entry>);
 impl Held {
     fn new(e: Arc<Entry>) -> Self {
-        e.held.send_replace(true);
+        e.held.send_modify(|n| *n += 1);
         Self(e)
     }
 }
 impl Drop for Held {
     fn drop(&mut self) {
-        self.0.held.send_replace(false);
+        self.0.held.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -311,7 +314,7 @@ impl Monitors {
         tokio::spawn(async move {
             while let Some(id) = requests.recv().await {
                 let entry = this.entries.lock().get(&id).cloned();
-                if let Some(e) = entry.filter(|e| *e.held.borrow()) {
+                if let Some(e) = entry.filter(|e| *e.held.borrow() > 0) {
                     e.refresh.notify_one();
                 }
             }
@@ -356,7 +359,7 @@ impl Monitors {
                     changed = true;
                 }
                 Some(e) => {
-                    if !*e.held.borrow() {
+                    if *e.held.borrow() == 0 {
                         *e.rt.lock() = s.runtime;
                     }
                 }
@@ -455,7 +458,7 @@ impl Monitors {
             }),
             log_after,
             rev: AtomicU64::new(rev),
-            held: tokio::sync::watch::channel(false).0,
+            held: tokio::sync::watch::channel(0).0,
         });
         self.entries.lock().insert(id, e.clone());
         e
@@ -654,7 +657,7 @@ impl Monitors {
         }
         // Checked here only by the lease holder (its task may be just starting: a moment's wait).
         let mut held = e.held.subscribe();
-        let waited = tokio::time::timeout(Duration::from_secs(1), held.wait_for(|h| *h))
+        let waited = tokio::time::timeout(Duration::from_secs(1), held.wait_for(|n| *n > 0))
             .await
             .is_ok_and(|r| r.is_ok());
         if !waited {
@@ -702,7 +705,7 @@ impl Monitors {
         if last.is_some_and(|t| now_ms() - t < self.refresh_interval.as_millis() as i64) {
             return Err(MonitorError::TooSoon(id.to_owned(), self.refresh_interval));
         }
-        if *e.held.borrow() {
+        if *e.held.borrow() > 0 {
             e.refresh.notify_one();
         } else if let Ok(request) = self.store.request(id) {
             // Checked by another node of the cluster: ask it.
@@ -725,6 +728,11 @@ impl Monitors {
     pub async fn log(&self, id: &str, limit: usize) -> Result<Vec<LogEntry>, MonitorError> {
         let e = self.entry(id)?;
         Ok(self.store.recent(id, e.log_after, limit).await?)
+    }
+
+    /// Why the monitor's last write to the engine failed, if it did (cleared by the next that succeeds).
+    pub fn store_failing(&self) -> Option<String> {
+        self.store.failing()
     }
 
     /// Check-time drift so far, and the number of checks run.
@@ -1107,7 +1115,7 @@ impl Monitors {
         if events.is_empty() {
             return;
         }
-        if let Err(e) = self.core.publish(events).await {
+        if let Err(e) = self.core.publish_from(Origin::Monitor, events).await {
             tracing::error!(error = %e, "monitor could not publish its events");
         }
     }

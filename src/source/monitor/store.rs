@@ -32,6 +32,7 @@ use crate::core::engine::{EngineError, Lane, ReadLimit};
 use crate::core::event::{NewEvent, PublishResult, format_time};
 use crate::core::retention::Limits;
 use crate::core::state::StateChange;
+use crate::core::stats::Origin;
 
 /// The state channel of definitions and runtime states (after the internal prefix).
 const MONITORS: &str = "monitors";
@@ -156,6 +157,8 @@ pub struct MonitorStore {
     core: Arc<dyn Engine>,
     monitors: ChannelName,
     runtimes: ChannelName,
+    /// Why the last write failed, until one succeeds (the monitor's readiness).
+    failing: parking_lot::Mutex<Option<String>>,
 }
 
 impl MonitorStore {
@@ -165,6 +168,7 @@ impl MonitorStore {
             core,
             monitors: internal(MONITORS)?,
             runtimes: internal(RUNTIME)?,
+            failing: parking_lot::Mutex::new(None),
         })
     }
 
@@ -325,7 +329,14 @@ impl MonitorStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.core.publish(events).await
+        let result = self.core.publish_from(Origin::Monitor, events).await;
+        *self.failing.lock() = result.as_ref().err().map(ToString::to_string);
+        result
+    }
+
+    /// Why the last write failed, if the last one did.
+    pub fn failing(&self) -> Option<String> {
+        self.failing.lock().clone()
     }
 
     /// The latest `limit` log entries of `id` after offset `after`, newest first.

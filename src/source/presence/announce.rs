@@ -25,6 +25,7 @@ use crate::core::engine::lease::{LEASE_TTL, while_held};
 use crate::core::event::NewEvent;
 use crate::core::presence::{Member, PresenceEvent};
 use crate::core::state::StateChange;
+use crate::core::stats::Origin;
 
 /// Prefix of the state channels of what each pattern's announcer has announced (after the internal prefix).
 pub const ANNOUNCED: &str = "presence-announced:";
@@ -260,7 +261,7 @@ async fn publish(
         });
     }
     // Presence is "now": an announcement the engine cannot take is logged, not retried later out of order.
-    if let Err(e) = engine.publish(batch).await {
+    if let Err(e) = engine.publish_from(Origin::Presence, batch).await {
         tracing::warn!(%channel, event = name, error = %e, "presence announcement not published");
     }
 }

@@ -14,6 +14,7 @@ use crate::core::engine::EngineError;
 use crate::core::engine::lease::{LEASE_TTL, while_held};
 use crate::core::event::NewEvent;
 use crate::core::state::StateChange;
+use crate::core::stats::Origin;
 
 /// Pause before retrying after the engine failed, so an outage is not a busy loop.
 const RETRY: Duration = Duration::from_millis(500);
@@ -68,16 +69,19 @@ async fn refresh(
     }
     let data = RawValue::from_string(json).map_err(|e| EngineError::Invalid(e.to_string()))?;
     engine
-        .publish(vec![NewEvent {
-            channel: value.channel.clone(),
-            name: value.event.clone(),
-            data: data.clone(),
-            id: None,
-            state: Some(StateChange::Set {
-                key: value.event.clone(),
-                value: data,
-            }),
-        }])
+        .publish_from(
+            Origin::Presence,
+            vec![NewEvent {
+                channel: value.channel.clone(),
+                name: value.event.clone(),
+                data: data.clone(),
+                id: None,
+                state: Some(StateChange::Set {
+                    key: value.event.clone(),
+                    value: data,
+                }),
+            }],
+        )
         .await?;
     Ok(())
 }

@@ -60,6 +60,9 @@ pub struct SqlSourceConfig {
     /// cannot make the database run arbitrarily many queries.
     #[serde(default = "default_sql_max_channels")]
     pub max_channels: usize,
+    /// Whether `/readyz` answers 503 while this source's database does not answer (otherwise it is only listed).
+    #[serde(default)]
+    pub ready_required: bool,
 }
 
 fn default_sql_max_channels() -> usize {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 mod poller;
 mod routes;
+pub mod stats;
 pub mod template;
 
 use std::collections::{BTreeMap, HashMap};
@@ -52,10 +53,18 @@ impl super::Source for SqlSources {
         routes::mounts(self)
     }
 
+    fn readiness(&self) -> BoxFuture<'_, Vec<crate::api::ready::Readiness>> {
+        Box::pin(SqlSources::readiness(self))
+    }
+
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(SqlSources::shutdown(self))
     }
 }
+
+/// How long a source's database has to answer `/readyz`'s probe: less than the part timeout, so a slow database
+/// is reported as this source's, not as the whole kind's.
+const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// Why the SQL sources could not start.
 #[derive(Debug, thiserror::Error)]
@@ -432,6 +441,32 @@ impl SqlSources {
             return Err(QueryError::TooManyRows(max));
         }
         Ok(fetched.rows)
+    }
+
+    /// Each source's readiness (`sql:ID`): its database answers a trivial statement now. Required only with
+    /// `ready_required`.
+    pub async fn readiness(&self) -> Vec<crate::api::ready::Readiness> {
+        use crate::api::ready::Readiness;
+        let probes = self.sources.iter().map(|s| async move {
+            let name = format!("sql:{}", s.config.id);
+            let required = s.config.ready_required;
+            match tokio::time::timeout(READY_PROBE_TIMEOUT, s.db.check("SELECT 1")).await {
+                Ok(Ok(())) => Readiness::ready(name, "sql", required),
+                Ok(Err(e)) => Readiness::not_ready(
+                    name,
+                    "sql",
+                    required,
+                    format!("its database does not answer: {e}"),
+                ),
+                Err(_) => Readiness::not_ready(
+                    name,
+                    "sql",
+                    required,
+                    format!("its database did not answer within {READY_PROBE_TIMEOUT:?}"),
+                ),
+            }
+        });
+        futures_util::future::join_all(probes).await
     }
 
     /// Stops every poller and closes the pools.

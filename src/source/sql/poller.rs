@@ -16,6 +16,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::db::{DbError, Row};
+use super::stats;
 use super::template::Params;
 use super::{ChannelStatus, LastResult, STATUS_EVENT, Source, shaped, with_deadline};
 use super::{ResultShape, SqlMode};
@@ -25,6 +26,7 @@ use crate::core::engine::EngineError;
 use crate::core::engine::lease::{LEASE_TTL, Lease};
 use crate::core::event::NewEvent;
 use crate::core::state::StateChange;
+use crate::core::stats::Origin;
 use crate::source::keyed::{self, Change};
 
 /// Longest pause between two attempts while the database fails.
@@ -105,6 +107,7 @@ pub(super) async fn run(mut p: Poller) {
             }
         }
         p.source.queries.fetch_add(1, Ordering::Relaxed);
+        let polling = std::time::Instant::now();
         let fetched = with_deadline(
             cfg.statement_timeout,
             p.source
@@ -112,6 +115,10 @@ pub(super) async fn run(mut p: Poller) {
                 .fetch(&p.source.live.statement, &args, cfg.max_rows),
         )
         .await;
+        stats::POLL_SECONDS.observe_duration(polling.elapsed());
+        if let Ok(f) = &fetched {
+            stats::ROWS.add(f.rows.len() as u64);
+        }
         let now = crate::core::event::format_time(now_ms());
         {
             let mut s = p.status.lock();
@@ -138,6 +145,10 @@ pub(super) async fn run(mut p: Poller) {
                 Health::Error(describe(&e))
             }
         };
+        match next {
+            Health::Ok => stats::POLLS_OK.inc(),
+            Health::Error(_) => stats::POLLS_FAILED.inc(),
+        }
         {
             let mut s = p.status.lock();
             (s.status, s.message) = match &next {
@@ -222,7 +233,7 @@ impl Poller {
         };
         let count = rows.len();
         if !events.is_empty() {
-            if let Err(e) = self.core.publish(events).await {
+            if let Err(e) = self.core.publish_from(Origin::Sql, events).await {
                 tracing::error!(source = %cfg.id, channel = %self.channel, error = %e, "cannot publish a change");
                 return Err(format!("cannot publish the change: {e}"));
             }
@@ -263,7 +274,7 @@ impl Poller {
             id: None,
             state: None,
         };
-        if let Err(e) = self.core.publish(vec![event]).await {
+        if let Err(e) = self.core.publish_from(Origin::Sql, vec![event]).await {
             tracing::error!(source = %cfg.id, channel = %self.channel, error = %e, "cannot publish a status event");
         }
     }

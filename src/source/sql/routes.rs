@@ -36,7 +36,7 @@ pub(super) fn mounts(sources: Arc<SqlSources>) -> Mounts {
     Mounts {
         api: api.with_state(sources.clone()),
         keyed: keyed.with_state(sources),
-        public: Router::new(),
+        ..Mounts::default()
     }
 }
 

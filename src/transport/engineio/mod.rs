@@ -32,7 +32,9 @@ use parking_lot::RwLock;
 pub use packet::{
     DecodeError, Frame, Message, Packet, decode_payload, decode_text, encode_payload, message_frame,
 };
-pub use session::{CloseReason, SendError, Session, TransportKind, Work};
+pub use session::{
+    CloseReason, ON_STAMPED_WRITE, SendError, Session, TransportKind, WRITTEN_BYTES, Work,
+};
 
 /// Engine.IO server settings.
 #[derive(Debug, Clone)]

@@ -28,6 +28,21 @@ const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Bytes a WebSocket writer takes per batch, so a ping is never stuck behind a huge backlog.
 const WS_BATCH_BYTES: usize = 64 * 1024;
 
+/// Bytes every session's writers took from their queues to write (WebSocket frames and polling responses), for
+/// the server's metrics.
+pub static WRITTEN_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Told the stamp (ms since the UNIX epoch) of the oldest stamped frame of each batch a writer has written:
+/// how the server measures the lag from an event's commit to its socket write without this layer knowing of
+/// events. Set once, at start-up.
+pub static ON_STAMPED_WRITE: OnceLock<fn(i64)> = OnceLock::new();
+
+fn report_stamp(stamp: Option<i64>) {
+    if let (Some(stamp), Some(report)) = (stamp, ON_STAMPED_WRITE.get()) {
+        report(stamp);
+    }
+}
+
 /// Why a session closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -99,6 +114,11 @@ pub(crate) struct State {
     drained: u64,
     /// Where the last bulk frame ends in the queue ([`Session::send_bulk`]).
     bulk_mark: u64,
+    /// The first stamped frame still queued: where it ends in the queue, and its stamp (later ones are not
+    /// stamped until it is taken: a sample per batch, with no allocation).
+    stamp: Option<(u64, i64)>,
+    /// The stamp of the batch a writer took, reported once it is written.
+    taken_stamp: Option<i64>,
     ping_due: bool,
     /// Set while a ping is unanswered: the instant the session times out.
     pong_deadline: Option<Instant>,
@@ -191,6 +211,8 @@ impl Session {
                 pushed: 0,
                 drained: 0,
                 bulk_mark: 0,
+                stamp: None,
+                taken_stamp: None,
                 ping_due: false,
                 pong_deadline: None,
                 ping_at,
@@ -226,6 +248,11 @@ impl Session {
     /// The HTTP request that opened the session.
     pub fn request(&self) -> &Arc<RequestInfo> {
         &self.request
+    }
+
+    /// Bytes waiting in the outbound queue now.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().queued_bytes
     }
 
     /// The transport currently carrying outbound data.
@@ -294,10 +321,25 @@ impl Session {
         self.queue_frames(frames, true)
     }
 
+    /// Queues one frame stamped `stamp` (ms since the UNIX epoch, e.g. an event's commit time), reported through
+    /// [`ON_STAMPED_WRITE`] once the batch holding it is written.
+    pub fn send_stamped(&self, frame: Frame, stamp: i64) -> Result<(), SendError> {
+        self.queue_frames_stamped(std::iter::once(frame), false, Some(stamp))
+    }
+
     fn queue_frames(
         &self,
         frames: impl IntoIterator<Item = Frame>,
         bulk: bool,
+    ) -> Result<(), SendError> {
+        self.queue_frames_stamped(frames, bulk, None)
+    }
+
+    fn queue_frames_stamped(
+        &self,
+        frames: impl IntoIterator<Item = Frame>,
+        bulk: bool,
+        stamp: Option<i64>,
     ) -> Result<(), SendError> {
         let mut st = self.state.lock();
         if st.closed.is_some() {
@@ -320,6 +362,11 @@ impl Session {
         st.pushed += added as u64;
         if bulk {
             st.bulk_mark = st.pushed;
+        }
+        if let Some(stamp) = stamp
+            && st.stamp.is_none()
+        {
+            st.stamp = Some((st.pushed, stamp));
         }
         let transport = st.transport;
         drop(st);
@@ -487,9 +534,14 @@ impl Session {
         }
         // Taking the queue (not draining it) releases its buffer while the session idles.
         frames.extend(std::mem::take(&mut st.queue));
+        WRITTEN_BYTES.fetch_add(st.queued_bytes as u64, Ordering::Relaxed);
         st.drained += st.queued_bytes as u64;
         st.queued_bytes = 0;
+        let stamp = st.stamp.take().map(|(_, stamp)| stamp);
+        drop(st);
         self.drained.notify_waiters();
+        // The response is written as it is returned.
+        report_stamp(stamp);
         PollBatch::Frames(frames)
     }
 
@@ -526,13 +578,26 @@ impl Session {
             frames.push(frame);
         }
         st.queued_bytes -= taken;
+        WRITTEN_BYTES.fetch_add(taken as u64, Ordering::Relaxed);
         st.drained += taken as u64;
+        if let Some((end, stamp)) = st.stamp
+            && end <= st.drained
+        {
+            st.stamp = None;
+            st.taken_stamp = Some(stamp);
+        }
         self.drained.notify_waiters();
         if st.queue.is_empty() {
             // Release the queue's buffer so idle sessions hold no large allocation.
             st.queue = VecDeque::new();
         }
         WsBatch::Frames(frames)
+    }
+
+    /// The WebSocket writer wrote the batch it took last: reports its stamp, if it had one.
+    pub(crate) fn batch_written(&self) {
+        let stamp = self.state.lock().taken_stamp.take();
+        report_stamp(stamp);
     }
 
     /// Closes the session if its pong deadline has passed, even if the timer has not fired

@@ -361,6 +361,7 @@ async fn write_loop(session: &Arc<Session>, write: &mut WriteSide, pong: &Mutex<
             session.close(CloseReason::TransportError);
             return;
         }
+        session.batch_written();
     }
 }
 

@@ -250,6 +250,19 @@ impl Socket {
         self.send_frames(std::iter::once(Frame::Text(packet.frame.clone())))
     }
 
+    /// [`Socket::send_encoded`] stamped `stamp` (see `engineio::Session::send_stamped`).
+    pub fn send_encoded_stamped(
+        &self,
+        packet: &EncodedPacket,
+        stamp: i64,
+    ) -> Result<(), SendError> {
+        if !self.connected() {
+            return Err(SendError::Closed);
+        }
+        self.session
+            .send_stamped(Frame::Text(packet.frame.clone()), stamp)
+    }
+
     /// [`Socket::send_encoded`] for a bulk sender pacing itself with the session's `wait_for_room`.
     pub fn send_encoded_bulk(&self, packet: &EncodedPacket) -> Result<(), SendError> {
         if !self.connected() {

@@ -232,5 +232,12 @@ test('slow consumer: bounded outbound queue, disconnected, resumes without loss;
   await fastHas(N + 1);
   assert.deepEqual(rec.named('tick').map((e) => e.args[0].n), range(1, N + 1), 'the stock client has every event in order');
   assert.deepEqual(fastDisconnects, []);
+  // /metrics (docs/operations.md) counts the slow consumer, its disconnect by reason, and the resume that recovered.
+  const metrics = (await request(h.url, '/metrics')).text;
+  const sample = (key) => Number(metrics.split('\n').find((l) => l.startsWith(`${key} `))?.slice(key.length + 1) ?? 0);
+  assert.equal(sample('herald_slow_consumers_total{transport="socketio"}'), 1, 'one slow consumer counted');
+  assert.equal(sample('herald_disconnects_total{transport="socketio",reason="slow_consumer"}'), 1, 'its disconnect, by reason');
+  assert.equal(sample('herald_resumes_total{outcome="recovered"}'), 1, 'its resume recovered');
+  assert.equal(sample('herald_replayed_events_total'), replayed.length, 'the events replayed to it');
   await h.assertHealthy();
 });

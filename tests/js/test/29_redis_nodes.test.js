@@ -199,7 +199,8 @@ test('/readyz: 200 while Redis answers, 503 engine_unavailable while it is down,
   const [h] = await startNodes(t, redis, 1);
   let r = await request(h.url, '/readyz');
   assert.equal(r.status, 200, r.text);
-  assert.deepEqual(r.json, { status: 'ready' });
+  assert.equal(r.json.status, 'ready');
+  assert.equal(r.json.parts[0].name, 'engine');
 
   await redis.stop();
   assertApiError(await request(h.url, '/readyz'), 503, 'engine_unavailable', '/readyz with Redis stopped');
@@ -210,7 +211,8 @@ test('/readyz: 200 while Redis answers, 503 engine_unavailable while it is down,
   await redis.start();
   r = await readyzUntil(h, 200, 15_000);
   assert.equal(r.status, 200, `/readyz after Redis is back: ${r.text}`);
-  assert.deepEqual(r.json, { status: 'ready' });
+  assert.equal(r.json.status, 'ready');
+  assert.equal(r.json.parts[0].name, 'engine');
   await h.assertHealthy();
 });
 
@@ -218,5 +220,6 @@ test('/readyz on a node of a local engine is 200', async (t) => {
   const h = await startHerald(t);
   const r = await request(h.url, '/readyz');
   assert.equal(r.status, 200, r.text);
-  assert.deepEqual(r.json, { status: 'ready' });
+  assert.equal(r.json.status, 'ready');
+  assert.equal(r.json.parts[0].name, 'engine');
 });

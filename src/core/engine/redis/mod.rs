@@ -749,6 +749,10 @@ impl Engine for RedisEngine {
         self.presence.events(pattern)
     }
 
+    fn counts(&self) -> crate::core::stats::Counts {
+        self.hub.counts()
+    }
+
     async fn delivered(&self) -> Result<(), EngineError> {
         // Publishes return after their local fan-out; what other nodes published arrives by pub/sub.
         self.fanout.barrier().await

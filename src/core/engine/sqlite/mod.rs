@@ -178,6 +178,10 @@ impl Engine for SqliteEngine {
         self.presence.events(pattern)
     }
 
+    fn counts(&self) -> crate::core::stats::Counts {
+        self.hub.counts()
+    }
+
     async fn shutdown(&self) {
         self.store.shutdown().await;
     }

@@ -584,6 +584,7 @@ impl Writer {
         let mut fresh = Vec::new();
         let mut done = Vec::with_capacity(batch.len());
         let saved = (self.last_seq, self.last_time);
+        crate::core::stats::COMMIT_BATCH.observe(batch.len() as u64);
         let result = self.apply(batch, &mut fresh, &mut done);
         match result {
             Ok(()) => {
@@ -712,7 +713,9 @@ impl Writer {
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?1)",
             [self.last_seq as i64],
         )?;
+        let committing = Instant::now();
         tx.commit()?;
+        crate::core::stats::COMMIT_SECONDS.observe_duration(committing.elapsed());
         Ok(())
     }
 

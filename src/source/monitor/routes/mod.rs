@@ -6,6 +6,7 @@ mod targets;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -57,8 +58,8 @@ pub fn mounts(monitors: Arc<Monitors>, max_body_bytes: usize, status_page: bool)
     };
     Mounts {
         api: api.with_state(state.clone()),
-        keyed: Router::new(),
         public: public.with_state(state),
+        ..Mounts::default()
     }
 }
 
@@ -198,8 +199,14 @@ struct LogQuery {
 async fn log(
     State(state): State<RouteState>,
     Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
+    query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|_| {
+        ApiError::field(
+            "limit",
+            "must be a non-negative integer (entries, 1 to 1000)",
+        )
+    })?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     Ok(Json(json!({"log": state.monitors.log(&id, limit).await?})))
 }
