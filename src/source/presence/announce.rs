@@ -24,8 +24,8 @@ use crate::core::channel::{ChannelName, Pattern};
 use crate::core::engine::lease::{LEASE_TTL, while_held};
 use crate::core::event::NewEvent;
 use crate::core::presence::{Member, PresenceEvent};
-use crate::core::stats::Origin;
 use crate::core::state::StateChange;
+use crate::core::stats::Origin;
 
 /// Prefix of the state channels of what each pattern's announcer has announced (after the internal prefix).
 pub const ANNOUNCED: &str = "presence-announced:";
