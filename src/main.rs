@@ -326,11 +326,33 @@ async fn main() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `serve` reads besides the file, checked without contacting anything: the TLS certificate and key, and the
+/// `[auth]` keys (PEM and JWKS files, secrets from the environment) unless one is a JWKS URL (fetched at start).
+fn check_files(config: &Config) -> anyhow::Result<()> {
+    if let Some(tls) = &config.tls {
+        herald::tls::Tls::load(&tls.cert, &tls.key)?;
+    }
+    let remote = config
+        .auth
+        .keys
+        .iter()
+        .any(|k| matches!(k, herald::auth::KeyConfig::Jwks { url: Some(_), .. }));
+    if !remote {
+        herald::auth::Authenticator::new(&config.auth)?;
+    }
+    Ok(())
+}
+
 /// `herald config check FILE`: the effective configuration with secrets redacted on stdout, or the error on stderr
 /// and exit code 1.
 fn config_check(file: &std::path::Path, settings: Settings) -> ExitCode {
     use std::io::Write as _;
-    match Config::load(Some(&file.to_path_buf()), settings.into()) {
+    match Config::load(Some(&file.to_path_buf()), settings.into())
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            check_files(&config)?;
+            Ok(config)
+        }) {
         Ok(config) => {
             let mut out = std::io::stdout().lock();
             // A closed pipe (`| head`) is not an error of the configuration.
@@ -343,7 +365,7 @@ fn config_check(file: &std::path::Path, settings: Settings) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("herald: {e}");
+            eprintln!("herald: {}: {e}", file.display());
             ExitCode::FAILURE
         }
     }

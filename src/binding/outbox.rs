@@ -25,6 +25,8 @@ pub enum Closed {
     Disconnected,
     /// The backend's answer to a forward asked to close it.
     Backend,
+    /// Its token expired (the client was told, and reconnects with a fresh one).
+    Expired,
 }
 
 /// Something with a size in bytes.

@@ -450,7 +450,7 @@ async fn expire(outbox: Arc<Outbox<Bytes>>, left: Duration) {
     let _ = outbox.push(Bytes::from_static(
         b"event: herald:disconnect\ndata: {\"reason\":\"token_expired\"}\n\n",
     ));
-    outbox.close(Closed::Gone);
+    outbox.close(Closed::Expired);
 }
 
 /// The response body: queued records (coalesced per poll), heartbeat comments, and the end on shutdown.
@@ -473,6 +473,7 @@ fn stream(
                             Closed::Gone => CloseReason::Client,
                             Closed::Failed => CloseReason::Error,
                             Closed::Disconnected | Closed::Backend => CloseReason::Admin,
+                            Closed::Expired => CloseReason::Expired,
                         };
                         if reason == CloseReason::SlowConsumer {
                             stats::SLOW_CONSUMERS[Transport::Sse as usize].inc();

@@ -678,6 +678,7 @@ async fn pump(
                         Closed::Failed => Ending(1011, "internal error; reconnect to resume"),
                         Closed::Disconnected => Ending(DISCONNECTED, "closed by an administrator"),
                         Closed::Backend => Ending(DISCONNECTED, "closed by the backend"),
+                        Closed::Expired => Ending(TOKEN_EXPIRED, "token_expired"),
                     });
                 }
                 let mut bytes = 0;

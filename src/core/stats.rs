@@ -179,16 +179,22 @@ pub enum Origin {
     Monitor,
     /// The presence source (join/leave events, aggregates).
     Presence,
+    /// The collections source (documents written through its API).
+    Collection,
+    /// A forward backend's answer (`[forward]`), and the forward disconnect outbox.
+    Forward,
 }
 
 impl Origin {
     /// Every origin, in label order.
-    pub const ALL: [Origin; 5] = [
+    pub const ALL: [Origin; 7] = [
         Origin::Api,
         Origin::Client,
         Origin::Sql,
         Origin::Monitor,
         Origin::Presence,
+        Origin::Collection,
+        Origin::Forward,
     ];
 
     /// The label value.
@@ -199,6 +205,8 @@ impl Origin {
             Origin::Sql => "sql",
             Origin::Monitor => "monitor",
             Origin::Presence => "presence",
+            Origin::Collection => "collection",
+            Origin::Forward => "forward",
         }
     }
 }
@@ -230,11 +238,11 @@ impl Outcome {
 
 /// Publish counts by origin and outcome, in events.
 #[derive(Debug)]
-pub struct Publishes([[Counter; 3]; 5]);
+pub struct Publishes([[Counter; 3]; Origin::ALL.len()]);
 
 impl Publishes {
     const fn new() -> Self {
-        Self([const { [const { Counter::new() }; 3] }; 5])
+        Self([const { [const { Counter::new() }; 3] }; Origin::ALL.len()])
     }
 
     /// Counts `events` events of `origin` that came to `outcome`.

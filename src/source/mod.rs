@@ -136,7 +136,7 @@ pub const KINDS: &[Kind] = &[
     Kind {
         name: "presence",
         actions: &[],
-        retention: |_| Vec::new(),
+        retention: |_| presence::retention(),
         start: presence::start,
     },
     Kind {

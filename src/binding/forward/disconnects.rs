@@ -20,6 +20,7 @@ use crate::core::engine::EngineError;
 use crate::core::engine::lease::{LEASE_TTL, while_held};
 use crate::core::event::NewEvent;
 use crate::core::retention::Limits;
+use crate::core::stats::Origin;
 
 /// The outbox channel (after `herald:`).
 pub const OUTBOX: &str = "forward-disconnects";
@@ -101,13 +102,16 @@ impl Forwarder {
             ) {
                 (Ok(channel), Ok(data)) => {
                     me.engine
-                        .publish(vec![NewEvent {
-                            channel,
-                            name: "disconnect".into(),
-                            data,
-                            id: None,
-                            state: None,
-                        }])
+                        .publish_from(
+                            Origin::Forward,
+                            vec![NewEvent {
+                                channel,
+                                name: "disconnect".into(),
+                                data,
+                                id: None,
+                                state: None,
+                            }],
+                        )
                         .await
                 }
                 (Err(e), _) => Err(EngineError::Invalid(e.to_string())),
@@ -267,13 +271,16 @@ impl Forwarder {
         let data = RawValue::from_string(crate::json::value(cursor).to_string())
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         self.engine
-            .publish(vec![NewEvent {
-                channel: channel.clone(),
-                name: "cursor".into(),
-                data,
-                id: None,
-                state: None,
-            }])
+            .publish_from(
+                Origin::Forward,
+                vec![NewEvent {
+                    channel: channel.clone(),
+                    name: "cursor".into(),
+                    data,
+                    id: None,
+                    state: None,
+                }],
+            )
             .await
             .map(|_| ())
     }

@@ -30,6 +30,7 @@ use super::refusal::Refusal;
 use crate::auth::Identity;
 use crate::core::Engine;
 use crate::core::event::NewEvent;
+use crate::core::stats::Origin;
 pub use answer::Answer;
 pub use config::ForwardConfig;
 
@@ -374,7 +375,7 @@ impl Forwarder {
                 state: None,
             });
         }
-        self.engine.publish(events).await?;
+        self.engine.publish_from(Origin::Forward, events).await?;
         Ok(answer)
     }
 

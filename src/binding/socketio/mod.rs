@@ -93,8 +93,9 @@ struct Pending {
     session_unknown: bool,
 }
 
-/// Puts channel events on a Socket.IO socket; the policy's refusal log hears of slow consumers.
-struct SocketOutlet(Arc<Socket>, Arc<Policy>);
+/// Puts channel events on a Socket.IO socket; the policy's refusal log hears of slow consumers. The third part is
+/// why the binding closed the transport itself, if it did (what the transport reports only as a forced close).
+struct SocketOutlet(Arc<Socket>, Arc<Policy>, OnceLock<CloseReason>);
 
 impl Live for Feed<SocketOutlet> {
     fn subscriptions(&self) -> Vec<ChannelName> {
@@ -115,6 +116,7 @@ impl Live for Feed<SocketOutlet> {
 
     /// Closes the transport, not the namespace: the stock client reconnects by itself and recovers its session.
     fn close(&self) {
+        let _ = self.outlet.2.set(CloseReason::Admin);
         self.outlet.0.close_transport("closed by an administrator");
     }
 
@@ -165,6 +167,7 @@ impl Outlet for SocketOutlet {
         self.1
             .refusals
             .record("slow consumer during replay: transport closed", ip);
+        let _ = self.2.set(CloseReason::SlowConsumer);
         self.0.close_transport("slow consumer");
     }
 
@@ -173,6 +176,7 @@ impl Outlet for SocketOutlet {
     }
 
     fn fail(&self) {
+        let _ = self.2.set(CloseReason::Error);
         self.0.close_transport("replay failed");
     }
 }
@@ -336,7 +340,7 @@ impl ChannelsNamespace {
         );
         let feed = Feed::new(
             self.core.clone(),
-            SocketOutlet(socket, self.access.policy.clone()),
+            SocketOutlet(socket, self.access.policy.clone(), OnceLock::new()),
             self.max_held_bytes,
             info.member.clone(),
         );
@@ -375,7 +379,7 @@ impl ChannelsNamespace {
             session_unknown,
         });
         if let Some(left) = expires_in {
-            *conn.expiry.lock() = Some(tokio::spawn(expire(conn.feed.outlet.0.clone(), left)));
+            *conn.expiry.lock() = Some(tokio::spawn(expire(conn.feed.clone(), left)));
         }
         let replaced = {
             let mut conns = self.conns.lock();
@@ -694,8 +698,14 @@ impl ChannelsNamespace {
             DisconnectReason::ServerShutdown => CloseReason::Shutdown,
             DisconnectReason::SlowConsumer => CloseReason::SlowConsumer,
             DisconnectReason::TransportError | DisconnectReason::ParseError => CloseReason::Error,
-            // The server closed the transport on purpose (an administrator, an expired token, a failed replay).
-            DisconnectReason::ForcedClose => CloseReason::Admin,
+            // The binding closed the transport itself, and said why (else another part of the server did).
+            DisconnectReason::ForcedClose => conn
+                .feed
+                .outlet
+                .2
+                .get()
+                .copied()
+                .unwrap_or(CloseReason::Admin),
             DisconnectReason::ClientNamespaceDisconnect
             | DisconnectReason::ServerDisconnect
             | DisconnectReason::TransportClose => CloseReason::Client,
@@ -765,10 +775,12 @@ fn retire(conn: &Conn, reason: &str) {
 
 /// Ends a connection whose token expired: the client is told why, then its transport closes, so the stock
 /// client reconnects by itself — calling its `auth` callback for a fresh token — and resumes.
-async fn expire(socket: Arc<Socket>, left: std::time::Duration) {
+async fn expire(feed: Arc<Feed<SocketOutlet>>, left: std::time::Duration) {
     tokio::time::sleep(left).await;
     let notice = json!({"reason": "token_expired", "message": "the access token expired; reconnect with a fresh one"});
+    let socket = &feed.outlet.0;
     let _ = socket.emit(DISCONNECT_EVENT, Payload::new(vec![notice]));
+    let _ = feed.outlet.2.set(CloseReason::Expired);
     socket.close_transport("token expired");
 }
 

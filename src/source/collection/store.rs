@@ -24,6 +24,7 @@ use crate::core::channel::ChannelName;
 use crate::core::engine::EngineError;
 use crate::core::event::{NewEvent, format_time, now_ms};
 use crate::core::state::{Entry, StateChange, Values};
+use crate::core::stats::Origin;
 
 /// Why a request on a collection failed.
 #[derive(Debug, thiserror::Error)]
@@ -265,7 +266,7 @@ async fn committer(
             .iter_mut()
             .flat_map(|c| std::mem::take(&mut c.events))
             .collect();
-        let result = engine.publish(events).await;
+        let result = engine.publish_from(Origin::Collection, events).await;
         let mut totals = lock.lock().await;
         match result {
             Ok(_) => {

@@ -711,7 +711,7 @@ impl Monitors {
             // Checked by another node of the cluster: ask it.
             let core = self.core.clone();
             tokio::spawn(async move {
-                if let Err(e) = core.publish(vec![request]).await {
+                if let Err(e) = core.publish_from(Origin::Monitor, vec![request]).await {
                     tracing::warn!(error = %e, "monitor check request not forwarded");
                 }
             });

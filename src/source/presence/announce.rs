@@ -6,6 +6,11 @@
 //! mirrors the channel's presence, so it is bounded like presence; a burst of changes waits in the engine's
 //! watcher queue ([`crate::core::engine::PRESENCE_EVENTS_QUEUE`]), and a watcher that falls behind is dropped and
 //! re-reads the presence of the channels it knows, announcing the difference.
+//!
+//! What has been announced is kept as engine state (`herald:presence-announced:<pattern>`, `*` written `+`: key
+//! `<channel>\n<user or connection>`, value the member), set or removed in the same publish as each announcement. A
+//! node that takes the announcing over (its lease holder died, or it restarted) starts from that set and re-reads
+//! those channels, so a leave that happened meanwhile — the dead node's own connections, say — is still announced.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +25,47 @@ use crate::core::engine::lease::{LEASE_TTL, while_held};
 use crate::core::event::NewEvent;
 use crate::core::presence::{Member, PresenceEvent};
 use crate::core::stats::Origin;
+use crate::core::state::StateChange;
+
+/// Prefix of the state channels of what each pattern's announcer has announced (after the internal prefix).
+pub const ANNOUNCED: &str = "presence-announced:";
+
+/// The state channel of what `config`'s announcer has announced.
+fn announced_channel(config: &AnnounceConfig) -> Option<ChannelName> {
+    ChannelName::internal(&format!("{ANNOUNCED}{}", config.pattern.replace('*', "+"))).ok()
+}
+
+/// The state key of `key` on `channel`.
+fn state_key(channel: &ChannelName, key: &Key) -> String {
+    match key {
+        Key::User(u) => format!("{channel}\nu:{u}"),
+        Key::Conn(c) => format!("{channel}\nc:{c}"),
+    }
+}
+
+/// A member as the announced set stores it (what [`render_member`] writes).
+fn stored_member(json: &str) -> Option<Member> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let transport = ["socketio", "websocket", "sse"]
+        .into_iter()
+        .find(|t| v.get("transport").and_then(|t| t.as_str()) == Some(*t))
+        .unwrap_or("other");
+    Some(Member {
+        conn: v.get("id")?.as_str()?.into(),
+        user: v.get("user").and_then(|u| u.as_str()).map(str::to_owned),
+        roles: v
+            .get("roles")
+            .and_then(|r| r.as_array())
+            .map(|r| {
+                r.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        transport,
+        connected_at: v.get("connected_at").and_then(|t| t.as_i64()).unwrap_or(0),
+    })
+}
 
 /// Announces joins and leaves on `config.pattern` until the task is aborted (one node of a cluster at a time).
 pub async fn run(engine: Arc<dyn Engine>, config: AnnounceConfig) {
@@ -29,6 +75,7 @@ pub async fn run(engine: Arc<dyn Engine>, config: AnnounceConfig) {
 
 async fn announce(engine: &Arc<dyn Engine>, config: &AnnounceConfig) {
     let mut tally = Tally::new(config.payload);
+    tally.load(&**engine, config).await;
     loop {
         let mut events = engine.presence_events(Pattern::new(&config.pattern));
         for (channel, change) in tally.resync(&**engine).await {
@@ -75,6 +122,33 @@ impl Tally {
         Self {
             payload,
             channels: HashMap::new(),
+        }
+    }
+
+    /// Starts from what was announced before (by this node or another); the next [`Tally::resync`] re-reads
+    /// those channels and announces what changed since.
+    async fn load(&mut self, engine: &dyn Engine, config: &AnnounceConfig) {
+        let Some(channel) = announced_channel(config) else {
+            return;
+        };
+        let values = match engine.state_of(&channel).await {
+            Ok(Some(v)) => v,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(pattern = %config.pattern, error = %e, "cannot read what was announced; starting afresh");
+                return;
+            }
+        };
+        for entry in values.iter() {
+            let Some((name, _)) = entry.key.split_once('\n') else {
+                continue;
+            };
+            let (Ok(c), Some(m)) = (ChannelName::new(name), stored_member(entry.value.get()))
+            else {
+                continue;
+            };
+            let key = self.key(&m);
+            self.channels.entry(c).or_default().insert(key, (1, m));
         }
     }
 
@@ -163,8 +237,31 @@ async fn publish(
         id: None,
         state: None,
     };
+    let mut batch = vec![event];
+    // What was announced, in the same commit (see the module docs).
+    if let Some(announced) = announced_channel(config) {
+        let key = match (&m.user, config.payload) {
+            (Some(user), Payload::User) => Key::User(user.clone()),
+            _ => Key::Conn(m.conn.clone()),
+        };
+        let key = state_key(channel, &key);
+        let state = match &change {
+            Change::Joined(m) => StateChange::Set {
+                key,
+                value: crate::json::raw(&render_member(m)),
+            },
+            Change::Left(_) => StateChange::Remove { key },
+        };
+        batch.push(NewEvent {
+            channel: announced,
+            name: "announced".into(),
+            data: crate::json::raw(&serde_json::json!({})),
+            id: None,
+            state: Some(state),
+        });
+    }
     // Presence is "now": an announcement the engine cannot take is logged, not retried later out of order.
-    if let Err(e) = engine.publish_from(Origin::Presence, vec![event]).await {
+    if let Err(e) = engine.publish_from(Origin::Presence, batch).await {
         tracing::warn!(%channel, event = name, error = %e, "presence announcement not published");
     }
 }

@@ -194,6 +194,17 @@ fn event_name(what: &str, name: &str) -> Result<(), InvalidConfig> {
     Ok(())
 }
 
+/// The history bounds of the announcers' own channels (only their state is read).
+pub fn retention() -> Vec<(Pattern, crate::core::retention::Limits)> {
+    vec![(
+        Pattern::new(&format!("{RESERVED_PREFIX}{}*", announce::ANNOUNCED)),
+        crate::core::retention::Limits {
+            max_events: 1,
+            max_age: crate::core::retention::Limits::default().max_age,
+        },
+    )]
+}
+
 /// Starts the announcers and values of `[presence]`.
 pub fn start<'a>(setup: &'a Setup<'a>) -> BoxFuture<'a, Result<Arc<dyn Source>, SourceError>> {
     Box::pin(async move {

@@ -62,6 +62,9 @@ impl super::Source for SqlSources {
     }
 }
 
+/// Least time between two readiness probes of one source's database.
+const READY_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a source's database has to answer `/readyz`'s probe: less than the part timeout, so a slow database
 /// is reported as this source's, not as the whole kind's.
 const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
@@ -183,6 +186,9 @@ pub struct Source {
     /// Bumped by a PostgreSQL notification: every poller of the source re-queries at once.
     wake: tokio::sync::watch::Sender<u64>,
     queries: AtomicU64,
+    /// The last readiness probe and when it ran: `/readyz` needs no key, so however often it is asked, the
+    /// database is probed at most once per [`READY_PROBE_EVERY`] (callers meanwhile wait for the one probing).
+    ready: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
 }
 
 /// Summary of a source for the API.
@@ -220,6 +226,26 @@ pub struct SourceInfo {
 }
 
 impl Source {
+    /// Whether the database answers a trivial statement now, probed at most once per [`READY_PROBE_EVERY`].
+    async fn probe(&self) -> Result<(), String> {
+        let mut last = self.ready.lock().await;
+        if let Some((at, result)) = &*last
+            && at.elapsed() < READY_PROBE_EVERY
+        {
+            return result.clone();
+        }
+        let result =
+            match tokio::time::timeout(READY_PROBE_TIMEOUT, self.db.check("SELECT 1")).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("its database does not answer: {e}")),
+                Err(_) => Err(format!(
+                    "its database did not answer within {READY_PROBE_TIMEOUT:?}"
+                )),
+            };
+        *last = Some((std::time::Instant::now(), result.clone()));
+        result
+    }
+
     fn info(&self) -> SourceInfo {
         let mut channels: Vec<ChannelStatus> = self
             .pollers
@@ -450,20 +476,9 @@ impl SqlSources {
         let probes = self.sources.iter().map(|s| async move {
             let name = format!("sql:{}", s.config.id);
             let required = s.config.ready_required;
-            match tokio::time::timeout(READY_PROBE_TIMEOUT, s.db.check("SELECT 1")).await {
-                Ok(Ok(())) => Readiness::ready(name, "sql", required),
-                Ok(Err(e)) => Readiness::not_ready(
-                    name,
-                    "sql",
-                    required,
-                    format!("its database does not answer: {e}"),
-                ),
-                Err(_) => Readiness::not_ready(
-                    name,
-                    "sql",
-                    required,
-                    format!("its database did not answer within {READY_PROBE_TIMEOUT:?}"),
-                ),
+            match s.probe().await {
+                Ok(()) => Readiness::ready(name, "sql", required),
+                Err(message) => Readiness::not_ready(name, "sql", required, message),
             }
         });
         futures_util::future::join_all(probes).await
@@ -606,6 +621,7 @@ async fn open_source(cfg: &SqlSourceConfig) -> Result<Source, SourceError> {
         retained: parking_lot::Mutex::new(HashMap::new()),
         wake,
         queries: AtomicU64::new(0),
+        ready: tokio::sync::Mutex::new(None),
     })
 }
 

@@ -5,7 +5,9 @@
 // `event: herald:disconnect` record. Sessions resume only for the same user.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startHerald, publish, subscribeOk, Recorder, client, waitFor, withTimeout, pause } from '../lib/herald.js';
+import {
+  startHerald, publish, subscribeOk, Recorder, client, waitFor, withTimeout, pause, request,
+} from '../lib/herald.js';
 import { openSse } from '../lib/plain.js';
 import { sign, nowSecs } from '../lib/jwt.js';
 import { KEY_BLOCKS, rule, bearer, withToken, wsOpen, wsRefused, assertRefusal } from '../lib/auth.js';
@@ -115,6 +117,9 @@ test('Socket.IO: token expires mid-stream → herald:disconnect token_expired, a
   assertExactlyOnceInOrder(rec, channels, rounds);
   assert.deepEqual(rec.named('herald:gap'), [], 'no gap');
   assert.ok(socket.connected);
+  // /metrics: the first connection ended as expired; its resume recovered every channel.
+  await metricReaches(h, 'herald_disconnects_total{transport="socketio",reason="expired"}', 1);
+  await metricReaches(h, 'herald_resumes_total{outcome="recovered"}', channels.length);
   h.assertNoPanic();
 });
 
@@ -173,6 +178,19 @@ for (const [label, leeway] of [['leeway = "2s"', 'leeway = "2s"\n'], ['leeway = 
   });
 }
 
+/** Resolves once `/metrics` has `key` at `want` (a connection is counted as it is torn down, just after its close). */
+async function metricReaches(h, key, want) {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const text = (await request(h.url, '/metrics')).text;
+    const line = text.split('\n').find((l) => l.startsWith(`${key} `));
+    const got = line ? Number(line.slice(key.length + 1)) : 0;
+    if (got === want) return;
+    if (got > want || Date.now() > deadline) assert.fail(`${key} is ${got}, expected ${want}`);
+    await pause(25); // backoff between scrapes while the server finishes the close
+  }
+}
+
 test('/ws and /ws/{channel}: token expiry closes with 4401 token_expired', async (t) => {
   const h = await startHerald(t, { config: config() });
   const exp = nowSecs() + 2;
@@ -193,6 +211,9 @@ test('/ws and /ws/{channel}: token expiry closes with 4401 token_expired', async
   // Past exp + 1 s (whole-second check, leeway 0) the token is refused before the upgrade.
   await pause(Math.max(0, (exp + 1) * 1000 + 100 - Date.now())); // wait for the clock, not for an event
   assertRefusal(await wsRefused(t, h, '/ws', { headers: bearer(token) }), 401, 'token_expired', 'expired token on /ws');
+  // /metrics (docs/operations.md): both ends counted as expired, the refused upgrade by its code.
+  await metricReaches(h, 'herald_disconnects_total{transport="websocket",reason="expired"}', 2);
+  await metricReaches(h, 'herald_refusals_total{code="token_expired"}', 1);
   h.assertNoPanic();
 });
 
@@ -210,6 +231,7 @@ test('SSE: token expiry ends the stream after an `event: herald:disconnect` reco
   assert.equal(JSON.parse(last.data).reason, 'token_expired');
   assert.ok(last.at >= exp * 1000 - 50, 'not before exp');
   assert.equal(s.error, undefined, `the stream ended cleanly: ${s.error}`);
+  await metricReaches(h, 'herald_disconnects_total{transport="sse",reason="expired"}', 1);
   h.assertNoPanic();
 });
 

@@ -193,6 +193,13 @@ test('POST /api/connections/{id}/disconnect closes every transport so its client
   const [reopened] = byTransport(now, 'sse');
   assert.notEqual(reopened.id, ids.sse, 'a new stream is a new connection');
   assert.deepEqual([reopened.user, reopened.subscriptions], ['carol', ['news', 'sports']]);
+  // /metrics (docs/operations.md) counts each of the three as ended by an administrator.
+  const metrics = (await request(h.url, '/metrics')).text;
+  for (const tr of ['socketio', 'websocket', 'sse']) {
+    const key = `herald_disconnects_total{transport="${tr}",reason="admin"}`;
+    const line = metrics.split('\n').find((l) => l.startsWith(`${key} `));
+    assert.equal(line, `${key} 1`, `${tr} disconnected by an administrator, once`);
+  }
 
   // Connections ended by their clients leave too.
   sio.disconnect();

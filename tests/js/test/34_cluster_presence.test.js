@@ -89,3 +89,35 @@ payload = "member"
   t.diagnostic(`B's client left A's presence after ${gone} ms, announced after ${announced} ms`);
   a.assertNoPanic();
 });
+
+test('the announcing node dies with its connections: the node taking over still announces their leave', async (t) => {
+  const redis = await startRedis(t);
+  const config = `
+[[presence.channels]]
+pattern = "room:*"
+payload = "member"
+`;
+  // B starts first and announces; A takes the announcing lease over (within 15 s) when B dies.
+  const [b, a] = await startNodes(t, redis, 2, { config });
+  const room = 'room:9';
+  const path = `/api/channels/${encodeURIComponent(room)}/presence`;
+  const onA = await openWs(t, `${wsBase(a)}/ws`);
+  await onA.subscribeOk(room);
+  const idA = (await presence(a, path)).connections[0]?.id;
+  assert.ok(idA, 'A lists its client');
+  const onB = await openWs(t, `${wsBase(b)}/ws`);
+  await onB.subscribeOk(room);
+  // B's announcer tells A's client about B's client.
+  const heard = () => onA.events(room).filter((e) => e.event === 'presence:join' && e.data.id !== idA);
+  await onA.until(() => heard().length === 1, 10_000, "B's client's join heard on A");
+  const bId = heard()[0].data.id;
+
+  const died = Date.now();
+  await b.kill9();
+  await onA.until(() => onA.events(room).some((e) => e.event === 'presence:leave' && e.data.id === bId),
+    15_000 + 2_000 + SLACK_MS, "B's client's leave, announced by A after taking over");
+  const took = Date.now() - died;
+  assert.deepEqual((await presence(a, path)).connections.map((c) => c.id).filter((id) => id === bId), []);
+  t.diagnostic(`leave announced by the new announcer after ${took} ms`);
+  a.assertNoPanic();
+});

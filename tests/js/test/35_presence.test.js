@@ -124,7 +124,13 @@ async function presence(url, path) {
 }
 
 async function seed001(t, h, identity) {
-  // Nobody is connected yet: the declared value is published at start-up.
+  // Nobody is connected yet: the declared value is published at start-up (by a task the listening line does not
+  // wait for: await its first event, re-reading as fast as the API answers).
+  const started = Date.now();
+  while ((await history(h.url, 'dashboard', { limit: 1 })).status === 404) {
+    assert.ok(Date.now() - started < 5_000, 'the start-up value is published within 5 s');
+    await pause(10);
+  }
   assert.deepEqual((await ownerCounts(h.url)).counts, [0], 'connectedOwners starts at 0');
 
   const reader = seedTab(t, h.url, { userId: 'demoUser7', role: 'reader', extra: identity('demoUser7', 'reader') });

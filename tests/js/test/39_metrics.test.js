@@ -153,6 +153,11 @@ test('counters move by what clients and publishers do', async (t) => {
   assert.equal(sub.type, 'subscribed');
   await ws2.until((c) => c.events(ch).length === N - 2, 10_000, 'replayed events');
   await ws2.barrier();
+  // A cursor of another epoch resumes with a gap notice and the whole history.
+  const ws3 = await openWs(t, `${wsBase(h)}/ws`);
+  await ws3.subscribeOk(ch, { since: 4, epoch: 'bogus' });
+  await ws3.until((c) => c.ofType('gap').length === 1 && c.events(ch).length === N, 10_000, 'gap, then every event');
+  await ws3.close(1000);
   await ws2.close(1000);
   sio.disconnect();
 
@@ -160,8 +165,9 @@ test('counters move by what clients and publishers do', async (t) => {
   const d2 = (key) => value(end, key) - value(after, key);
   assert.equal(d2(`herald_refusals_total{code="${code}"}`), 1, `socket.io refusal ${code} counted`);
   assert.equal(d2('herald_resumes_total{outcome="recovered"}'), 1, 'one recovered resume');
-  assert.equal(d2('herald_replayed_events_total'), N - 2, 'replayed events');
-  assert.equal(d2('herald_deliveries_total{transport="websocket"}'), N - 2, 'replays are deliveries');
+  assert.equal(d2('herald_resumes_total{outcome="gap"}'), 1, 'one resume with a gap');
+  assert.equal(d2('herald_replayed_events_total'), (N - 2) + N, 'replayed events');
+  assert.equal(d2('herald_deliveries_total{transport="websocket"}'), (N - 2) + N, 'replays are deliveries');
   const closedSoon = async (tr, before) => {
     const deadline = Date.now() + 10_000;
     for (;;) {
@@ -172,7 +178,7 @@ test('counters move by what clients and publishers do', async (t) => {
       await new Promise((r) => setTimeout(r, 25)); // backoff between scrapes while the server finishes the close
     }
   };
-  await closedSoon('websocket', value(after, 'herald_disconnects_total{transport="websocket",reason="client"}'));
+  await closedSoon('websocket', value(after, 'herald_disconnects_total{transport="websocket",reason="client"}') + 1);
   const last = await closedSoon('socketio', value(after, 'herald_disconnects_total{transport="socketio",reason="client"}'));
   assert.equal(value(last, 'herald_connections{transport="socketio"}'), value(before, 'herald_connections{transport="socketio"}'));
   assert.equal(value(last, 'herald_engine_errors_total'), 0, 'no engine errors');

@@ -193,6 +193,20 @@ channel = "unit:{k}"
   assert.equal(inv.code, 1);
   assert.match(inv.stderr, /unknown parameter \{unti\}/);
 
+  // What serve reads besides the file: a secret from the environment, the TLS files.
+  const secretEnv = join(dir, 'secret-env.toml');
+  writeFileSync(secretEnv, '[[auth.keys]]\nkind = "hmac"\nalgorithm = "HS256"\nsecret_env = "HERALD_TEST_CHECK_SECRET"\n');
+  const unset = await run(['config', 'check', secretEnv]);
+  assert.equal(unset.code, 1);
+  assert.match(unset.stderr, /HERALD_TEST_CHECK_SECRET is unset/);
+  const set = await run(['config', 'check', secretEnv], { env: { HERALD_TEST_CHECK_SECRET: 'x'.repeat(40) } });
+  assert.equal(set.code, 0, set.stderr);
+  const tls = join(dir, 'tls.toml');
+  writeFileSync(tls, `[tls]\ncert = "${join(dir, 'no-cert.pem')}"\nkey = "${join(dir, 'no-key.pem')}"\n`);
+  const noCert = await run(['config', 'check', tls]);
+  assert.equal(noCert.code, 1);
+  assert.match(noCert.stderr, /no-cert\.pem/);
+
   const missing = await run(['config', 'check', join(dir, 'absent.toml')]);
   assert.equal(missing.code, 1);
   assert.match(missing.stderr, /absent\.toml/);
