@@ -8,6 +8,8 @@ const REFRESH_MS = 5000;       // tables
 const WINDOW = 90;             // chart samples kept (3 minutes at POLL_MS)
 const TAIL_MAX = 200;          // live tail rows kept
 const SHOW_BYTES = 4000;       // payload characters shown per event
+const PREVIEW = 160;           // document characters shown per row
+const DOC_PAGE = 50;           // documents per page of the collection inspector
 
 const $ = (id) => document.getElementById(id);
 
@@ -611,6 +613,130 @@ function sleep(ms, signal) {
   });
 }
 
+// ---------------------------------------------------------------- collections
+
+function collectionHash(name) { return `#/collection/${encodeURIComponent(name)}`; }
+
+/** A document cut to one line of JSON, at most PREVIEW characters. */
+function preview(doc) {
+  let s;
+  try { s = JSON.stringify(doc); } catch { s = String(doc); }
+  return s.length > PREVIEW ? `${s.slice(0, PREVIEW)}…` : s;
+}
+
+/** When the channel last changed (its last event's time), or null when it has no events. */
+async function lastChange(channel) {
+  // The search, not /api/admin/channels/NAME: a channel without events is an answer here, not a 404.
+  const found = await api(`/api/admin/channels?limit=1000&q=${encodeURIComponent(channel)}`);
+  const info = found.channels.find((c) => c.channel === channel);
+  if (!info) return found.truncated ? { time: null, offset: null } : null;
+  const page = await api(`/api/channels/${encodeURIComponent(channel)}/history?since=${Math.max(0, info.last_offset - 1)}&limit=1`);
+  const ev = page.events[0];
+  return ev ? { time: ev.time, offset: ev.offset } : { time: null, offset: info.last_offset };
+}
+
+const collections = {
+  timer: null,
+
+  async enter() {
+    await this.load();
+    this.timer = setInterval(() => this.load(), REFRESH_MS);
+  },
+
+  leave() { clearInterval(this.timer); this.timer = null; },
+
+  async load() {
+    const empty = $('collections-empty');
+    let list;
+    try {
+      list = (await api('/api/collections')).collections;
+    } catch (e) {
+      $('collections-table').tBodies[0].replaceChildren();
+      empty.textContent = e.code === 'not_found' ? 'No collections are configured ([[collections]]).' : describe(e);
+      empty.hidden = false;
+      $('collections-count').textContent = '';
+      return;
+    }
+    // One read per collection's channel: collections are declared in the config, so they are few.
+    const changes = await Promise.all(list.map((c) => lastChange(c.channel).catch((e) => ({ error: describe(e) }))));
+    $('collections-table').tBodies[0].replaceChildren(...list.map((c, i) => {
+      const change = changes[i];
+      return el('tr', {
+        className: 'link', dataset: { collection: c.name }, tabindex: 0,
+        onclick: (ev) => { if (!ev.target.closest('a')) location.hash = collectionHash(c.name); },
+        onkeydown: (ev) => { if (ev.key === 'Enter') location.hash = collectionHash(c.name); },
+      },
+      el('td', { className: 'mono' }, el('a', { href: collectionHash(c.name), text: c.name })),
+      el('td', { className: 'mono' }, el('a', { href: channelHash(c.channel), text: c.channel })),
+      el('td', { className: 'num', text: c.documents }),
+      el('td', { className: 'mono hide-phone' }, c.path ?? el('span', { className: 'muted', text: 'not mounted' })),
+      el('td', { title: change?.time ?? undefined },
+        change?.error ? el('span', { className: 'error', text: change.error })
+          : change?.time ? `${fmtAgo(Date.parse(change.time))} (#${change.offset})`
+            : el('span', { className: 'muted', text: change ? 'unknown' : 'never' })));
+    }));
+    empty.textContent = 'No collections are configured ([[collections]]).';
+    empty.hidden = list.length > 0;
+    $('collections-count').textContent = `${list.length} collection${list.length === 1 ? '' : 's'}`;
+  },
+};
+
+const collection = {
+  name: null,
+  idField: 'id',
+  pages: [],           // the `after` of each page shown so far (null: the first)
+  next: null,
+
+  async enter(name) {
+    this.name = name;
+    $('collection-name').textContent = name;
+    $('collection-about').textContent = '';
+    $('collection-channel').href = '#/channels';
+    $('documents-table').tBodies[0].replaceChildren();
+    try {
+      const c = (await api('/api/collections')).collections.find((x) => x.name === name);
+      if (!c) { $('collection-about').textContent = `No collection ${JSON.stringify(name)} is configured.`; return; }
+      $('collection-about').textContent = `${c.documents} document${c.documents === 1 ? '' : 's'} · channel ${c.channel}`
+        + (c.path ? ` · mounted at ${c.path}` : ' · not mounted');
+      this.idField = c.id_field ?? 'id';
+      $('collection-channel').href = channelHash(c.channel);
+      $('collection-channel').textContent = `Inspect its channel ${c.channel}`;
+    } catch (e) {
+      $('collection-about').textContent = describe(e);
+      return;
+    }
+    await this.page(null);
+  },
+
+  leave() { this.name = null; },
+
+  async page(after) {
+    const name = this.name;
+    let page;
+    try {
+      page = await api(`/api/collections/${encodeURIComponent(name)}?limit=${DOC_PAGE}`
+        + (after !== null ? `&after=${encodeURIComponent(after)}` : ''));
+    } catch (e) { $('documents-note').textContent = describe(e); return; }
+    if (this.name !== name) return;   // the user moved on meanwhile
+    if (after === null) this.pages = [];
+    this.pages.push(after);
+    this.next = page.next;
+    $('documents-table').tBodies[0].replaceChildren(...page.documents.map((doc, i) => {
+      const id = doc?.[this.idField] ?? '';
+      return el('tr', { dataset: { id: String(id) } },
+        el('td', { className: 'mono', text: typeof id === 'string' ? id : JSON.stringify(id) }),
+        el('td', { className: 'mono hide-phone', text: page.versions?.[i] ?? '' }),
+        el('td', {}, el('pre', { className: 'doc', title: fmtJson(doc), text: preview(doc) })));
+    }));
+    $('documents-next').disabled = !page.next;
+    $('documents-first').disabled = this.pages.length <= 1;
+    const start = (this.pages.length - 1) * DOC_PAGE;
+    $('documents-note').textContent = page.documents.length
+      ? `documents ${start + 1}–${start + page.documents.length}${page.next ? ', more after' : ''}`
+      : 'No documents.';
+  },
+};
+
 // ---------------------------------------------------------------- publish console
 
 const publish = {
@@ -799,7 +925,7 @@ const sources = {
 
 // ---------------------------------------------------------------- routing and sign-in
 
-const VIEWS = { overview, channels, channel: inspector, publish, connections, sources };
+const VIEWS = { overview, channels, channel: inspector, collections, collection, publish, connections, sources };
 let current = null;
 
 function route() {
@@ -808,12 +934,14 @@ function route() {
   let arg = null;
   try { arg = rest.length ? decodeURIComponent(rest.join('/')) : null; } catch { /* a malformed hand-typed URL */ }
   // The inspector needs a channel; without one, the table to pick it from.
-  const view = !VIEWS[name] ? 'overview' : name === 'channel' && !arg ? 'channels' : name;
+  const view = !VIEWS[name] ? 'overview' : name === 'channel' && !arg ? 'channels'
+    : name === 'collection' && !arg ? 'collections' : name;
   if (current) VIEWS[current].leave();
   current = view;
   for (const section of document.querySelectorAll('section.view')) section.hidden = section.id !== `view-${view}`;
   for (const a of document.querySelectorAll('#nav a')) {
-    if (a.dataset.view === (view === 'channel' ? 'channels' : view)) a.setAttribute('aria-current', 'page');
+    const tab = view === 'channel' ? 'channels' : view === 'collection' ? 'collections' : view;
+    if (a.dataset.view === tab) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
   document.body.dataset.view = view;
@@ -870,6 +998,9 @@ function init() {
   $('history-prev').addEventListener('click', () => inspector.readHistory(h.since - h.limit));
   $('history-next').addEventListener('click', () => inspector.readHistory(h.shownLast));
   $('history-latest').addEventListener('click', () => inspector.readHistory(h.last - h.limit));
+  $('collections-refresh').addEventListener('click', () => collections.load());
+  $('documents-first').addEventListener('click', () => collection.page(null));
+  $('documents-next').addEventListener('click', () => collection.page(collection.next));
   $('publish-form').addEventListener('submit', (ev) => publish.submit(ev));
   $('connections-transport').addEventListener('change', () => connections.load());
   $('connections-refresh').addEventListener('click', () => connections.load());

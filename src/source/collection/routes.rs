@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::access::{Caller, Decision, owns};
-use super::store::{Collection, Doc, StoreError, Written, key_of_path, parse};
+use super::store::{Collection, Doc, StoreError, Written, etag, key_of_path, parse};
 use super::{CompiledArray, Member};
 use crate::api::{ApiError, ApiKey, Mounts};
 use crate::auth::{AuthError, Identity};
@@ -569,6 +569,7 @@ async fn api_names(State(api): State<Api>) -> Result<Response, ApiError> {
             "name": c.cfg.name,
             "channel": c.channel().as_str(),
             "path": c.cfg.path,
+            "id_field": c.cfg.id_field,
             "documents": all.len(),
         }));
     }
@@ -584,9 +585,15 @@ async fn api_list(
     let query = pairs(q.as_deref());
     let (docs, next) = list(c, &backend(), &query, true, &api.shared.identity_params).await?;
     let next = crate::json::text(&next);
+    // Each document's version (its ETag), in the same order: what a write's `If-Match` would send.
+    let versions: Vec<String> = docs.iter().map(|d| etag(d.get())).collect();
+    let versions = crate::json::text(&versions);
     Ok(json_response(
         StatusCode::OK,
-        format!("{{\"documents\":{},\"next\":{next}}}", json_array(&docs)),
+        format!(
+            "{{\"documents\":{},\"versions\":{versions},\"next\":{next}}}",
+            json_array(&docs)
+        ),
     ))
 }
 

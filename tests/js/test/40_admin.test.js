@@ -2,9 +2,10 @@
 // through the page's own navigation, with no console error; the channel inspector's live tail shows an event
 // published after it opened, without a reload; the history browser pages by offset; the publish console publishes
 // (read back through the API); Disconnect closes a `/ws` client with 4000; monitors and SQL sources show their
-// status; payloads and event names holding HTML stay text; the page's own Prometheus parsing and p99; with JWT
-// client auth, identities show and the tail (refused by SSE) follows history; with API keys the page asks for one
-// and refuses a key without admin scope; a 390×844 phone viewport renders without sideways scrolling. Screenshots
+// status; the collections view counts each collection's documents and its inspector pages them (ids, versions,
+// previews as text, a link to the channel); payloads and event names holding HTML stay text; the page's own
+// Prometheus parsing and p99; with JWT client auth, identities show and the tail (refused by SSE) follows history;
+// with API keys the page asks for one and refuses a key without admin scope; a 390×844 phone viewport renders without sideways scrolling. Screenshots
 // go to tests/js/artifacts/ (gitignored).
 //
 // Needs /usr/bin/chromium (override with HERALD_CHROMIUM); HERALD_SKIP_BROWSER=1 skips explicitly.
@@ -181,6 +182,82 @@ test('every admin view works in Chromium, live, and keeps data as text', async (
   assert.deepEqual(errorsOf(context), [], 'no console errors');
 });
 
+test('the collections view lists each collection with its count; the inspector pages its documents as text', async (t) => {
+  const context = await browserContext(t, { viewport: { width: 1280, height: 900 } });
+  if (!context) return;
+  const h = await startHerald(t, { config: `
+[[collections]]
+name = "books"
+path = "/books"
+id = "timestamp"
+access = { list = "anyone", read = "anyone", create = "anyone" }
+
+[[collections]]
+name = "notes"
+id = "ulid"
+` });
+  const created = [];
+  for (let i = 1; i <= 3; i++) {
+    const r = await request(h.url, '/api/collections/books', { method: 'POST', body: { title: `Book ${i}`, note: NASTY } });
+    assert.equal(r.status, 201, r.text);
+    created.push({ id: String(r.json.id), etag: r.headers.get('etag') });
+  }
+  const page = await context.newPage();
+  await page.goto(`${h.url}/admin`);
+  await waitPage(page, () => document.body.dataset.state === 'ready', null, 10_000, 'dashboard ready');
+  await show(page, 'collections');
+  const booksRow = '#collections-table tr[data-collection="books"]';
+  await waitPage(page, (sel) => /ago/.test(document.querySelector(sel)?.textContent ?? ''), booksRow, 10_000,
+    'books listed with its last change');
+  const cells = await page.$$eval(`${booksRow} td`, (tds) => tds.map((td) => td.textContent));
+  assert.deepEqual(cells.slice(0, 4), ['books', 'books', '3', '/books'], `${cells}`);
+  assert.match(cells[4], /ago \(#3\)$/, `${cells}`);
+  const notes = await page.$$eval('#collections-table tr[data-collection="notes"] td', (tds) => tds.map((td) => td.textContent));
+  assert.deepEqual([notes[2], notes[3], notes[4]], ['0', 'not mounted', 'never'], `${notes}`);
+  await shot(page, 'collections');
+
+  // A new document shows on the next refresh, without a reload.
+  const fourth = await request(h.url, '/api/collections/books', { method: 'POST', body: { title: 'Book 4' } });
+  created.push({ id: String(fourth.json.id), etag: fourth.headers.get('etag') });
+  await page.click('#collections-refresh');
+  await waitPage(page, (sel) => document.querySelector(`${sel} td.num`)?.textContent === '4', booksRow, 5_000,
+    'the count follows');
+
+  await page.click(`${booksRow} a`);
+  await waitPage(page, () => document.body.dataset.view === 'collection'
+    && document.querySelectorAll('#documents-table tbody tr').length === 4, null, 10_000, 'the inspector lists the documents',
+  () => document.getElementById('documents-note').textContent);
+  const rows = await page.$$eval('#documents-table tbody tr', (trs) => trs.map((tr) => [...tr.cells].map((td) => td.textContent)));
+  assert.deepEqual(rows.map((r) => [r[0], r[1]]), created.map((c) => [c.id, c.etag]));
+  assert.equal(JSON.parse(rows[0][2]).title, 'Book 1');
+  assert.ok(rows[0][2].includes(JSON.stringify(NASTY).slice(1, -1)), 'the document shows as text');
+  assert.equal(await page.getAttribute('#collection-channel', 'href'), '#/channel/books');
+  await shot(page, 'collection');
+  await page.click('#collection-channel');
+  await waitPage(page, () => document.body.dataset.view === 'channel'
+    && document.getElementById('inspect-name').textContent === 'books', null, 5_000, 'its channel inspector');
+
+  // Pages of 50: 54 documents are one full page, then the 4 after it.
+  const more = Array.from({ length: 50 }, (_, i) => ({ id: 9e12 + i, title: `Imported ${i}` }));
+  const imported = await request(h.url, '/api/collections/books/import', { method: 'POST', body: more });
+  assert.equal(imported.status, 200, imported.text);
+  await page.goBack();
+  await waitPage(page, () => document.body.dataset.view === 'collection'
+    && document.querySelectorAll('#documents-table tbody tr').length === 50
+    && !document.getElementById('documents-next').disabled, null, 10_000, 'a first page of 50');
+  await page.click('#documents-next');
+  await waitPage(page, () => document.querySelectorAll('#documents-table tbody tr').length === 4
+    && document.getElementById('documents-next').disabled, null, 5_000, 'the 4 after it',
+  () => document.getElementById('documents-note').textContent);
+  assert.equal(await page.textContent('#documents-note'), 'documents 51–54');
+  await page.click('#documents-first');
+  await waitPage(page, () => document.querySelectorAll('#documents-table tbody tr').length === 50, null, 5_000,
+    'back to the first page');
+
+  assert.equal(await page.evaluate(() => window.pwned), undefined, 'no document ran as HTML');
+  assert.deepEqual(errorsOf(context), [], 'no console errors');
+});
+
 test('a phone viewport renders every view without sideways scrolling', async (t) => {
   const context = await browserContext(t, { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
   if (!context) return;
@@ -192,7 +269,7 @@ test('a phone viewport renders every view without sideways scrolling', async (t)
     await page.goto(`${h.url}/admin${hash}`);
     await waitPage(page, () => document.body.dataset.view === 'channels', null, 10_000, `${hash} → channels`);
   }
-  for (const view of ['overview', 'channels', 'publish', 'connections', 'sources']) {
+  for (const view of ['overview', 'channels', 'collections', 'publish', 'connections', 'sources']) {
     await page.goto(`${h.url}/admin#/${view}`);
     await waitPage(page, (v) => document.body.dataset.view === v, view, 10_000, `phone ${view}`);
     const { scroll, width, nav } = await page.evaluate(() => ({
