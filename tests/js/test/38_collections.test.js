@@ -283,7 +283,7 @@ test('a tab offline during three changes gets them on reconnect, in order, once;
 
   tab.socket.io.reconnection(true);
   tab.socket.connect();
-  await tab.ui.until((ui) => titles(ui) === 'Dune Messiah|Emma', 10_000, 'the three changes after reconnecting');
+  await tab.ui.until((ui) => titles(ui) === 'Dune Messiah|Emma', 20_000, 'the three changes after reconnecting');
   assert.deepEqual(connects, [true], 'the session was recovered');
   const missed = tab.rec.events.slice(seen).filter((e) => e.name.startsWith('book'));
   assert.deepEqual(missed.map((e) => e.name), ['bookAdded', 'bookUpdated', 'bookDeleted'], 'in order, once');
