@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -425,52 +426,55 @@ async fn member_op(
 
 // --- the frontend's routes ---
 
-async fn m_list(
-    State(m): State<Mounted>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let query = pairs(q.as_deref());
-    let caller = caller(&m.shared, &headers, &query).await?;
-    let (docs, _) = list(&m.c, &caller, &query, false, &m.shared.identity_params).await?;
+/// Who calls a frontend route, and the query it came with (handshake fields, filters, an array member).
+struct Front {
+    caller: Caller,
+    query: Vec<(String, String)>,
+}
+
+impl FromRequestParts<Mounted> for Front {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, m: &Mounted) -> Result<Self, ApiError> {
+        let query = pairs(parts.uri.query());
+        let caller = caller(&m.shared, &parts.headers, &query).await?;
+        Ok(Self { caller, query })
+    }
+}
+
+async fn m_list(State(m): State<Mounted>, f: Front) -> Result<Response, ApiError> {
+    let (docs, _) = list(&m.c, &f.caller, &f.query, false, &m.shared.identity_params).await?;
     Ok(json_response(StatusCode::OK, json_array(&docs)))
 }
 
 async fn m_create(
     State(m): State<Mounted>,
+    f: Front,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
     raw: Body,
 ) -> Result<Response, ApiError> {
-    let query = pairs(q.as_deref());
-    let caller = caller(&m.shared, &headers, &query).await?;
     let b = body(&m.shared, &headers, raw).await?;
-    written(m.c.create(&caller, b).await)
+    written(m.c.create(&f.caller, b).await)
 }
 
 async fn m_get(
     State(m): State<Mounted>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    f: Front,
 ) -> Result<Response, ApiError> {
-    let query = pairs(q.as_deref());
-    let caller = caller(&m.shared, &headers, &query).await?;
-    read_doc(&m.c, &caller, &id).await
+    read_doc(&m.c, &f.caller, &id).await
 }
 
 async fn m_put(
     State(m): State<Mounted>,
     Path(id): Path<String>,
+    f: Front,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
     raw: Body,
 ) -> Result<Response, ApiError> {
-    let query = pairs(q.as_deref());
-    let caller = caller(&m.shared, &headers, &query).await?;
     let b = body(&m.shared, &headers, raw).await?;
     written(
-        m.c.replace(&caller, &id, b, if_match(&headers).as_deref())
+        m.c.replace(&f.caller, &id, b, if_match(&headers).as_deref())
             .await,
     )
 }
@@ -478,15 +482,13 @@ async fn m_put(
 async fn m_patch(
     State(m): State<Mounted>,
     Path(id): Path<String>,
+    f: Front,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
     raw: Body,
 ) -> Result<Response, ApiError> {
-    let query = pairs(q.as_deref());
-    let caller = caller(&m.shared, &headers, &query).await?;
     let b = body(&m.shared, &headers, raw).await?;
     written(
-        m.c.patch(&caller, &id, b, if_match(&headers).as_deref())
+        m.c.patch(&f.caller, &id, b, if_match(&headers).as_deref())
             .await,
     )
 }
@@ -494,13 +496,11 @@ async fn m_patch(
 async fn m_delete(
     State(m): State<Mounted>,
     Path(id): Path<String>,
+    f: Front,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = pairs(q.as_deref());
-    let caller = caller(&m.shared, &headers, &query).await?;
     written(
-        m.c.delete(&caller, &id, if_match(&headers).as_deref())
+        m.c.delete(&f.caller, &id, if_match(&headers).as_deref())
             .await,
     )
 }
@@ -508,43 +508,23 @@ async fn m_delete(
 async fn m_member_add(
     State(m): State<Mounted>,
     Path((id, op)): Path<(String, String)>,
+    f: Front,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
     raw: Body,
 ) -> Result<Response, ApiError> {
-    let query = pairs(q.as_deref());
-    let caller = caller(&m.shared, &headers, &query).await?;
-    member_op(
-        &m.c,
-        &m.shared,
-        &caller,
-        &id,
-        &op,
-        (headers, query, raw),
-        true,
-    )
-    .await
+    let req = (headers, f.query, raw);
+    member_op(&m.c, &m.shared, &f.caller, &id, &op, req, true).await
 }
 
 async fn m_member_remove(
     State(m): State<Mounted>,
     Path((id, op)): Path<(String, String)>,
+    f: Front,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
     raw: Body,
 ) -> Result<Response, ApiError> {
-    let query = pairs(q.as_deref());
-    let caller = caller(&m.shared, &headers, &query).await?;
-    member_op(
-        &m.c,
-        &m.shared,
-        &caller,
-        &id,
-        &op,
-        (headers, query, raw),
-        false,
-    )
-    .await
+    let req = (headers, f.query, raw);
+    member_op(&m.c, &m.shared, &f.caller, &id, &op, req, false).await
 }
 
 // --- the backend's routes (`/api/collections`, behind the key check) ---
