@@ -74,18 +74,7 @@ async fn channels(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let limit = match query.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(v) => match v.parse::<u64>() {
-            Ok(n) if n > 0 => n.min(MAX_LIMIT),
-            _ => {
-                return Err(ApiError::field(
-                    "limit",
-                    format!("must be 1 to {MAX_LIMIT} (channels per answer), got {v:?}"),
-                ));
-            }
-        },
-    } as usize;
+    let limit = crate::api::page_limit(&query, DEFAULT_LIMIT, MAX_LIMIT, "channels")? as usize;
     let needle = query.get("q").map(|q| q.to_lowercase()).unwrap_or_default();
     let mut all = state.core.channels().await?;
     all.retain(|c| !c.channel.is_internal() && c.channel.as_str().to_lowercase().contains(&needle));

@@ -26,18 +26,7 @@ pub async fn list(
 ) -> Result<Json<Page>, ApiError> {
     caller.require_admin()?;
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let limit = match query.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(v) => match v.parse::<u64>() {
-            Ok(n) if n > 0 => n.min(MAX_LIMIT),
-            _ => {
-                return Err(ApiError::field(
-                    "limit",
-                    format!("must be 1 to {MAX_LIMIT} (connections per page), got {v:?}"),
-                ));
-            }
-        },
-    };
+    let limit = super::page_limit(&query, DEFAULT_LIMIT, MAX_LIMIT, "connections")?;
     let transport = match query.get("transport") {
         None => None,
         Some(name) => Some(Transport::from_name(name).ok_or_else(|| {

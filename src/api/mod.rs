@@ -286,6 +286,26 @@ async fn read_json_body(
     Ok(buf.freeze())
 }
 
+/// The `limit` query parameter of a paged admin route: `default` when absent, at most `max` (a larger one gives a
+/// full page), 400 `invalid_request` naming the field when it is not a positive number; `what` names the items.
+pub fn page_limit(
+    query: &std::collections::HashMap<String, String>,
+    default: u64,
+    max: u64,
+    what: &str,
+) -> Result<u64, ApiError> {
+    match query.get("limit") {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n.min(max)),
+            _ => Err(ApiError::field(
+                "limit",
+                format!("must be 1 to {max} ({what} per page), got {v:?}"),
+            )),
+        },
+    }
+}
+
 /// [`read_json_body`] parsed into a JSON value: 400 `invalid_json` when it is not JSON.
 pub async fn read_json_value(
     headers: &HeaderMap,

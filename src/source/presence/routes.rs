@@ -71,18 +71,7 @@ async fn answer(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let limit = match query.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(v) => match v.parse::<u64>() {
-            Ok(n) if n > 0 => n.min(MAX_LIMIT),
-            _ => {
-                return Err(ApiError::field(
-                    "limit",
-                    format!("must be 1 to {MAX_LIMIT} (connections per page), got {v:?}"),
-                ));
-            }
-        },
-    } as usize;
+    let limit = crate::api::page_limit(&query, DEFAULT_LIMIT, MAX_LIMIT, "connections")? as usize;
     let after = query.get("after").map(String::as_str);
     let mut members = r.engine.presence(channel).await?;
     members.sort_by(|a, b| a.conn.cmp(&b.conn));
